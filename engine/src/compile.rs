@@ -1,0 +1,799 @@
+//! Workflow file → [`Workflow`], returning **every** problem at once.
+//!
+//! Phases: parse (syntax) → unknown fields (from the format's JSON Schema, with suggestions) →
+//! typed deserialization, one step at a time so one bad step does not hide the others →
+//! references (`uses`, `needs`, cycles) → expressions (syntax and what they name) → each
+//! plugin's check of its `with:` block.
+
+use std::collections::{BTreeSet, HashMap};
+
+use petgraph::graph::DiGraph;
+use serde_json::Value;
+
+use crate::breaker::BreakerConfig;
+use crate::diag::{codes, did_you_mean, Diagnostic, Report};
+use crate::expr::{self, Template};
+use crate::path::Path;
+use crate::plugin::Registry;
+use crate::retry::RetryPolicy;
+use crate::source::{self, Source};
+use crate::spec::{InputSpec, InputType, StepSpec, WorkflowSpec};
+use crate::workflow::{Condition, RunsOn, Step, Workflow};
+
+/// The result of compiling one file: the workflow if there were no errors, and the report
+/// (errors and warnings) either way.
+pub struct Compiled {
+    pub workflow: Option<Workflow>,
+    pub report: Report,
+}
+
+pub fn compile(source: &Source, registry: &Registry) -> Compiled {
+    let (doc, mut diags) = match source::parse(source) {
+        Ok(x) => x,
+        Err(d) => {
+            return Compiled {
+                workflow: None,
+                report: Report::new(source.clone(), None, vec![d]),
+            }
+        }
+    };
+    let mut value = doc.value.clone();
+    let schema = crate::spec::json_schema();
+    unknown_fields(&schema, &schema, &mut value, &Path::root(), &mut diags);
+    let workflow = build(source, &value, registry, &mut diags);
+    let ok = !diags.iter().any(Diagnostic::is_error);
+    Compiled {
+        workflow: if ok { workflow } else { None },
+        report: Report::new(source.clone(), Some(&doc.map), diags),
+    }
+}
+
+/// Reports keys the format does not know (with the nearest known one) and removes them, so
+/// later phases see only known fields.
+fn unknown_fields(root: &Value, schema: &Value, v: &mut Value, path: &Path, out: &mut Vec<Diagnostic>) {
+    let schema = deref(root, schema);
+    match v {
+        Value::Object(map) => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            let extra = schema.get("additionalProperties");
+            let mut unknown = Vec::new();
+            for (k, val) in map.iter_mut() {
+                let p = path.key(k.clone());
+                if let Some(s) = props.and_then(|ps| ps.get(k)) {
+                    unknown_fields(root, s, val, &p, out);
+                } else if let Some(s @ Value::Object(_)) = extra {
+                    unknown_fields(root, s, val, &p, out);
+                } else if matches!(extra, Some(Value::Bool(false))) {
+                    let known: Vec<&str> = props
+                        .map(|ps| ps.keys().map(String::as_str).collect())
+                        .unwrap_or_default();
+                    let help = match did_you_mean(k, known.iter().copied()) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => format!("known fields here: {}", known.join(", ")),
+                    };
+                    out.push(
+                        Diagnostic::error(codes::UNKNOWN_FIELD, format!("unknown field `{k}`"))
+                            .with_path(p)
+                            .at_key()
+                            .with_label("not a field here")
+                            .with_help(help),
+                    );
+                    unknown.push(k.clone());
+                }
+            }
+            for k in unknown {
+                map.remove(&k);
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter_mut().enumerate() {
+                    unknown_fields(root, item_schema, item, &path.index(i), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn deref<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
+    let mut s = schema;
+    for _ in 0..8 {
+        let next = s
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix("#/"))
+            .and_then(|r| r.split('/').try_fold(root, |acc, seg| acc.get(seg)));
+        if let Some(n) = next {
+            s = n;
+            continue;
+        }
+        // `Option<T>` is `anyOf: [T, null]`.
+        if let Some(b) = s.get("anyOf").and_then(Value::as_array) {
+            if let Some(x) = b.iter().find(|x| x.get("type").and_then(Value::as_str) != Some("null")) {
+                s = x;
+                continue;
+            }
+        }
+        break;
+    }
+    s
+}
+
+fn serde_problem(e: serde_path_to_error::Error<serde_json::Error>, base: &Path) -> Diagnostic {
+    let path = base.join(&Path::from_serde(e.path()));
+    let msg = e.inner().to_string();
+    let (code, help) = if msg.starts_with("missing field") {
+        (codes::INVALID_VALUE, "add the field".to_string())
+    } else {
+        (
+            codes::INVALID_VALUE,
+            "see `landfall schema` for the expected shape".to_string(),
+        )
+    };
+    Diagnostic::error(code, msg)
+        .with_path(path)
+        .with_label("here")
+        .with_help(help)
+}
+
+fn valid_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn build(
+    source: &Source,
+    value: &Value,
+    registry: &Registry,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Workflow> {
+    let Value::Object(top) = value else {
+        diags.push(
+            Diagnostic::error(codes::INVALID_VALUE, "a workflow file must be a mapping")
+                .with_path(Path::root())
+                .with_help("start with `name:` and `steps:`"),
+        );
+        return None;
+    };
+
+    // The header, with the steps taken out so each step is checked on its own.
+    let raw_steps: Vec<Value> = match top.get("steps") {
+        Some(Value::Array(s)) => s.clone(),
+        Some(_) => {
+            diags.push(
+                Diagnostic::error(codes::INVALID_VALUE, "`steps` must be a list of steps")
+                    .with_path(Path::root().key("steps"))
+                    .with_help("write each step as `- id: …`"),
+            );
+            Vec::new()
+        }
+        None => Vec::new(),
+    };
+    let mut header = top.clone();
+    header.insert("steps".into(), Value::Array(Vec::new()));
+    let header_missing_steps = !top.contains_key("steps");
+    let spec: Option<WorkflowSpec> =
+        match serde_path_to_error::deserialize::<_, WorkflowSpec>(Value::Object(header)) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                diags.push(serde_problem(e, &Path::root()));
+                None
+            }
+        };
+    if header_missing_steps {
+        diags.push(
+            Diagnostic::error(codes::INVALID_VALUE, "missing field `steps`")
+                .with_path(Path::root())
+                .with_help("add `steps:` with at least one step"),
+        );
+    }
+
+    let steps_path = Path::root().key("steps");
+    let mut specs: Vec<(Path, StepSpec)> = Vec::new();
+    for (i, raw) in raw_steps.iter().enumerate() {
+        let p = steps_path.index(i);
+        match serde_path_to_error::deserialize::<_, StepSpec>(raw.clone()) {
+            Ok(s) => specs.push((p, s)),
+            Err(e) => diags.push(serde_problem(e, &p)),
+        }
+    }
+
+    if let Some(spec) = &spec {
+        check_inputs(&spec.inputs, diags);
+        if spec.max_parallel == Some(0) {
+            diags.push(
+                Diagnostic::error(codes::INVALID_VALUE, "`max_parallel` must be at least 1")
+                    .with_path(Path::root().key("max_parallel")),
+            );
+        }
+    }
+
+    // Ids.
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for (i, (p, s)) in specs.iter().enumerate() {
+        let id_path = p.key("id");
+        if !valid_id(&s.id) {
+            diags.push(
+                Diagnostic::error(codes::INVALID_ID, format!("`{}` is not a valid step id", s.id))
+                    .with_path(id_path.clone())
+                    .with_label("invalid id")
+                    .with_help(
+                        "use letters, digits and `_`, starting with a letter, so that \
+                         `steps.<id>` works in expressions",
+                    ),
+            );
+        }
+        if let Some(&first) = index.get(&s.id) {
+            diags.push(
+                Diagnostic::error(codes::DUPLICATE_ID, format!("step id `{}` is used twice", s.id))
+                    .with_path(id_path)
+                    .with_label("second step with this id")
+                    .with_help(format!(
+                        "the first one is {}; give each step its own id",
+                        specs[first].0
+                    )),
+            );
+        } else {
+            index.insert(s.id.clone(), i);
+        }
+    }
+
+    // Plugins.
+    let names: Vec<&str> = registry.names().collect();
+    for (p, s) in &specs {
+        if registry.get(&s.uses).is_none() {
+            let help = match did_you_mean(&s.uses, names.iter().copied()) {
+                Some(n) => format!("did you mean `{n}`? (`landfall steps` lists every plugin)"),
+                None => format!("known plugins: {}", names.join(", ")),
+            };
+            diags.push(
+                Diagnostic::error(codes::UNKNOWN_PLUGIN, format!("unknown step kind `{}`", s.uses))
+                    .with_path(p.key("uses"))
+                    .with_label("no plugin has this name")
+                    .with_help(help),
+            );
+        }
+    }
+
+    // Edges.
+    let n = specs.len();
+    let mut needs: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let ids: Vec<&str> = specs.iter().map(|(_, s)| s.id.as_str()).collect();
+    for (i, (p, s)) in specs.iter().enumerate() {
+        for (j, need) in s.needs.iter().enumerate() {
+            match index.get(need) {
+                Some(&k) => {
+                    if !needs[i].contains(&k) {
+                        needs[i].push(k)
+                    }
+                }
+                None => {
+                    let help = match did_you_mean(need, ids.iter().copied()) {
+                        Some(x) => format!("did you mean `{x}`?"),
+                        None => "`needs` lists ids of steps in this file".to_string(),
+                    };
+                    diags.push(
+                        Diagnostic::error(codes::UNKNOWN_NEED, format!("`needs` names `{need}`, which is not a step"))
+                            .with_path(p.key("needs").index(j))
+                            .with_label("no step has this id")
+                            .with_help(help),
+                    );
+                }
+            }
+        }
+    }
+
+    let order = match topo_order(&specs, &needs, diags) {
+        Some(o) => o,
+        None => return None,
+    };
+    let spec = spec?;
+    let default_retry = RetryPolicy::default().merged(spec.defaults.retry.as_ref());
+    for problem in default_retry.problems() {
+        diags.push(
+            Diagnostic::error(codes::INVALID_VALUE, problem)
+                .with_path(Path::root().key("defaults").key("retry")),
+        );
+    }
+    let breaker = {
+        let d = BreakerConfig::default();
+        let b = spec.defaults.circuit_breaker.as_ref();
+        BreakerConfig {
+            failure_threshold: b
+                .and_then(|b| b.failure_threshold)
+                .unwrap_or(d.failure_threshold)
+                .max(1),
+            cool_down: b.and_then(|b| b.cool_down).unwrap_or(d.cool_down),
+        }
+    };
+
+    let mut steps = Vec::with_capacity(n);
+    for (i, (p, s)) in specs.iter().enumerate() {
+        let scope = Scope {
+            inputs: &spec.inputs,
+            ids: &ids,
+            needs: &needs,
+            ancestors: std::cell::OnceCell::new(),
+            self_index: i,
+            has_item: s.for_each.is_some(),
+        };
+        let with = s.with.clone().unwrap_or(Value::Object(Default::default()));
+        check_templates(&with, &p.key("with"), &scope, diags);
+        if let Some(fe) = &s.for_each {
+            let fe_scope = Scope {
+                inputs: scope.inputs,
+                ids: scope.ids,
+                needs: scope.needs,
+                ancestors: scope.ancestors.clone(),
+                self_index: i,
+                has_item: false,
+            };
+            match fe {
+                Value::String(_) | Value::Array(_) => {
+                    check_templates(fe, &p.key("for_each"), &fe_scope, diags)
+                }
+                _ => diags.push(
+                    Diagnostic::error(
+                        codes::INVALID_VALUE,
+                        "`for_each` must be a list or an expression that gives one",
+                    )
+                    .with_path(p.key("for_each"))
+                    .with_help("e.g. `for_each: \"{{ inputs.regions }}\"`"),
+                ),
+            }
+        }
+        let when = match &s.when {
+            None => Condition {
+                expr: None,
+                runs_on: RunsOn::Success,
+            },
+            Some(w) => {
+                let e = expr::condition_expr(w);
+                let wp = p.key("when");
+                match expr::referenced_in_expr(e) {
+                    Err(err) => diags.push(
+                        Diagnostic::error(
+                            codes::EXPRESSION_SYNTAX,
+                            format!("`when` is not a valid expression: {err}"),
+                        )
+                        .with_path(wp)
+                        .with_help("write a condition such as `{{ steps.a.status == 'succeeded' }}` or `failure()`"),
+                    ),
+                    Ok(vars) => scope.check_vars(&vars, &wp, diags),
+                }
+                let used = expr::status_functions_used(e);
+                let runs_on = if used.contains("failure")
+                    || used.contains("always")
+                    || used.contains("cancelled")
+                {
+                    RunsOn::Any
+                } else {
+                    RunsOn::Success
+                };
+                Condition {
+                    expr: Some(e.to_string()),
+                    runs_on,
+                }
+            }
+        };
+        if let Some(plugin) = registry.get(&s.uses) {
+            if !matches!(&with, Value::String(x) if matches!(Template::classify(x), Template::Expr(_)))
+            {
+                for problem in plugin.check(&with) {
+                    diags.push(
+                        Diagnostic::error(
+                            codes::INVALID_WITH,
+                            format!("invalid `with` for `{}`: {}", s.uses, problem.message),
+                        )
+                        .with_path(p.key("with").join(&problem.path))
+                        .with_label("here")
+                        .with_help(format!(
+                            "`landfall steps` shows the fields `{}` takes",
+                            s.uses
+                        )),
+                    );
+                }
+            }
+        }
+        let retry = default_retry.merged(s.retry.as_ref());
+        if s.retry.is_some() {
+            for problem in retry.problems() {
+                diags.push(
+                    Diagnostic::error(codes::INVALID_VALUE, problem).with_path(p.key("retry")),
+                );
+            }
+        }
+        steps.push(Step {
+            id: s.id.clone(),
+            uses: s.uses.clone(),
+            name: s.name.clone(),
+            needs: needs[i].clone(),
+            with_has_templates: expr::has_templates(&with),
+            with,
+            when,
+            for_each: s.for_each.clone(),
+            retry,
+            timeout: s.timeout.or(spec.defaults.timeout),
+            attempt_timeout: s.attempt_timeout.or(spec.defaults.attempt_timeout),
+            circuit: s.circuit.clone().unwrap_or_else(|| s.uses.clone()),
+            path: p.clone(),
+        });
+    }
+
+    Some(Workflow::new(
+        spec.name,
+        spec.description,
+        source.clone(),
+        spec.inputs,
+        spec.max_parallel,
+        steps,
+        order,
+        breaker,
+    ))
+}
+
+/// A topological order (file order among independent steps), or a diagnostic per cycle.
+fn topo_order(
+    specs: &[(Path, StepSpec)],
+    needs: &[Vec<usize>],
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Vec<usize>> {
+    let n = specs.len();
+    let mut g: DiGraph<usize, ()> = DiGraph::with_capacity(n, n);
+    let nodes: Vec<_> = (0..n).map(|i| g.add_node(i)).collect();
+    for (i, ns) in needs.iter().enumerate() {
+        for &k in ns {
+            g.add_edge(nodes[k], nodes[i], ());
+        }
+    }
+    let mut cyclic = false;
+    for scc in petgraph::algo::tarjan_scc(&g) {
+        let members: BTreeSet<usize> = scc.iter().map(|ix| g[*ix]).collect();
+        let self_loop = members.len() == 1 && {
+            let m = *members.iter().next().unwrap_or(&0);
+            needs[m].contains(&m)
+        };
+        if members.len() < 2 && !self_loop {
+            continue;
+        }
+        cyclic = true;
+        let start = *members.iter().next().unwrap_or(&0);
+        let cycle = cycle_path(start, &members, needs);
+        let text = cycle
+            .iter()
+            .map(|&i| specs[i].1.id.as_str())
+            .collect::<Vec<_>>()
+            .join(" → ");
+        // Point at the `needs` entry that closes the cycle.
+        let (from, to) = (cycle[cycle.len() - 2], cycle[cycle.len() - 1]);
+        let need_pos = specs[to]
+            .1
+            .needs
+            .iter()
+            .position(|x| *x == specs[from].1.id)
+            .unwrap_or(0);
+        diags.push(
+            Diagnostic::error(codes::CYCLE, format!("the steps form a cycle: {text}"))
+                .with_path(specs[to].0.key("needs").index(need_pos))
+                .with_label("this edge closes the cycle")
+                .with_help("a step cannot (even indirectly) need itself; remove one of these `needs`"),
+        );
+    }
+    if cyclic {
+        return None;
+    }
+    // Kahn's algorithm with a min-heap on file position keeps the order stable.
+    let mut indeg: Vec<usize> = needs.iter().map(Vec::len).collect();
+    let mut dependents = vec![Vec::new(); n];
+    for (i, ns) in needs.iter().enumerate() {
+        for &k in ns {
+            dependents[k].push(i);
+        }
+    }
+    let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> = (0..n)
+        .filter(|&i| indeg[i] == 0)
+        .map(std::cmp::Reverse)
+        .collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(std::cmp::Reverse(i)) = ready.pop() {
+        order.push(i);
+        for &d in &dependents[i] {
+            indeg[d] -= 1;
+            if indeg[d] == 0 {
+                ready.push(std::cmp::Reverse(d));
+            }
+        }
+    }
+    Some(order)
+}
+
+/// A cycle through `start` inside a strongly connected component, following dependency edges
+/// (`a → b` means b needs a), ending where it began.
+fn cycle_path(start: usize, members: &BTreeSet<usize>, needs: &[Vec<usize>]) -> Vec<usize> {
+    // Walk "is needed by" edges with a BFS back to start.
+    let n = needs.len();
+    let mut dependents = vec![Vec::new(); n];
+    for (i, ns) in needs.iter().enumerate() {
+        for &k in ns {
+            if members.contains(&i) && members.contains(&k) {
+                dependents[k].push(i);
+            }
+        }
+    }
+    let mut prev = vec![usize::MAX; n];
+    let mut queue = std::collections::VecDeque::from([start]);
+    while let Some(cur) = queue.pop_front() {
+        for &d in &dependents[cur] {
+            if d == start {
+                let mut back = vec![cur];
+                let mut x = cur;
+                while x != start {
+                    x = prev[x];
+                    back.push(x);
+                }
+                back.reverse();
+                back.push(start);
+                return back;
+            }
+            if prev[d] == usize::MAX && d != start {
+                prev[d] = cur;
+                queue.push_back(d);
+            }
+        }
+    }
+    vec![start, start]
+}
+
+/// What an expression of one step may read.
+struct Scope<'a> {
+    inputs: &'a indexmap::IndexMap<String, InputSpec>,
+    ids: &'a [&'a str],
+    needs: &'a [Vec<usize>],
+    /// Transitive needs, computed on first use (most steps read no other step).
+    ancestors: std::cell::OnceCell<Vec<bool>>,
+    self_index: usize,
+    has_item: bool,
+}
+
+impl Scope<'_> {
+    fn is_ancestor(&self, k: usize) -> bool {
+        let anc = self.ancestors.get_or_init(|| {
+            let mut seen = vec![false; self.needs.len()];
+            let mut stack: Vec<usize> = self.needs[self.self_index].clone();
+            while let Some(x) = stack.pop() {
+                if !std::mem::replace(&mut seen[x], true) {
+                    stack.extend(self.needs[x].iter().copied());
+                }
+            }
+            seen
+        });
+        anc[k]
+    }
+
+    fn check_vars(&self, vars: &BTreeSet<String>, path: &Path, diags: &mut Vec<Diagnostic>) {
+        for var in vars {
+            let mut parts = var.split('.');
+            let root = parts.next().unwrap_or_default();
+            let second = parts.next();
+            match root {
+                "inputs" => {
+                    if let Some(name) = second {
+                        if !self.inputs.contains_key(name) {
+                            let help = match did_you_mean(name, self.inputs.keys().map(String::as_str)) {
+                                Some(x) => format!("did you mean `inputs.{x}`?"),
+                                None if self.inputs.is_empty() => {
+                                    "this workflow declares no inputs; add it under `inputs:`".into()
+                                }
+                                None => format!(
+                                    "declared inputs: {}",
+                                    self.inputs.keys().cloned().collect::<Vec<_>>().join(", ")
+                                ),
+                            };
+                            diags.push(
+                                Diagnostic::error(
+                                    codes::UNKNOWN_INPUT_REF,
+                                    format!("`inputs.{name}` is not a declared input"),
+                                )
+                                .with_path(path.clone())
+                                .with_label("used here")
+                                .with_help(help),
+                            );
+                        }
+                    }
+                }
+                "steps" => {
+                    let Some(id) = second else { continue };
+                    match self.ids.iter().position(|x| *x == id) {
+                        None => {
+                            let help = match did_you_mean(id, self.ids.iter().copied()) {
+                                Some(x) => format!("did you mean `steps.{x}`?"),
+                                None => "`steps.<id>` names a step of this file".into(),
+                            };
+                            diags.push(
+                                Diagnostic::error(
+                                    codes::STEP_NOT_IN_NEEDS,
+                                    format!("`steps.{id}` names no step"),
+                                )
+                                .with_path(path.clone())
+                                .with_label("used here")
+                                .with_help(help),
+                            );
+                        }
+                        Some(k) if k == self.self_index || !self.is_ancestor(k) => {
+                            let me = self.ids[self.self_index];
+                            diags.push(
+                                Diagnostic::error(
+                                    codes::STEP_NOT_IN_NEEDS,
+                                    format!(
+                                        "step `{me}` reads `steps.{id}`, but `{id}` is not among its needs"
+                                    ),
+                                )
+                                .with_path(path.clone())
+                                .with_label("may not have run yet")
+                                .with_help(format!(
+                                    "add `{id}` to `needs` of `{me}` (directly or through a step it needs)"
+                                )),
+                            );
+                        }
+                        Some(_) => {
+                            if let Some(field) = parts.next() {
+                                if !["outputs", "status", "error"].contains(&field) {
+                                    diags.push(
+                                        Diagnostic::error(
+                                            codes::UNKNOWN_VARIABLE,
+                                            format!("`steps.{id}.{field}` does not exist"),
+                                        )
+                                        .with_path(path.clone())
+                                        .with_help("a step has `outputs`, `status` and `error`"),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+                "item" | "index" if self.has_item => {}
+                "item" | "index" => diags.push(
+                    Diagnostic::error(
+                        codes::UNKNOWN_VARIABLE,
+                        format!("`{root}` exists only inside a `for_each` step"),
+                    )
+                    .with_path(path.clone())
+                    .with_help("add `for_each:` to this step, or remove the reference"),
+                ),
+                "run" => {
+                    if let Some(field) = second {
+                        if !["id", "started_at", "workflow"].contains(&field) {
+                            diags.push(
+                                Diagnostic::error(
+                                    codes::UNKNOWN_VARIABLE,
+                                    format!("`run.{field}` does not exist"),
+                                )
+                                .with_path(path.clone())
+                                .with_help("`run` has `id`, `started_at` and `workflow`"),
+                            );
+                        }
+                    }
+                }
+                other => {
+                    let roots = ["inputs", "steps", "run", "item", "index"];
+                    let help = match did_you_mean(other, roots) {
+                        Some(x) => format!("did you mean `{x}`?"),
+                        None => "expressions can read `inputs`, `steps.<id>`, `run`, and `item`/`index` in a `for_each` step".into(),
+                    };
+                    diags.push(
+                        Diagnostic::error(codes::UNKNOWN_VARIABLE, format!("unknown variable `{other}`"))
+                            .with_path(path.clone())
+                            .with_label("used here")
+                            .with_help(help),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn check_templates(v: &Value, path: &Path, scope: &Scope<'_>, diags: &mut Vec<Diagnostic>) {
+    match v {
+        Value::String(s) => match expr::referenced(s) {
+            Ok(vars) => scope.check_vars(&vars, path, diags),
+            Err(e) => diags.push(
+                Diagnostic::error(codes::EXPRESSION_SYNTAX, format!("invalid template: {e}"))
+                    .with_path(path.clone())
+                    .with_label("in this string")
+                    .with_help("templates use minijinja syntax: `{{ inputs.name }}`"),
+            ),
+        },
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check_templates(item, &path.index(i), scope, diags);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                check_templates(item, &path.key(k.clone()), scope, diags);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn check_inputs(inputs: &indexmap::IndexMap<String, InputSpec>, diags: &mut Vec<Diagnostic>) {
+    for (name, spec) in inputs {
+        let p = Path::root().key("inputs").key(name.clone());
+        if let Some(pattern) = &spec.pattern {
+            if spec.kind != InputType::String {
+                diags.push(
+                    Diagnostic::error(
+                        codes::INVALID_INPUT_SPEC,
+                        format!("`pattern` applies only to string inputs, and `{name}` is {}", spec.kind.name()),
+                    )
+                    .with_path(p.key("pattern")),
+                );
+            } else if let Err(e) = regex::Regex::new(pattern) {
+                diags.push(
+                    Diagnostic::error(
+                        codes::INVALID_INPUT_SPEC,
+                        format!("`pattern` is not a valid regular expression: {e}"),
+                    )
+                    .with_path(p.key("pattern"))
+                    .with_help("the syntax is Rust's `regex` crate (like RE2)"),
+                );
+            }
+        }
+        if let Some(default) = &spec.default {
+            if let Err(msg) = crate::inputs::check_value(name, spec, default) {
+                diags.push(
+                    Diagnostic::error(codes::INVALID_INPUT_SPEC, format!("the default of `{name}` is invalid: {msg}"))
+                        .with_path(p.key("default")),
+                );
+            }
+        }
+        if let Some(values) = &spec.allowed {
+            for (i, v) in values.iter().enumerate() {
+                if !crate::inputs::has_type(v, spec.kind) {
+                    diags.push(
+                        Diagnostic::error(
+                            codes::INVALID_INPUT_SPEC,
+                            format!("this `enum` value is not a {}", spec.kind.name()),
+                        )
+                        .with_path(p.key("enum").index(i)),
+                    );
+                }
+            }
+        }
+        if spec.required == Some(true) && spec.default.is_some() {
+            diags.push(
+                Diagnostic::warning(
+                    codes::INVALID_INPUT_SPEC,
+                    format!("`{name}` is required and has a default; the default is never used"),
+                )
+                .with_path(p.key("required")),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cycle_paths_read_in_dependency_order() {
+        // a needs c, b needs a, c needs b: a → b → c → a.
+        let needs = vec![vec![2], vec![0], vec![1]];
+        let members: BTreeSet<usize> = [0, 1, 2].into();
+        assert_eq!(cycle_path(0, &members, &needs), vec![0, 1, 2, 0]);
+        let self_loop = vec![vec![0]];
+        assert_eq!(cycle_path(0, &[0].into(), &self_loop), vec![0, 0]);
+    }
+
+    #[test]
+    fn ids_must_work_in_expressions() {
+        assert!(valid_id("per_region"));
+        assert!(!valid_id("per-region"));
+        assert!(!valid_id("1st"));
+        assert!(!valid_id(""));
+    }
+}

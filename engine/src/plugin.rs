@@ -1,0 +1,426 @@
+//! The step plugin interface and the registry of plugins by name.
+//!
+//! A plugin author implements [`Step`]: one config struct (the step's `with:`), a cheap pure
+//! `validate`, and an async `run`. [`Registry::register`] wraps it into the object-safe
+//! [`Plugin`] the scheduler calls. The engine knows no plugin by name.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::StepError;
+use crate::events::LogLevel;
+use crate::path::Path;
+
+/// What a running step tells the scheduler besides its result.
+#[derive(Debug, Clone)]
+pub enum StepSignal {
+    Log { level: LogLevel, message: String },
+    Progress { percent: f64, message: Option<String> },
+    Milestone { kind: String, data: Value },
+}
+
+/// Everything a step may know about where it runs.
+#[derive(Debug, Clone)]
+pub struct StepContext {
+    pub run_id: String,
+    pub node_id: String,
+    pub step_id: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Stable across retries and resumes of this node: use it to make side effects idempotent
+    /// (AWS `ClientRequestToken`, names of created things).
+    pub idempotency_key: String,
+    /// Cancelled when the run is cancelled, fails critically, or the attempt times out.
+    pub cancel: CancellationToken,
+    signals: Option<mpsc::UnboundedSender<(String, StepSignal)>>,
+}
+
+impl StepContext {
+    pub fn new(
+        run_id: impl Into<String>,
+        node_id: impl Into<String>,
+        step_id: impl Into<String>,
+        attempt: u32,
+        cancel: CancellationToken,
+        signals: Option<mpsc::UnboundedSender<(String, StepSignal)>>,
+    ) -> Self {
+        let run_id = run_id.into();
+        let node_id = node_id.into();
+        StepContext {
+            idempotency_key: crate::state::idempotency_key(&run_id, &node_id),
+            run_id,
+            node_id,
+            step_id: step_id.into(),
+            attempt,
+            cancel,
+            signals,
+        }
+    }
+
+    /// A context for tests and tools that run a plugin outside a run.
+    pub fn detached(node_id: &str) -> Self {
+        Self::new("detached", node_id, node_id, 1, CancellationToken::new(), None)
+    }
+
+    fn send(&self, s: StepSignal) {
+        if let Some(tx) = &self.signals {
+            // The receiver is gone only when the run is over; nothing to tell anyone then.
+            let _ = tx.send((self.node_id.clone(), s));
+        }
+    }
+
+    pub fn log(&self, message: impl Into<String>) {
+        self.send(StepSignal::Log {
+            level: LogLevel::Info,
+            message: message.into(),
+        });
+    }
+
+    pub fn warn(&self, message: impl Into<String>) {
+        self.send(StepSignal::Log {
+            level: LogLevel::Warn,
+            message: message.into(),
+        });
+    }
+
+    /// Progress of this node, 0–100.
+    pub fn progress(&self, percent: f64, message: Option<String>) {
+        self.send(StepSignal::Progress {
+            percent: percent.clamp(0.0, 100.0),
+            message,
+        });
+    }
+
+    pub fn milestone(&self, kind: impl Into<String>, data: Value) {
+        self.send(StepSignal::Milestone {
+            kind: kind.into(),
+            data,
+        });
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}
+
+/// A problem with a step's `with:` block found before anything runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigProblem {
+    /// Inside `with` (`argv[0]`); empty for the block as a whole.
+    pub path: Path,
+    pub message: String,
+}
+
+/// What `landfall steps` shows about a plugin.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginInfo {
+    pub name: &'static str,
+    pub summary: &'static str,
+    /// JSON Schema of the step's `with:`.
+    pub schema: Value,
+}
+
+/// The object-safe form the scheduler calls. Implement [`Step`] instead.
+#[async_trait]
+pub trait Plugin: Send + Sync + 'static {
+    fn info(&self) -> PluginInfo;
+    /// Checks a `with:` block whose strings may still be templates.
+    fn check(&self, with: &Value) -> Vec<ConfigProblem>;
+    /// Runs one attempt with the rendered `with:` block.
+    async fn run(&self, with: Value, ctx: StepContext) -> Result<Value, StepError>;
+}
+
+/// A step plugin, written against its own typed config.
+#[async_trait]
+pub trait Step: Send + Sync + 'static {
+    const NAME: &'static str;
+    /// One line for `landfall steps`.
+    const SUMMARY: &'static str;
+    /// The step's `with:`; its doc comments are the user documentation.
+    type Config: DeserializeOwned + JsonSchema + Send + 'static;
+
+    /// Cheap, pure checks of a fully known config (no templates left in it).
+    fn validate(_config: &Self::Config) -> Vec<ConfigProblem> {
+        Vec::new()
+    }
+
+    /// Outputs are plain data (serde), documented like the inputs.
+    async fn run(&self, config: Self::Config, ctx: StepContext) -> Result<Value, StepError>;
+}
+
+struct Typed<S>(S);
+
+/// Deserializes `with` into `T`, naming the path of the first problem.
+pub fn decode<T: DeserializeOwned>(with: &Value) -> Result<T, ConfigProblem> {
+    serde_path_to_error::deserialize(with).map_err(|e| ConfigProblem {
+        path: Path::from_serde(e.path()),
+        message: e.inner().to_string(),
+    })
+}
+
+#[async_trait]
+impl<S: Step> Plugin for Typed<S> {
+    fn info(&self) -> PluginInfo {
+        PluginInfo {
+            name: S::NAME,
+            summary: S::SUMMARY,
+            schema: serde_json::to_value(schemars::schema_for!(S::Config)).unwrap_or_default(),
+        }
+    }
+
+    fn check(&self, with: &Value) -> Vec<ConfigProblem> {
+        let schema = serde_json::to_value(schemars::schema_for!(S::Config)).unwrap_or_default();
+        let (stand_in, had_templates) = placeholders(&schema, &schema, with);
+        match decode::<S::Config>(&stand_in) {
+            Err(p) => vec![p],
+            // Semantic checks need the real values; templates are checked when rendered.
+            Ok(cfg) if !had_templates => S::validate(&cfg),
+            Ok(_) => Vec::new(),
+        }
+    }
+
+    async fn run(&self, with: Value, ctx: StepContext) -> Result<Value, StepError> {
+        let cfg = decode::<S::Config>(&with).map_err(|p| {
+            StepError::permanent(format!(
+                "invalid `with` for `{}` after rendering: {}{}",
+                S::NAME,
+                if p.path.is_root() {
+                    String::new()
+                } else {
+                    format!("{}: ", p.path)
+                },
+                p.message
+            ))
+        })?;
+        let problems = S::validate(&cfg);
+        if let Some(p) = problems.first() {
+            return Err(StepError::permanent(format!(
+                "invalid `with` for `{}`: {}",
+                S::NAME,
+                p.message
+            )));
+        }
+        self.0.run(cfg, ctx).await
+    }
+}
+
+/// Replaces every whole-expression string by a stand-in of the type the schema expects there,
+/// so a `with:` block can be type-checked before its templates can be rendered.
+fn placeholders(root: &Value, schema: &Value, v: &Value) -> (Value, bool) {
+    use crate::expr::Template;
+    let schema = resolve(root, schema);
+    match v {
+        Value::String(s) if matches!(Template::classify(s), Template::Expr(_)) => {
+            (stand_in(root, schema).unwrap_or_else(|| v.clone()), true)
+        }
+        Value::Array(items) => {
+            let item_schema = schema.get("items").unwrap_or(&Value::Null);
+            let mut any = false;
+            let out = items
+                .iter()
+                .map(|i| {
+                    let (x, t) = placeholders(root, item_schema, i);
+                    any |= t;
+                    x
+                })
+                .collect();
+            (Value::Array(out), any)
+        }
+        Value::Object(map) => {
+            let props = schema.get("properties");
+            let extra = schema.get("additionalProperties").unwrap_or(&Value::Null);
+            let mut any = false;
+            let out = map
+                .iter()
+                .map(|(k, val)| {
+                    let s = props.and_then(|p| p.get(k)).unwrap_or(extra);
+                    let (x, t) = placeholders(root, s, val);
+                    any |= t;
+                    (k.clone(), x)
+                })
+                .collect();
+            (Value::Object(out), any)
+        }
+        other => (other.clone(), false),
+    }
+}
+
+/// Follows `$ref` and picks the first non-null branch of `anyOf`/`oneOf`.
+fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
+    let mut s = schema;
+    for _ in 0..16 {
+        if let Some(r) = s.get("$ref").and_then(Value::as_str) {
+            let target = r
+                .strip_prefix("#/")
+                .map(|p| p.split('/').fold(Some(root), |acc, seg| acc?.get(seg)));
+            match target.flatten() {
+                Some(t) => s = t,
+                None => return s,
+            }
+            continue;
+        }
+        let branches = s
+            .get("anyOf")
+            .or_else(|| s.get("oneOf"))
+            .and_then(Value::as_array);
+        if let Some(b) = branches {
+            match b
+                .iter()
+                .find(|x| x.get("type").and_then(Value::as_str) != Some("null"))
+            {
+                Some(x) => s = x,
+                None => return s,
+            }
+            continue;
+        }
+        return s;
+    }
+    s
+}
+
+fn stand_in(root: &Value, schema: &Value) -> Option<Value> {
+    let schema = resolve(root, schema);
+    if let Some(c) = schema.get("const") {
+        return Some(c.clone());
+    }
+    if let Some(first) = schema
+        .get("enum")
+        .and_then(Value::as_array)
+        .and_then(|e| e.first())
+    {
+        return Some(first.clone());
+    }
+    let ty = match schema.get("type") {
+        Some(Value::String(t)) => t.as_str(),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|t| *t != "null")
+            .unwrap_or("null"),
+        _ => return None,
+    };
+    Some(match ty {
+        "string" => Value::String(String::new()),
+        "integer" | "number" => Value::from(0),
+        "boolean" => Value::Bool(false),
+        "array" => Value::Array(Vec::new()),
+        "object" => Value::Object(Default::default()),
+        _ => Value::Null,
+    })
+}
+
+/// Every plugin, by the name steps `use`.
+#[derive(Clone, Default)]
+pub struct Registry {
+    plugins: BTreeMap<&'static str, Arc<dyn Plugin>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register<S: Step>(&mut self, step: S) -> &mut Self {
+        self.plugins.insert(S::NAME, Arc::new(Typed(step)));
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Plugin>> {
+        self.plugins.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.plugins.keys().copied()
+    }
+
+    pub fn infos(&self) -> Vec<PluginInfo> {
+        self.plugins.values().map(|p| p.info()).collect()
+    }
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.plugins.keys()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use serde_json::json;
+
+    #[derive(Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Cfg {
+        argv: Vec<String>,
+        count: Option<u32>,
+        mode: Option<Mode>,
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    #[serde(rename_all = "lowercase")]
+    enum Mode {
+        Fast,
+        Slow,
+    }
+
+    struct Demo;
+
+    #[async_trait]
+    impl Step for Demo {
+        const NAME: &'static str = "demo";
+        const SUMMARY: &'static str = "test";
+        type Config = Cfg;
+        fn validate(c: &Cfg) -> Vec<ConfigProblem> {
+            if c.argv.is_empty() {
+                vec![ConfigProblem {
+                    path: Path::root().key("argv"),
+                    message: "argv must not be empty".into(),
+                }]
+            } else {
+                Vec::new()
+            }
+        }
+        async fn run(&self, _c: Cfg, _ctx: StepContext) -> Result<Value, StepError> {
+            Ok(json!({}))
+        }
+    }
+
+    fn check(with: Value) -> Vec<ConfigProblem> {
+        let mut r = Registry::new();
+        r.register(Demo);
+        r.get("demo").unwrap().check(&with)
+    }
+
+    #[test]
+    fn expressions_stand_in_for_their_expected_type() {
+        assert!(check(json!({"argv": "{{ inputs.argv }}", "count": "{{ inputs.n }}", "mode": "{{ x }}"})).is_empty());
+        assert!(check(json!({"argv": ["echo", "{{ item }}"]})).is_empty());
+    }
+
+    #[test]
+    fn literal_type_errors_and_unknown_fields_are_found() {
+        let p = check(json!({"argv": ["a"], "count": "many"}));
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].path.to_string(), "count");
+        let p = check(json!({"argv": ["a"], "cuont": 1}));
+        assert!(p[0].message.contains("unknown field"), "{p:?}");
+        let p = check(json!({}));
+        assert!(p[0].message.contains("missing field `argv`"), "{p:?}");
+    }
+
+    #[test]
+    fn semantic_checks_run_when_no_templates_remain() {
+        let p = check(json!({"argv": []}));
+        assert_eq!(p[0].message, "argv must not be empty");
+    }
+}

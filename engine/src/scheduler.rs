@@ -1,0 +1,1102 @@
+//! Runs a workflow: decides which nodes start, runs their attempts, retries, checkpoints.
+//!
+//! One task owns a run's state. Each loop turn it activates steps whose `needs` are done,
+//! starts nodes up to `max_parallel`, commits every transition of the turn in one durable
+//! transaction (group commit), and only then spawns attempts and tells observers. So a
+//! dependent never starts before its predecessor's success is on disk, and parallel nodes
+//! share fsyncs. Attempts report back over a channel; the scheduler is the only writer.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::breaker::{Breakers, Outcome as BreakerOutcome};
+use crate::error::{ErrorClass, StepError};
+use crate::events::{Observer, RunEvent};
+use crate::expr;
+use crate::plugin::{Registry, StepContext, StepSignal};
+use crate::state::{NodeRecord, NodeStatus, RunRecord, RunStatus, SkipReason, Trigger};
+use crate::store::{AuditDraft, Batch, Store, StoreError};
+use crate::workflow::{RunsOn, Workflow};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("run `{0}` is being executed by another process")]
+    Busy(String),
+    #[error("run `{run_id}` already exists with a different {what}; choose another --run-id")]
+    Conflict { run_id: String, what: &'static str },
+    #[error("run `{0}` has already finished ({1})")]
+    Finished(String, RunStatus),
+    #[error("invalid run id `{0}`: use letters, digits, `-` and `_` (at most 64)")]
+    BadRunId(String),
+    #[error("the stored workflow of run `{0}` no longer compiles: {1}")]
+    Stale(String, String),
+}
+
+/// How a caller stops a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunControl {
+    /// Stop scheduling, let running attempts finish for `grace`, then cancel them; the run
+    /// ends `interrupted` and can be resumed (Ctrl-C).
+    pub interrupt: CancellationToken,
+    /// Cancel everything now; the run ends `cancelled` (a user's explicit cancel).
+    pub cancel: CancellationToken,
+    pub grace: Duration,
+}
+
+/// What a new run is made of.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub run_id: Option<String>,
+    pub inputs: Map<String, Value>,
+    pub trigger: Trigger,
+    pub max_parallel: usize,
+}
+
+/// The executor: a registry of plugins, a store, and the breakers shared by all its runs.
+#[derive(Clone)]
+pub struct Engine {
+    pub registry: Arc<Registry>,
+    pub store: Arc<dyn Store>,
+    pub breakers: Arc<Breakers>,
+    observers: Vec<Arc<dyn Observer>>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub run_id: String,
+    pub status: RunStatus,
+}
+
+pub fn valid_run_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl Engine {
+    pub fn new(registry: Arc<Registry>, store: Arc<dyn Store>) -> Self {
+        Engine {
+            registry,
+            store,
+            breakers: Arc::new(Breakers::default()),
+            observers: Vec::new(),
+        }
+    }
+
+    pub fn observe(&mut self, o: Arc<dyn Observer>) {
+        self.observers.push(o);
+    }
+
+    /// Creates a run (durably) or, for a `run_id` that exists with the same workflow and
+    /// inputs, returns that run so the caller resumes it instead of starting a duplicate.
+    pub fn create_run(&self, wf: &Workflow, new: NewRun) -> Result<RunRecord, EngineError> {
+        let inputs = Value::Object(new.inputs);
+        let inputs_digest = crate::digest::digest_of(&inputs);
+        if let Some(id) = &new.run_id {
+            if !valid_run_id(id) {
+                return Err(EngineError::BadRunId(id.clone()));
+            }
+            if let Some(existing) = self.store.run(id)? {
+                if existing.workflow_digest != wf.digest {
+                    return Err(EngineError::Conflict {
+                        run_id: id.clone(),
+                        what: "workflow",
+                    });
+                }
+                if existing.inputs_digest != inputs_digest {
+                    return Err(EngineError::Conflict {
+                        run_id: id.clone(),
+                        what: "set of inputs",
+                    });
+                }
+                return Ok(existing);
+            }
+        }
+        let run_id = new
+            .run_id
+            .unwrap_or_else(|| format!("r-{}", ulid::Ulid::new().to_string().to_lowercase()));
+        let record = RunRecord {
+            run_id: run_id.clone(),
+            workflow: wf.name.clone(),
+            workflow_file: wf.source.name.clone(),
+            workflow_text: wf.source.text.to_string(),
+            workflow_digest: wf.digest.clone(),
+            inputs_digest,
+            inputs,
+            trigger: new.trigger.clone(),
+            status: RunStatus::Running,
+            max_parallel: new.max_parallel.max(1),
+            started_at: Utc::now(),
+            finished_at: None,
+            annotations: Default::default(),
+        };
+        let audit = AuditDraft::new(
+            &new.trigger.actor,
+            &run_id,
+            "run_created",
+            json!({
+                "workflow": wf.name,
+                "workflow_digest": wf.digest,
+                "inputs_digest": record.inputs_digest,
+                "trigger": new.trigger.source,
+            }),
+        );
+        self.store.commit(Batch {
+            runs: vec![record.clone()],
+            nodes: Vec::new(),
+            audit: vec![audit],
+        })?;
+        Ok(record)
+    }
+
+    /// Executes (or resumes) a run until it finishes or is stopped.
+    pub async fn execute(
+        &self,
+        wf: Arc<Workflow>,
+        run: RunRecord,
+        control: RunControl,
+        observers: &[Arc<dyn Observer>],
+    ) -> Result<RunOutcome, EngineError> {
+        if run.status.is_terminal() {
+            return Err(EngineError::Finished(run.run_id.clone(), run.status));
+        }
+        let lease = self
+            .store
+            .lease(&run.run_id)?
+            .ok_or_else(|| EngineError::Busy(run.run_id.clone()))?;
+        let mut obs: Vec<Arc<dyn Observer>> = self.observers.clone();
+        obs.extend(observers.iter().cloned());
+        let existing = self.store.nodes(&run.run_id)?;
+        let mut ex = Execution::new(self, wf, run, control, obs, existing);
+        let res = ex.run().await;
+        drop(lease);
+        res
+    }
+}
+
+enum Msg {
+    Done {
+        node: String,
+        result: Result<Value, StepError>,
+    },
+    RetryDue {
+        node: String,
+    },
+    Breaker {
+        node: String,
+        key: String,
+        from: String,
+        to: String,
+    },
+}
+
+struct Execution<'a> {
+    engine: &'a Engine,
+    wf: Arc<Workflow>,
+    run: RunRecord,
+    control: RunControl,
+    observers: Vec<Arc<dyn Observer>>,
+    nodes: HashMap<String, NodeRecord>,
+    /// Node ids of each step, once activated.
+    step_nodes: Vec<Option<Vec<String>>>,
+    /// Non-terminal nodes per activated step; 0 = the step is done.
+    open: Vec<usize>,
+    /// Needs of each step that are not done yet.
+    waiting_on: Vec<usize>,
+    dependents: Vec<Vec<usize>>,
+    activatable: VecDeque<usize>,
+    ready: VecDeque<String>,
+    /// Attempts in flight, with their cancellation tokens.
+    live: HashMap<String, CancellationToken>,
+    /// Nodes that start an attempt once this turn's batch is durable.
+    to_spawn: Vec<String>,
+    /// Nodes between two attempts.
+    retrying: HashMap<String, CancellationToken>,
+    deadlines: HashMap<String, Instant>,
+    batch: Batch,
+    events: Vec<RunEvent>,
+    tx: mpsc::UnboundedSender<Msg>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    sig_tx: mpsc::UnboundedSender<(String, StepSignal)>,
+    sig_rx: mpsc::UnboundedReceiver<(String, StepSignal)>,
+    stopping: Option<RunStatus>,
+    failed: bool,
+    resumed: bool,
+}
+
+fn aggregate_status(recs: &[&NodeRecord]) -> NodeStatus {
+    if recs.iter().any(|r| r.status == NodeStatus::Failed) {
+        NodeStatus::Failed
+    } else if recs.iter().any(|r| r.status == NodeStatus::Cancelled) {
+        NodeStatus::Cancelled
+    } else if !recs.is_empty() && recs.iter().all(|r| r.status == NodeStatus::Skipped) {
+        NodeStatus::Skipped
+    } else if recs.iter().all(|r| r.status.is_terminal()) {
+        NodeStatus::Succeeded
+    } else if recs.iter().any(|r| r.status == NodeStatus::Running) {
+        NodeStatus::Running
+    } else {
+        NodeStatus::Pending
+    }
+}
+
+impl<'a> Execution<'a> {
+    fn new(
+        engine: &'a Engine,
+        wf: Arc<Workflow>,
+        run: RunRecord,
+        control: RunControl,
+        observers: Vec<Arc<dyn Observer>>,
+        existing: Vec<NodeRecord>,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (sig_tx, sig_rx) = mpsc::unbounded_channel();
+        let resumed = !existing.is_empty() || run.status == RunStatus::Interrupted;
+        let n = wf.steps.len();
+        let mut step_nodes: Vec<Option<Vec<String>>> = vec![None; n];
+        let mut by_step: HashMap<&str, Vec<&NodeRecord>> = HashMap::new();
+        for r in &existing {
+            by_step.entry(r.step_id.as_str()).or_default().push(r);
+        }
+        for (i, s) in wf.steps.iter().enumerate() {
+            if let Some(list) = by_step.get_mut(s.id.as_str()) {
+                list.sort_by_key(|r| r.index.unwrap_or(0));
+                step_nodes[i] = Some(list.iter().map(|r| r.node_id.clone()).collect());
+            }
+        }
+        let nodes: HashMap<String, NodeRecord> = existing
+            .into_iter()
+            .map(|r| (r.node_id.clone(), r))
+            .collect();
+        let open: Vec<usize> = step_nodes
+            .iter()
+            .map(|ids| {
+                ids.as_ref().map_or(0, |ids| {
+                    ids.iter()
+                        .filter(|id| nodes.get(*id).is_some_and(|r| !r.status.is_terminal()))
+                        .count()
+                })
+            })
+            .collect();
+        let mut dependents = vec![Vec::new(); n];
+        for (i, s) in wf.steps.iter().enumerate() {
+            for &k in &s.needs {
+                dependents[k].push(i);
+            }
+        }
+        let done = |k: usize| step_nodes[k].is_some() && open[k] == 0;
+        let waiting_on: Vec<usize> = wf
+            .steps
+            .iter()
+            .map(|s| s.needs.iter().filter(|&&k| !done(k)).count())
+            .collect();
+        let activatable = wf
+            .order
+            .iter()
+            .copied()
+            .filter(|&i| step_nodes[i].is_none() && waiting_on[i] == 0)
+            .collect();
+        Execution {
+            engine,
+            wf,
+            run,
+            control,
+            observers,
+            nodes,
+            step_nodes,
+            open,
+            waiting_on,
+            dependents,
+            activatable,
+            ready: VecDeque::new(),
+            live: HashMap::new(),
+            to_spawn: Vec::new(),
+            retrying: HashMap::new(),
+            deadlines: HashMap::new(),
+            batch: Batch::default(),
+            events: Vec::new(),
+            tx,
+            rx,
+            sig_tx,
+            sig_rx,
+            stopping: None,
+            failed: false,
+            resumed,
+        }
+    }
+
+    fn audit(&mut self, node: Option<&str>, kind: &str, details: Value) {
+        let mut d = AuditDraft::new(&self.run.trigger.actor, &self.run.run_id, kind, details);
+        d.node = node.map(str::to_string);
+        self.batch.audit.push(d);
+    }
+
+    fn step_of(&self, rec: &NodeRecord) -> usize {
+        // Records are only created for steps of this workflow.
+        self.wf.step_index(&rec.step_id).unwrap_or(0)
+    }
+
+    /// Records a node's new state in this turn's batch, with its audit entry, and keeps the
+    /// step bookkeeping in step.
+    fn transition(&mut self, mut rec: NodeRecord, to: NodeStatus) {
+        let from = rec.status;
+        let existed = self.nodes.contains_key(&rec.node_id);
+        debug_assert!(
+            !existed || from.can_become(to),
+            "illegal transition {from} -> {to} of {}",
+            rec.node_id
+        );
+        rec.status = to;
+        let mut details = json!({ "from": if existed { from.as_str() } else { "new" }, "to": to, "attempt": rec.attempts });
+        if to == NodeStatus::Failed {
+            if let Some(e) = &rec.error {
+                details["error"] = json!({ "class": e.class, "message": e.message });
+            }
+        }
+        if let Some(r) = rec.skip_reason {
+            details["reason"] = json!(r);
+        }
+        self.audit(Some(&rec.node_id), "node_transition", details);
+        if existed && !from.is_terminal() && to.is_terminal() {
+            let i = self.step_of(&rec);
+            self.open[i] = self.open[i].saturating_sub(1);
+            if self.open[i] == 0 {
+                self.step_done(i);
+            }
+        }
+        self.batch.nodes.push((self.run.run_id.clone(), rec.clone()));
+        self.nodes.insert(rec.node_id.clone(), rec);
+    }
+
+    fn step_done(&mut self, i: usize) {
+        for d in self.dependents[i].clone() {
+            self.waiting_on[d] = self.waiting_on[d].saturating_sub(1);
+            if self.waiting_on[d] == 0 && self.step_nodes[d].is_none() {
+                self.activatable.push_back(d);
+            }
+        }
+    }
+
+    /// Sets the nodes of a step being activated and marks it done if none is open.
+    fn set_step_nodes(&mut self, i: usize, ids: Vec<String>) {
+        let open = ids
+            .iter()
+            .filter(|id| self.nodes.get(*id).is_some_and(|r| !r.status.is_terminal()))
+            .count();
+        self.step_nodes[i] = Some(ids);
+        self.open[i] = open;
+        if open == 0 {
+            self.step_done(i);
+        }
+    }
+
+    async fn run(&mut self) -> Result<RunOutcome, EngineError> {
+        // Attempts cut off by a crash or Ctrl-C run again, with the same idempotency key.
+        let mut cut_off: Vec<NodeRecord> = self
+            .nodes
+            .values()
+            .filter(|n| matches!(n.status, NodeStatus::Running | NodeStatus::Waiting))
+            .cloned()
+            .collect();
+        cut_off.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        for n in cut_off {
+            self.transition(n, NodeStatus::Pending);
+        }
+        let mut pending: Vec<(usize, usize, String)> = self
+            .nodes
+            .values()
+            .filter(|n| n.status == NodeStatus::Pending)
+            .map(|n| (self.step_of(n), n.index.unwrap_or(0), n.node_id.clone()))
+            .collect();
+        pending.sort();
+        self.ready.extend(pending.into_iter().map(|(_, _, id)| id));
+        self.failed = self.nodes.values().any(|n| n.status == NodeStatus::Failed);
+
+        self.run.status = RunStatus::Running;
+        self.batch.runs.push(self.run.clone());
+        let kind = if self.resumed { "run_resumed" } else { "run_started" };
+        self.audit(
+            None,
+            kind,
+            json!({ "workflow": self.wf.name, "max_parallel": self.run.max_parallel }),
+        );
+        self.events.push(RunEvent::RunStarted {
+            run_id: self.run.run_id.clone(),
+            workflow: self.wf.name.clone(),
+            resumed: self.resumed,
+            nodes_total: self.wf.steps.len(),
+        });
+
+        let mut grace_deadline: Option<Instant> = None;
+        loop {
+            if self.stopping.is_none() {
+                while let Some(i) = self.activatable.pop_front() {
+                    self.activate(i);
+                }
+                self.start_nodes();
+            }
+            let spawns = self.prepare_spawns();
+            self.flush().await?;
+            for (node, with) in spawns {
+                self.spawn_attempt(node, with);
+            }
+
+            let max = self.run.max_parallel.max(1);
+            let work_now = self.stopping.is_none()
+                && (!self.activatable.is_empty() || (!self.ready.is_empty() && self.live.len() < max));
+            if work_now {
+                continue;
+            }
+            if self.live.is_empty() && self.retrying.is_empty() {
+                break;
+            }
+
+            let interrupt = self.control.interrupt.clone();
+            let cancel = self.control.cancel.clone();
+            let grace = async move {
+                match grace_deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled(), if self.stopping != Some(RunStatus::Cancelled) => {
+                    self.stopping = Some(RunStatus::Cancelled);
+                    self.audit(None, "run_cancel_requested", Value::Null);
+                    for t in self.live.values().chain(self.retrying.values()) {
+                        t.cancel();
+                    }
+                }
+                _ = interrupt.cancelled(), if self.stopping.is_none() => {
+                    self.stopping = Some(RunStatus::Interrupted);
+                    self.audit(None, "run_interrupt_requested", json!({ "grace_ms": self.control.grace.as_millis() as u64 }));
+                    grace_deadline = Some(Instant::now() + self.control.grace);
+                    for t in self.retrying.values() {
+                        t.cancel();
+                    }
+                }
+                _ = grace => {
+                    grace_deadline = None;
+                    for t in self.live.values() {
+                        t.cancel();
+                    }
+                }
+                Some(msg) = self.rx.recv() => {
+                    self.handle(msg);
+                    while let Ok(m) = self.rx.try_recv() {
+                        self.handle(m);
+                    }
+                }
+                Some((node, sig)) = self.sig_rx.recv() => {
+                    self.signal(node, sig);
+                }
+            }
+        }
+
+        while let Ok((n, s)) = self.sig_rx.try_recv() {
+            self.signal(n, s);
+        }
+        if let Some(reason) = self.stopping {
+            self.settle_unstarted(reason);
+        }
+        let status = match self.stopping {
+            Some(RunStatus::Interrupted) => RunStatus::Interrupted,
+            Some(RunStatus::Cancelled) => RunStatus::Cancelled,
+            _ if self.failed => RunStatus::Failed,
+            _ => RunStatus::Succeeded,
+        };
+        self.run.status = status;
+        if status.is_terminal() {
+            self.run.finished_at = Some(Utc::now());
+        }
+        self.batch.runs.push(self.run.clone());
+        let counts = self.counts();
+        self.audit(None, "run_finished", json!({ "status": status, "nodes": counts }));
+        self.events.push(RunEvent::RunFinished {
+            run_id: self.run.run_id.clone(),
+            status,
+        });
+        self.flush().await?;
+        Ok(RunOutcome {
+            run_id: self.run.run_id.clone(),
+            status,
+        })
+    }
+
+    /// After a stop, what never started: kept pending for resume (interrupted), or cancelled.
+    fn settle_unstarted(&mut self, reason: RunStatus) {
+        if reason == RunStatus::Interrupted {
+            return;
+        }
+        let mut open: Vec<NodeRecord> = self
+            .nodes
+            .values()
+            .filter(|n| !n.status.is_terminal())
+            .cloned()
+            .collect();
+        open.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        for mut n in open {
+            n.finished_at = Some(Utc::now());
+            let id = n.node_id.clone();
+            let attempts = n.attempts;
+            self.transition(n, NodeStatus::Cancelled);
+            self.emit(RunEvent::NodeFinished {
+                run_id: self.run.run_id.clone(),
+                node: id,
+                status: NodeStatus::Cancelled,
+                attempts,
+                error: None,
+                reason: Some("the run was stopped".into()),
+            });
+        }
+        // Steps never activated stay without records: `status` shows them as not run.
+    }
+
+    fn counts(&self) -> Value {
+        let mut m: std::collections::BTreeMap<&str, usize> = Default::default();
+        for n in self.nodes.values() {
+            *m.entry(n.status.as_str()).or_default() += 1;
+        }
+        json!(m)
+    }
+
+    /// Commits this turn's batch durably, then tells observers.
+    async fn flush(&mut self) -> Result<(), EngineError> {
+        let batch = std::mem::take(&mut self.batch);
+        if !batch.is_empty() {
+            let store = Arc::clone(&self.engine.store);
+            let res = tokio::task::spawn_blocking(move || store.commit(batch))
+                .await
+                .map_err(|e| StoreError::Backend(format!("commit task failed: {e}")))?;
+            if let Err(e) = res {
+                // Nothing may go on from state we failed to record.
+                for t in self.live.values().chain(self.retrying.values()) {
+                    t.cancel();
+                }
+                return Err(e.into());
+            }
+        }
+        for e in std::mem::take(&mut self.events) {
+            for o in &self.observers {
+                o.on_event(&e);
+            }
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, e: RunEvent) {
+        self.events.push(e);
+    }
+
+    /// How a finished step ended for its dependents: true = succeeded or skipped by its own
+    /// condition; false = failed, cancelled, or skipped because of a failure.
+    fn step_ok(&self, i: usize) -> bool {
+        let Some(ids) = &self.step_nodes[i] else { return false };
+        ids.iter().all(|id| match self.nodes.get(id) {
+            Some(n) => match n.status {
+                NodeStatus::Succeeded => true,
+                NodeStatus::Skipped => !matches!(
+                    n.skip_reason,
+                    Some(SkipReason::UpstreamFailed | SkipReason::RunStopped)
+                ),
+                _ => false,
+            },
+            None => false,
+        })
+    }
+
+    fn finish_new(&mut self, i: usize, mut rec: NodeRecord, status: NodeStatus, reason: Option<String>) {
+        rec.finished_at = Some(Utc::now());
+        let id = rec.node_id.clone();
+        let error = rec.error.clone();
+        if status == NodeStatus::Failed {
+            self.failed = true;
+        }
+        self.transition(rec, status);
+        self.emit(RunEvent::NodeFinished {
+            run_id: self.run.run_id.clone(),
+            node: id.clone(),
+            status,
+            attempts: 0,
+            error,
+            reason,
+        });
+        self.set_step_nodes(i, vec![id]);
+    }
+
+    /// Creates the nodes of a step whose needs are all done: skipped, fanned out, or one node.
+    fn activate(&mut self, i: usize) {
+        let step = self.wf.steps[i].clone();
+        let upstream_failed = step.needs.iter().any(|&k| !self.step_ok(k));
+        let skip = |this: &mut Self, reason: SkipReason, why: String| {
+            let mut rec = NodeRecord::new(step.id.clone(), step.id.clone());
+            rec.skip_reason = Some(reason);
+            this.finish_new(i, rec, NodeStatus::Skipped, Some(why));
+        };
+        let fail = |this: &mut Self, err: StepError| {
+            let mut rec = NodeRecord::new(step.id.clone(), step.id.clone());
+            rec.error = Some(err);
+            this.finish_new(i, rec, NodeStatus::Failed, None);
+        };
+
+        if upstream_failed && step.when.runs_on == RunsOn::Success {
+            return skip(self, SkipReason::UpstreamFailed, "an earlier step failed".into());
+        }
+        let ctx = (step.when.expr.is_some() || step.for_each.is_some()).then(|| self.context(None, None));
+        if let (Some(cond), Some(ctx)) = (&step.when.expr, &ctx) {
+            let cancelled = self.stopping == Some(RunStatus::Cancelled);
+            match expr::eval_condition(cond, ctx, upstream_failed, cancelled) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let reason = if upstream_failed {
+                        SkipReason::UpstreamFailed
+                    } else if expr::status_functions_used(cond).contains("failure") {
+                        SkipReason::NoFailure
+                    } else {
+                        SkipReason::Condition
+                    };
+                    return skip(self, reason, format!("condition `{cond}` is false"));
+                }
+                Err(e) => {
+                    return fail(self, StepError::permanent(format!("cannot evaluate `when`: {e}")))
+                }
+            }
+        }
+        let Some(fe) = &step.for_each else {
+            let rec = NodeRecord::new(step.id.clone(), step.id.clone());
+            self.transition(rec, NodeStatus::Pending);
+            self.ready.push_back(step.id.clone());
+            return self.set_step_nodes(i, vec![step.id.clone()]);
+        };
+        let ctx = expr::ctx_value(ctx.unwrap_or(Value::Null));
+        let items = match expr::render_value(fe, &ctx) {
+            Ok(Value::Array(items)) => items,
+            Ok(other) => {
+                return fail(
+                    self,
+                    StepError::permanent(format!("`for_each` must give a list, it gave {other}")),
+                )
+            }
+            Err(e) => {
+                return fail(self, StepError::permanent(format!("cannot evaluate `for_each`: {e}")))
+            }
+        };
+        if items.is_empty() {
+            let mut rec = NodeRecord::new(step.id.clone(), step.id.clone());
+            rec.fan_out = Some(0);
+            rec.outputs = Some(Value::Array(Vec::new()));
+            rec.finished_at = Some(Utc::now());
+            let id = rec.node_id.clone();
+            self.transition(rec, NodeStatus::Succeeded);
+            return self.set_step_nodes(i, vec![id]);
+        }
+        let n = items.len();
+        let mut ids = Vec::with_capacity(n);
+        for (k, item) in items.into_iter().enumerate() {
+            let id = format!("{}[{k}]", step.id);
+            let mut rec = NodeRecord::new(id.clone(), step.id.clone());
+            rec.index = Some(k);
+            rec.item = Some(item);
+            rec.fan_out = Some(n);
+            self.transition(rec, NodeStatus::Pending);
+            self.ready.push_back(id.clone());
+            ids.push(id);
+        }
+        self.set_step_nodes(i, ids);
+    }
+
+    /// The expression context: inputs, run, finished steps, and the node's item.
+    fn context(&self, item: Option<&Value>, index: Option<usize>) -> Value {
+        let mut steps = Map::new();
+        for (i, s) in self.wf.steps.iter().enumerate() {
+            let Some(ids) = &self.step_nodes[i] else { continue };
+            if self.open[i] > 0 {
+                continue;
+            }
+            let recs: Vec<&NodeRecord> = ids.iter().filter_map(|id| self.nodes.get(id)).collect();
+            let fanned = recs.first().and_then(|r| r.fan_out).is_some();
+            let outputs = if fanned {
+                Value::Array(
+                    recs.iter()
+                        .filter(|r| r.fan_out != Some(0))
+                        .map(|r| r.outputs.clone().unwrap_or(Value::Null))
+                        .collect(),
+                )
+            } else {
+                recs.first()
+                    .and_then(|r| r.outputs.clone())
+                    .unwrap_or(Value::Null)
+            };
+            let error = recs
+                .iter()
+                .find_map(|r| {
+                    r.error.as_ref().map(|e| {
+                        json!({ "class": e.class, "message": e.message, "node": r.node_id })
+                    })
+                })
+                .unwrap_or(Value::Null);
+            steps.insert(
+                s.id.clone(),
+                json!({ "status": aggregate_status(&recs), "outputs": outputs, "error": error }),
+            );
+        }
+        let mut ctx = json!({
+            "inputs": self.run.inputs,
+            "steps": steps,
+            "run": {
+                "id": self.run.run_id,
+                "started_at": self.run.started_at.to_rfc3339(),
+                "workflow": self.wf.name,
+            },
+        });
+        if let Some(item) = item {
+            ctx["item"] = item.clone();
+            ctx["index"] = json!(index);
+        }
+        ctx
+    }
+
+    /// Moves ready nodes to running, up to `max_parallel`.
+    fn start_nodes(&mut self) {
+        let max = self.run.max_parallel.max(1);
+        while self.live.len() + self.to_spawn.len() < max {
+            let Some(id) = self.ready.pop_front() else { break };
+            let Some(rec) = self.nodes.get(&id).cloned() else { continue };
+            match rec.status {
+                NodeStatus::Pending | NodeStatus::Running => self.begin_attempt(rec),
+                _ => {}
+            }
+        }
+    }
+
+    fn begin_attempt(&mut self, mut rec: NodeRecord) {
+        let wf = Arc::clone(&self.wf);
+        let step = &wf.steps[self.step_of(&rec)];
+        if let Some(t) = step.timeout {
+            self.deadlines
+                .entry(rec.node_id.clone())
+                .or_insert_with(|| Instant::now() + t);
+        }
+        rec.attempts += 1;
+        rec.started_at.get_or_insert_with(Utc::now);
+        rec.error = None;
+        let attempt = rec.attempts;
+        let node = rec.node_id.clone();
+        self.transition(rec, NodeStatus::Running);
+        self.to_spawn.push(node.clone());
+        self.emit(RunEvent::NodeStarted {
+            run_id: self.run.run_id.clone(),
+            node,
+            attempt,
+        });
+    }
+
+    /// Renders the `with:` of every node about to start. A render error fails the node
+    /// before any attempt runs.
+    fn prepare_spawns(&mut self) -> Vec<(String, Value)> {
+        let mut out = Vec::new();
+        for node in std::mem::take(&mut self.to_spawn) {
+            let Some(rec) = self.nodes.get(&node).cloned() else { continue };
+            let wf = Arc::clone(&self.wf);
+            let step = &wf.steps[self.step_of(&rec)];
+            let with = if step.with_has_templates {
+                let ctx = self.context(rec.item.as_ref(), rec.index);
+                match expr::render_value(&step.with, &expr::ctx_value(&ctx)) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let err = StepError::permanent(format!("cannot render `with`: {e}"));
+                        self.finish(rec, Err(err));
+                        continue;
+                    }
+                }
+            } else {
+                step.with.clone()
+            };
+            out.push((node, with));
+        }
+        out
+    }
+
+    fn spawn_attempt(&mut self, node: String, with: Value) {
+        let Some(rec) = self.nodes.get(&node).cloned() else { return };
+        let wf = Arc::clone(&self.wf);
+        let step = &wf.steps[self.step_of(&rec)];
+        let Some(plugin) = self.engine.registry.get(&step.uses).cloned() else {
+            let err = StepError::permanent(format!("no plugin named `{}`", step.uses));
+            return self.finish(rec, Err(err));
+        };
+        let cancel = CancellationToken::new();
+        let ctx = StepContext::new(
+            self.run.run_id.clone(),
+            node.clone(),
+            step.id.clone(),
+            rec.attempts,
+            cancel.clone(),
+            Some(self.sig_tx.clone()),
+        );
+        let mut limit = step.attempt_timeout;
+        if let Some(d) = self.deadlines.get(&node) {
+            let left = d.saturating_duration_since(Instant::now());
+            limit = Some(limit.map_or(left, |l| l.min(left)));
+        }
+        let breaker = self
+            .engine
+            .breakers
+            .get(&step.circuit, self.wf.breaker);
+        let key = step.circuit.clone();
+        let tx = self.tx.clone();
+        let token = cancel.clone();
+        self.live.insert(node.clone(), cancel);
+        tokio::spawn(async move {
+            let permit = tokio::select! {
+                p = breaker.acquire() => p,
+                _ = token.cancelled() => {
+                    let _ = tx.send(Msg::Done { node, result: Err(StepError::transient("cancelled before it started")) });
+                    return;
+                }
+            };
+            if let Some(t) = permit.transition {
+                let _ = tx.send(Msg::Breaker {
+                    node: node.clone(),
+                    key: key.clone(),
+                    from: format!("{:?}", t.from),
+                    to: format!("{:?}", t.to),
+                });
+            }
+            let run = plugin.run(with, ctx);
+            let result = tokio::select! {
+                r = async {
+                    match limit {
+                        Some(l) => tokio::time::timeout(l, run).await.unwrap_or_else(|_| {
+                            Err(StepError::transient(format!(
+                                "attempt timed out after {}",
+                                humantime::format_duration(l)
+                            )))
+                        }),
+                        None => run.await,
+                    }
+                } => r,
+                _ = token.cancelled() => Err(StepError::transient("cancelled")),
+            };
+            let outcome = match &result {
+                Ok(_) => BreakerOutcome::Success,
+                Err(e) if e.class == ErrorClass::Transient && !token.is_cancelled() => {
+                    BreakerOutcome::TransientFailure
+                }
+                Err(_) => BreakerOutcome::Neutral,
+            };
+            if let Some(t) = permit.record(outcome) {
+                let _ = tx.send(Msg::Breaker {
+                    node: node.clone(),
+                    key,
+                    from: format!("{:?}", t.from),
+                    to: format!("{:?}", t.to),
+                });
+            }
+            let _ = tx.send(Msg::Done { node, result });
+        });
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Done { node, result } => {
+                let token = self.live.remove(&node);
+                let Some(rec) = self.nodes.get(&node).cloned() else { return };
+                let was_cancelled = token.is_some_and(|t| t.is_cancelled());
+                match (&result, self.stopping) {
+                    // Cut off by Ctrl-C after the grace period: runs again on resume.
+                    (Err(_), Some(RunStatus::Interrupted)) if was_cancelled => {
+                        self.audit(Some(&node), "attempt_interrupted", json!({ "attempt": rec.attempts }));
+                        self.transition(rec, NodeStatus::Pending);
+                    }
+                    (Err(_), Some(RunStatus::Cancelled | RunStatus::Failed)) if was_cancelled => {
+                        let mut rec = rec;
+                        rec.finished_at = Some(Utc::now());
+                        let attempts = rec.attempts;
+                        self.transition(rec, NodeStatus::Cancelled);
+                        self.emit(RunEvent::NodeFinished {
+                            run_id: self.run.run_id.clone(),
+                            node,
+                            status: NodeStatus::Cancelled,
+                            attempts,
+                            error: None,
+                            reason: Some("the run was cancelled".into()),
+                        });
+                    }
+                    _ => self.finish(rec, result),
+                }
+            }
+            Msg::RetryDue { node } => {
+                self.retrying.remove(&node);
+                if let Some(rec) = self.nodes.get(&node).cloned() {
+                    if self.stopping.is_none() {
+                        self.ready.push_front(rec.node_id.clone());
+                    } else if self.stopping == Some(RunStatus::Interrupted) {
+                        self.transition(rec, NodeStatus::Pending);
+                    }
+                }
+            }
+            Msg::Breaker { node, key, from, to } => {
+                self.audit(Some(&node), "breaker_changed", json!({ "key": key, "from": from, "to": to }));
+                self.emit(RunEvent::BreakerChanged { key, from, to });
+            }
+        }
+    }
+
+    /// Ends an attempt: success, a retry, or failure (critical ones stop the run).
+    fn finish(&mut self, mut rec: NodeRecord, result: Result<Value, StepError>) {
+        let node = rec.node_id.clone();
+        match result {
+            Ok(outputs) => {
+                rec.outputs = Some(outputs);
+                rec.finished_at = Some(Utc::now());
+                let attempts = rec.attempts;
+                self.transition(rec, NodeStatus::Succeeded);
+                self.emit(RunEvent::NodeFinished {
+                    run_id: self.run.run_id.clone(),
+                    node,
+                    status: NodeStatus::Succeeded,
+                    attempts,
+                    error: None,
+                    reason: None,
+                });
+            }
+            Err(mut err) => {
+                let wf = Arc::clone(&self.wf);
+                let step = &wf.steps[self.step_of(&rec)];
+                let deadline = self.deadlines.get(&node).copied();
+                let retry = if self.stopping.is_none() {
+                    step.retry.should_retry(rec.attempts, &err)
+                } else {
+                    None
+                };
+                let retry = retry.filter(|d| deadline.is_none_or(|dl| Instant::now() + *d < dl));
+                if let Some(delay) = retry {
+                    self.audit(
+                        Some(&node),
+                        "retry_scheduled",
+                        json!({ "attempt": rec.attempts, "delay_ms": delay.as_millis() as u64, "error": { "class": err.class, "message": err.message } }),
+                    );
+                    self.emit(RunEvent::RetryScheduled {
+                        run_id: self.run.run_id.clone(),
+                        node: node.clone(),
+                        attempt: rec.attempts,
+                        delay_ms: delay.as_millis() as u64,
+                        error: err,
+                    });
+                    let token = CancellationToken::new();
+                    self.retrying.insert(node.clone(), token.clone());
+                    let tx = self.tx.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = token.cancelled() => {}
+                        }
+                        let _ = tx.send(Msg::RetryDue { node });
+                    });
+                    return;
+                }
+                if err.class == ErrorClass::Transient
+                    && deadline.is_some_and(|dl| Instant::now() >= dl)
+                {
+                    err.message = format!("step timed out; last error: {}", err.message);
+                }
+                let critical = err.class == ErrorClass::Critical;
+                rec.error = Some(err.clone());
+                rec.finished_at = Some(Utc::now());
+                let attempts = rec.attempts;
+                self.failed = true;
+                self.transition(rec, NodeStatus::Failed);
+                self.emit(RunEvent::NodeFinished {
+                    run_id: self.run.run_id.clone(),
+                    node: node.clone(),
+                    status: NodeStatus::Failed,
+                    attempts,
+                    error: Some(err),
+                    reason: None,
+                });
+                if critical {
+                    self.audit(Some(&node), "run_failed_critically", Value::Null);
+                    self.stopping = Some(RunStatus::Failed);
+                    for t in self.live.values().chain(self.retrying.values()) {
+                        t.cancel();
+                    }
+                    self.cancel_unstarted_after_critical();
+                }
+            }
+        }
+    }
+
+    /// A critical failure: every node not yet finished is cancelled, every step not yet
+    /// activated is skipped (no failure handlers: nothing more may touch the outside world).
+    fn cancel_unstarted_after_critical(&mut self) {
+        let pending: Vec<NodeRecord> = self
+            .nodes
+            .values()
+            .filter(|n| n.status == NodeStatus::Pending)
+            .cloned()
+            .collect();
+        for mut n in pending {
+            n.finished_at = Some(Utc::now());
+            self.transition(n, NodeStatus::Cancelled);
+        }
+        self.ready.clear();
+        for i in 0..self.wf.steps.len() {
+            if self.step_nodes[i].is_none() {
+                let id = self.wf.steps[i].id.clone();
+                let mut rec = NodeRecord::new(id.clone(), id);
+                rec.skip_reason = Some(SkipReason::RunStopped);
+                self.finish_new(i, rec, NodeStatus::Skipped, Some("the run failed critically".into()));
+            }
+        }
+        self.activatable.clear();
+    }
+
+    fn signal(&mut self, node: String, sig: StepSignal) {
+        let run_id = self.run.run_id.clone();
+        let e = match sig {
+            StepSignal::Log { level, message } => RunEvent::Log {
+                run_id,
+                node,
+                level,
+                message,
+            },
+            StepSignal::Progress { percent, message } => RunEvent::Progress {
+                run_id,
+                node,
+                percent,
+                message,
+            },
+            StepSignal::Milestone { kind, data } => {
+                self.audit(Some(&node), "milestone", json!({ "kind": kind, "data": data }));
+                RunEvent::Milestone {
+                    run_id,
+                    node,
+                    kind,
+                    data,
+                }
+            }
+        };
+        // Plugin messages are not state: deliver at once rather than with the next commit.
+        if matches!(e, RunEvent::Milestone { .. }) {
+            self.emit(e);
+        } else {
+            for o in &self.observers {
+                o.on_event(&e);
+            }
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The workflow file format, as users write it (the "raw" phase).
+//!
+//! These types mirror the file: references are strings, templates are unparsed text, and every
+//! struct denies unknown fields. The doc comment on each field is user documentation: it is what
+//! `landfall schema` publishes to editors. [`crate::compile`] turns a spec into a
+//! [`crate::workflow::Workflow`].
+
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A workflow file: named inputs and a list of steps wired by `needs`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowSpec {
+    /// Name of the workflow, shown in `landfall status` and messages.
+    pub name: String,
+    /// What the workflow does, for people.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// How many nodes may run at the same time (the CLI's `--max-parallel` wins).
+    #[serde(default)]
+    pub max_parallel: Option<usize>,
+    /// Typed inputs of a run, by name.
+    #[serde(default)]
+    pub inputs: IndexMap<String, InputSpec>,
+    /// Settings every step inherits unless it sets its own.
+    #[serde(default)]
+    pub defaults: DefaultsSpec,
+    /// The steps. Order does not matter; `needs` gives the edges.
+    pub steps: Vec<StepSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InputType {
+    String,
+    Integer,
+    Number,
+    Boolean,
+    Array,
+    Object,
+}
+
+impl InputType {
+    pub fn name(self) -> &'static str {
+        match self {
+            InputType::String => "string",
+            InputType::Integer => "integer",
+            InputType::Number => "number",
+            InputType::Boolean => "boolean",
+            InputType::Array => "array",
+            InputType::Object => "object",
+        }
+    }
+}
+
+/// One input of a workflow.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// The value's type.
+    #[serde(rename = "type")]
+    pub kind: InputType,
+    /// What the input means, for people and `--help`.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Used when the run does not give the input.
+    #[serde(default)]
+    pub default: Option<Value>,
+    /// Whether a run must give it. Defaults to true when there is no `default`.
+    #[serde(default)]
+    pub required: Option<bool>,
+    /// A regular expression a string input must match (whole value).
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// The only values allowed.
+    #[serde(default, rename = "enum")]
+    pub allowed: Option<Vec<Value>>,
+    /// Never shown in logs, events or `status` (tokens, passwords).
+    #[serde(default)]
+    pub secret: bool,
+}
+
+/// Defaults for every step.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultsSpec {
+    /// Retry policy for transient failures.
+    #[serde(default)]
+    pub retry: Option<RetrySpec>,
+    /// Time limit for a step, all attempts and waits included (e.g. `5m`).
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Duration>,
+    /// Time limit for one attempt (e.g. `30s`); a timed-out attempt is a transient failure.
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub attempt_timeout: Option<Duration>,
+    /// Circuit breaker shared by steps with the same `circuit` key.
+    #[serde(default)]
+    pub circuit_breaker: Option<BreakerSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Jitter {
+    /// Exactly the computed delay.
+    None,
+    /// A random delay between zero and the computed delay.
+    #[default]
+    Full,
+    /// Half the computed delay plus a random part of the other half.
+    Equal,
+}
+
+/// How transient failures are retried: delays grow from `initial_delay` by `multiplier` up to
+/// `max_delay`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Attempts in all, the first included (1 = never retry).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Delay before the second attempt (e.g. `200ms`).
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub initial_delay: Option<Duration>,
+    /// Factor between consecutive delays (≥ 1.0).
+    #[serde(default)]
+    pub multiplier: Option<f64>,
+    /// Upper bound of any delay (e.g. `30s`).
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub max_delay: Option<Duration>,
+    /// Randomisation of delays: none, full or equal.
+    #[serde(default)]
+    pub jitter: Option<Jitter>,
+}
+
+/// Circuit breaker settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSpec {
+    /// Consecutive transient failures that open the circuit.
+    #[serde(default)]
+    pub failure_threshold: Option<u32>,
+    /// How long the circuit stays open before one probe is let through (e.g. `30s`).
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub cool_down: Option<Duration>,
+}
+
+/// One step: an instance of a plugin, wired to earlier steps by `needs`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    /// Unique id of the step: letters, digits, `_` and `-`, starting with a letter.
+    pub id: String,
+    /// The plugin that runs this step (`landfall steps` lists them).
+    pub uses: String,
+    /// A short human name, shown in progress and messages.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Steps that must finish before this one starts.
+    #[serde(default)]
+    pub needs: Vec<String>,
+    /// The plugin's inputs. Strings are templates (`{{ inputs.customer }}`); a string that is
+    /// exactly one expression yields its native value (a list stays a list).
+    #[serde(default, rename = "with")]
+    pub with: Option<Value>,
+    /// Condition: an expression (`{{ steps.a.status == 'succeeded' }}`), or `success()`
+    /// (default), `failure()` (only when an earlier step failed) or `always()`.
+    #[serde(default)]
+    pub when: Option<String>,
+    /// Runs the step once per item of this list (`{{ inputs.regions }}`); `item` and `index`
+    /// name the current one.
+    #[serde(default)]
+    pub for_each: Option<Value>,
+    /// Retry policy; fields not given come from `defaults.retry`.
+    #[serde(default)]
+    pub retry: Option<RetrySpec>,
+    /// Time limit for the step, all attempts included.
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Duration>,
+    /// Time limit for one attempt.
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub attempt_timeout: Option<Duration>,
+    /// Circuit breaker key (default: the plugin name). Steps with the same key share a breaker.
+    #[serde(default)]
+    pub circuit: Option<String>,
+}
+
+/// The JSON Schema of workflow files, for editors.
+pub fn json_schema() -> Value {
+    serde_json::to_value(schemars::schema_for!(WorkflowSpec)).unwrap_or(Value::Null)
+}

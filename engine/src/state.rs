@@ -1,0 +1,235 @@
+//! The durable state of runs and nodes, and the legal transitions between node states.
+//!
+//! These records are what the store persists (serde JSON, with the schema version kept by the
+//! store). Everything else about a run is derived from them.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::StepError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    Pending,
+    Running,
+    /// Waiting for something outside the run (an approval); holds no parallelism slot.
+    Waiting,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl NodeStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            NodeStatus::Succeeded | NodeStatus::Failed | NodeStatus::Skipped | NodeStatus::Cancelled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Pending => "pending",
+            NodeStatus::Running => "running",
+            NodeStatus::Waiting => "waiting",
+            NodeStatus::Succeeded => "succeeded",
+            NodeStatus::Failed => "failed",
+            NodeStatus::Skipped => "skipped",
+            NodeStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// The one place that says which transitions exist.
+    ///
+    /// `Running → Pending` is an interruption (Ctrl-C, crash): the attempt is run again with
+    /// the same idempotency key. `Running → Running` is the next attempt after a retry delay.
+    pub fn can_become(self, next: NodeStatus) -> bool {
+        use NodeStatus::*;
+        match (self, next) {
+            (Pending, Running | Skipped | Cancelled | Failed) => true,
+            (Running, Running | Waiting | Succeeded | Failed | Cancelled | Pending) => true,
+            (Waiting, Running | Succeeded | Failed | Cancelled | Pending) => true,
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// Stopped before finishing (Ctrl-C, a crash, a reboot): `landfall resume` continues it.
+    Interrupted,
+}
+
+impl RunStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a node was skipped; decides whether its dependents still run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// Its `when` was false: dependents run as if it had succeeded.
+    Condition,
+    /// An earlier step failed: dependents are skipped too, unless they handle failure.
+    UpstreamFailed,
+    /// Nothing failed, so a `failure()` step had nothing to do.
+    NoFailure,
+    /// The run was cancelled or failed critically before the node started.
+    RunStopped,
+}
+
+/// Who or what started a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trigger {
+    /// `cli`, `slack`, …
+    pub source: String,
+    /// The person or system, e.g. a user name or a Slack user id.
+    pub actor: String,
+    /// Source-specific details (Slack channel, command text).
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub details: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub workflow: String,
+    /// The workflow file's name and text at start: `resume` runs this, not today's file.
+    pub workflow_file: String,
+    pub workflow_text: String,
+    pub workflow_digest: String,
+    pub inputs: Value,
+    /// Sha-256 of the canonical JSON of `inputs`.
+    pub inputs_digest: String,
+    pub trigger: Trigger,
+    pub status: RunStatus,
+    pub max_parallel: usize,
+    pub started_at: DateTime<Utc>,
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Data observers keep with the run (e.g. the Slack thread), by observer name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// `step` or `step[i]` for a `for_each` instance.
+    pub node_id: String,
+    pub step_id: String,
+    /// The instance's position and item, for `for_each` instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<Value>,
+    /// How many instances the step fanned out to (on every instance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fan_out: Option<usize>,
+    pub status: NodeStatus,
+    /// Attempts started so far.
+    pub attempts: u32,
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<StepError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_reason: Option<SkipReason>,
+}
+
+impl NodeRecord {
+    pub fn new(node_id: String, step_id: String) -> Self {
+        NodeRecord {
+            node_id,
+            step_id,
+            index: None,
+            item: None,
+            fan_out: None,
+            status: NodeStatus::Pending,
+            attempts: 0,
+            started_at: None,
+            finished_at: None,
+            outputs: None,
+            error: None,
+            skip_reason: None,
+        }
+    }
+}
+
+/// The idempotency key of a node: stable across retries and resumes, different for every node
+/// of every run. Safe as an AWS `ClientRequestToken` (hex).
+pub fn idempotency_key(run_id: &str, node_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(run_id.as_bytes());
+    h.update([0]);
+    h.update(node_id.as_bytes());
+    hex::encode(&h.finalize()[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_states_are_final() {
+        use NodeStatus::*;
+        for from in [Succeeded, Failed, Skipped, Cancelled] {
+            for to in [Pending, Running, Waiting, Succeeded, Failed, Skipped, Cancelled] {
+                assert!(!from.can_become(to), "{from} -> {to}");
+            }
+        }
+        assert!(Pending.can_become(Running));
+        assert!(Running.can_become(Pending));
+        assert!(!Pending.can_become(Succeeded));
+    }
+
+    #[test]
+    fn idempotency_keys_differ_per_node_and_run() {
+        let a = idempotency_key("r1", "a");
+        assert_eq!(a, idempotency_key("r1", "a"));
+        assert_ne!(a, idempotency_key("r1", "b"));
+        assert_ne!(a, idempotency_key("r2", "a"));
+        assert_eq!(a.len(), 32);
+    }
+}

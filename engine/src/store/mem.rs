@@ -1,0 +1,92 @@
+//! An in-memory store with the same semantics as the redb one, minus durability. For
+//! benchmarks of the scheduler alone and for tests of pure logic.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use super::{AuditEntry, Batch, Store, StoreError};
+use crate::lock::RunLease;
+use crate::state::{NodeRecord, RunRecord};
+
+#[derive(Default)]
+struct Inner {
+    runs: BTreeMap<String, RunRecord>,
+    nodes: BTreeMap<(String, String), NodeRecord>,
+    audit: BTreeMap<(String, u64), AuditEntry>,
+}
+
+#[derive(Default)]
+pub struct MemStore {
+    inner: Mutex<Inner>,
+}
+
+impl MemStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Store for MemStore {
+    fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        for r in batch.runs {
+            g.runs.insert(r.run_id.clone(), r);
+        }
+        for (run, n) in batch.nodes {
+            g.nodes.insert((run, n.node_id.clone()), n);
+        }
+        for draft in batch.audit {
+            let run = draft.run_id.clone();
+            let last = g
+                .audit
+                .range((run.clone(), 0)..=(run.clone(), u64::MAX))
+                .next_back()
+                .map(|(_, e)| (e.seq + 1, e.hash.clone()));
+            let (seq, prev) = last.unwrap_or((0, String::new()));
+            g.audit
+                .insert((run, seq), AuditEntry::chain(seq, draft, prev));
+        }
+        Ok(())
+    }
+
+    fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        Ok(self.lock().runs.get(run_id).cloned())
+    }
+
+    fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        let mut v: Vec<_> = self.lock().runs.values().cloned().collect();
+        v.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.run_id.cmp(&a.run_id)));
+        Ok(v)
+    }
+
+    fn nodes(&self, run_id: &str) -> Result<Vec<NodeRecord>, StoreError> {
+        Ok(self
+            .lock()
+            .nodes
+            .range((run_id.to_string(), String::new())..)
+            .take_while(|((r, _), _)| r == run_id)
+            .map(|(_, n)| n.clone())
+            .collect())
+    }
+
+    fn lease(&self, _run_id: &str) -> Result<Option<RunLease>, StoreError> {
+        Ok(Some(RunLease::none()))
+    }
+
+    fn is_live(&self, _run_id: &str) -> bool {
+        false
+    }
+
+    fn audit(&self, run_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        Ok(self
+            .lock()
+            .audit
+            .range((run_id.to_string(), 0)..=(run_id.to_string(), u64::MAX))
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+}

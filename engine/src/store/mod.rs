@@ -1,0 +1,206 @@
+//! Durable state: runs, node checkpoints and the audit log.
+//!
+//! Every state change goes through [`Store::commit`]: one [`Batch`] is one atomic, durable
+//! transaction (the scheduler's group commit). The audit log is append-only and hash-chained
+//! per run; the store, not the caller, assigns sequence numbers and hashes inside the same
+//! transaction, so a chain can never fork.
+
+mod mem;
+mod redb_store;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use mem::MemStore;
+pub use redb_store::RedbStore;
+
+use crate::lock::RunLease;
+use crate::state::{NodeRecord, RunRecord};
+
+/// The on-disk schema version this build writes. Bump it with a migration in
+/// `redb_store::MIGRATIONS`.
+pub const SCHEMA_VERSION: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the state file {path}: {message}")]
+    Open { path: String, message: String },
+    #[error("the state file {path} was written by a newer Landfall (schema {found}, this build knows up to {known}); upgrade landfall")]
+    TooNew { path: String, found: u64, known: u64 },
+    #[error("state file error: {0}")]
+    Backend(String),
+    #[error("a stored record is corrupt ({what}): {message}")]
+    Corrupt { what: String, message: String },
+    #[error("run `{0}` does not exist")]
+    NoSuchRun(String),
+}
+
+macro_rules! backend_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Backend(e.to_string())
+            }
+        }
+    )*};
+}
+backend_errors!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// An audit entry before the store has placed it in its chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditDraft {
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    /// Empty for entries that belong to no run (a refused Slack request, a breaker).
+    pub run_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// `run_started`, `node_transition`, `retry_scheduled`, `breaker_opened`, …
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub details: Value,
+}
+
+impl AuditDraft {
+    pub fn new(actor: &str, run_id: &str, kind: &str, details: Value) -> Self {
+        AuditDraft {
+            at: Utc::now(),
+            actor: actor.to_string(),
+            run_id: run_id.to_string(),
+            node: None,
+            kind: kind.to_string(),
+            details,
+        }
+    }
+
+    pub fn node(mut self, node: &str) -> Self {
+        self.node = Some(node.to_string());
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub draft: AuditDraft,
+    /// Hash of the previous entry of the same run ("" for the first).
+    pub prev: String,
+    /// Sha-256 over `prev` and the canonical JSON of `seq` and `draft`.
+    pub hash: String,
+}
+
+impl AuditEntry {
+    pub fn chain(seq: u64, draft: AuditDraft, prev: String) -> Self {
+        let hash = Self::compute_hash(seq, &draft, &prev);
+        AuditEntry {
+            seq,
+            draft,
+            prev,
+            hash,
+        }
+    }
+
+    fn compute_hash(seq: u64, draft: &AuditDraft, prev: &str) -> String {
+        let body = crate::digest::canonical_json(&serde_json::json!({ "seq": seq, "entry": draft }));
+        crate::digest::sha256_hex(format!("{prev}\n{body}").as_bytes())
+    }
+}
+
+/// Where a chain first breaks.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChainBreak {
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// Checks a run's audit chain, in order; `None` when it is intact.
+pub fn verify_chain(entries: &[AuditEntry]) -> Option<ChainBreak> {
+    let mut prev = String::new();
+    for (i, e) in entries.iter().enumerate() {
+        if e.seq != i as u64 {
+            return Some(ChainBreak {
+                seq: e.seq,
+                reason: format!("expected entry #{i}, found #{} (an entry is missing)", e.seq),
+            });
+        }
+        if e.prev != prev {
+            return Some(ChainBreak {
+                seq: e.seq,
+                reason: "its link to the previous entry does not match".into(),
+            });
+        }
+        if AuditEntry::compute_hash(e.seq, &e.draft, &e.prev) != e.hash {
+            return Some(ChainBreak {
+                seq: e.seq,
+                reason: "its content does not match its hash (it was changed)".into(),
+            });
+        }
+        prev = e.hash.clone();
+    }
+    None
+}
+
+/// One atomic, durable change.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub runs: Vec<RunRecord>,
+    pub nodes: Vec<(String, NodeRecord)>,
+    pub audit: Vec<AuditDraft>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty() && self.nodes.is_empty() && self.audit.is_empty()
+    }
+}
+
+pub trait Store: Send + Sync {
+    /// Applies the batch atomically and durably (it is on disk when this returns).
+    fn commit(&self, batch: Batch) -> Result<(), StoreError>;
+    fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError>;
+    /// Every run, newest first.
+    fn runs(&self) -> Result<Vec<RunRecord>, StoreError>;
+    fn nodes(&self, run_id: &str) -> Result<Vec<NodeRecord>, StoreError>;
+    fn audit(&self, run_id: &str) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Claims the right to execute a run; `None` while another live process has it.
+    fn lease(&self, run_id: &str) -> Result<Option<RunLease>, StoreError>;
+    /// Whether a live process is executing the run.
+    fn is_live(&self, run_id: &str) -> bool;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains_verify_and_detect_each_kind_of_tampering() {
+        let mut entries = Vec::new();
+        let mut prev = String::new();
+        for i in 0..4 {
+            let e = AuditEntry::chain(i, AuditDraft::new("me", "r", "k", Value::from(i)), prev);
+            prev = e.hash.clone();
+            entries.push(e);
+        }
+        assert_eq!(verify_chain(&entries), None);
+
+        let mut changed = entries.clone();
+        changed[2].draft.actor = "mallory".into();
+        assert_eq!(verify_chain(&changed).unwrap().seq, 2);
+
+        let mut removed = entries.clone();
+        removed.remove(1);
+        assert_eq!(verify_chain(&removed).unwrap().seq, 2);
+
+        let mut relinked = entries.clone();
+        relinked[3].prev = "x".into();
+        assert_eq!(verify_chain(&relinked).unwrap().seq, 3);
+    }
+}

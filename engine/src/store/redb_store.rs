@@ -1,0 +1,232 @@
+//! The redb-backed store: one file, shared by every `landfall` process on the machine.
+//!
+//! Opened in redb's `MultiWriter` mode so that two runs in two processes can write, and
+//! `status`/`audit` can read while a run is going. Records are JSON so that adding a field is
+//! not a migration; the schema version covers changes of keys and tables.
+
+use std::path::{Path, PathBuf};
+
+use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{AuditEntry, Batch, Store, StoreError, SCHEMA_VERSION};
+use crate::lock::{RunLease, RunLocks};
+use crate::state::{NodeRecord, RunRecord};
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
+const NODES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("nodes");
+const AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("audit");
+
+/// One migration: from `version - 1` to `version`.
+type Migration = fn(&redb::WriteTransaction) -> Result<(), StoreError>;
+
+/// Migrations by the version they produce. Version 1 is the first layout: nothing to do.
+const MIGRATIONS: &[(u64, Migration)] = &[];
+
+pub struct RedbStore {
+    db: Database,
+    path: PathBuf,
+    locks: RunLocks,
+}
+
+fn corrupt(what: String, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        message: e.to_string(),
+    }
+}
+
+impl RedbStore {
+    /// Opens (or creates) the state file, creating its directory, and brings its schema up to
+    /// date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let shown = path.display().to_string();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                path: shown.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        let db = Database::builder()
+            .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+            .create(path)
+            .map_err(|e| StoreError::Open {
+                path: shown.clone(),
+                message: e.to_string(),
+            })?;
+        let store = RedbStore {
+            db,
+            path: path.to_path_buf(),
+            locks: RunLocks::beside(path),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn schema_version(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        let v = match tx.open_table(META) {
+            Ok(t) => t.get("schema_version")?.map(|v| v.value()).unwrap_or(0),
+            Err(redb::TableError::TableDoesNotExist(_)) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(v)
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut meta = tx.open_table(META)?;
+            let found = meta.get("schema_version")?.map(|v| v.value());
+            let fresh = found.is_none();
+            let mut version = found.unwrap_or(0);
+            if version > SCHEMA_VERSION {
+                return Err(StoreError::TooNew {
+                    path: self.path.display().to_string(),
+                    found: version,
+                    known: SCHEMA_VERSION,
+                });
+            }
+            // Create every table so readers never meet a missing one.
+            tx.open_table(RUNS)?;
+            tx.open_table(NODES)?;
+            tx.open_table(AUDIT)?;
+            if fresh {
+                version = SCHEMA_VERSION;
+            }
+            for (to, step) in MIGRATIONS {
+                if *to > version {
+                    step(&tx)?;
+                    version = *to;
+                }
+            }
+            meta.insert("schema_version", version.max(1))?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: impl FnOnce() -> String, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| corrupt(what(), e))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Backend(e.to_string()))
+}
+
+impl Store for RedbStore {
+    fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write()?;
+        {
+            let mut runs = tx.open_table(RUNS)?;
+            for r in &batch.runs {
+                runs.insert(r.run_id.as_str(), encode(r)?.as_slice())?;
+            }
+            let mut nodes = tx.open_table(NODES)?;
+            for (run, n) in &batch.nodes {
+                nodes.insert((run.as_str(), n.node_id.as_str()), encode(n)?.as_slice())?;
+            }
+            let mut audit = tx.open_table(AUDIT)?;
+            for draft in batch.audit {
+                let run = draft.run_id.clone();
+                let last: Option<Vec<u8>> = audit
+                    .range((run.as_str(), 0)..=(run.as_str(), u64::MAX))?
+                    .next_back()
+                    .transpose()?
+                    .map(|(_, v)| v.value().to_vec());
+                let (seq, prev) = match last {
+                    Some(bytes) => {
+                        let e: AuditEntry = decode(|| format!("last audit entry of {run}"), &bytes)?;
+                        (e.seq + 1, e.hash)
+                    }
+                    None => (0, String::new()),
+                };
+                let entry = AuditEntry::chain(seq, draft, prev);
+                audit.insert((run.as_str(), seq), encode(&entry)?.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(RUNS)?;
+        match t.get(run_id)? {
+            Some(v) => Ok(Some(decode(|| format!("run {run_id}"), v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(RUNS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push(decode::<RunRecord>(|| format!("run {}", k.value()), v.value())?);
+        }
+        out.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.run_id.cmp(&a.run_id)));
+        Ok(out)
+    }
+
+    fn nodes(&self, run_id: &str) -> Result<Vec<NodeRecord>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(NODES)?;
+        let mut out = Vec::new();
+        for item in t.range((run_id, "")..=(run_id, "\u{10FFFF}"))? {
+            let (k, v) = item?;
+            out.push(decode::<NodeRecord>(
+                || format!("node {run_id}/{}", k.value().1),
+                v.value(),
+            )?);
+        }
+        Ok(out)
+    }
+
+    fn lease(&self, run_id: &str) -> Result<Option<RunLease>, StoreError> {
+        self.locks
+            .try_acquire(run_id)
+            .map_err(|e| StoreError::Backend(format!("cannot lock run {run_id}: {e}")))
+    }
+
+    fn is_live(&self, run_id: &str) -> bool {
+        self.locks.is_held(run_id)
+    }
+
+    fn audit(&self, run_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(AUDIT)?;
+        let mut out = Vec::new();
+        for item in t.range((run_id, 0)..=(run_id, u64::MAX))? {
+            let (k, v) = item?;
+            out.push(decode::<AuditEntry>(
+                || format!("audit entry {run_id}#{}", k.value().1),
+                v.value(),
+            )?);
+        }
+        Ok(out)
+    }
+}
+
+impl RedbStore {
+    /// Overwrites one audit entry's bytes. Only for tests of `audit --verify`.
+    #[doc(hidden)]
+    pub fn tamper_audit(&self, run_id: &str, seq: u64, entry: &AuditEntry) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(AUDIT)?;
+            t.insert((run_id, seq), encode(entry)?.as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
