@@ -1,1 +1,37 @@
-fn main() {}
+use clap::Parser;
+use landfall::cli::{Cli, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+fn init_logs(format: LogFormat, verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_env("LANDFALL_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logs(cli.global.log_format, cli.global.verbose, cli.global.quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(landfall::app::EXIT_ENV);
+        }
+    };
+    let code = runtime.block_on(landfall::app::run(cli));
+    // Attempts still running in the background (a cancelled run's stragglers) must not keep
+    // the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    std::process::exit(code);
+}

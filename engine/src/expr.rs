@@ -117,6 +117,18 @@ pub fn condition_expr(when: &str) -> &str {
     }
 }
 
+/// Names the environment itself provides (functions), which are not context variables.
+const GLOBALS: [&str; 10] = [
+    "success", "failure", "always", "cancelled", "range", "dict", "namespace", "debug", "lipsum",
+    "cycler",
+];
+
+fn context_vars(vars: std::collections::HashSet<String>) -> BTreeSet<String> {
+    vars.into_iter()
+        .filter(|v| !GLOBALS.contains(&v.split('.').next().unwrap_or_default()))
+        .collect()
+}
+
 /// Variables a template or expression reads, as dotted paths (`steps.a.outputs`).
 pub fn referenced(s: &str) -> Result<BTreeSet<String>, ExprError> {
     let env = env();
@@ -125,16 +137,14 @@ pub fn referenced(s: &str) -> Result<BTreeSet<String>, ExprError> {
         Template::Expr(e) => env.compile_expression(e)?.undeclared_variables(true),
         Template::Text(t) => env.template_from_str(t)?.undeclared_variables(true),
     };
-    Ok(vars.into_iter().collect())
+    Ok(context_vars(vars))
 }
 
 /// Variables a bare expression (a `when` condition) reads.
 pub fn referenced_in_expr(expr: &str) -> Result<BTreeSet<String>, ExprError> {
-    Ok(env()
-        .compile_expression(expr)?
-        .undeclared_variables(true)
-        .into_iter()
-        .collect())
+    Ok(context_vars(
+        env().compile_expression(expr)?.undeclared_variables(true),
+    ))
 }
 
 /// Evaluates one string of a `with:` block.

@@ -495,6 +495,10 @@ impl<'a> Execution<'a> {
                     }
                 }
                 Some(msg) = self.rx.recv() => {
+                    // A step's messages were sent before its result: show them first.
+                    while let Ok((n, s)) = self.sig_rx.try_recv() {
+                        self.signal(n, s);
+                    }
                     self.handle(msg);
                     while let Ok(m) = self.rx.try_recv() {
                         self.handle(m);
@@ -668,7 +672,11 @@ impl<'a> Execution<'a> {
                     } else {
                         SkipReason::Condition
                     };
-                    return skip(self, reason, format!("condition `{cond}` is false"));
+                    let why = match reason {
+                        SkipReason::NoFailure => "nothing failed".to_string(),
+                        _ => format!("condition `{cond}` is false"),
+                    };
+                    return skip(self, reason, why);
                 }
                 Err(e) => {
                     return fail(self, StepError::permanent(format!("cannot evaluate `when`: {e}")))

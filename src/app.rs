@@ -1,0 +1,685 @@
+//! The commands. Each returns an exit code; errors that end a command early are
+//! [`Failure`]s carrying their code, so `main` is the only place that exits.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use landfall_engine::compile::compile;
+use landfall_engine::diag::{codes, Diagnostic, Report};
+use landfall_engine::events::Observer;
+use landfall_engine::inputs;
+use landfall_engine::source::{self, Source};
+use landfall_engine::state::{NodeRecord, NodeStatus, RunRecord, RunStatus, Trigger};
+use landfall_engine::store::{verify_chain, RedbStore, Store};
+use landfall_engine::{Engine, EngineError, NewRun, Registry, RunControl, Workflow};
+use serde_json::{json, Map, Value};
+
+use crate::cli::{Cli, Command, ConfigCommand, GraphFormat, RunArgs};
+use crate::config::{self, ConfigError, Flags, Loaded};
+use crate::progress::Progress;
+use crate::render;
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_INVALID: i32 = 2;
+pub const EXIT_ENV: i32 = 3;
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// A command that ends early: what to print and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Failure {
+            code: EXIT_INVALID,
+            message: message.into(),
+        }
+    }
+
+    pub fn env(message: impl Into<String>) -> Self {
+        Failure {
+            code: EXIT_ENV,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<EngineError> for Failure {
+    fn from(e: EngineError) -> Self {
+        let code = match &e {
+            EngineError::Store(_) | EngineError::Busy(_) => EXIT_ENV,
+            EngineError::Conflict { .. }
+            | EngineError::BadRunId(_)
+            | EngineError::Finished(..)
+            | EngineError::Stale(..) => EXIT_INVALID,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+type Res<T> = Result<T, Failure>;
+
+pub struct App {
+    pub cli_global: crate::cli::Global,
+    pub loaded: Loaded,
+    pub registry: Arc<Registry>,
+}
+
+pub async fn run(cli: Cli) -> i32 {
+    let flags = Flags {
+        db: cli.global.db.clone(),
+        max_parallel: match &cli.command {
+            Command::Run(a) => a.max_parallel.map(|n| n as usize),
+            _ => None,
+        },
+    };
+    let loaded = match config::load(cli.global.config.as_deref(), cli.global.env_name.as_deref(), flags) {
+        Ok(l) => l,
+        Err(ConfigError::File(r)) => {
+            eprint!("{}", render::report(&r, render::stderr_color()));
+            return EXIT_INVALID;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_INVALID;
+        }
+    };
+    let app = App {
+        cli_global: cli.global,
+        loaded,
+        registry: Arc::new(landfall_steps::registry()),
+    };
+    let res = match cli.command {
+        Command::Validate { files, json } => app.validate(&files, json),
+        Command::Graph { file, format } => app.graph(&file, format),
+        Command::Run(args) => app.run(args).await,
+        Command::Resume { run_id, json } => app.resume(&run_id, json).await,
+        Command::Status {
+            run_id,
+            json,
+            limit,
+        } => app.status(run_id.as_deref(), json, limit),
+        Command::Audit {
+            run_id,
+            verify,
+            json,
+        } => app.audit(&run_id, verify, json),
+        Command::Steps { json } => app.steps(json),
+        Command::Schema => {
+            print_json(&landfall_engine::spec::json_schema());
+            Ok(EXIT_OK)
+        }
+        Command::Config {
+            command: ConfigCommand::Show { json },
+        } => app.config_show(json),
+    };
+    match res {
+        Ok(code) => code,
+        Err(f) => {
+            if !f.message.is_empty() {
+                eprintln!("error: {}", f.message);
+            }
+            f.code
+        }
+    }
+}
+
+fn print_json(v: &Value) {
+    let text = serde_json::to_string_pretty(v).unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`| head`) is not an error worth reporting.
+    let _ = writeln!(out, "{text}");
+}
+
+fn read_source(path: &Path) -> Res<Source> {
+    let name = path.display().to_string();
+    std::fs::read_to_string(path)
+        .map(|text| Source::new(name.clone(), text))
+        .map_err(|e| Failure::invalid(format!("cannot read {name}: {e}")))
+}
+
+impl App {
+    fn quiet(&self) -> bool {
+        self.cli_global.quiet
+    }
+
+    fn open_store(&self) -> Res<Arc<RedbStore>> {
+        RedbStore::open(&self.loaded.config.db)
+            .map(Arc::new)
+            .map_err(|e| Failure::env(e.to_string()))
+    }
+
+    /// Compiles a workflow; on errors prints the report and fails with exit 2.
+    fn load_workflow(&self, path: &Path) -> Res<Workflow> {
+        let source = read_source(path)?;
+        self.compile_source(source)
+    }
+
+    fn compile_source(&self, source: Source) -> Res<Workflow> {
+        let c = compile(&source, &self.registry);
+        if !c.report.diagnostics.is_empty() && !(self.quiet() && !c.report.has_errors()) {
+            eprint!("{}", render::report(&c.report, render::stderr_color()));
+        }
+        c.workflow.ok_or(Failure {
+            code: EXIT_INVALID,
+            message: String::new(),
+        })
+    }
+
+    fn validate(&self, files: &[PathBuf], json: bool) -> Res<i32> {
+        let mut code = EXIT_OK;
+        let mut reports = Vec::new();
+        for f in files {
+            let report = match read_source(f) {
+                Ok(source) => compile(&source, &self.registry).report,
+                Err(e) => Report::new(
+                    Source::new(f.display().to_string(), ""),
+                    None,
+                    vec![Diagnostic::error(codes::IO, e.message)],
+                ),
+            };
+            if report.has_errors() {
+                code = EXIT_INVALID;
+            }
+            if json {
+                reports.push(report.to_json());
+            } else if !report.diagnostics.is_empty() {
+                eprint!("{}", render::report(&report, render::stderr_color()));
+            } else if !self.quiet() {
+                eprintln!("{}: ok", report.source.name);
+            }
+        }
+        if json {
+            print_json(&Value::Array(reports));
+        }
+        Ok(code)
+    }
+
+    fn graph(&self, file: &Path, format: GraphFormat) -> Res<i32> {
+        let wf = self.load_workflow(file)?;
+        let text = match format {
+            GraphFormat::Dot => wf.to_dot(),
+            GraphFormat::Mermaid => wf.to_mermaid(),
+        };
+        print!("{text}");
+        Ok(EXIT_OK)
+    }
+
+    fn read_inputs(&self, wf: &Workflow, args: &RunArgs) -> Res<Map<String, Value>> {
+        let provided = match &args.input {
+            None => Map::new(),
+            Some(p) => {
+                let source = read_source(p)?;
+                let doc = match source::parse(&source) {
+                    Ok((doc, _)) => doc,
+                    Err(d) => {
+                        let r = Report::new(source, None, vec![d]);
+                        eprint!("{}", render::report(&r, render::stderr_color()));
+                        return Err(Failure::invalid(""));
+                    }
+                };
+                match doc.value {
+                    Value::Object(m) => m,
+                    Value::Null => Map::new(),
+                    _ => {
+                        return Err(Failure::invalid(format!(
+                            "{}: an inputs file must be a mapping of input names to values",
+                            source.name
+                        )))
+                    }
+                }
+            }
+        };
+        inputs::resolve(&wf.inputs, provided, &args.sets).map_err(|errs| {
+            for e in &errs {
+                let code = if e.message.contains("missing") {
+                    codes::INPUT_MISSING
+                } else if e.message.contains("no such input") {
+                    codes::INPUT_UNKNOWN
+                } else {
+                    codes::INPUT_INVALID
+                };
+                eprintln!("error[{code}]: input `{}`: {}", e.field, e.message);
+            }
+            Failure::invalid(format!(
+                "{} invalid input{}; nothing ran",
+                errs.len(),
+                if errs.len() == 1 { "" } else { "s" }
+            ))
+        })
+    }
+
+    fn engine(&self, store: Arc<RedbStore>) -> Engine {
+        Engine::new(Arc::clone(&self.registry), store)
+    }
+
+    async fn run(&self, args: RunArgs) -> Res<i32> {
+        let wf = self.load_workflow(&args.file)?;
+        let inputs = self.read_inputs(&wf, &args)?;
+        let store = self.open_store()?;
+        let engine = self.engine(Arc::clone(&store));
+        let max_parallel = args
+            .max_parallel
+            .map(|n| n as usize)
+            .or(wf.max_parallel)
+            .unwrap_or(self.loaded.config.max_parallel);
+        let record = engine.create_run(
+            &wf,
+            NewRun {
+                run_id: args.run_id.clone(),
+                inputs,
+                trigger: cli_trigger(),
+                max_parallel,
+            },
+        )?;
+        if record.status.is_terminal() {
+            // `--run-id` of a finished run: report it, do not run it again.
+            if !self.quiet() {
+                eprintln!(
+                    "run {} already finished ({}); nothing to do",
+                    record.run_id, record.status
+                );
+            }
+            return self.finish_output(&store, &record.run_id, args.json);
+        }
+        self.execute(engine, store, Arc::new(wf), record, args.json).await
+    }
+
+    async fn resume(&self, run_id: &str, json: bool) -> Res<i32> {
+        let store = self.open_store()?;
+        let record = store
+            .run(run_id)
+            .map_err(|e| Failure::env(e.to_string()))?
+            .ok_or_else(|| Failure::invalid(format!("no run `{run_id}` in {}", store.path().display())))?;
+        if record.status.is_terminal() {
+            eprintln!("run {run_id} already finished ({}); nothing to resume", record.status);
+            return self.finish_output(&store, run_id, json);
+        }
+        let source = Source::new(record.workflow_file.clone(), record.workflow_text.clone());
+        let wf = self.compile_source(source).map_err(|_| {
+            Failure::from(EngineError::Stale(
+                run_id.to_string(),
+                "this build's plugins reject it (see above)".into(),
+            ))
+        })?;
+        let engine = self.engine(Arc::clone(&store));
+        self.execute(engine, store, Arc::new(wf), record, json).await
+    }
+
+    async fn execute(
+        &self,
+        engine: Engine,
+        store: Arc<RedbStore>,
+        wf: Arc<Workflow>,
+        record: RunRecord,
+        json: bool,
+    ) -> Res<i32> {
+        let run_id = record.run_id.clone();
+        let control = RunControl {
+            grace: self.loaded.config.grace,
+            ..RunControl::default()
+        };
+        let interrupt = control.interrupt.clone();
+        let quiet = self.quiet();
+        tokio::spawn(async move {
+            wait_for_stop_signal().await;
+            if !quiet {
+                eprintln!("\nStopping: running steps may finish (Ctrl-C again to quit at once)…");
+            }
+            interrupt.cancel();
+            wait_for_stop_signal().await;
+            // Every transition is already durable: quitting now loses nothing that resume
+            // cannot redo.
+            std::process::exit(EXIT_INTERRUPTED);
+        });
+        let progress = Arc::new(Progress::new(
+            std::io::stderr().is_terminal(),
+            quiet,
+            wf.steps.len(),
+        ));
+        if !quiet {
+            eprintln!("Running {} as {run_id}", wf.name);
+        }
+        let observers: Vec<Arc<dyn Observer>> = vec![progress.clone()];
+        let outcome = engine.execute(wf, record, control, &observers).await?;
+        progress.finish();
+        let code = match outcome.status {
+            RunStatus::Succeeded => EXIT_OK,
+            RunStatus::Interrupted => EXIT_INTERRUPTED,
+            RunStatus::Failed | RunStatus::Cancelled => EXIT_FAILED,
+            RunStatus::Running => EXIT_ENV,
+        };
+        if !quiet {
+            let hint = if outcome.status == RunStatus::Interrupted {
+                format!("; continue with `landfall resume {run_id}`")
+            } else {
+                String::new()
+            };
+            eprintln!("Run {run_id} {}{hint}", outcome.status);
+        }
+        self.finish_output(&store, &run_id, json).map(|_| code)
+    }
+
+    fn finish_output(&self, store: &Arc<RedbStore>, run_id: &str, json: bool) -> Res<i32> {
+        if json {
+            let doc = run_json(store.as_ref(), run_id, &self.registry)?;
+            print_json(&doc);
+        }
+        let record = store.run(run_id).map_err(|e| Failure::env(e.to_string()))?;
+        Ok(match record.map(|r| r.status) {
+            Some(RunStatus::Succeeded) => EXIT_OK,
+            Some(RunStatus::Interrupted) => EXIT_INTERRUPTED,
+            _ => EXIT_FAILED,
+        })
+    }
+
+    fn status(&self, run_id: Option<&str>, json: bool, limit: usize) -> Res<i32> {
+        let store = self.open_store()?;
+        if let Some(id) = run_id {
+            let doc = run_json(store.as_ref(), id, &self.registry)?;
+            if json {
+                print_json(&doc);
+            } else {
+                print_run(&doc);
+            }
+            return Ok(EXIT_OK);
+        }
+        let runs = store.runs().map_err(|e| Failure::env(e.to_string()))?;
+        let rows: Vec<Value> = runs
+            .iter()
+            .take(limit)
+            .map(|r| {
+                json!({
+                    "run_id": r.run_id,
+                    "workflow": r.workflow,
+                    "status": effective_status(store.as_ref(), r),
+                    "started_at": r.started_at,
+                    "finished_at": r.finished_at,
+                    "actor": r.trigger.actor,
+                })
+            })
+            .collect();
+        if json {
+            print_json(&Value::Array(rows));
+            return Ok(EXIT_OK);
+        }
+        if rows.is_empty() {
+            eprintln!("no runs yet in {}", store.path().display());
+            return Ok(EXIT_OK);
+        }
+        let mut out = String::new();
+        out.push_str(&format!(
+            "{:<30} {:<20} {:<12} {:<20} {:>9}  {}\n",
+            "RUN", "WORKFLOW", "STATUS", "STARTED", "DURATION", "ACTOR"
+        ));
+        for (r, row) in runs.iter().zip(&rows) {
+            let dur = r
+                .finished_at
+                .map(|f| render::duration((f - r.started_at).num_milliseconds()))
+                .unwrap_or_else(|| "-".into());
+            out.push_str(&format!(
+                "{:<30} {:<20} {:<12} {:<20} {:>9}  {}\n",
+                r.run_id,
+                r.workflow,
+                row["status"].as_str().unwrap_or_default(),
+                r.started_at.format("%Y-%m-%d %H:%M:%S"),
+                dur,
+                r.trigger.actor
+            ));
+        }
+        print!("{out}");
+        Ok(EXIT_OK)
+    }
+
+    fn audit(&self, run_id: &str, verify: bool, json: bool) -> Res<i32> {
+        let store = self.open_store()?;
+        if store.run(run_id).map_err(|e| Failure::env(e.to_string()))?.is_none() {
+            return Err(Failure::invalid(format!("no run `{run_id}`")));
+        }
+        let entries = store.audit(run_id).map_err(|e| Failure::env(e.to_string()))?;
+        if verify {
+            let broken = verify_chain(&entries);
+            if json {
+                print_json(&json!({
+                    "run_id": run_id,
+                    "entries": entries.len(),
+                    "intact": broken.is_none(),
+                    "first_broken": broken,
+                }));
+            } else {
+                match &broken {
+                    None => println!("audit chain of {run_id} is intact: {} entries", entries.len()),
+                    Some(b) => println!(
+                        "audit chain of {run_id} is BROKEN at entry #{}: {}",
+                        b.seq, b.reason
+                    ),
+                }
+            }
+            return Ok(if broken.is_none() { EXIT_OK } else { EXIT_FAILED });
+        }
+        if json {
+            print_json(&serde_json::to_value(&entries).unwrap_or_default());
+            return Ok(EXIT_OK);
+        }
+        let mut out = String::new();
+        for e in &entries {
+            let d = &e.draft;
+            out.push_str(&format!(
+                "#{:<4} {}  {:<18} {:<22} {:<16} {}\n",
+                e.seq,
+                d.at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                d.actor,
+                d.kind,
+                d.node.as_deref().unwrap_or("-"),
+                if d.details.is_null() {
+                    String::new()
+                } else {
+                    d.details.to_string()
+                }
+            ));
+        }
+        print!("{out}");
+        Ok(EXIT_OK)
+    }
+
+    fn steps(&self, json: bool) -> Res<i32> {
+        let infos = self.registry.infos();
+        if json {
+            print_json(&serde_json::to_value(&infos).unwrap_or_default());
+            return Ok(EXIT_OK);
+        }
+        let mut out = String::new();
+        for info in infos {
+            out.push_str(&format!("{}\n    {}\n", info.name, info.summary));
+            let required: Vec<&str> = info.schema["required"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if let Some(props) = info.schema["properties"].as_object() {
+                for (name, p) in props {
+                    let ty = schema_type(&info.schema, p);
+                    let req = if required.contains(&name.as_str()) { " (required)" } else { "" };
+                    let desc = p["description"].as_str().unwrap_or("").replace('\n', " ");
+                    out.push_str(&format!("    with.{name}: {ty}{req}  {desc}\n"));
+                }
+            }
+            out.push('\n');
+        }
+        print!("{out}");
+        Ok(EXIT_OK)
+    }
+
+    fn config_show(&self, json: bool) -> Res<i32> {
+        let settings = self.loaded.settings();
+        if json {
+            print_json(&serde_json::to_value(&settings).unwrap_or_default());
+            return Ok(EXIT_OK);
+        }
+        let mut out = String::new();
+        for s in settings {
+            out.push_str(&format!("{:<24} = {:<40} # {}\n", s.key, s.value.to_string(), s.source));
+        }
+        print!("{out}");
+        Ok(EXIT_OK)
+    }
+}
+
+fn schema_type(root: &Value, p: &Value) -> String {
+    if let Some(t) = p["type"].as_str() {
+        if t == "array" {
+            return format!("list of {}", schema_type(root, &p["items"]));
+        }
+        return t.to_string();
+    }
+    if let Some(ts) = p["type"].as_array() {
+        let names: Vec<&str> = ts.iter().filter_map(Value::as_str).filter(|t| *t != "null").collect();
+        return names.join("|");
+    }
+    if let Some(r) = p["$ref"].as_str() {
+        let name = r.rsplit('/').next().unwrap_or(r);
+        let target = &root["$defs"][name];
+        if let Some(e) = target["enum"].as_array() {
+            return e.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("|");
+        }
+        if let Some(one) = target["oneOf"].as_array() {
+            let names: Vec<String> = one
+                .iter()
+                .filter_map(|x| x["const"].as_str().or_else(|| x["enum"][0].as_str()).map(str::to_string))
+                .collect();
+            if !names.is_empty() {
+                return names.join("|");
+            }
+        }
+        return name.to_string();
+    }
+    if let Some(any) = p["anyOf"].as_array() {
+        let names: Vec<String> = any
+            .iter()
+            .filter(|x| x["type"].as_str() != Some("null"))
+            .map(|x| schema_type(root, x))
+            .collect();
+        return names.join("|");
+    }
+    "any".into()
+}
+
+fn cli_trigger() -> Trigger {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    Trigger {
+        source: "cli".into(),
+        actor: format!("cli:{user}"),
+        details: Value::Null,
+    }
+}
+
+async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A run whose record says running but that no live process holds was interrupted.
+fn effective_status(store: &dyn Store, r: &RunRecord) -> RunStatus {
+    if r.status == RunStatus::Running && !store.is_live(&r.run_id) {
+        RunStatus::Interrupted
+    } else {
+        r.status
+    }
+}
+
+/// The documented `status RUN --json` / `run --json` shape.
+pub fn run_json(store: &dyn Store, run_id: &str, registry: &Registry) -> Res<Value> {
+    let run = store
+        .run(run_id)
+        .map_err(|e| Failure::env(e.to_string()))?
+        .ok_or_else(|| Failure::invalid(format!("no run `{run_id}`")))?;
+    let nodes = store.nodes(run_id).map_err(|e| Failure::env(e.to_string()))?;
+    let source = Source::new(run.workflow_file.clone(), run.workflow_text.clone());
+    let order: Vec<String> = compile(&source, registry)
+        .workflow
+        .map(|wf| wf.order.iter().map(|&i| wf.steps[i].id.clone()).collect())
+        .unwrap_or_default();
+    let mut list: Vec<&NodeRecord> = nodes.iter().collect();
+    let pos = |step: &str| order.iter().position(|s| s == step).unwrap_or(usize::MAX);
+    list.sort_by_key(|n| (pos(&n.step_id), n.index.unwrap_or(0)));
+    let mut out: Vec<Value> = list.iter().map(|n| node_json(n)).collect();
+    for step in &order {
+        if !nodes.iter().any(|n| &n.step_id == step) {
+            out.push(json!({ "id": step, "status": NodeStatus::Pending, "attempts": 0, "started_at": null, "finished_at": null, "outputs": null, "error": null }));
+        }
+    }
+    Ok(json!({
+        "run_id": run.run_id,
+        "workflow": run.workflow,
+        "status": effective_status(store, &run),
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "actor": run.trigger.actor,
+        "nodes": out,
+    }))
+}
+
+fn node_json(n: &NodeRecord) -> Value {
+    let mut v = json!({
+        "id": n.node_id,
+        "status": n.status,
+        "attempts": n.attempts,
+        "started_at": n.started_at,
+        "finished_at": n.finished_at,
+        "outputs": n.outputs,
+        "error": n.error.as_ref().map(|e| json!({ "class": e.class, "message": e.message })),
+    });
+    if let Some(r) = n.skip_reason {
+        v["skip_reason"] = json!(r);
+    }
+    v
+}
+
+fn print_run(doc: &Value) {
+    let mut out = format!(
+        "run {}  workflow {}  status {}  actor {}\n",
+        doc["run_id"].as_str().unwrap_or_default(),
+        doc["workflow"].as_str().unwrap_or_default(),
+        doc["status"].as_str().unwrap_or_default(),
+        doc["actor"].as_str().unwrap_or_default(),
+    );
+    for n in doc["nodes"].as_array().into_iter().flatten() {
+        let err = n["error"]["message"]
+            .as_str()
+            .map(|m| format!("  {m}"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  {:<28} {:<10} attempts {}{err}\n",
+            n["id"].as_str().unwrap_or_default(),
+            n["status"].as_str().unwrap_or_default(),
+            n["attempts"]
+        ));
+    }
+    print!("{out}");
+}

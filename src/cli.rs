@@ -1,0 +1,172 @@
+//! The command line (clap). Help texts teach: each command says what it does, what it
+//! prints, and its exit codes.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    succeeded
+  1    the run failed or was cancelled (or an audit chain is broken)
+  2    invalid workflow, input or usage: nothing ran
+  3    environment error (state file unusable, …)
+  130  interrupted (Ctrl-C): `landfall resume RUN_ID` continues";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "landfall",
+    version,
+    about = "Declarative workflows that onboard customers onto AWS and provision their infrastructure",
+    long_about = "Landfall runs workflow files (YAML or TOML) as a DAG of steps, checkpoints every \
+step so a crash never loses a run, keeps a hash-chained audit trail, and lets people start and \
+follow runs from Slack.\n\nStart with `landfall validate workflows/*.yaml`, then `landfall run FILE`.",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Project configuration file [default: ./landfall.toml if present]
+    #[arg(long, global = true, env = "LANDFALL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Configuration environment: the `[env.NAME]` section of the config file
+    #[arg(long = "env", global = true, env = "LANDFALL_ENV", value_name = "NAME")]
+    pub env_name: Option<String>,
+    /// State file [default: .landfall/state.redb]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// Log format on stderr
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// More logs (-v info, -vv debug); logs go to stderr
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Print only errors and the requested output
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check workflow files and report every problem with file:line:column; runs nothing
+    #[command(after_help = "Exit codes: 0 all valid, 2 at least one error.")]
+    Validate {
+        /// Workflow files (YAML, TOML or JSON)
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Print the diagnostics as JSON on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a workflow's step graph (Graphviz dot or Mermaid)
+    Graph {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
+        format: GraphFormat,
+    },
+    /// Run a workflow
+    #[command(after_help = EXIT_CODES)]
+    Run(RunArgs),
+    /// Continue an interrupted run from its last checkpoint (uses the workflow as it was at start)
+    #[command(after_help = EXIT_CODES)]
+    Resume {
+        run_id: String,
+        /// Print the run as JSON on stdout when it ends
+        #[arg(long)]
+        json: bool,
+    },
+    /// List runs, newest first, or show one run's nodes
+    Status {
+        /// A run id; without it, lists recent runs
+        run_id: Option<String>,
+        /// Print JSON on stdout
+        #[arg(long)]
+        json: bool,
+        /// How many runs to list
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Show a run's audit trail; --verify checks its hash chain
+    #[command(after_help = "Exit codes: 0 intact (or shown), 1 the chain is broken, 2 no such run.")]
+    Audit {
+        run_id: String,
+        /// Check the hash chain and report the first broken entry
+        #[arg(long)]
+        verify: bool,
+        /// Print JSON on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the step plugins and the fields their `with:` takes
+    Steps {
+        /// Print JSON (with each plugin's JSON Schema) on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON Schema of workflow files (for editor completion)
+    Schema,
+    /// Inspect the configuration
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration and where each value came from (secrets redacted)
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The workflow file
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Inputs file (YAML, JSON or TOML) whose top-level keys are the workflow's inputs
+    #[arg(long, short = 'i', value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Set one input (wins over --input); repeatable. Non-string inputs are read as YAML:
+    /// --set regions=[us-east-1,eu-west-1]
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
+    pub sets: Vec<(String, String)>,
+    /// Run id. Running again with the same id, workflow and inputs resumes that run instead
+    /// of starting a duplicate
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<String>,
+    /// Most nodes running at once (overrides the workflow and the configuration)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_parallel: Option<u32>,
+    /// Print the run as JSON on stdout when it ends
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_set(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got `{s}`")),
+    }
+}

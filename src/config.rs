@@ -1,0 +1,394 @@
+//! Project configuration (`landfall.toml`), layered with figment:
+//! built-in defaults < file < `[env.<name>]` section < `LANDFALL_*` variables < flags.
+//!
+//! The file is first checked on its own (unknown keys, wrong types) so its errors point at
+//! file:line:column like a workflow's; figment then merges the layers and remembers where
+//! each value came from, which `landfall config show` prints.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Serialized};
+use figment::value::{Dict, Map};
+use figment::{Figment, Metadata, Profile, Provider};
+use landfall_engine::diag::{codes, Diagnostic, Report};
+use landfall_engine::source::Source;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The effective configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The state file (runs, checkpoints, audit, packages).
+    pub db: PathBuf,
+    /// Default `max_parallel` for runs whose workflow sets none.
+    pub max_parallel: usize,
+    /// Where workflow files live.
+    pub workflows_dir: PathBuf,
+    /// Where templates (CloudFormation, SCPs, rules, messages) live.
+    pub templates_dir: PathBuf,
+    /// How long running steps may finish after Ctrl-C before they are cancelled.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    pub aws: AwsConfig,
+    pub slack: SlackConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    /// Role Landfall assumes in member accounts created by AWS Organizations.
+    pub member_role_name: String,
+    /// Regions used when a customer names none.
+    pub default_regions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SlackConfig {
+    /// Bot token (`xoxb-…`). Prefer the `SLACK_BOT_TOKEN` variable to writing it in a file.
+    #[serde(default)]
+    pub bot_token: Option<String>,
+    /// Signing secret for verifying Slack's requests.
+    #[serde(default)]
+    pub signing_secret: Option<String>,
+    /// Channel for runs started from the CLI.
+    #[serde(default)]
+    pub default_channel: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            db: PathBuf::from(".landfall/state.redb"),
+            max_parallel: 8,
+            workflows_dir: PathBuf::from("workflows"),
+            templates_dir: PathBuf::from("templates"),
+            grace: Duration::from_secs(10),
+            aws: AwsConfig {
+                member_role_name: "OrganizationAccountAccessRole".into(),
+                default_regions: vec!["us-east-1".into()],
+            },
+            slack: SlackConfig::default(),
+        }
+    }
+}
+
+/// Keys whose values are never printed.
+const SECRET_KEYS: &[&str] = &["slack.bot_token", "slack.signing_secret"];
+
+/// The file's shape: every field optional, plus `[env.<name>]` overlays.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct FileLayer {
+    db: Option<PathBuf>,
+    max_parallel: Option<usize>,
+    workflows_dir: Option<PathBuf>,
+    templates_dir: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    grace: Option<Duration>,
+    aws: Option<AwsLayer>,
+    slack: Option<SlackLayer>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, EnvLayer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct EnvLayer {
+    db: Option<PathBuf>,
+    max_parallel: Option<usize>,
+    workflows_dir: Option<PathBuf>,
+    templates_dir: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    grace: Option<Duration>,
+    aws: Option<AwsLayer>,
+    slack: Option<SlackLayer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct AwsLayer {
+    member_role_name: Option<String>,
+    default_regions: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct SlackLayer {
+    bot_token: Option<String>,
+    signing_secret: Option<String>,
+    default_channel: Option<String>,
+}
+
+/// Values given on the command line (the top layer).
+#[derive(Debug, Default, Serialize)]
+pub struct Flags {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file itself is wrong: a located report.
+    #[error("invalid configuration file")]
+    File(Box<Report>),
+    #[error("cannot read {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("unknown environment `{name}` (the file defines: {known})")]
+    UnknownEnv { name: String, known: String },
+    #[error("invalid configuration: {0}")]
+    Merge(String),
+}
+
+/// A named provider, so `config show` can say "landfall.toml [env.prod]".
+struct Layer {
+    name: String,
+    dict: Dict,
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name.clone())
+    }
+
+    fn data(&self) -> figment::Result<Map<Profile, Dict>> {
+        Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
+fn to_dict(v: &toml::Table) -> Dict {
+    figment::value::Value::serialize(v)
+        .ok()
+        .and_then(|v| v.into_dict())
+        .unwrap_or_default()
+}
+
+pub struct Loaded {
+    pub config: Config,
+    figment: Figment,
+}
+
+/// Finds and loads the configuration. `path` = `--config`; otherwise `./landfall.toml` if it
+/// exists.
+pub fn load(path: Option<&Path>, env: Option<&str>, flags: Flags) -> Result<Loaded, ConfigError> {
+    let mut fig = Figment::from(Serialized::defaults(Config::default()));
+    let file = match path {
+        Some(p) => Some(p.to_path_buf()),
+        None => Some(PathBuf::from("landfall.toml")).filter(|p| p.exists()),
+    };
+    if let Some(file) = &file {
+        let shown = file.display().to_string();
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Read {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+        check_file(&shown, &text)?;
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Read {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+        let envs = match table.remove("env") {
+            Some(toml::Value::Table(t)) => t,
+            _ => toml::Table::new(),
+        };
+        let env_names: Vec<String> = envs.keys().cloned().collect();
+        fig = fig.merge(Layer {
+            name: shown.clone(),
+            dict: to_dict(&table),
+        });
+        if let Some(name) = env {
+            match envs.get(name) {
+                Some(toml::Value::Table(t)) => {
+                    fig = fig.merge(Layer {
+                        name: format!("{shown} [env.{name}]"),
+                        dict: to_dict(t),
+                    })
+                }
+                _ => {
+                    return Err(ConfigError::UnknownEnv {
+                        name: name.to_string(),
+                        known: if env_names.is_empty() {
+                            "none".into()
+                        } else {
+                            env_names.join(", ")
+                        },
+                    })
+                }
+            }
+        }
+    } else if let Some(name) = env {
+        return Err(ConfigError::UnknownEnv {
+            name: name.to_string(),
+            known: "no landfall.toml found".into(),
+        });
+    }
+    fig = fig
+        .merge(
+            Env::prefixed("LANDFALL_")
+                .ignore(&["env", "config", "data_key", "log"])
+                .split("__"),
+        )
+        .merge(Serialized::globals(flags));
+    let config: Config = fig
+        .extract()
+        .map_err(|e| ConfigError::Merge(e.to_string()))?;
+    if config.max_parallel == 0 {
+        return Err(ConfigError::Merge("max_parallel must be at least 1".into()));
+    }
+    Ok(Loaded {
+        config,
+        figment: fig,
+    })
+}
+
+fn check_file(name: &str, text: &str) -> Result<(), ConfigError> {
+    if let Err(e) = toml::from_str::<FileLayer>(text) {
+        let mut d = Diagnostic::error(codes::CONFIG_INVALID, e.message().to_string())
+            .with_help("see README.md, section Configuration, for the keys and their types");
+        if let Some(span) = e.span() {
+            d = d.with_span(span, "here");
+        }
+        return Err(ConfigError::File(Box::new(Report::new(
+            Source::new(name, text),
+            None,
+            vec![d],
+        ))));
+    }
+    Ok(())
+}
+
+fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, Value)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, x, out);
+            }
+        }
+        other => out.push((prefix.to_string(), other.clone())),
+    }
+}
+
+/// One effective setting: its value (secrets redacted) and the layer it came from.
+#[derive(Debug, Serialize)]
+pub struct Setting {
+    pub key: String,
+    pub value: Value,
+    pub source: String,
+}
+
+impl Loaded {
+    pub fn settings(&self) -> Vec<Setting> {
+        let mut flat = Vec::new();
+        flatten("", &serde_json::to_value(&self.config).unwrap_or_default(), &mut flat);
+        flat.into_iter()
+            .map(|(key, value)| {
+                let source = self
+                    .figment
+                    .find_metadata(&key)
+                    .map(|m| match &m.source {
+                        Some(figment::Source::File(p)) => p.display().to_string(),
+                        _ => m.name.to_string(),
+                    })
+                    .unwrap_or_else(|| "default".into());
+                let value = if SECRET_KEYS.contains(&key.as_str()) && !value.is_null() {
+                    Value::String("***".into())
+                } else {
+                    value
+                };
+                Setting { key, value, source }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("landfall.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn layers_override_in_order() {
+        figment::Jail::expect_with(|jail| {
+            let dir = jail.directory().to_path_buf();
+            let p = write(
+                &dir,
+                "max_parallel = 3\ndb = \"file.redb\"\n[env.prod]\nmax_parallel = 5\n[aws]\ndefault_regions = [\"eu-west-1\"]\n",
+            );
+            let c = load(Some(&p), None, Flags::default()).unwrap().config;
+            assert_eq!(c.max_parallel, 3);
+            assert_eq!(c.aws.default_regions, ["eu-west-1"]);
+            assert_eq!(c.grace, Duration::from_secs(10));
+
+            let c = load(Some(&p), Some("prod"), Flags::default()).unwrap().config;
+            assert_eq!(c.max_parallel, 5);
+
+            jail.set_env("LANDFALL_MAX_PARALLEL", "7");
+            let c = load(Some(&p), Some("prod"), Flags::default()).unwrap().config;
+            assert_eq!(c.max_parallel, 7);
+
+            let flags = Flags {
+                max_parallel: Some(9),
+                db: Some("flag.redb".into()),
+            };
+            let loaded = load(Some(&p), Some("prod"), flags).unwrap();
+            assert_eq!(loaded.config.max_parallel, 9);
+            assert_eq!(loaded.config.db, PathBuf::from("flag.redb"));
+            let s = loaded.settings();
+            let src = |k: &str| s.iter().find(|x| x.key == k).unwrap().source.clone();
+            assert!(src("aws.default_regions").ends_with("landfall.toml"), "{}", src("aws.default_regions"));
+            assert_eq!(src("grace"), "Serialized");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_errors_are_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "max_parallel = 3\nmax_paralel = 4\n");
+        match load(Some(&p), None, Flags::default()) {
+            Err(ConfigError::File(r)) => {
+                let d = &r.diagnostics[0];
+                assert!(d.message.contains("unknown field `max_paralel`"), "{}", d.message);
+                assert_eq!(r.position(d), Some((2, 1)));
+            }
+            other => panic!("{:?}", other.map(|l| l.config)),
+        }
+        let p = write(dir.path(), "max_parallel = \"many\"\n");
+        assert!(matches!(load(Some(&p), None, Flags::default()), Err(ConfigError::File(_))));
+    }
+
+    #[test]
+    fn unknown_env_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "[env.prod]\nmax_parallel = 2\n");
+        let e = load(Some(&p), Some("staging"), Flags::default()).err().unwrap();
+        assert!(e.to_string().contains("prod"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_show() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "[slack]\nbot_token = \"xoxb-secret\"\n");
+        let s = load(Some(&p), None, Flags::default()).unwrap().settings();
+        let tok = s.iter().find(|x| x.key == "slack.bot_token").unwrap();
+        assert_eq!(tok.value, Value::String("***".into()));
+    }
+}

@@ -1,0 +1,9 @@
+//! The `landfall` binary's library half: the CLI, configuration and everything that renders
+//! output. Kept as a library so integration tests can render reports exactly as users see
+//! them.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod progress;
+pub mod render;
