@@ -56,7 +56,8 @@ impl From<EngineError> for Failure {
             EngineError::Conflict { .. }
             | EngineError::BadRunId(_)
             | EngineError::Finished(..)
-            | EngineError::Stale(..) => EXIT_INVALID,
+            | EngineError::Stale(..)
+            | EngineError::Inputs(_) => EXIT_INVALID,
         };
         Failure {
             code,

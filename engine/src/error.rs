@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What a failure means for the run (seed requirement 6.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ErrorClass {
     /// May succeed if tried again (throttling, time-outs, 5xx). Retried by the node's policy.

@@ -24,6 +24,9 @@ pub mod state;
 pub mod store;
 pub mod workflow;
 
+#[cfg(test)]
+mod tests;
+
 pub use error::{ErrorClass, StepError};
 pub use plugin::{Registry, Step, StepContext};
 pub use scheduler::{Engine, EngineError, NewRun, RunControl, RunOutcome};

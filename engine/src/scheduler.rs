@@ -39,6 +39,8 @@ pub enum EngineError {
     BadRunId(String),
     #[error("the stored workflow of run `{0}` no longer compiles: {1}")]
     Stale(String, String),
+    #[error("{} invalid input(s): {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Inputs(Vec<crate::inputs::InputError>),
 }
 
 /// How a caller stops a run.
@@ -102,7 +104,8 @@ impl Engine {
     /// Creates a run (durably) or, for a `run_id` that exists with the same workflow and
     /// inputs, returns that run so the caller resumes it instead of starting a duplicate.
     pub fn create_run(&self, wf: &Workflow, new: NewRun) -> Result<RunRecord, EngineError> {
-        let inputs = Value::Object(new.inputs);
+        let inputs = crate::inputs::resolve(&wf.inputs, new.inputs, &[]).map_err(EngineError::Inputs)?;
+        let inputs = Value::Object(inputs);
         let inputs_digest = crate::digest::digest_of(&inputs);
         if let Some(id) = &new.run_id {
             if !valid_run_id(id) {

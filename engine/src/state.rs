@@ -157,7 +157,7 @@ pub struct NodeRecord {
     /// The instance's position and item, for `for_each` instances.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<usize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
     pub item: Option<Value>,
     /// How many instances the step fanned out to (on every instance).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -169,12 +169,17 @@ pub struct NodeRecord {
     pub started_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub finished_at: Option<DateTime<Utc>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
     pub outputs: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<StepError>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_reason: Option<SkipReason>,
+}
+
+/// A key that is present is `Some`, even when its value is `null` (a step may output null).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 impl NodeRecord {

@@ -1,0 +1,192 @@
+//! Scheduler and store tests that need the whole engine: test plugins, random DAGs, crashes.
+
+mod props;
+mod scheduler;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::compile::compile;
+use crate::error::{ErrorClass, StepError};
+use crate::plugin::{Registry, Step, StepContext};
+use crate::scheduler::{Engine, NewRun, RunControl, RunOutcome};
+use crate::source::Source;
+use crate::state::{NodeStatus, Trigger};
+use crate::store::{Batch, MemStore, Store, StoreError};
+use crate::workflow::Workflow;
+
+/// What the test plugins saw, shared with the test.
+#[derive(Default)]
+pub struct Probe {
+    /// Executions per node id.
+    pub runs: Mutex<HashMap<String, u32>>,
+    pub running: AtomicUsize,
+    pub max_running: AtomicUsize,
+    /// Idempotency keys seen per node.
+    pub keys: Mutex<HashMap<String, Vec<String>>>,
+    /// Set by a test: checks made at each start (e.g. that needs are durable).
+    #[allow(clippy::type_complexity)]
+    pub on_start: Mutex<Option<Box<dyn Fn(&StepContext) + Send + Sync>>>,
+}
+
+impl Probe {
+    pub fn count(&self, node: &str) -> u32 {
+        self.runs.lock().unwrap().get(node).copied().unwrap_or(0)
+    }
+}
+
+/// `test`: returns a value derived from its inputs, optionally failing its first attempts.
+pub struct TestStep(pub Arc<Probe>);
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestConfig {
+    #[serde(default)]
+    pub deps: Vec<Value>,
+    /// Fail this many attempts before succeeding.
+    #[serde(default)]
+    pub fail_times: u32,
+    #[serde(default)]
+    pub class: Option<ErrorClass>,
+    #[serde(default)]
+    pub sleep_ms: u64,
+}
+
+#[async_trait]
+impl Step for TestStep {
+    const NAME: &'static str = "test";
+    const SUMMARY: &'static str = "test plugin";
+    type Config = TestConfig;
+
+    async fn run(&self, c: TestConfig, ctx: StepContext) -> Result<Value, StepError> {
+        let p = &self.0;
+        let n = {
+            let mut runs = p.runs.lock().unwrap();
+            let e = runs.entry(ctx.node_id.clone()).or_default();
+            *e += 1;
+            *e
+        };
+        p.keys
+            .lock()
+            .unwrap()
+            .entry(ctx.node_id.clone())
+            .or_default()
+            .push(ctx.idempotency_key.clone());
+        if let Some(f) = p.on_start.lock().unwrap().as_ref() {
+            f(&ctx);
+        }
+        let now = p.running.fetch_add(1, Ordering::SeqCst) + 1;
+        p.max_running.fetch_max(now, Ordering::SeqCst);
+        if c.sleep_ms > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(c.sleep_ms)) => {}
+                _ = ctx.cancel.cancelled() => {
+                    p.running.fetch_sub(1, Ordering::SeqCst);
+                    return Err(StepError::transient("cancelled"));
+                }
+            }
+        }
+        p.running.fetch_sub(1, Ordering::SeqCst);
+        if n <= c.fail_times {
+            return Err(StepError::new(
+                c.class.unwrap_or(ErrorClass::Transient),
+                format!("planned failure {n}"),
+            ));
+        }
+        let deps: Vec<String> = c.deps.iter().map(|d| d.to_string()).collect();
+        Ok(json!({ "value": format!("{}({})", ctx.step_id, deps.join(",")) }))
+    }
+}
+
+pub fn registry(probe: &Arc<Probe>) -> Registry {
+    let mut r = Registry::new();
+    r.register(TestStep(Arc::clone(probe)));
+    r
+}
+
+pub fn workflow(yaml: &str, registry: &Registry) -> Workflow {
+    let c = compile(&Source::new("test.yaml", yaml.to_string()), registry);
+    match c.workflow {
+        Some(w) => w,
+        None => panic!("{:#?}", c.report.diagnostics),
+    }
+}
+
+pub fn new_run(max_parallel: usize) -> NewRun {
+    NewRun {
+        run_id: None,
+        inputs: Map::new(),
+        trigger: Trigger {
+            source: "test".into(),
+            actor: "tester".into(),
+            details: Value::Null,
+        },
+        max_parallel,
+    }
+}
+
+pub async fn run_to_end(
+    engine: &Engine,
+    wf: Workflow,
+    max_parallel: usize,
+) -> (RunOutcome, Arc<Workflow>) {
+    let wf = Arc::new(wf);
+    let rec = engine.create_run(&wf, new_run(max_parallel)).unwrap();
+    let out = engine
+        .execute(Arc::clone(&wf), rec, RunControl::default(), &[])
+        .await
+        .unwrap();
+    (out, wf)
+}
+
+pub fn statuses(store: &dyn Store, run: &str) -> HashMap<String, NodeStatus> {
+    store
+        .nodes(run)
+        .unwrap()
+        .into_iter()
+        .map(|n| (n.node_id, n.status))
+        .collect()
+}
+
+/// A store that fails every commit after the first `budget` ones: a crash at a chosen
+/// transition.
+pub struct CrashingStore {
+    pub inner: Arc<MemStore>,
+    pub budget: AtomicUsize,
+}
+
+impl Store for CrashingStore {
+    fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        let left = self.budget.load(Ordering::SeqCst);
+        if left == 0 {
+            return Err(StoreError::Backend("simulated crash".into()));
+        }
+        self.budget.store(left - 1, Ordering::SeqCst);
+        self.inner.commit(batch)
+    }
+    fn run(&self, id: &str) -> Result<Option<crate::state::RunRecord>, StoreError> {
+        self.inner.run(id)
+    }
+    fn runs(&self) -> Result<Vec<crate::state::RunRecord>, StoreError> {
+        self.inner.runs()
+    }
+    fn nodes(&self, id: &str) -> Result<Vec<crate::state::NodeRecord>, StoreError> {
+        self.inner.nodes(id)
+    }
+    fn audit(&self, id: &str) -> Result<Vec<crate::store::AuditEntry>, StoreError> {
+        self.inner.audit(id)
+    }
+    fn lease(&self, id: &str) -> Result<Option<crate::lock::RunLease>, StoreError> {
+        self.inner.lease(id)
+    }
+    fn is_live(&self, id: &str) -> bool {
+        self.inner.is_live(id)
+    }
+}

@@ -1,0 +1,342 @@
+use super::*;
+use crate::state::{RunStatus, SkipReason};
+use crate::store::verify_chain;
+
+fn engine(probe: &Arc<Probe>) -> (Engine, Arc<MemStore>, Registry) {
+    let store = Arc::new(MemStore::new());
+    let reg = registry(probe);
+    (Engine::new(Arc::new(reg.clone()), store.clone()), store, reg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_branch_runs_and_dependents_of_the_failure_are_skipped() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = workflow(
+        r#"
+name: t
+defaults: { retry: { max_attempts: 1 } }
+steps:
+  - { id: a, uses: test }
+  - { id: b, uses: test, needs: [a], with: { fail_times: 5, class: permanent } }
+  - { id: c, uses: test, needs: [b] }
+  - { id: d, uses: test, needs: [c] }
+  - id: on_error
+    uses: test
+    needs: [d]
+    when: failure()
+    with: { deps: ["{{ steps.b.error.message }}"] }
+  - { id: always_, uses: test, needs: [b], when: always() }
+"#,
+        &reg,
+    );
+    let (out, _) = run_to_end(&eng, wf, 4).await;
+    assert_eq!(out.status, RunStatus::Failed);
+    let st = statuses(store.as_ref(), &out.run_id);
+    assert_eq!(st["a"], NodeStatus::Succeeded);
+    assert_eq!(st["b"], NodeStatus::Failed);
+    assert_eq!(st["c"], NodeStatus::Skipped);
+    assert_eq!(st["d"], NodeStatus::Skipped);
+    assert_eq!(st["on_error"], NodeStatus::Succeeded);
+    assert_eq!(st["always_"], NodeStatus::Succeeded);
+    let nodes = store.nodes(&out.run_id).unwrap();
+    let on_error = nodes.iter().find(|n| n.node_id == "on_error").unwrap();
+    assert_eq!(
+        on_error.outputs.as_ref().unwrap()["value"],
+        json!("on_error(\"planned failure 1\")")
+    );
+    let c = nodes.iter().find(|n| n.node_id == "c").unwrap();
+    assert_eq!(c.skip_reason, Some(SkipReason::UpstreamFailed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_false_condition_skips_only_that_step() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = workflow(
+        r#"
+name: t
+steps:
+  - { id: a, uses: test }
+  - { id: b, uses: test, needs: [a], when: "{{ steps.a.status == 'failed' }}" }
+  - { id: c, uses: test, needs: [b] }
+  - { id: handler, uses: test, needs: [c], when: failure() }
+"#,
+        &reg,
+    );
+    let (out, _) = run_to_end(&eng, wf, 4).await;
+    assert_eq!(out.status, RunStatus::Succeeded);
+    let st = statuses(store.as_ref(), &out.run_id);
+    assert_eq!(st["b"], NodeStatus::Skipped);
+    assert_eq!(st["c"], NodeStatus::Succeeded);
+    assert_eq!(st["handler"], NodeStatus::Skipped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn for_each_fans_out_and_later_steps_see_a_list() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = workflow(
+        r#"
+name: t
+inputs:
+  regions: { type: array, default: [x, y, z] }
+steps:
+  - { id: per, uses: test, for_each: "{{ inputs.regions }}", with: { deps: ["{{ item }}", "{{ index }}"] } }
+  - { id: after, uses: test, needs: [per], with: { deps: ["{{ steps.per.outputs | length }}", "{{ steps.per.outputs[2].value }}"] } }
+  - { id: none, uses: test, for_each: [] }
+  - { id: after_none, uses: test, needs: [none], with: { deps: ["{{ steps.none.outputs | length }}"] } }
+"#,
+        &reg,
+    );
+    let (out, _) = run_to_end(&eng, wf, 2).await;
+    let nodes = store.nodes(&out.run_id).unwrap();
+    assert_eq!(out.status, RunStatus::Succeeded, "{nodes:#?}");
+    let get = |id: &str| nodes.iter().find(|n| n.node_id == id).unwrap().clone();
+    assert_eq!(get("per[1]").outputs.unwrap()["value"], json!("per(\"y\",1)"));
+    assert_eq!(get("per[2]").item, Some(json!("z")));
+    assert_eq!(
+        get("after").outputs.unwrap()["value"],
+        json!("after(3,\"per(\\\"z\\\",2)\")")
+    );
+    assert_eq!(get("after_none").outputs.unwrap()["value"], json!("after_none(0)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_retry_permanent_ones_do_not() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = workflow(
+        r#"
+name: t
+defaults: { retry: { max_attempts: 3, initial_delay: 1ms, max_delay: 2ms } }
+steps:
+  - { id: flaky, uses: test, with: { fail_times: 2 } }
+  - { id: broken, uses: test, with: { fail_times: 1, class: permanent } }
+  - { id: hopeless, uses: test, with: { fail_times: 9 } }
+"#,
+        &reg,
+    );
+    let (out, _) = run_to_end(&eng, wf, 4).await;
+    assert_eq!(out.status, RunStatus::Failed);
+    assert_eq!(probe.count("flaky"), 3);
+    assert_eq!(probe.count("broken"), 1);
+    assert_eq!(probe.count("hopeless"), 3);
+    let nodes = store.nodes(&out.run_id).unwrap();
+    let flaky = nodes.iter().find(|n| n.node_id == "flaky").unwrap();
+    assert_eq!((flaky.status, flaky.attempts), (NodeStatus::Succeeded, 3));
+    // The idempotency key is the same for every attempt of a node.
+    let keys = probe.keys.lock().unwrap();
+    assert!(keys["flaky"].windows(2).all(|w| w[0] == w[1]));
+    assert_ne!(keys["flaky"][0], keys["broken"][0]);
+    let audit = store.audit(&out.run_id).unwrap();
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|e| e.draft.kind == "retry_scheduled" && e.draft.node.as_deref() == Some("flaky"))
+            .count(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_critical_failure_stops_the_run_and_cancels_running_nodes() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = workflow(
+        r#"
+name: t
+steps:
+  - { id: slow, uses: test, with: { sleep_ms: 30000 } }
+  - { id: bad, uses: test, with: { fail_times: 1, class: critical, sleep_ms: 20 } }
+  - { id: later, uses: test, needs: [bad] }
+  - { id: handler, uses: test, needs: [bad], when: failure() }
+"#,
+        &reg,
+    );
+    let started = std::time::Instant::now();
+    let (out, _) = run_to_end(&eng, wf, 4).await;
+    assert!(started.elapsed() < Duration::from_secs(10), "did not cancel `slow`");
+    assert_eq!(out.status, RunStatus::Failed);
+    let st = statuses(store.as_ref(), &out.run_id);
+    assert_eq!(st["bad"], NodeStatus::Failed);
+    assert_eq!(st["slow"], NodeStatus::Cancelled);
+    assert_eq!(st["later"], NodeStatus::Skipped);
+    assert_eq!(st["handler"], NodeStatus::Skipped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempt_and_step_time_outs() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = workflow(
+        r#"
+name: t
+defaults: { retry: { max_attempts: 2, initial_delay: 1ms, max_delay: 1ms } }
+steps:
+  - { id: per_attempt, uses: test, attempt_timeout: 50ms, with: { sleep_ms: 10000 } }
+  - { id: whole_step, uses: test, timeout: 80ms, retry: { max_attempts: 100 }, with: { sleep_ms: 30, fail_times: 1000 } }
+"#,
+        &reg,
+    );
+    let (out, _) = run_to_end(&eng, wf, 4).await;
+    assert_eq!(out.status, RunStatus::Failed);
+    let nodes = store.nodes(&out.run_id).unwrap();
+    let pa = nodes.iter().find(|n| n.node_id == "per_attempt").unwrap();
+    assert_eq!(pa.attempts, 2);
+    assert!(pa.error.as_ref().unwrap().message.contains("timed out"));
+    let ws = nodes.iter().find(|n| n.node_id == "whole_step").unwrap();
+    assert!(ws.attempts < 100, "{}", ws.attempts);
+    assert_eq!(ws.status, NodeStatus::Failed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupt_leaves_a_resumable_run_and_resume_finishes_it() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = Arc::new(workflow(
+        r#"
+name: t
+steps:
+  - { id: a, uses: test }
+  - { id: b, uses: test, needs: [a], with: { sleep_ms: 30000 } }
+  - { id: c, uses: test, needs: [b] }
+"#,
+        &reg,
+    ));
+    let rec = eng.create_run(&wf, new_run(2)).unwrap();
+    let control = RunControl {
+        grace: Duration::from_millis(50),
+        ..RunControl::default()
+    };
+    let stop = control.interrupt.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.cancel();
+    });
+    let out = eng.execute(Arc::clone(&wf), rec, control, &[]).await.unwrap();
+    assert_eq!(out.status, RunStatus::Interrupted);
+    let st = statuses(store.as_ref(), &out.run_id);
+    assert_eq!(st["a"], NodeStatus::Succeeded);
+    assert_eq!(st["b"], NodeStatus::Pending);
+
+    // Resume with a quick `b`: same run, a is not run again.
+    let quick = Arc::new(workflow(
+        &wf.source.text.replace("sleep_ms: 30000", "sleep_ms: 1"),
+        &reg,
+    ));
+    let rec = store.run(&out.run_id).unwrap().unwrap();
+    let out2 = eng.execute(quick, rec, RunControl::default(), &[]).await.unwrap();
+    assert_eq!(out2.status, RunStatus::Succeeded);
+    assert_eq!(probe.count("a"), 1);
+    assert_eq!(probe.count("b"), 2);
+    let keys = probe.keys.lock().unwrap();
+    assert_eq!(keys["b"][0], keys["b"][1], "resume keeps the idempotency key");
+    assert_eq!(verify_chain(&store.audit(&out.run_id).unwrap()), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_ends_the_run_cancelled() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = Arc::new(workflow(
+        r#"
+name: t
+steps:
+  - { id: a, uses: test, with: { sleep_ms: 30000 } }
+  - { id: b, uses: test, needs: [a] }
+"#,
+        &reg,
+    ));
+    let rec = eng.create_run(&wf, new_run(2)).unwrap();
+    let control = RunControl::default();
+    let c = control.cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c.cancel();
+    });
+    let out = eng.execute(wf, rec, control, &[]).await.unwrap();
+    assert_eq!(out.status, RunStatus::Cancelled);
+    let st = statuses(store.as_ref(), &out.run_id);
+    assert_eq!(st["a"], NodeStatus::Cancelled);
+    assert!(!st.contains_key("b"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_run_id_same_inputs_is_the_same_run_other_inputs_are_refused() {
+    let probe = Arc::new(Probe::default());
+    let (eng, _store, reg) = engine(&probe);
+    let wf = workflow(
+        "name: t\ninputs: { x: { type: integer } }\nsteps: [ { id: a, uses: test } ]\n",
+        &reg,
+    );
+    let mut new = new_run(1);
+    new.run_id = Some("fixed-1".into());
+    new.inputs.insert("x".into(), json!(1));
+    let a = eng.create_run(&wf, new.clone()).unwrap();
+    let b = eng.create_run(&wf, new.clone()).unwrap();
+    assert_eq!(a.started_at, b.started_at);
+    new.inputs.insert("x".into(), json!(2));
+    assert!(matches!(
+        eng.create_run(&wf, new.clone()),
+        Err(crate::EngineError::Conflict { .. })
+    ));
+    new.run_id = Some("../x".into());
+    assert!(matches!(eng.create_run(&wf, new), Err(crate::EngineError::BadRunId(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_makes_attempts_wait_not_hammer() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = workflow(
+        r#"
+name: t
+defaults:
+  retry: { max_attempts: 4, initial_delay: 1ms, max_delay: 1ms, jitter: none }
+  circuit_breaker: { failure_threshold: 2, cool_down: 200ms }
+steps:
+  - { id: a, uses: test, with: { fail_times: 3 } }
+"#,
+        &reg,
+    );
+    let started = std::time::Instant::now();
+    let (out, _) = run_to_end(&eng, wf, 1).await;
+    assert_eq!(out.status, RunStatus::Succeeded);
+    // Two failures open the circuit; the third attempt waits for the cool-down (probe).
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    let kinds: Vec<String> = store
+        .audit(&out.run_id)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.draft.kind == "breaker_changed")
+        .map(|e| e.draft.details["to"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(kinds.contains(&"Open".to_string()), "{kinds:?}");
+    assert!(kinds.contains(&"HalfOpen".to_string()), "{kinds:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_render_error_fails_the_node_without_an_attempt() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = workflow(
+        r#"
+name: t
+steps:
+  - { id: a, uses: test }
+  - { id: b, uses: test, needs: [a], with: { deps: ["{{ steps.a.outputs.nope }}"] } }
+"#,
+        &reg,
+    );
+    let (out, _) = run_to_end(&eng, wf, 2).await;
+    assert_eq!(out.status, RunStatus::Failed);
+    assert_eq!(probe.count("b"), 0);
+    let b = store
+        .nodes(&out.run_id)
+        .unwrap()
+        .into_iter()
+        .find(|n| n.node_id == "b")
+        .unwrap();
+    assert!(b.error.unwrap().message.contains("cannot render"));
+}

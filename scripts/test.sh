@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Every check CI runs: formatting, lints, unit, property, snapshot and end-to-end tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Snapshot tests must fail on a mismatch, never write new snapshots, in CI and here alike.
+export INSTA_UPDATE=no
+export PROPTEST_CASES="${PROPTEST_CASES:-100}"
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "==> cargo test"
+cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.txt
+# A run that executed no test is a broken harness, not a green build.
+passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' target/test-output.txt | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
+echo "${passed} passed, ${failed} failed"
+if [ "$passed" -eq 0 ]; then
+  echo "error: no test ran" >&2
+  exit 1
+fi
