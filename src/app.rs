@@ -82,7 +82,11 @@ pub async fn run(cli: Cli) -> i32 {
             _ => None,
         },
     };
-    let loaded = match config::load(cli.global.config.as_deref(), cli.global.env_name.as_deref(), flags) {
+    let loaded = match config::load(
+        cli.global.config.as_deref(),
+        cli.global.env_name.as_deref(),
+        flags,
+    ) {
         Ok(l) => l,
         Err(ConfigError::File(r)) => {
             eprint!("{}", render::report(&r, render::stderr_color()));
@@ -166,7 +170,9 @@ impl App {
 
     fn compile_source(&self, source: Source) -> Res<Workflow> {
         let c = compile(&source, &self.registry);
-        if !c.report.diagnostics.is_empty() && !(self.quiet() && !c.report.has_errors()) {
+        // Warnings are shown unless --quiet; errors always.
+        let show = c.report.has_errors() || (!self.quiet() && !c.report.diagnostics.is_empty());
+        if show {
             eprint!("{}", render::report(&c.report, render::stderr_color()));
         }
         c.workflow.ok_or(Failure {
@@ -291,7 +297,8 @@ impl App {
             }
             return self.finish_output(&store, &record.run_id, args.json);
         }
-        self.execute(engine, store, Arc::new(wf), record, args.json).await
+        self.execute(engine, store, Arc::new(wf), record, args.json)
+            .await
     }
 
     async fn resume(&self, run_id: &str, json: bool) -> Res<i32> {
@@ -299,9 +306,14 @@ impl App {
         let record = store
             .run(run_id)
             .map_err(|e| Failure::env(e.to_string()))?
-            .ok_or_else(|| Failure::invalid(format!("no run `{run_id}` in {}", store.path().display())))?;
+            .ok_or_else(|| {
+                Failure::invalid(format!("no run `{run_id}` in {}", store.path().display()))
+            })?;
         if record.status.is_terminal() {
-            eprintln!("run {run_id} already finished ({}); nothing to resume", record.status);
+            eprintln!(
+                "run {run_id} already finished ({}); nothing to resume",
+                record.status
+            );
             return self.finish_output(&store, run_id, json);
         }
         let source = Source::new(record.workflow_file.clone(), record.workflow_text.clone());
@@ -312,7 +324,8 @@ impl App {
             ))
         })?;
         let engine = self.engine(Arc::clone(&store));
-        self.execute(engine, store, Arc::new(wf), record, json).await
+        self.execute(engine, store, Arc::new(wf), record, json)
+            .await
     }
 
     async fn execute(
@@ -442,10 +455,16 @@ impl App {
 
     fn audit(&self, run_id: &str, verify: bool, json: bool) -> Res<i32> {
         let store = self.open_store()?;
-        if store.run(run_id).map_err(|e| Failure::env(e.to_string()))?.is_none() {
+        if store
+            .run(run_id)
+            .map_err(|e| Failure::env(e.to_string()))?
+            .is_none()
+        {
             return Err(Failure::invalid(format!("no run `{run_id}`")));
         }
-        let entries = store.audit(run_id).map_err(|e| Failure::env(e.to_string()))?;
+        let entries = store
+            .audit(run_id)
+            .map_err(|e| Failure::env(e.to_string()))?;
         if verify {
             let broken = verify_chain(&entries);
             if json {
@@ -457,14 +476,21 @@ impl App {
                 }));
             } else {
                 match &broken {
-                    None => println!("audit chain of {run_id} is intact: {} entries", entries.len()),
+                    None => println!(
+                        "audit chain of {run_id} is intact: {} entries",
+                        entries.len()
+                    ),
                     Some(b) => println!(
                         "audit chain of {run_id} is BROKEN at entry #{}: {}",
                         b.seq, b.reason
                     ),
                 }
             }
-            return Ok(if broken.is_none() { EXIT_OK } else { EXIT_FAILED });
+            return Ok(if broken.is_none() {
+                EXIT_OK
+            } else {
+                EXIT_FAILED
+            });
         }
         if json {
             print_json(&serde_json::to_value(&entries).unwrap_or_default());
@@ -507,7 +533,11 @@ impl App {
             if let Some(props) = info.schema["properties"].as_object() {
                 for (name, p) in props {
                     let ty = schema_type(&info.schema, p);
-                    let req = if required.contains(&name.as_str()) { " (required)" } else { "" };
+                    let req = if required.contains(&name.as_str()) {
+                        " (required)"
+                    } else {
+                        ""
+                    };
                     let desc = p["description"].as_str().unwrap_or("").replace('\n', " ");
                     out.push_str(&format!("    with.{name}: {ty}{req}  {desc}\n"));
                 }
@@ -526,7 +556,12 @@ impl App {
         }
         let mut out = String::new();
         for s in settings {
-            out.push_str(&format!("{:<24} = {:<40} # {}\n", s.key, s.value.to_string(), s.source));
+            out.push_str(&format!(
+                "{:<24} = {:<40} # {}\n",
+                s.key,
+                s.value.to_string(),
+                s.source
+            ));
         }
         print!("{out}");
         Ok(EXIT_OK)
@@ -541,19 +576,32 @@ fn schema_type(root: &Value, p: &Value) -> String {
         return t.to_string();
     }
     if let Some(ts) = p["type"].as_array() {
-        let names: Vec<&str> = ts.iter().filter_map(Value::as_str).filter(|t| *t != "null").collect();
+        let names: Vec<&str> = ts
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|t| *t != "null")
+            .collect();
         return names.join("|");
     }
     if let Some(r) = p["$ref"].as_str() {
         let name = r.rsplit('/').next().unwrap_or(r);
         let target = &root["$defs"][name];
         if let Some(e) = target["enum"].as_array() {
-            return e.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("|");
+            return e
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("|");
         }
         if let Some(one) = target["oneOf"].as_array() {
             let names: Vec<String> = one
                 .iter()
-                .filter_map(|x| x["const"].as_str().or_else(|| x["enum"][0].as_str()).map(str::to_string))
+                .filter_map(|x| {
+                    x["const"]
+                        .as_str()
+                        .or_else(|| x["enum"][0].as_str())
+                        .map(str::to_string)
+                })
                 .collect();
             if !names.is_empty() {
                 return names.join("|");
@@ -620,7 +668,9 @@ pub fn run_json(store: &dyn Store, run_id: &str, registry: &Registry) -> Res<Val
         .run(run_id)
         .map_err(|e| Failure::env(e.to_string()))?
         .ok_or_else(|| Failure::invalid(format!("no run `{run_id}`")))?;
-    let nodes = store.nodes(run_id).map_err(|e| Failure::env(e.to_string()))?;
+    let nodes = store
+        .nodes(run_id)
+        .map_err(|e| Failure::env(e.to_string()))?;
     let source = Source::new(run.workflow_file.clone(), run.workflow_text.clone());
     let order: Vec<String> = compile(&source, registry)
         .workflow

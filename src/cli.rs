@@ -106,7 +106,9 @@ pub enum Command {
         limit: usize,
     },
     /// Show a run's audit trail; --verify checks its hash chain
-    #[command(after_help = "Exit codes: 0 intact (or shown), 1 the chain is broken, 2 no such run.")]
+    #[command(
+        after_help = "Exit codes: 0 intact (or shown), 1 the chain is broken, 2 no such run."
+    )]
     Audit {
         run_id: String,
         /// Check the hash chain and report the first broken entry

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Serialized};
+use figment::providers::Env;
 use figment::value::{Dict, Map};
 use figment::{Figment, Metadata, Profile, Provider};
 use landfall_engine::diag::{codes, Diagnostic, Report};
@@ -164,7 +164,7 @@ impl Provider for Layer {
     }
 }
 
-fn to_dict(v: &toml::Table) -> Dict {
+fn dict_of<T: Serialize>(v: &T) -> Dict {
     figment::value::Value::serialize(v)
         .ok()
         .and_then(|v| v.into_dict())
@@ -179,7 +179,10 @@ pub struct Loaded {
 /// Finds and loads the configuration. `path` = `--config`; otherwise `./landfall.toml` if it
 /// exists.
 pub fn load(path: Option<&Path>, env: Option<&str>, flags: Flags) -> Result<Loaded, ConfigError> {
-    let mut fig = Figment::from(Serialized::defaults(Config::default()));
+    let mut fig = Figment::from(Layer {
+        name: "default".into(),
+        dict: dict_of(&Config::default()),
+    });
     let file = match path {
         Some(p) => Some(p.to_path_buf()),
         None => Some(PathBuf::from("landfall.toml")).filter(|p| p.exists()),
@@ -202,14 +205,14 @@ pub fn load(path: Option<&Path>, env: Option<&str>, flags: Flags) -> Result<Load
         let env_names: Vec<String> = envs.keys().cloned().collect();
         fig = fig.merge(Layer {
             name: shown.clone(),
-            dict: to_dict(&table),
+            dict: dict_of(&table),
         });
         if let Some(name) = env {
             match envs.get(name) {
                 Some(toml::Value::Table(t)) => {
                     fig = fig.merge(Layer {
                         name: format!("{shown} [env.{name}]"),
-                        dict: to_dict(t),
+                        dict: dict_of(t),
                     })
                 }
                 _ => {
@@ -236,7 +239,10 @@ pub fn load(path: Option<&Path>, env: Option<&str>, flags: Flags) -> Result<Load
                 .ignore(&["env", "config", "data_key", "log"])
                 .split("__"),
         )
-        .merge(Serialized::globals(flags));
+        .merge(Layer {
+            name: "command line".into(),
+            dict: dict_of(&flags),
+        });
     let config: Config = fig
         .extract()
         .map_err(|e| ConfigError::Merge(e.to_string()))?;
@@ -292,7 +298,11 @@ pub struct Setting {
 impl Loaded {
     pub fn settings(&self) -> Vec<Setting> {
         let mut flat = Vec::new();
-        flatten("", &serde_json::to_value(&self.config).unwrap_or_default(), &mut flat);
+        flatten(
+            "",
+            &serde_json::to_value(&self.config).unwrap_or_default(),
+            &mut flat,
+        );
         flat.into_iter()
             .map(|(key, value)| {
                 let source = self
@@ -325,6 +335,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail signature
     fn layers_override_in_order() {
         figment::Jail::expect_with(|jail| {
             let dir = jail.directory().to_path_buf();
@@ -337,11 +348,15 @@ mod tests {
             assert_eq!(c.aws.default_regions, ["eu-west-1"]);
             assert_eq!(c.grace, Duration::from_secs(10));
 
-            let c = load(Some(&p), Some("prod"), Flags::default()).unwrap().config;
+            let c = load(Some(&p), Some("prod"), Flags::default())
+                .unwrap()
+                .config;
             assert_eq!(c.max_parallel, 5);
 
             jail.set_env("LANDFALL_MAX_PARALLEL", "7");
-            let c = load(Some(&p), Some("prod"), Flags::default()).unwrap().config;
+            let c = load(Some(&p), Some("prod"), Flags::default())
+                .unwrap()
+                .config;
             assert_eq!(c.max_parallel, 7);
 
             let flags = Flags {
@@ -353,8 +368,14 @@ mod tests {
             assert_eq!(loaded.config.db, PathBuf::from("flag.redb"));
             let s = loaded.settings();
             let src = |k: &str| s.iter().find(|x| x.key == k).unwrap().source.clone();
-            assert!(src("aws.default_regions").ends_with("landfall.toml"), "{}", src("aws.default_regions"));
-            assert_eq!(src("grace"), "Serialized");
+            assert!(
+                src("aws.default_regions").ends_with("landfall.toml"),
+                "{}",
+                src("aws.default_regions")
+            );
+            assert_eq!(src("grace"), "default");
+            assert_eq!(src("db"), "command line");
+            assert!(src("max_parallel") == "command line");
             Ok(())
         });
     }
@@ -366,20 +387,29 @@ mod tests {
         match load(Some(&p), None, Flags::default()) {
             Err(ConfigError::File(r)) => {
                 let d = &r.diagnostics[0];
-                assert!(d.message.contains("unknown field `max_paralel`"), "{}", d.message);
+                assert!(
+                    d.message.contains("unknown field `max_paralel`"),
+                    "{}",
+                    d.message
+                );
                 assert_eq!(r.position(d), Some((2, 1)));
             }
             other => panic!("{:?}", other.map(|l| l.config)),
         }
         let p = write(dir.path(), "max_parallel = \"many\"\n");
-        assert!(matches!(load(Some(&p), None, Flags::default()), Err(ConfigError::File(_))));
+        assert!(matches!(
+            load(Some(&p), None, Flags::default()),
+            Err(ConfigError::File(_))
+        ));
     }
 
     #[test]
     fn unknown_env_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), "[env.prod]\nmax_parallel = 2\n");
-        let e = load(Some(&p), Some("staging"), Flags::default()).err().unwrap();
+        let e = load(Some(&p), Some("staging"), Flags::default())
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("prod"), "{e}");
     }
 

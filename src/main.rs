@@ -9,7 +9,8 @@ fn init_logs(format: LogFormat, verbose: u8, quiet: bool) {
         (_, 1) => "info",
         _ => "debug",
     };
-    let filter = EnvFilter::try_from_env("LANDFALL_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let filter =
+        EnvFilter::try_from_env("LANDFALL_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -22,7 +23,10 @@ fn init_logs(format: LogFormat, verbose: u8, quiet: bool) {
 fn main() {
     let cli = Cli::parse();
     init_logs(cli.global.log_format, cli.global.verbose, cli.global.quiet);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

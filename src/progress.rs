@@ -89,9 +89,14 @@ impl Observer for Progress {
                     NodeStatus::Failed => format!(
                         "  ✗ {node} failed{}: {}",
                         plural_attempts(*attempts),
-                        error.as_ref().map(|e| format!("[{}] {}", e.class.as_str(), e.message)).unwrap_or_default()
+                        error
+                            .as_ref()
+                            .map(|e| format!("[{}] {}", e.class.as_str(), e.message))
+                            .unwrap_or_default()
                     ),
-                    NodeStatus::Skipped => format!("  - {node} skipped: {}", reason.clone().unwrap_or_default()),
+                    NodeStatus::Skipped => {
+                        format!("  - {node} skipped: {}", reason.clone().unwrap_or_default())
+                    }
                     other => format!("  · {node} {other}"),
                 };
                 self.line(text);
@@ -119,9 +124,17 @@ impl Observer for Progress {
                 };
                 self.line(format!("    {node}: {mark}{message}"));
             }
-            RunEvent::Progress { node, percent, message, .. } => {
+            RunEvent::Progress {
+                node,
+                percent,
+                message,
+                ..
+            } => {
                 if let Some(b) = &self.bar {
-                    b.set_message(format!("{node} {percent:.0}% {}", message.clone().unwrap_or_default()));
+                    b.set_message(format!(
+                        "{node} {percent:.0}% {}",
+                        message.clone().unwrap_or_default()
+                    ));
                 }
             }
             RunEvent::BreakerChanged { key, from, to } => {

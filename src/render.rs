@@ -25,9 +25,16 @@ pub fn report(r: &Report, color: bool) -> String {
     }
     let errors = r.error_count();
     let warnings = r.diagnostics.len() - errors;
-    let mut summary = format!("{}: {errors} error{}", r.source.name, if errors == 1 { "" } else { "s" });
+    let mut summary = format!(
+        "{}: {errors} error{}",
+        r.source.name,
+        if errors == 1 { "" } else { "s" }
+    );
     if warnings > 0 {
-        summary.push_str(&format!(", {warnings} warning{}", if warnings == 1 { "" } else { "s" }));
+        summary.push_str(&format!(
+            ", {warnings} warning{}",
+            if warnings == 1 { "" } else { "s" }
+        ));
     }
     out.push_str(&summary);
     out.push('\n');

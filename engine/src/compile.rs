@@ -50,7 +50,13 @@ pub fn compile(source: &Source, registry: &Registry) -> Compiled {
 
 /// Reports keys the format does not know (with the nearest known one) and removes them, so
 /// later phases see only known fields.
-fn unknown_fields(root: &Value, schema: &Value, v: &mut Value, path: &Path, out: &mut Vec<Diagnostic>) {
+fn unknown_fields(
+    root: &Value,
+    schema: &Value,
+    v: &mut Value,
+    path: &Path,
+    out: &mut Vec<Diagnostic>,
+) {
     let schema = deref(root, schema);
     match v {
         Value::Object(map) => {
@@ -110,7 +116,10 @@ fn deref<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
         }
         // `Option<T>` is `anyOf: [T, null]`.
         if let Some(b) = s.get("anyOf").and_then(Value::as_array) {
-            if let Some(x) = b.iter().find(|x| x.get("type").and_then(Value::as_str) != Some("null")) {
+            if let Some(x) = b
+                .iter()
+                .find(|x| x.get("type").and_then(Value::as_str) != Some("null"))
+            {
                 s = x;
                 continue;
             }
@@ -205,7 +214,8 @@ fn build(
         if spec.max_parallel == Some(0) {
             diags.push(
                 Diagnostic::error(codes::INVALID_VALUE, "`max_parallel` must be at least 1")
-                    .with_path(Path::root().key("max_parallel")),
+                    .with_path(Path::root().key("max_parallel"))
+                    .with_help("remove it to use the configured default, or give a number ≥ 1"),
             );
         }
     }
@@ -216,24 +226,30 @@ fn build(
         let id_path = p.key("id");
         if !valid_id(&s.id) {
             diags.push(
-                Diagnostic::error(codes::INVALID_ID, format!("`{}` is not a valid step id", s.id))
-                    .with_path(id_path.clone())
-                    .with_label("invalid id")
-                    .with_help(
-                        "use letters, digits and `_`, starting with a letter, so that \
+                Diagnostic::error(
+                    codes::INVALID_ID,
+                    format!("`{}` is not a valid step id", s.id),
+                )
+                .with_path(id_path.clone())
+                .with_label("invalid id")
+                .with_help(
+                    "use letters, digits and `_`, starting with a letter, so that \
                          `steps.<id>` works in expressions",
-                    ),
+                ),
             );
         }
         if let Some(&first) = index.get(&s.id) {
             diags.push(
-                Diagnostic::error(codes::DUPLICATE_ID, format!("step id `{}` is used twice", s.id))
-                    .with_path(id_path)
-                    .with_label("second step with this id")
-                    .with_help(format!(
-                        "the first one is {}; give each step its own id",
-                        specs[first].0
-                    )),
+                Diagnostic::error(
+                    codes::DUPLICATE_ID,
+                    format!("step id `{}` is used twice", s.id),
+                )
+                .with_path(id_path)
+                .with_label("second step with this id")
+                .with_help(format!(
+                    "the first one is {}; give each step its own id",
+                    specs[first].0
+                )),
             );
         } else {
             index.insert(s.id.clone(), i);
@@ -249,10 +265,13 @@ fn build(
                 None => format!("known plugins: {}", names.join(", ")),
             };
             diags.push(
-                Diagnostic::error(codes::UNKNOWN_PLUGIN, format!("unknown step kind `{}`", s.uses))
-                    .with_path(p.key("uses"))
-                    .with_label("no plugin has this name")
-                    .with_help(help),
+                Diagnostic::error(
+                    codes::UNKNOWN_PLUGIN,
+                    format!("unknown step kind `{}`", s.uses),
+                )
+                .with_path(p.key("uses"))
+                .with_label("no plugin has this name")
+                .with_help(help),
             );
         }
     }
@@ -275,26 +294,31 @@ fn build(
                         None => "`needs` lists ids of steps in this file".to_string(),
                     };
                     diags.push(
-                        Diagnostic::error(codes::UNKNOWN_NEED, format!("`needs` names `{need}`, which is not a step"))
-                            .with_path(p.key("needs").index(j))
-                            .with_label("no step has this id")
-                            .with_help(help),
+                        Diagnostic::error(
+                            codes::UNKNOWN_NEED,
+                            format!("`needs` names `{need}`, which is not a step"),
+                        )
+                        .with_path(p.key("needs").index(j))
+                        .with_label("no step has this id")
+                        .with_help(help),
                     );
                 }
             }
         }
     }
 
-    let order = match topo_order(&specs, &needs, diags) {
-        Some(o) => o,
-        None => return None,
-    };
+    // A cycle stops the workflow from compiling, but the other checks still run so every
+    // problem is reported at once.
+    let order = topo_order(&specs, &needs, diags);
     let spec = spec?;
     let default_retry = RetryPolicy::default().merged(spec.defaults.retry.as_ref());
     for problem in default_retry.problems() {
         diags.push(
             Diagnostic::error(codes::INVALID_VALUE, problem)
-                .with_path(Path::root().key("defaults").key("retry")),
+                .with_path(Path::root().key("defaults").key("retry"))
+                .with_help(
+                    "delays start at `initial_delay` and grow by `multiplier` up to `max_delay`",
+                ),
         );
     }
     let breaker = {
@@ -401,7 +425,9 @@ fn build(
         if s.retry.is_some() {
             for problem in retry.problems() {
                 diags.push(
-                    Diagnostic::error(codes::INVALID_VALUE, problem).with_path(p.key("retry")),
+                    Diagnostic::error(codes::INVALID_VALUE, problem)
+                        .with_path(p.key("retry"))
+                        .with_help("delays start at `initial_delay` and grow by `multiplier` up to `max_delay`"),
                 );
             }
         }
@@ -429,7 +455,7 @@ fn build(
         spec.inputs,
         spec.max_parallel,
         steps,
-        order,
+        order?,
         breaker,
     ))
 }
@@ -478,7 +504,9 @@ fn topo_order(
             Diagnostic::error(codes::CYCLE, format!("the steps form a cycle: {text}"))
                 .with_path(specs[to].0.key("needs").index(need_pos))
                 .with_label("this edge closes the cycle")
-                .with_help("a step cannot (even indirectly) need itself; remove one of these `needs`"),
+                .with_help(
+                    "a step cannot (even indirectly) need itself; remove one of these `needs`",
+                ),
         );
     }
     if cyclic {
@@ -581,16 +609,18 @@ impl Scope<'_> {
                 "inputs" => {
                     if let Some(name) = second {
                         if !self.inputs.contains_key(name) {
-                            let help = match did_you_mean(name, self.inputs.keys().map(String::as_str)) {
-                                Some(x) => format!("did you mean `inputs.{x}`?"),
-                                None if self.inputs.is_empty() => {
-                                    "this workflow declares no inputs; add it under `inputs:`".into()
-                                }
-                                None => format!(
-                                    "declared inputs: {}",
-                                    self.inputs.keys().cloned().collect::<Vec<_>>().join(", ")
-                                ),
-                            };
+                            let help =
+                                match did_you_mean(name, self.inputs.keys().map(String::as_str)) {
+                                    Some(x) => format!("did you mean `inputs.{x}`?"),
+                                    None if self.inputs.is_empty() => {
+                                        "this workflow declares no inputs; add it under `inputs:`"
+                                            .into()
+                                    }
+                                    None => format!(
+                                        "declared inputs: {}",
+                                        self.inputs.keys().cloned().collect::<Vec<_>>().join(", ")
+                                    ),
+                                };
                             diags.push(
                                 Diagnostic::error(
                                     codes::UNKNOWN_INPUT_REF,
@@ -621,7 +651,18 @@ impl Scope<'_> {
                                 .with_help(help),
                             );
                         }
-                        Some(k) if k == self.self_index || !self.is_ancestor(k) => {
+                        Some(k) if k == self.self_index => {
+                            diags.push(
+                                Diagnostic::error(
+                                    codes::STEP_NOT_IN_NEEDS,
+                                    format!("step `{id}` reads its own `steps.{id}`"),
+                                )
+                                .with_path(path.clone())
+                                .with_label("not known until the step has finished")
+                                .with_help("a step can read the steps it needs, not itself"),
+                            );
+                        }
+                        Some(k) if !self.is_ancestor(k) => {
                             let me = self.ids[self.self_index];
                             diags.push(
                                 Diagnostic::error(
@@ -683,10 +724,13 @@ impl Scope<'_> {
                         None => "expressions can read `inputs`, `steps.<id>`, `run`, and `item`/`index` in a `for_each` step".into(),
                     };
                     diags.push(
-                        Diagnostic::error(codes::UNKNOWN_VARIABLE, format!("unknown variable `{other}`"))
-                            .with_path(path.clone())
-                            .with_label("used here")
-                            .with_help(help),
+                        Diagnostic::error(
+                            codes::UNKNOWN_VARIABLE,
+                            format!("unknown variable `{other}`"),
+                        )
+                        .with_path(path.clone())
+                        .with_label("used here")
+                        .with_help(help),
                     );
                 }
             }
@@ -727,9 +771,13 @@ fn check_inputs(inputs: &indexmap::IndexMap<String, InputSpec>, diags: &mut Vec<
                 diags.push(
                     Diagnostic::error(
                         codes::INVALID_INPUT_SPEC,
-                        format!("`pattern` applies only to string inputs, and `{name}` is {}", spec.kind.name()),
+                        format!(
+                            "`pattern` applies only to string inputs, and `{name}` is {}",
+                            spec.kind.name()
+                        ),
                     )
-                    .with_path(p.key("pattern")),
+                    .with_path(p.key("pattern"))
+                    .with_help("remove `pattern`, or use `enum` or a string input"),
                 );
             } else if let Err(e) = regex::Regex::new(pattern) {
                 diags.push(
@@ -745,8 +793,12 @@ fn check_inputs(inputs: &indexmap::IndexMap<String, InputSpec>, diags: &mut Vec<
         if let Some(default) = &spec.default {
             if let Err(msg) = crate::inputs::check_value(name, spec, default) {
                 diags.push(
-                    Diagnostic::error(codes::INVALID_INPUT_SPEC, format!("the default of `{name}` is invalid: {msg}"))
-                        .with_path(p.key("default")),
+                    Diagnostic::error(
+                        codes::INVALID_INPUT_SPEC,
+                        format!("the default of `{name}` is invalid: {msg}"),
+                    )
+                    .with_path(p.key("default"))
+                    .with_help("the default must satisfy the input's own type, pattern and enum"),
                 );
             }
         }
@@ -758,7 +810,11 @@ fn check_inputs(inputs: &indexmap::IndexMap<String, InputSpec>, diags: &mut Vec<
                             codes::INVALID_INPUT_SPEC,
                             format!("this `enum` value is not a {}", spec.kind.name()),
                         )
-                        .with_path(p.key("enum").index(i)),
+                        .with_path(p.key("enum").index(i))
+                        .with_help(format!(
+                            "every allowed value must be a {}",
+                            spec.kind.name()
+                        )),
                     );
                 }
             }
@@ -769,7 +825,8 @@ fn check_inputs(inputs: &indexmap::IndexMap<String, InputSpec>, diags: &mut Vec<
                     codes::INVALID_INPUT_SPEC,
                     format!("`{name}` is required and has a default; the default is never used"),
                 )
-                .with_path(p.key("required")),
+                .with_path(p.key("required"))
+                .with_help("remove `required: true` or the default"),
             );
         }
     }

@@ -136,7 +136,10 @@ impl Diagnostic {
 }
 
 /// "did you mean `x`?" for the nearest of `candidates`, if any is close enough.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(word, c), c))
@@ -249,7 +252,10 @@ impl miette::Diagnostic for Located<'_> {
     }
 
     fn source_code(&self) -> Option<&dyn SourceCode> {
-        self.diagnostic.span.as_ref().map(|_| &self.source as &dyn SourceCode)
+        self.diagnostic
+            .span
+            .as_ref()
+            .map(|_| &self.source as &dyn SourceCode)
     }
 
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
@@ -273,7 +279,10 @@ mod tests {
 
     #[test]
     fn suggests_only_close_names() {
-        assert_eq!(did_you_mean("nedds", ["needs", "uses", "with"]), Some("needs"));
+        assert_eq!(
+            did_you_mean("nedds", ["needs", "uses", "with"]),
+            Some("needs")
+        );
         assert_eq!(did_you_mean("zzz", ["needs", "uses"]), None);
     }
 }

@@ -25,8 +25,10 @@ mod tests {
 
     #[test]
     fn key_order_does_not_change_the_digest() {
-        let a: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":[1,{"y":2,"x":1}]}"#).unwrap();
-        let b: serde_json::Value = serde_json::from_str(r#"{"a":[1,{"x":1,"y":2}],"b":1}"#).unwrap();
+        let a: serde_json::Value =
+            serde_json::from_str(r#"{"b":1,"a":[1,{"y":2,"x":1}]}"#).unwrap();
+        let b: serde_json::Value =
+            serde_json::from_str(r#"{"a":[1,{"x":1,"y":2}],"b":1}"#).unwrap();
         assert_eq!(digest_of(&a), digest_of(&b));
         assert_eq!(canonical_json(&a), r#"{"a":[1,{"x":1,"y":2}],"b":1}"#);
     }

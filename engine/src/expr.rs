@@ -119,7 +119,15 @@ pub fn condition_expr(when: &str) -> &str {
 
 /// Names the environment itself provides (functions), which are not context variables.
 const GLOBALS: [&str; 10] = [
-    "success", "failure", "always", "cancelled", "range", "dict", "namespace", "debug", "lipsum",
+    "success",
+    "failure",
+    "always",
+    "cancelled",
+    "range",
+    "dict",
+    "namespace",
+    "debug",
+    "lipsum",
     "cycler",
 ];
 
@@ -215,9 +223,7 @@ pub fn eval_condition(
         );
     }
     let expr = condition_expr(when);
-    let v = env()
-        .compile_expression(expr)?
-        .eval(ctx_value(&full))?;
+    let v = env().compile_expression(expr)?.eval(ctx_value(&full))?;
     if v.is_undefined() {
         return Err(ExprError {
             message: format!("undefined value: `{expr}` names nothing that exists"),
@@ -249,7 +255,10 @@ mod tests {
     #[test]
     fn a_single_expression_keeps_its_native_type() {
         let c = ctx(json!({"inputs": {"regions": ["a", "b"], "n": 3}}));
-        assert_eq!(render_str("{{ inputs.regions }}", &c).unwrap(), json!(["a", "b"]));
+        assert_eq!(
+            render_str("{{ inputs.regions }}", &c).unwrap(),
+            json!(["a", "b"])
+        );
         assert_eq!(render_str("{{ inputs.n + 1 }}", &c).unwrap(), json!(4));
         assert_eq!(
             render_str("{{ inputs.regions | length }} regions", &c).unwrap(),

@@ -171,7 +171,10 @@ tier: { type: string, enum: [gold, silver] , default: silver }
         let m = resolve(
             &declared(),
             json!({"customer": "acme"}).as_object().unwrap().clone(),
-            &[("count".into(), "3".into()), ("customer".into(), "acme-2".into())],
+            &[
+                ("count".into(), "3".into()),
+                ("customer".into(), "acme-2".into()),
+            ],
         )
         .unwrap();
         assert_eq!(m["customer"], json!("acme-2"));

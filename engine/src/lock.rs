@@ -28,7 +28,13 @@ fn lock_file_name(run_id: &str) -> String {
     // Run ids are validated, but never let one name a path outside the directory.
     let safe: String = run_id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("{safe}.lock")
 }

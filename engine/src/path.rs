@@ -74,7 +74,8 @@ impl fmt::Display for Path {
             match seg {
                 Seg::Key(k) => {
                     let plain = !k.is_empty()
-                        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                        && k.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
                     if plain {
                         if i > 0 {
                             f.write_str(".")?;
@@ -99,7 +100,10 @@ mod tests {
     fn displays_like_a_user_would_write_it() {
         let p = Path::root().key("steps").index(2).key("with").key("argv");
         assert_eq!(p.to_string(), "steps[2].with.argv");
-        assert_eq!(Path::root().key("tags").key("a b").to_string(), "tags[\"a b\"]");
+        assert_eq!(
+            Path::root().key("tags").key("a b").to_string(),
+            "tags[\"a b\"]"
+        );
         assert_eq!(Path::root().to_string(), "(document)");
     }
 }

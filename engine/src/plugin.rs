@@ -21,9 +21,18 @@ use crate::path::Path;
 /// What a running step tells the scheduler besides its result.
 #[derive(Debug, Clone)]
 pub enum StepSignal {
-    Log { level: LogLevel, message: String },
-    Progress { percent: f64, message: Option<String> },
-    Milestone { kind: String, data: Value },
+    Log {
+        level: LogLevel,
+        message: String,
+    },
+    Progress {
+        percent: f64,
+        message: Option<String>,
+    },
+    Milestone {
+        kind: String,
+        data: Value,
+    },
 }
 
 /// Everything a step may know about where it runs.
@@ -66,7 +75,14 @@ impl StepContext {
 
     /// A context for tests and tools that run a plugin outside a run.
     pub fn detached(node_id: &str) -> Self {
-        Self::new("detached", node_id, node_id, 1, CancellationToken::new(), None)
+        Self::new(
+            "detached",
+            node_id,
+            node_id,
+            1,
+            CancellationToken::new(),
+            None,
+        )
     }
 
     fn send(&self, s: StepSignal) {
@@ -259,7 +275,7 @@ fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
         if let Some(r) = s.get("$ref").and_then(Value::as_str) {
             let target = r
                 .strip_prefix("#/")
-                .map(|p| p.split('/').fold(Some(root), |acc, seg| acc?.get(seg)));
+                .map(|p| p.split('/').try_fold(root, |acc, seg| acc.get(seg)));
             match target.flatten() {
                 Some(t) => s = t,
                 None => return s,
@@ -403,7 +419,10 @@ mod tests {
 
     #[test]
     fn expressions_stand_in_for_their_expected_type() {
-        assert!(check(json!({"argv": "{{ inputs.argv }}", "count": "{{ inputs.n }}", "mode": "{{ x }}"})).is_empty());
+        assert!(check(
+            json!({"argv": "{{ inputs.argv }}", "count": "{{ inputs.n }}", "mode": "{{ x }}"})
+        )
+        .is_empty());
         assert!(check(json!({"argv": ["echo", "{{ item }}"]})).is_empty());
     }
 

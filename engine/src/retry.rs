@@ -126,10 +126,7 @@ mod tests {
     #[test]
     fn delays_grow_and_cap() {
         let d: Vec<_> = policy(Jitter::None).delays().collect();
-        assert_eq!(
-            d,
-            [100, 200, 400, 500].map(Duration::from_millis).to_vec()
-        );
+        assert_eq!(d, [100, 200, 400, 500].map(Duration::from_millis).to_vec());
     }
 
     #[test]
@@ -144,7 +141,13 @@ mod tests {
     #[test]
     fn equal_jitter_keeps_half() {
         let p = policy(Jitter::Equal);
-        assert_eq!(p.jittered(Duration::from_millis(100), 0.0), Duration::from_millis(50));
-        assert_eq!(p.jittered(Duration::from_millis(100), 1.0), Duration::from_millis(100));
+        assert_eq!(
+            p.jittered(Duration::from_millis(100), 0.0),
+            Duration::from_millis(50)
+        );
+        assert_eq!(
+            p.jittered(Duration::from_millis(100), 1.0),
+            Duration::from_millis(100)
+        );
     }
 }

@@ -104,7 +104,8 @@ impl Engine {
     /// Creates a run (durably) or, for a `run_id` that exists with the same workflow and
     /// inputs, returns that run so the caller resumes it instead of starting a duplicate.
     pub fn create_run(&self, wf: &Workflow, new: NewRun) -> Result<RunRecord, EngineError> {
-        let inputs = crate::inputs::resolve(&wf.inputs, new.inputs, &[]).map_err(EngineError::Inputs)?;
+        let inputs =
+            crate::inputs::resolve(&wf.inputs, new.inputs, &[]).map_err(EngineError::Inputs)?;
         let inputs = Value::Object(inputs);
         let inputs_digest = crate::digest::digest_of(&inputs);
         if let Some(id) = &new.run_id {
@@ -379,7 +380,9 @@ impl<'a> Execution<'a> {
                 self.step_done(i);
             }
         }
-        self.batch.nodes.push((self.run.run_id.clone(), rec.clone()));
+        self.batch
+            .nodes
+            .push((self.run.run_id.clone(), rec.clone()));
         self.nodes.insert(rec.node_id.clone(), rec);
     }
 
@@ -429,7 +432,11 @@ impl<'a> Execution<'a> {
 
         self.run.status = RunStatus::Running;
         self.batch.runs.push(self.run.clone());
-        let kind = if self.resumed { "run_resumed" } else { "run_started" };
+        let kind = if self.resumed {
+            "run_resumed"
+        } else {
+            "run_started"
+        };
         self.audit(
             None,
             kind,
@@ -458,7 +465,8 @@ impl<'a> Execution<'a> {
 
             let max = self.run.max_parallel.max(1);
             let work_now = self.stopping.is_none()
-                && (!self.activatable.is_empty() || (!self.ready.is_empty() && self.live.len() < max));
+                && (!self.activatable.is_empty()
+                    || (!self.ready.is_empty() && self.live.len() < max));
             if work_now {
                 continue;
             }
@@ -531,7 +539,11 @@ impl<'a> Execution<'a> {
         }
         self.batch.runs.push(self.run.clone());
         let counts = self.counts();
-        self.audit(None, "run_finished", json!({ "status": status, "nodes": counts }));
+        self.audit(
+            None,
+            "run_finished",
+            json!({ "status": status, "nodes": counts }),
+        );
         self.events.push(RunEvent::RunFinished {
             run_id: self.run.run_id.clone(),
             status,
@@ -611,7 +623,9 @@ impl<'a> Execution<'a> {
     /// How a finished step ended for its dependents: true = succeeded or skipped by its own
     /// condition; false = failed, cancelled, or skipped because of a failure.
     fn step_ok(&self, i: usize) -> bool {
-        let Some(ids) = &self.step_nodes[i] else { return false };
+        let Some(ids) = &self.step_nodes[i] else {
+            return false;
+        };
         ids.iter().all(|id| match self.nodes.get(id) {
             Some(n) => match n.status {
                 NodeStatus::Succeeded => true,
@@ -625,7 +639,13 @@ impl<'a> Execution<'a> {
         })
     }
 
-    fn finish_new(&mut self, i: usize, mut rec: NodeRecord, status: NodeStatus, reason: Option<String>) {
+    fn finish_new(
+        &mut self,
+        i: usize,
+        mut rec: NodeRecord,
+        status: NodeStatus,
+        reason: Option<String>,
+    ) {
         rec.finished_at = Some(Utc::now());
         let id = rec.node_id.clone();
         let error = rec.error.clone();
@@ -660,9 +680,14 @@ impl<'a> Execution<'a> {
         };
 
         if upstream_failed && step.when.runs_on == RunsOn::Success {
-            return skip(self, SkipReason::UpstreamFailed, "an earlier step failed".into());
+            return skip(
+                self,
+                SkipReason::UpstreamFailed,
+                "an earlier step failed".into(),
+            );
         }
-        let ctx = (step.when.expr.is_some() || step.for_each.is_some()).then(|| self.context(None, None));
+        let ctx =
+            (step.when.expr.is_some() || step.for_each.is_some()).then(|| self.context(None, None));
         if let (Some(cond), Some(ctx)) = (&step.when.expr, &ctx) {
             let cancelled = self.stopping == Some(RunStatus::Cancelled);
             match expr::eval_condition(cond, ctx, upstream_failed, cancelled) {
@@ -682,7 +707,10 @@ impl<'a> Execution<'a> {
                     return skip(self, reason, why);
                 }
                 Err(e) => {
-                    return fail(self, StepError::permanent(format!("cannot evaluate `when`: {e}")))
+                    return fail(
+                        self,
+                        StepError::permanent(format!("cannot evaluate `when`: {e}")),
+                    )
                 }
             }
         }
@@ -702,7 +730,10 @@ impl<'a> Execution<'a> {
                 )
             }
             Err(e) => {
-                return fail(self, StepError::permanent(format!("cannot evaluate `for_each`: {e}")))
+                return fail(
+                    self,
+                    StepError::permanent(format!("cannot evaluate `for_each`: {e}")),
+                )
             }
         };
         if items.is_empty() {
@@ -733,7 +764,9 @@ impl<'a> Execution<'a> {
     fn context(&self, item: Option<&Value>, index: Option<usize>) -> Value {
         let mut steps = Map::new();
         for (i, s) in self.wf.steps.iter().enumerate() {
-            let Some(ids) = &self.step_nodes[i] else { continue };
+            let Some(ids) = &self.step_nodes[i] else {
+                continue;
+            };
             if self.open[i] > 0 {
                 continue;
             }
@@ -754,9 +787,9 @@ impl<'a> Execution<'a> {
             let error = recs
                 .iter()
                 .find_map(|r| {
-                    r.error.as_ref().map(|e| {
-                        json!({ "class": e.class, "message": e.message, "node": r.node_id })
-                    })
+                    r.error.as_ref().map(
+                        |e| json!({ "class": e.class, "message": e.message, "node": r.node_id }),
+                    )
                 })
                 .unwrap_or(Value::Null);
             steps.insert(
@@ -784,8 +817,12 @@ impl<'a> Execution<'a> {
     fn start_nodes(&mut self) {
         let max = self.run.max_parallel.max(1);
         while self.live.len() + self.to_spawn.len() < max {
-            let Some(id) = self.ready.pop_front() else { break };
-            let Some(rec) = self.nodes.get(&id).cloned() else { continue };
+            let Some(id) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(rec) = self.nodes.get(&id).cloned() else {
+                continue;
+            };
             match rec.status {
                 NodeStatus::Pending | NodeStatus::Running => self.begin_attempt(rec),
                 _ => {}
@@ -820,7 +857,9 @@ impl<'a> Execution<'a> {
     fn prepare_spawns(&mut self) -> Vec<(String, Value)> {
         let mut out = Vec::new();
         for node in std::mem::take(&mut self.to_spawn) {
-            let Some(rec) = self.nodes.get(&node).cloned() else { continue };
+            let Some(rec) = self.nodes.get(&node).cloned() else {
+                continue;
+            };
             let wf = Arc::clone(&self.wf);
             let step = &wf.steps[self.step_of(&rec)];
             let with = if step.with_has_templates {
@@ -842,7 +881,9 @@ impl<'a> Execution<'a> {
     }
 
     fn spawn_attempt(&mut self, node: String, with: Value) {
-        let Some(rec) = self.nodes.get(&node).cloned() else { return };
+        let Some(rec) = self.nodes.get(&node).cloned() else {
+            return;
+        };
         let wf = Arc::clone(&self.wf);
         let step = &wf.steps[self.step_of(&rec)];
         let Some(plugin) = self.engine.registry.get(&step.uses).cloned() else {
@@ -863,10 +904,7 @@ impl<'a> Execution<'a> {
             let left = d.saturating_duration_since(Instant::now());
             limit = Some(limit.map_or(left, |l| l.min(left)));
         }
-        let breaker = self
-            .engine
-            .breakers
-            .get(&step.circuit, self.wf.breaker);
+        let breaker = self.engine.breakers.get(&step.circuit, self.wf.breaker);
         let key = step.circuit.clone();
         let tx = self.tx.clone();
         let token = cancel.clone();
@@ -925,12 +963,18 @@ impl<'a> Execution<'a> {
         match msg {
             Msg::Done { node, result } => {
                 let token = self.live.remove(&node);
-                let Some(rec) = self.nodes.get(&node).cloned() else { return };
+                let Some(rec) = self.nodes.get(&node).cloned() else {
+                    return;
+                };
                 let was_cancelled = token.is_some_and(|t| t.is_cancelled());
                 match (&result, self.stopping) {
                     // Cut off by Ctrl-C after the grace period: runs again on resume.
                     (Err(_), Some(RunStatus::Interrupted)) if was_cancelled => {
-                        self.audit(Some(&node), "attempt_interrupted", json!({ "attempt": rec.attempts }));
+                        self.audit(
+                            Some(&node),
+                            "attempt_interrupted",
+                            json!({ "attempt": rec.attempts }),
+                        );
                         self.transition(rec, NodeStatus::Pending);
                     }
                     (Err(_), Some(RunStatus::Cancelled | RunStatus::Failed)) if was_cancelled => {
@@ -960,8 +1004,17 @@ impl<'a> Execution<'a> {
                     }
                 }
             }
-            Msg::Breaker { node, key, from, to } => {
-                self.audit(Some(&node), "breaker_changed", json!({ "key": key, "from": from, "to": to }));
+            Msg::Breaker {
+                node,
+                key,
+                from,
+                to,
+            } => {
+                self.audit(
+                    Some(&node),
+                    "breaker_changed",
+                    json!({ "key": key, "from": from, "to": to }),
+                );
                 self.emit(RunEvent::BreakerChanged { key, from, to });
             }
         }
@@ -1070,7 +1123,12 @@ impl<'a> Execution<'a> {
                 let id = self.wf.steps[i].id.clone();
                 let mut rec = NodeRecord::new(id.clone(), id);
                 rec.skip_reason = Some(SkipReason::RunStopped);
-                self.finish_new(i, rec, NodeStatus::Skipped, Some("the run failed critically".into()));
+                self.finish_new(
+                    i,
+                    rec,
+                    NodeStatus::Skipped,
+                    Some("the run failed critically".into()),
+                );
             }
         }
         self.activatable.clear();
@@ -1092,7 +1150,11 @@ impl<'a> Execution<'a> {
                 message,
             },
             StepSignal::Milestone { kind, data } => {
-                self.audit(Some(&node), "milestone", json!({ "kind": kind, "data": data }));
+                self.audit(
+                    Some(&node),
+                    "milestone",
+                    json!({ "kind": kind, "data": data }),
+                );
                 RunEvent::Milestone {
                     run_id,
                     node,

@@ -4,6 +4,10 @@
 //! a diagnostic found much later (a `needs` naming a missing step) can still point at the exact
 //! text. JSON files go through the YAML parser (JSON is YAML 1.2).
 
+// A syntax error is the rare path and carries a whole located diagnostic; boxing it would
+// only add noise to every caller.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
@@ -391,9 +395,8 @@ fn resolve_scalar(text: &str, style: ScalarStyle, tag: Option<&str>) -> Value {
     if style != ScalarStyle::Plain {
         return Value::String(text.to_string());
     }
-    match tag {
-        Some("str") => return Value::String(text.to_string()),
-        Some(_) | None => {}
+    if tag == Some("str") {
+        return Value::String(text.to_string());
     }
     match text {
         "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
@@ -477,7 +480,10 @@ mod tests {
         assert_eq!(&text[v], "log");
         let k = d.map.key_span(&p).unwrap();
         assert_eq!(&text[k], "uses");
-        assert_eq!(d.source.line_col(d.map.value_span(&p).unwrap().start), (4, 11));
+        assert_eq!(
+            d.source.line_col(d.map.value_span(&p).unwrap().start),
+            (4, 11)
+        );
     }
 
     #[test]

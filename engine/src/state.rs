@@ -28,7 +28,10 @@ impl NodeStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            NodeStatus::Succeeded | NodeStatus::Failed | NodeStatus::Skipped | NodeStatus::Cancelled
+            NodeStatus::Succeeded
+                | NodeStatus::Failed
+                | NodeStatus::Skipped
+                | NodeStatus::Cancelled
         )
     }
 
@@ -50,12 +53,15 @@ impl NodeStatus {
     /// the same idempotency key. `Running → Running` is the next attempt after a retry delay.
     pub fn can_become(self, next: NodeStatus) -> bool {
         use NodeStatus::*;
-        match (self, next) {
-            (Pending, Running | Skipped | Cancelled | Failed) => true,
-            (Running, Running | Waiting | Succeeded | Failed | Cancelled | Pending) => true,
-            (Waiting, Running | Succeeded | Failed | Cancelled | Pending) => true,
-            _ => false,
-        }
+        matches!(
+            (self, next),
+            (Pending, Running | Skipped | Cancelled | Failed)
+                | (
+                    Running,
+                    Running | Waiting | Succeeded | Failed | Cancelled | Pending
+                )
+                | (Waiting, Running | Succeeded | Failed | Cancelled | Pending)
+        )
     }
 }
 
@@ -157,7 +163,11 @@ pub struct NodeRecord {
     /// The instance's position and item, for `for_each` instances.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<usize>,
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub item: Option<Value>,
     /// How many instances the step fanned out to (on every instance).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -169,7 +179,11 @@ pub struct NodeRecord {
     pub started_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub finished_at: Option<DateTime<Utc>>,
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub outputs: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<StepError>,
@@ -220,7 +234,9 @@ mod tests {
     fn terminal_states_are_final() {
         use NodeStatus::*;
         for from in [Succeeded, Failed, Skipped, Cancelled] {
-            for to in [Pending, Running, Waiting, Succeeded, Failed, Skipped, Cancelled] {
+            for to in [
+                Pending, Running, Waiting, Succeeded, Failed, Skipped, Cancelled,
+            ] {
                 assert!(!from.can_become(to), "{from} -> {to}");
             }
         }

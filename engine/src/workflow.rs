@@ -113,7 +113,10 @@ impl Workflow {
                 RunsOn::Any => ", style=dashed",
                 RunsOn::Success => "",
             };
-            out.push_str(&format!("  {:?} [label=\"{label}\", shape=box{style}];\n", s.id));
+            out.push_str(&format!(
+                "  {:?} [label=\"{label}\", shape=box{style}];\n",
+                s.id
+            ));
         }
         for s in &self.steps {
             for &n in &s.needs {

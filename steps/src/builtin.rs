@@ -97,7 +97,10 @@ impl Step for Assert {
         if c.that {
             Ok(json!({ "passed": true }))
         } else {
-            Err(StepError::permanent(format!("assertion failed: {}", c.message)))
+            Err(StepError::permanent(format!(
+                "assertion failed: {}",
+                c.message
+            )))
         }
     }
 }
@@ -213,8 +216,9 @@ impl Step for Exec {
             },
             _ = ctx.cancel.cancelled() => return Err(StepError::transient("cancelled")),
         };
-        let status =
-            status.map_err(|e| StepError::transient(format!("waiting for `{}` failed: {e}", c.argv[0])))?;
+        let status = status.map_err(|e| {
+            StepError::transient(format!("waiting for `{}` failed: {e}", c.argv[0]))
+        })?;
         let stdout = String::from_utf8_lossy(&out);
         let stderr = String::from_utf8_lossy(&err);
         match status.code() {
@@ -255,7 +259,10 @@ mod tests {
     #[tokio::test]
     async fn exec_json_stdout_becomes_outputs() {
         let out = Exec
-            .run(exec(&["sh", "-c", "echo '{\"a\": 1}'"]), StepContext::detached("x"))
+            .run(
+                exec(&["sh", "-c", "echo '{\"a\": 1}'"]),
+                StepContext::detached("x"),
+            )
             .await
             .unwrap();
         assert_eq!(out, json!({"a": 1}));
@@ -269,18 +276,31 @@ mod tests {
     #[tokio::test]
     async fn exec_exit_codes_map_to_classes() {
         let e = Exec
-            .run(exec(&["sh", "-c", "echo busy >&2; exit 75"]), StepContext::detached("x"))
+            .run(
+                exec(&["sh", "-c", "echo busy >&2; exit 75"]),
+                StepContext::detached("x"),
+            )
             .await
             .unwrap_err();
         assert_eq!(e.class, ErrorClass::Transient);
         let e = Exec
-            .run(exec(&["sh", "-c", "echo boom >&2; exit 3"]), StepContext::detached("x"))
+            .run(
+                exec(&["sh", "-c", "echo boom >&2; exit 3"]),
+                StepContext::detached("x"),
+            )
             .await
             .unwrap_err();
         assert_eq!(e.class, ErrorClass::Permanent);
-        assert!(e.message.contains("exit 3") && e.message.contains("boom"), "{}", e.message);
+        assert!(
+            e.message.contains("exit 3") && e.message.contains("boom"),
+            "{}",
+            e.message
+        );
         let e = Exec
-            .run(exec(&["no-such-program-landfall"]), StepContext::detached("x"))
+            .run(
+                exec(&["no-such-program-landfall"]),
+                StepContext::detached("x"),
+            )
             .await
             .unwrap_err();
         assert_eq!(e.class, ErrorClass::Permanent);
@@ -297,7 +317,10 @@ mod tests {
     #[tokio::test]
     async fn exec_never_uses_a_shell() {
         let out = Exec
-            .run(exec(&["echo", "$HOME;", "`id`"]), StepContext::detached("x"))
+            .run(
+                exec(&["echo", "$HOME;", "`id`"]),
+                StepContext::detached("x"),
+            )
             .await
             .unwrap();
         assert_eq!(out, json!({"stdout": "$HOME; `id`\n"}));

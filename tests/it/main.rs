@@ -1,1 +1,5 @@
+//! Landfall's integration tests: one binary (faster to build), one module per area.
 
+mod cli;
+mod diagnostics;
+mod support;

@@ -59,7 +59,11 @@ impl Store for MemStore {
 
     fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
         let mut v: Vec<_> = self.lock().runs.values().cloned().collect();
-        v.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.run_id.cmp(&a.run_id)));
+        v.sort_by(|a, b| {
+            b.started_at
+                .cmp(&a.started_at)
+                .then(b.run_id.cmp(&a.run_id))
+        });
         Ok(v)
     }
 

@@ -27,7 +27,11 @@ pub enum StoreError {
     #[error("cannot open the state file {path}: {message}")]
     Open { path: String, message: String },
     #[error("the state file {path} was written by a newer Landfall (schema {found}, this build knows up to {known}); upgrade landfall")]
-    TooNew { path: String, found: u64, known: u64 },
+    TooNew {
+        path: String,
+        found: u64,
+        known: u64,
+    },
     #[error("state file error: {0}")]
     Backend(String),
     #[error("a stored record is corrupt ({what}): {message}")]
@@ -109,7 +113,8 @@ impl AuditEntry {
     }
 
     fn compute_hash(seq: u64, draft: &AuditDraft, prev: &str) -> String {
-        let body = crate::digest::canonical_json(&serde_json::json!({ "seq": seq, "entry": draft }));
+        let body =
+            crate::digest::canonical_json(&serde_json::json!({ "seq": seq, "entry": draft }));
         crate::digest::sha256_hex(format!("{prev}\n{body}").as_bytes())
     }
 }
@@ -128,7 +133,10 @@ pub fn verify_chain(entries: &[AuditEntry]) -> Option<ChainBreak> {
         if e.seq != i as u64 {
             return Some(ChainBreak {
                 seq: e.seq,
-                reason: format!("expected entry #{i}, found #{} (an entry is missing)", e.seq),
+                reason: format!(
+                    "expected entry #{i}, found #{} (an entry is missing)",
+                    e.seq
+                ),
             });
         }
         if e.prev != prev {

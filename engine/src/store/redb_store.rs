@@ -111,7 +111,10 @@ impl RedbStore {
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(what: impl FnOnce() -> String, bytes: &[u8]) -> Result<T, StoreError> {
+fn decode<T: serde::de::DeserializeOwned>(
+    what: impl FnOnce() -> String,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| corrupt(what(), e))
 }
 
@@ -144,7 +147,8 @@ impl Store for RedbStore {
                     .map(|(_, v)| v.value().to_vec());
                 let (seq, prev) = match last {
                     Some(bytes) => {
-                        let e: AuditEntry = decode(|| format!("last audit entry of {run}"), &bytes)?;
+                        let e: AuditEntry =
+                            decode(|| format!("last audit entry of {run}"), &bytes)?;
                         (e.seq + 1, e.hash)
                     }
                     None => (0, String::new()),
@@ -172,9 +176,16 @@ impl Store for RedbStore {
         let mut out = Vec::new();
         for item in t.iter()? {
             let (k, v) = item?;
-            out.push(decode::<RunRecord>(|| format!("run {}", k.value()), v.value())?);
+            out.push(decode::<RunRecord>(
+                || format!("run {}", k.value()),
+                v.value(),
+            )?);
         }
-        out.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.run_id.cmp(&a.run_id)));
+        out.sort_by(|a, b| {
+            b.started_at
+                .cmp(&a.started_at)
+                .then(b.run_id.cmp(&a.run_id))
+        });
         Ok(out)
     }
 
@@ -220,7 +231,12 @@ impl Store for RedbStore {
 impl RedbStore {
     /// Overwrites one audit entry's bytes. Only for tests of `audit --verify`.
     #[doc(hidden)]
-    pub fn tamper_audit(&self, run_id: &str, seq: u64, entry: &AuditEntry) -> Result<(), StoreError> {
+    pub fn tamper_audit(
+        &self,
+        run_id: &str,
+        seq: u64,
+        entry: &AuditEntry,
+    ) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
         {
             let mut t = tx.open_table(AUDIT)?;

@@ -32,7 +32,11 @@ fn dag(max_steps: usize, failures: bool) -> impl Strategy<Value = Dag> {
         (
             any::<u32>(),
             prop::option::weighted(0.25, 0..3usize),
-            if failures { (0..3u32).boxed() } else { Just(0u32).boxed() },
+            if failures {
+                (0..3u32).boxed()
+            } else {
+                Just(0u32).boxed()
+            },
             prop::bool::ANY,
             0..3u64,
         ),

@@ -5,7 +5,11 @@ use crate::store::verify_chain;
 fn engine(probe: &Arc<Probe>) -> (Engine, Arc<MemStore>, Registry) {
     let store = Arc::new(MemStore::new());
     let reg = registry(probe);
-    (Engine::new(Arc::new(reg.clone()), store.clone()), store, reg)
+    (
+        Engine::new(Arc::new(reg.clone()), store.clone()),
+        store,
+        reg,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,13 +97,19 @@ steps:
     let nodes = store.nodes(&out.run_id).unwrap();
     assert_eq!(out.status, RunStatus::Succeeded, "{nodes:#?}");
     let get = |id: &str| nodes.iter().find(|n| n.node_id == id).unwrap().clone();
-    assert_eq!(get("per[1]").outputs.unwrap()["value"], json!("per(\"y\",1)"));
+    assert_eq!(
+        get("per[1]").outputs.unwrap()["value"],
+        json!("per(\"y\",1)")
+    );
     assert_eq!(get("per[2]").item, Some(json!("z")));
     assert_eq!(
         get("after").outputs.unwrap()["value"],
         json!("after(3,\"per(\\\"z\\\",2)\")")
     );
-    assert_eq!(get("after_none").outputs.unwrap()["value"], json!("after_none(0)"));
+    assert_eq!(
+        get("after_none").outputs.unwrap()["value"],
+        json!("after_none(0)")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,7 +143,9 @@ steps:
     assert_eq!(
         audit
             .iter()
-            .filter(|e| e.draft.kind == "retry_scheduled" && e.draft.node.as_deref() == Some("flaky"))
+            .filter(
+                |e| e.draft.kind == "retry_scheduled" && e.draft.node.as_deref() == Some("flaky")
+            )
             .count(),
         2
     );
@@ -156,7 +168,10 @@ steps:
     );
     let started = std::time::Instant::now();
     let (out, _) = run_to_end(&eng, wf, 4).await;
-    assert!(started.elapsed() < Duration::from_secs(10), "did not cancel `slow`");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "did not cancel `slow`"
+    );
     assert_eq!(out.status, RunStatus::Failed);
     let st = statuses(store.as_ref(), &out.run_id);
     assert_eq!(st["bad"], NodeStatus::Failed);
@@ -214,7 +229,10 @@ steps:
         tokio::time::sleep(Duration::from_millis(300)).await;
         stop.cancel();
     });
-    let out = eng.execute(Arc::clone(&wf), rec, control, &[]).await.unwrap();
+    let out = eng
+        .execute(Arc::clone(&wf), rec, control, &[])
+        .await
+        .unwrap();
     assert_eq!(out.status, RunStatus::Interrupted);
     let st = statuses(store.as_ref(), &out.run_id);
     assert_eq!(st["a"], NodeStatus::Succeeded);
@@ -226,12 +244,18 @@ steps:
         &reg,
     ));
     let rec = store.run(&out.run_id).unwrap().unwrap();
-    let out2 = eng.execute(quick, rec, RunControl::default(), &[]).await.unwrap();
+    let out2 = eng
+        .execute(quick, rec, RunControl::default(), &[])
+        .await
+        .unwrap();
     assert_eq!(out2.status, RunStatus::Succeeded);
     assert_eq!(probe.count("a"), 1);
     assert_eq!(probe.count("b"), 2);
     let keys = probe.keys.lock().unwrap();
-    assert_eq!(keys["b"][0], keys["b"][1], "resume keeps the idempotency key");
+    assert_eq!(
+        keys["b"][0], keys["b"][1],
+        "resume keeps the idempotency key"
+    );
     assert_eq!(verify_chain(&store.audit(&out.run_id).unwrap()), None);
 }
 
@@ -282,7 +306,10 @@ async fn same_run_id_same_inputs_is_the_same_run_other_inputs_are_refused() {
         Err(crate::EngineError::Conflict { .. })
     ));
     new.run_id = Some("../x".into());
-    assert!(matches!(eng.create_run(&wf, new), Err(crate::EngineError::BadRunId(_))));
+    assert!(matches!(
+        eng.create_run(&wf, new),
+        Err(crate::EngineError::BadRunId(_))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,7 +337,12 @@ steps:
         .unwrap()
         .into_iter()
         .filter(|e| e.draft.kind == "breaker_changed")
-        .map(|e| e.draft.details["to"].as_str().unwrap_or_default().to_string())
+        .map(|e| {
+            e.draft.details["to"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
         .collect();
     assert!(kinds.contains(&"Open".to_string()), "{kinds:?}");
     assert!(kinds.contains(&"HalfOpen".to_string()), "{kinds:?}");

@@ -1,0 +1,447 @@
+//! End-to-end tests of the `landfall` binary: exit codes, JSON shapes, crash and resume.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::*;
+
+#[test]
+fn the_example_runs_and_reports_the_documented_json() {
+    let sb = Sandbox::new();
+    sb.copy("examples/hello.yaml");
+    sb.copy("examples/hello-input.yaml");
+    let out = sb.run(&["run", "hello.yaml", "--input", "hello-input.yaml", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "run_id",
+        "workflow",
+        "status",
+        "started_at",
+        "finished_at",
+        "nodes",
+    ] {
+        assert!(doc.get(key).is_some(), "missing {key} in {doc}");
+    }
+    assert_eq!(doc["status"], "succeeded");
+    let ids: Vec<&str> = doc["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "greet",
+            "per_region[0]",
+            "per_region[1]",
+            "per_region[2]",
+            "report",
+            "on_error"
+        ]
+    );
+    assert_eq!(
+        node(&doc, "per_region[1]")["outputs"],
+        json!({"stdout": "eu-west-1\n"})
+    );
+    assert_eq!(node(&doc, "report")["outputs"]["message"], "3 regions done");
+    assert_eq!(node(&doc, "on_error")["status"], "skipped");
+    for key in [
+        "id",
+        "status",
+        "attempts",
+        "started_at",
+        "finished_at",
+        "outputs",
+        "error",
+    ] {
+        assert!(node(&doc, "greet").get(key).is_some(), "node lacks {key}");
+    }
+    assert!(stderr(&out).contains("greet: Onboarding acme"));
+
+    let list = sb.json(&["status", "--json"]);
+    assert_eq!(list[0]["run_id"], doc["run_id"]);
+    let again = sb.json(&["status", doc["run_id"].as_str().unwrap(), "--json"]);
+    assert_eq!(again["nodes"], doc["nodes"]);
+}
+
+#[test]
+fn a_failed_step_fails_the_run_and_runs_the_failure_branch() {
+    let sb = Sandbox::new();
+    sb.write(
+        "fail.yaml",
+        r#"
+name: fail
+steps:
+  - { id: boom, uses: exec, with: { argv: [sh, -c, "echo it broke >&2; exit 3"] } }
+  - { id: after, uses: log, needs: [boom], with: { message: never } }
+  - id: on_error
+    uses: log
+    needs: [after]
+    when: failure()
+    with: { message: "failed: {{ steps.boom.error.message }}" }
+"#,
+    );
+    let out = sb.run(&["run", "fail.yaml", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["status"], "failed");
+    let boom = node(&doc, "boom");
+    assert_eq!(boom["error"]["class"], "permanent");
+    assert!(boom["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("it broke"));
+    assert_eq!(boom["attempts"], 1, "permanent errors are not retried");
+    assert_eq!(node(&doc, "after")["status"], "skipped");
+    assert_eq!(node(&doc, "on_error")["status"], "succeeded");
+    assert!(node(&doc, "on_error")["outputs"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("it broke"));
+}
+
+#[test]
+fn exit_75_is_retried() {
+    let sb = Sandbox::new();
+    sb.write(
+        "flaky.yaml",
+        r#"
+name: flaky
+defaults: { retry: { max_attempts: 3, initial_delay: 10ms, max_delay: 20ms } }
+steps:
+  - id: once
+    uses: exec
+    with: { argv: [sh, -c, "if [ -e tried ]; then echo '{\"ok\": true}'; else touch tried; exit 75; fi"] }
+"#,
+    );
+    let out = sb.run(&["run", "flaky.yaml", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(node(&doc, "once")["attempts"], 2);
+    assert_eq!(node(&doc, "once")["outputs"], json!({"ok": true}));
+}
+
+#[test]
+fn invalid_input_is_refused_before_anything_runs() {
+    let sb = Sandbox::new();
+    sb.copy("examples/hello.yaml");
+    let out = sb.run(&[
+        "run",
+        "hello.yaml",
+        "--set",
+        "customer=A!",
+        "--set",
+        "regoins=[x]",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("input `customer`"), "{err}");
+    assert!(err.contains("did you mean `regions`"), "{err}");
+    let out = sb.run(&["run", "hello.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("required string input is missing"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(sb.json(&["status", "--json"]), json!([]));
+}
+
+#[test]
+fn validate_reports_every_error_and_exits_2() {
+    let sb = Sandbox::new();
+    sb.copy("examples/hello.yaml");
+    let ok = sb.run(&["validate", "hello.yaml"]);
+    assert_eq!(ok.status.code(), Some(0));
+    let bad = sb.copy("tests/fixtures/invalid/cycle.yaml");
+    let out = sb.run(&["validate", "hello.yaml", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = sb.run(&["validate", "--json", "cycle.yaml"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = &doc[0]["diagnostics"];
+    assert_eq!(d.as_array().unwrap().len(), 2);
+    assert_eq!(d[0]["code"], "LF0105");
+    assert_eq!(d[0]["line"], 5);
+    assert!(d[0]["message"].as_str().unwrap().contains("a → b → c → a"));
+    let missing = sb.run(&["validate", "nope.yaml"]);
+    assert_eq!(missing.status.code(), Some(2));
+}
+
+#[test]
+fn the_same_run_id_resumes_instead_of_duplicating() {
+    let sb = Sandbox::new();
+    sb.copy("examples/hello.yaml");
+    let first = sb.run(&[
+        "run",
+        "hello.yaml",
+        "--set",
+        "customer=acme",
+        "--run-id",
+        "fixed",
+    ]);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let again = sb.run(&[
+        "run",
+        "hello.yaml",
+        "--set",
+        "customer=acme",
+        "--run-id",
+        "fixed",
+    ]);
+    assert_eq!(again.status.code(), Some(0));
+    assert!(
+        stderr(&again).contains("already finished"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(sb.json(&["status", "--json"]).as_array().unwrap().len(), 1);
+    let other = sb.run(&[
+        "run",
+        "hello.yaml",
+        "--set",
+        "customer=other",
+        "--run-id",
+        "fixed",
+    ]);
+    assert_eq!(other.status.code(), Some(2));
+    assert!(
+        stderr(&other).contains("different set of inputs"),
+        "{}",
+        stderr(&other)
+    );
+}
+
+fn crashy(sb: &Sandbox) {
+    sb.write(
+        "crashy.yaml",
+        r#"
+name: crashy
+steps:
+  - id: a
+    uses: exec
+    with: { argv: [sh, -c, 'echo "$LANDFALL_IDEMPOTENCY_KEY" >> a.log'] }
+  - id: b
+    uses: exec
+    needs: [a]
+    with: { argv: [sh, -c, 'echo "$LANDFALL_IDEMPOTENCY_KEY" >> b.log; [ -e b.go ] || sleep 30; echo "{\"done\": \"$LANDFALL_ATTEMPT\"}"'] }
+  - id: c
+    uses: exec
+    needs: [b]
+    with: { argv: [sh, -c, 'echo x >> c.log'] }
+"#,
+    );
+}
+
+#[test]
+fn kill_9_mid_step_then_resume_finishes_like_an_uninterrupted_run() {
+    let sb = Sandbox::new();
+    crashy(&sb);
+    let mut child = sb.spawn(&["run", "crashy.yaml", "--run-id", "crash-1"]);
+    let b_log = sb.path("b.log");
+    wait_until("step b to start", Duration::from_secs(60), || {
+        b_log.exists()
+    });
+    child.kill().unwrap(); // SIGKILL: no cleanup of any kind
+    child.wait().unwrap();
+
+    let doc = sb.json(&["status", "crash-1", "--json"]);
+    assert_eq!(doc["status"], "interrupted", "{doc}");
+    assert_eq!(node(&doc, "a")["status"], "succeeded");
+    assert_eq!(node(&doc, "b")["status"], "running");
+
+    // Today's file changes; resume must run the workflow as it was.
+    sb.write("crashy.yaml", "name: changed\nsteps: []\n");
+    sb.write("b.go", "");
+    let out = sb.run(&["resume", "crash-1", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["workflow"], "crashy");
+    assert_eq!(doc["status"], "succeeded");
+    assert_eq!(
+        lines(&sb.path("a.log")).len(),
+        1,
+        "a succeeded durably: never run again"
+    );
+    let b = lines(&b_log);
+    assert_eq!(b.len(), 2, "b was cut off, so it runs again");
+    assert_eq!(b[0], b[1], "with the same idempotency key");
+    assert_eq!(lines(&sb.path("c.log")).len(), 1);
+    assert_eq!(node(&doc, "b")["attempts"], 2);
+    let audit = sb.run(&["audit", "crash-1", "--verify"]);
+    assert_eq!(audit.status.code(), Some(0), "{}", stdout(&audit));
+}
+
+#[test]
+fn ctrl_c_interrupts_with_a_grace_period_and_resume_continues() {
+    let sb = Sandbox::new();
+    crashy(&sb);
+    let mut cmd = sb.cmd(&["run", "crashy.yaml", "--run-id", "int-1"]);
+    cmd.env("LANDFALL_GRACE", "300ms");
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b_log = sb.path("b.log");
+    wait_until("step b to start", Duration::from_secs(60), || {
+        b_log.exists()
+    });
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("landfall resume int-1"),
+        "{}",
+        stderr(&out)
+    );
+    let doc = sb.json(&["status", "int-1", "--json"]);
+    assert_eq!(doc["status"], "interrupted");
+    assert_eq!(node(&doc, "b")["status"], "pending");
+    sb.write("b.go", "");
+    let out = sb.run(&["resume", "int-1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(lines(&sb.path("a.log")).len(), 1);
+    assert_eq!(lines(&sb.path("c.log")).len(), 1);
+}
+
+#[test]
+fn audit_verify_finds_the_first_tampered_entry() {
+    let sb = Sandbox::new();
+    sb.copy("examples/hello.yaml");
+    let out = sb.run(&[
+        "run",
+        "hello.yaml",
+        "--set",
+        "customer=acme",
+        "--run-id",
+        "aud",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let ok = sb.run(&["audit", "aud", "--verify", "--json"]);
+    assert_eq!(ok.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(v["intact"], true);
+    assert!(v["entries"].as_u64().unwrap() > 10);
+
+    let shown = sb.run(&["audit", "aud"]);
+    assert!(stdout(&shown).contains("node_transition"));
+    {
+        use landfall_engine::store::{RedbStore, Store};
+        let store = RedbStore::open(&sb.path(".landfall/state.redb")).unwrap();
+        let mut entries = store.audit("aud").unwrap();
+        entries[4].draft.actor = "mallory".into();
+        store.tamper_audit("aud", 4, &entries[4]).unwrap();
+    }
+    let bad = sb.run(&["audit", "aud", "--verify"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stdout(&bad).contains("BROKEN at entry #4"),
+        "{}",
+        stdout(&bad)
+    );
+}
+
+#[test]
+fn two_processes_share_the_state_file() {
+    let sb = Sandbox::new();
+    sb.write(
+        "slow.yaml",
+        "name: slow\nsteps:\n  - { id: pause, uses: wait, with: { duration: 1500ms } }\n",
+    );
+    sb.copy("examples/hello.yaml");
+    let slow = sb.spawn(&["run", "slow.yaml", "--run-id", "slow-1"]);
+    wait_until(
+        "the slow run to be recorded",
+        Duration::from_secs(60),
+        || {
+            let out = sb.run(&["status", "slow-1", "--json"]);
+            out.status.success()
+                && serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                    .is_ok_and(|d| node(&d, "pause")["status"] == "running")
+        },
+    );
+    assert_eq!(
+        sb.json(&["status", "slow-1", "--json"])["status"],
+        "running"
+    );
+    let other = sb.run(&["run", "hello.yaml", "--set", "customer=acme"]);
+    assert_eq!(other.status.code(), Some(0), "{}", stderr(&other));
+    let out = slow.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(sb.json(&["status", "--json"]).as_array().unwrap().len(), 2);
+    let busy = sb.run(&["resume", "slow-1"]);
+    assert_eq!(
+        busy.status.code(),
+        Some(0),
+        "a finished run resumes to nothing"
+    );
+}
+
+#[test]
+fn introspection_commands() {
+    let sb = Sandbox::new();
+    sb.copy("examples/hello.yaml");
+    let steps = sb.run(&["steps"]);
+    let text = stdout(&steps);
+    for want in [
+        "exec",
+        "with.argv: list of string (required)",
+        "wait",
+        "assert",
+        "log",
+    ] {
+        assert!(text.contains(want), "`{want}` missing from:\n{text}");
+    }
+    let schema = sb.json(&["schema"]);
+    assert!(schema["properties"]["steps"].is_object());
+    assert!(schema["$defs"]["StepSpec"]["properties"]["needs"]["description"].is_string());
+    let graph = sb.run(&["graph", "hello.yaml", "--format", "mermaid"]);
+    insta::assert_snapshot!("graph_mermaid", stdout(&graph));
+    let dot = sb.run(&["graph", "hello.yaml", "--format", "dot"]);
+    assert!(stdout(&dot).contains("\"greet\" -> \"per_region\""));
+}
+
+#[test]
+fn config_layers_and_show() {
+    let sb = Sandbox::new();
+    sb.write(
+        "landfall.toml",
+        "max_parallel = 3\n[slack]\nbot_token = \"xoxb-very-secret\"\n[env.ci]\nmax_parallel = 5\n",
+    );
+    let out = sb.run(&["config", "show", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let get = |v: &serde_json::Value, k: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["key"] == k)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(get(&v, "max_parallel")["value"], 3);
+    assert_eq!(get(&v, "max_parallel")["source"], "landfall.toml");
+    assert_eq!(get(&v, "slack.bot_token")["value"], "***");
+    assert!(!stdout(&out).contains("very-secret"));
+    let out = sb.run(&["--env", "ci", "config", "show", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(get(&v, "max_parallel")["value"], 5);
+    let mut cmd = sb.cmd(&["--env", "ci", "config", "show", "--json"]);
+    cmd.env("LANDFALL_MAX_PARALLEL", "6");
+    let v: serde_json::Value = serde_json::from_slice(&cmd.output().unwrap().stdout).unwrap();
+    assert_eq!(get(&v, "max_parallel")["value"], 6);
+    sb.write("landfall.toml", "max_paralel = 3\n");
+    let out = sb.run(&["config", "show"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("landfall.toml:1:1"),
+        "{}",
+        stderr(&out)
+    );
+}
