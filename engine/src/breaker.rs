@@ -214,10 +214,12 @@ pub struct Breakers {
 impl Breakers {
     pub fn get(&self, key: &str, config: BreakerConfig) -> Arc<Breaker> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(
-            map.entry(key.to_string())
-                .or_insert_with(|| Breaker::new(config)),
-        )
+        if let Some(b) = map.get(key) {
+            return Arc::clone(b);
+        }
+        let b = Breaker::new(config);
+        map.insert(key.to_string(), Arc::clone(&b));
+        b
     }
 }
 

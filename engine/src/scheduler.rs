@@ -230,6 +230,8 @@ struct Execution<'a> {
     retrying: HashMap<String, CancellationToken>,
     deadlines: HashMap<String, Instant>,
     batch: Batch,
+    /// Nodes changed since the last commit.
+    dirty: std::collections::HashSet<String>,
     events: Vec<RunEvent>,
     tx: mpsc::UnboundedSender<Msg>,
     rx: mpsc::UnboundedReceiver<Msg>,
@@ -280,10 +282,8 @@ impl<'a> Execution<'a> {
                 step_nodes[i] = Some(list.iter().map(|r| r.node_id.clone()).collect());
             }
         }
-        let nodes: HashMap<String, NodeRecord> = existing
-            .into_iter()
-            .map(|r| (r.node_id.clone(), r))
-            .collect();
+        let mut nodes: HashMap<String, NodeRecord> = HashMap::with_capacity(n.max(existing.len()));
+        nodes.extend(existing.into_iter().map(|r| (r.node_id.clone(), r)));
         let open: Vec<usize> = step_nodes
             .iter()
             .map(|ids| {
@@ -330,6 +330,7 @@ impl<'a> Execution<'a> {
             retrying: HashMap::new(),
             deadlines: HashMap::new(),
             batch: Batch::default(),
+            dirty: Default::default(),
             events: Vec::new(),
             tx,
             rx,
@@ -363,6 +364,13 @@ impl<'a> Execution<'a> {
             rec.node_id
         );
         rec.status = to;
+        if !existed && to == NodeStatus::Pending {
+            // Creating a pending node is not a transition: its first entry is `pending → …`.
+            // (A fan-out is audited once per step, as `step_expanded`.)
+            self.dirty.insert(rec.node_id.clone());
+            self.nodes.insert(rec.node_id.clone(), rec);
+            return;
+        }
         let mut details = json!({ "from": if existed { from.as_str() } else { "new" }, "to": to, "attempt": rec.attempts });
         if to == NodeStatus::Failed {
             if let Some(e) = &rec.error {
@@ -380,9 +388,10 @@ impl<'a> Execution<'a> {
                 self.step_done(i);
             }
         }
-        self.batch
-            .nodes
-            .push((self.run.run_id.clone(), rec.clone()));
+        // Only the latest state of a node is written; its audit entries keep every step.
+        if !self.dirty.contains(&rec.node_id) {
+            self.dirty.insert(rec.node_id.clone());
+        }
         self.nodes.insert(rec.node_id.clone(), rec);
     }
 
@@ -506,6 +515,9 @@ impl<'a> Execution<'a> {
                     }
                 }
                 Some(msg) = self.rx.recv() => {
+                    // Let other attempts that are about to finish report too, so that one
+                    // commit covers them all (group commit).
+                    tokio::task::yield_now().await;
                     // A step's messages were sent before its result: show them first.
                     while let Ok((n, s)) = self.sig_rx.try_recv() {
                         self.signal(n, s);
@@ -594,12 +606,25 @@ impl<'a> Execution<'a> {
 
     /// Commits this turn's batch durably, then tells observers.
     async fn flush(&mut self) -> Result<(), EngineError> {
-        let batch = std::mem::take(&mut self.batch);
+        let mut batch = std::mem::take(&mut self.batch);
+        for id in self.dirty.drain() {
+            if let Some(rec) = self.nodes.get(&id) {
+                batch.nodes.push((self.run.run_id.clone(), rec.clone()));
+            }
+        }
         if !batch.is_empty() {
             let store = Arc::clone(&self.engine.store);
-            let res = tokio::task::spawn_blocking(move || store.commit(batch))
-                .await
-                .map_err(|e| StoreError::Backend(format!("commit task failed: {e}")))?;
+            // On the multi-threaded runtime, commit in place: tokio moves this worker's other
+            // tasks away meanwhile, and the scheduler saves a thread hand-off per turn.
+            let multi = tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread;
+            let res = if multi {
+                tokio::task::block_in_place(|| store.commit(batch))
+            } else {
+                tokio::task::spawn_blocking(move || store.commit(batch))
+                    .await
+                    .map_err(|e| StoreError::Backend(format!("commit task failed: {e}")))?
+            };
             if let Err(e) = res {
                 // Nothing may go on from state we failed to record.
                 for t in self.live.values().chain(self.retrying.values()) {
@@ -617,7 +642,9 @@ impl<'a> Execution<'a> {
     }
 
     fn emit(&mut self, e: RunEvent) {
-        self.events.push(e);
+        if !self.observers.is_empty() {
+            self.events.push(e);
+        }
     }
 
     /// How a finished step ended for its dependents: true = succeeded or skipped by its own
@@ -666,7 +693,8 @@ impl<'a> Execution<'a> {
 
     /// Creates the nodes of a step whose needs are all done: skipped, fanned out, or one node.
     fn activate(&mut self, i: usize) {
-        let step = self.wf.steps[i].clone();
+        let wf = Arc::clone(&self.wf);
+        let step = &wf.steps[i];
         let upstream_failed = step.needs.iter().any(|&k| !self.step_ok(k));
         let skip = |this: &mut Self, reason: SkipReason, why: String| {
             let mut rec = NodeRecord::new(step.id.clone(), step.id.clone());
@@ -746,6 +774,7 @@ impl<'a> Execution<'a> {
             return self.set_step_nodes(i, vec![id]);
         }
         let n = items.len();
+        self.audit(Some(&step.id), "step_expanded", json!({ "items": n }));
         let mut ids = Vec::with_capacity(n);
         for (k, item) in items.into_iter().enumerate() {
             let id = format!("{}[{k}]", step.id);

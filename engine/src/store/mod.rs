@@ -112,10 +112,66 @@ impl AuditEntry {
         }
     }
 
+    /// Sha-256 over `prev`, `seq` and every field of the draft, each length-prefixed, with
+    /// `details` walked in sorted key order. Independent of how JSON maps order their keys
+    /// (a dependency may switch serde_json to insertion order), and cheap: no intermediate
+    /// JSON is built.
     fn compute_hash(seq: u64, draft: &AuditDraft, prev: &str) -> String {
-        let body =
-            crate::digest::canonical_json(&serde_json::json!({ "seq": seq, "entry": draft }));
-        crate::digest::sha256_hex(format!("{prev}\n{body}").as_bytes())
+        use sha2::{Digest, Sha256};
+        fn field(h: &mut Sha256, s: &str) {
+            h.update((s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        }
+        fn value(h: &mut Sha256, v: &Value) {
+            match v {
+                Value::Null => h.update(b"n"),
+                Value::Bool(b) => h.update(if *b { b"t" } else { b"f" }),
+                Value::Number(n) => {
+                    h.update(b"#");
+                    field(h, &n.to_string());
+                }
+                Value::String(s) => {
+                    h.update(b"s");
+                    field(h, s);
+                }
+                Value::Array(items) => {
+                    h.update(b"[");
+                    h.update((items.len() as u64).to_le_bytes());
+                    for i in items {
+                        value(h, i);
+                    }
+                }
+                Value::Object(map) => {
+                    h.update(b"{");
+                    h.update((map.len() as u64).to_le_bytes());
+                    let mut keys: Vec<&String> = map.keys().collect();
+                    keys.sort();
+                    for k in keys {
+                        field(h, k);
+                        value(h, &map[k]);
+                    }
+                }
+            }
+        }
+        let mut h = Sha256::new();
+        field(&mut h, prev);
+        h.update(seq.to_le_bytes());
+        field(
+            &mut h,
+            &draft.at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        );
+        field(&mut h, &draft.actor);
+        field(&mut h, &draft.run_id);
+        match &draft.node {
+            Some(n) => {
+                h.update(b"1");
+                field(&mut h, n);
+            }
+            None => h.update(b"0"),
+        }
+        field(&mut h, &draft.kind);
+        value(&mut h, &draft.details);
+        hex::encode(h.finalize())
     }
 }
 

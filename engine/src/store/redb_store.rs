@@ -138,23 +138,31 @@ impl Store for RedbStore {
                 nodes.insert((run.as_str(), n.node_id.as_str()), encode(n)?.as_slice())?;
             }
             let mut audit = tx.open_table(AUDIT)?;
+            // The chain head of each run touched by this batch, read once per batch.
+            let mut heads: std::collections::HashMap<String, (u64, String)> = Default::default();
             for draft in batch.audit {
                 let run = draft.run_id.clone();
-                let last: Option<Vec<u8>> = audit
-                    .range((run.as_str(), 0)..=(run.as_str(), u64::MAX))?
-                    .next_back()
-                    .transpose()?
-                    .map(|(_, v)| v.value().to_vec());
-                let (seq, prev) = match last {
-                    Some(bytes) => {
-                        let e: AuditEntry =
-                            decode(|| format!("last audit entry of {run}"), &bytes)?;
-                        (e.seq + 1, e.hash)
+                let (seq, prev) = match heads.get(&run) {
+                    Some((seq, hash)) => (seq + 1, hash.clone()),
+                    None => {
+                        let last: Option<Vec<u8>> = audit
+                            .range((run.as_str(), 0)..=(run.as_str(), u64::MAX))?
+                            .next_back()
+                            .transpose()?
+                            .map(|(_, v)| v.value().to_vec());
+                        match last {
+                            Some(bytes) => {
+                                let e: AuditEntry =
+                                    decode(|| format!("last audit entry of {run}"), &bytes)?;
+                                (e.seq + 1, e.hash)
+                            }
+                            None => (0, String::new()),
+                        }
                     }
-                    None => (0, String::new()),
                 };
                 let entry = AuditEntry::chain(seq, draft, prev);
                 audit.insert((run.as_str(), seq), encode(&entry)?.as_slice())?;
+                heads.insert(run, (seq, entry.hash));
             }
         }
         tx.commit()?;

@@ -1,0 +1,166 @@
+//! Scheduler throughput on a 10,000-node layered DAG of no-op steps.
+//!
+//! `cargo bench -p landfall-engine --bench scheduler` (release build). Prints µs per node with
+//! (a) the in-memory store and (b) the durable redb store, and the machine's raw fsync
+//! latency for comparison. Results go to BENCHMARKS.md by hand, with this command.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use landfall_engine::compile::compile;
+use landfall_engine::source::Source;
+use landfall_engine::state::{RunStatus, Trigger};
+use landfall_engine::store::{MemStore, RedbStore, Store};
+use landfall_engine::{Engine, NewRun, Registry, RunControl, Step, StepContext, StepError};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+struct Noop;
+
+#[derive(Deserialize, JsonSchema)]
+struct NoConfig {}
+
+#[async_trait]
+impl Step for Noop {
+    const NAME: &'static str = "noop";
+    const SUMMARY: &'static str = "does nothing";
+    type Config = NoConfig;
+    async fn run(&self, _c: NoConfig, _ctx: StepContext) -> Result<Value, StepError> {
+        Ok(json!({}))
+    }
+}
+
+/// `layers` × `width` steps; each step needs up to 3 steps of the layer before.
+fn layered(layers: usize, width: usize) -> String {
+    let mut y = String::from("name: bench\nsteps:\n");
+    for l in 0..layers {
+        for w in 0..width {
+            y.push_str(&format!("  - id: s{l}_{w}\n    uses: noop\n"));
+            if l > 0 {
+                let needs: Vec<String> = [w, (w + 1) % width, (w * 7 + 3) % width]
+                    .iter()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .map(|k| format!("s{}_{k}", l - 1))
+                    .collect();
+                y.push_str(&format!("    needs: [{}]\n", needs.join(", ")));
+            }
+        }
+    }
+    y
+}
+
+fn run(store: Arc<dyn Store>, yaml: &str, max_parallel: usize) -> (Duration, usize) {
+    let mut reg = Registry::new();
+    reg.register(Noop);
+    let reg = Arc::new(reg);
+    let compiled = compile(&Source::new("bench.yaml", yaml.to_string()), &reg);
+    let wf = Arc::new(compiled.workflow.expect("bench workflow compiles"));
+    let n = wf.steps.len();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let engine = Engine::new(reg, store);
+    let start = Instant::now();
+    let out = rt.block_on(async {
+        let rec = engine
+            .create_run(
+                &wf,
+                NewRun {
+                    run_id: None,
+                    inputs: Default::default(),
+                    trigger: Trigger {
+                        source: "bench".into(),
+                        actor: "bench".into(),
+                        details: Value::Null,
+                    },
+                    max_parallel,
+                },
+            )
+            .expect("create run");
+        engine
+            .execute(Arc::clone(&wf), rec, RunControl::default(), &[])
+            .await
+            .expect("execute")
+    });
+    assert_eq!(out.status, RunStatus::Succeeded);
+    (start.elapsed(), n)
+}
+
+fn fsync_latency(dir: &std::path::Path) -> Duration {
+    let path = dir.join("fsync.probe");
+    let mut f = std::fs::File::create(&path).expect("probe file");
+    let block = [7u8; 4096];
+    let rounds = 200;
+    let start = Instant::now();
+    for _ in 0..rounds {
+        f.write_all(&block).expect("write");
+        f.sync_data().expect("fsync");
+    }
+    start.elapsed() / rounds
+}
+
+fn main() {
+    let layers: usize = std::env::var("BENCH_LAYERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let width: usize = std::env::var("BENCH_WIDTH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let max_parallel: usize = std::env::var("BENCH_MAX_PARALLEL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(width);
+    let yaml = layered(layers, width);
+    let t = Instant::now();
+    let mut reg = Registry::new();
+    reg.register(Noop);
+    let c = compile(&Source::new("bench.yaml", yaml.clone()), &reg);
+    assert!(c.workflow.is_some());
+    println!(
+        "compile {} steps: {:.1} ms",
+        layers * width,
+        t.elapsed().as_secs_f64() * 1e3
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    println!(
+        "raw fsync latency (4 KiB write + fdatasync): {:.0} µs",
+        fsync_latency(dir.path()).as_secs_f64() * 1e6
+    );
+
+    let which = std::env::var("BENCH_STORE").unwrap_or_default();
+    for round in 0..2 {
+        if which == "redb" {
+            break;
+        }
+        let (d, n) = run(Arc::new(MemStore::new()), &yaml, max_parallel);
+        println!(
+            "(a) in-memory store, round {round}: {n} nodes in {:.1} ms = {:.2} µs/node",
+            d.as_secs_f64() * 1e3,
+            d.as_secs_f64() * 1e6 / n as f64
+        );
+    }
+    for round in 0..2 {
+        if which == "mem" {
+            break;
+        }
+        let db = dir.path().join(format!("bench-{round}.redb"));
+        let store = Arc::new(RedbStore::open(&db).expect("open redb"));
+        let (d, n) = run(store, &yaml, max_parallel);
+        let size = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+        println!(
+            "(b) redb store, durable, round {round}: {n} nodes in {:.1} ms = {:.2} µs/node (file {:.1} MiB)",
+            d.as_secs_f64() * 1e3,
+            d.as_secs_f64() * 1e6 / n as f64,
+            size as f64 / 1048576.0
+        );
+    }
+}
