@@ -57,7 +57,10 @@ impl From<EngineError> for Failure {
             | EngineError::BadRunId(_)
             | EngineError::Finished(..)
             | EngineError::Stale(..)
-            | EngineError::Inputs(_) => EXIT_INVALID,
+            | EngineError::Inputs(_)
+            | EngineError::NoSuchRun(_)
+            | EngineError::NoSuchNode(..)
+            | EngineError::NodeFinished(..) => EXIT_INVALID,
         };
         Failure {
             code,
@@ -672,10 +675,16 @@ pub fn run_json(store: &dyn Store, run_id: &str, registry: &Registry) -> Res<Val
         .nodes(run_id)
         .map_err(|e| Failure::env(e.to_string()))?;
     let source = Source::new(run.workflow_file.clone(), run.workflow_text.clone());
-    let order: Vec<String> = compile(&source, registry)
-        .workflow
+    let wf = compile(&source, registry).workflow;
+    let order: Vec<String> = wf
+        .as_ref()
         .map(|wf| wf.order.iter().map(|&i| wf.steps[i].id.clone()).collect())
         .unwrap_or_default();
+    // Secret inputs never leave the state file; without the workflow, hide them all.
+    let inputs = match &wf {
+        Some(wf) => inputs::redacted(&wf.inputs, &run.inputs),
+        None => Value::String("(hidden: the stored workflow no longer compiles)".into()),
+    };
     let mut list: Vec<&NodeRecord> = nodes.iter().collect();
     let pos = |step: &str| order.iter().position(|s| s == step).unwrap_or(usize::MAX);
     list.sort_by_key(|n| (pos(&n.step_id), n.index.unwrap_or(0)));
@@ -692,6 +701,7 @@ pub fn run_json(store: &dyn Store, run_id: &str, registry: &Registry) -> Res<Val
         "started_at": run.started_at,
         "finished_at": run.finished_at,
         "actor": run.trigger.actor,
+        "inputs": inputs,
         "nodes": out,
     }))
 }

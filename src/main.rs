@@ -13,6 +13,7 @@ fn init_logs(format: LogFormat, verbose: u8, quiet: bool) {
         EnvFilter::try_from_env("LANDFALL_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(landfall::render::stderr_color())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

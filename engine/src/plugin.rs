@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::error::StepError;
 use crate::events::LogLevel;
 use crate::path::Path;
+use crate::state::Signal;
+use crate::store::Store;
 
 /// What a running step tells the scheduler besides its result.
 #[derive(Debug, Clone)]
@@ -33,10 +35,14 @@ pub enum StepSignal {
         kind: String,
         data: Value,
     },
+    /// The step waits for a signal from outside the run (holds no parallelism slot).
+    Waiting,
+    /// The wait is over.
+    Resumed,
 }
 
 /// Everything a step may know about where it runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StepContext {
     pub run_id: String,
     pub node_id: String,
@@ -49,6 +55,17 @@ pub struct StepContext {
     /// Cancelled when the run is cancelled, fails critically, or the attempt times out.
     pub cancel: CancellationToken,
     signals: Option<mpsc::UnboundedSender<(String, StepSignal)>>,
+    store: Option<Arc<dyn Store>>,
+}
+
+impl std::fmt::Debug for StepContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepContext")
+            .field("run_id", &self.run_id)
+            .field("node_id", &self.node_id)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StepContext {
@@ -70,7 +87,14 @@ impl StepContext {
             attempt,
             cancel,
             signals,
+            store: None,
         }
+    }
+
+    /// Gives the step read access to signals delivered to it (see [`Self::wait_signal`]).
+    pub fn with_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// A context for tests and tools that run a plugin outside a run.
@@ -83,6 +107,49 @@ impl StepContext {
             CancellationToken::new(),
             None,
         )
+    }
+
+    /// Waits until a signal for this node arrives (an approval), the time-out passes
+    /// (`Ok(None)`), or the run is cancelled. The node shows as `waiting` meanwhile and holds
+    /// no parallelism slot. Signals are durable: one delivered while Landfall was down is
+    /// found at once after a resume.
+    pub async fn wait_signal(
+        &self,
+        timeout: Option<std::time::Duration>,
+        poll: std::time::Duration,
+    ) -> Result<Option<Signal>, StepError> {
+        let store = self.store.as_ref().ok_or_else(|| {
+            StepError::permanent("this step can only wait for signals inside a run")
+        })?;
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut waiting = false;
+        let result = loop {
+            match store.signal(&self.run_id, &self.node_id) {
+                Ok(Some(sig)) => break Ok(Some(sig)),
+                Ok(None) => {}
+                Err(e) => break Err(StepError::transient(format!("cannot read signals: {e}"))),
+            }
+            if !waiting {
+                self.send(StepSignal::Waiting);
+                waiting = true;
+            }
+            let now = tokio::time::Instant::now();
+            let nap = match deadline {
+                Some(d) if now >= d => break Ok(None),
+                Some(d) => poll.min(d - now),
+                None => poll,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(nap) => {}
+                _ = self.cancel.cancelled() => {
+                    break Err(StepError::transient("cancelled while waiting"))
+                }
+            }
+        };
+        if waiting {
+            self.send(StepSignal::Resumed);
+        }
+        result
     }
 
     fn send(&self, s: StepSignal) {

@@ -21,7 +21,7 @@ use crate::error::{ErrorClass, StepError};
 use crate::events::{Observer, RunEvent};
 use crate::expr;
 use crate::plugin::{Registry, StepContext, StepSignal};
-use crate::state::{NodeRecord, NodeStatus, RunRecord, RunStatus, SkipReason, Trigger};
+use crate::state::{NodeRecord, NodeStatus, RunRecord, RunStatus, Signal, SkipReason, Trigger};
 use crate::store::{AuditDraft, Batch, Store, StoreError};
 use crate::workflow::{RunsOn, Workflow};
 
@@ -41,6 +41,12 @@ pub enum EngineError {
     Stale(String, String),
     #[error("{} invalid input(s): {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Inputs(Vec<crate::inputs::InputError>),
+    #[error("no run `{0}`")]
+    NoSuchRun(String),
+    #[error("run `{0}` has no node `{1}`")]
+    NoSuchNode(String, String),
+    #[error("node `{0}` has already finished ({1})")]
+    NodeFinished(String, NodeStatus),
 }
 
 /// How a caller stops a run.
@@ -144,7 +150,6 @@ impl Engine {
             max_parallel: new.max_parallel.max(1),
             started_at: Utc::now(),
             finished_at: None,
-            annotations: Default::default(),
         };
         let audit = AuditDraft::new(
             &new.trigger.actor,
@@ -159,10 +164,53 @@ impl Engine {
         );
         self.store.commit(Batch {
             runs: vec![record.clone()],
-            nodes: Vec::new(),
             audit: vec![audit],
+            ..Batch::default()
         })?;
         Ok(record)
+    }
+
+    /// Delivers a signal (an approval) to a node of a run, durably, with an audit entry. Works
+    /// from any process that shares the state file; the waiting step picks it up.
+    pub fn signal(&self, run_id: &str, node_id: &str, signal: Signal) -> Result<(), EngineError> {
+        let run = self
+            .store
+            .run(run_id)?
+            .ok_or_else(|| EngineError::NoSuchRun(run_id.to_string()))?;
+        if run.status.is_terminal() {
+            return Err(EngineError::Finished(run_id.to_string(), run.status));
+        }
+        let node = self
+            .store
+            .nodes(run_id)?
+            .into_iter()
+            .find(|n| n.node_id == node_id)
+            .ok_or_else(|| EngineError::NoSuchNode(run_id.to_string(), node_id.to_string()))?;
+        if node.status.is_terminal() {
+            return Err(EngineError::NodeFinished(node_id.to_string(), node.status));
+        }
+        let mut audit = AuditDraft::new(
+            &signal.actor,
+            run_id,
+            "signal_received",
+            json!({ "value": signal.value }),
+        );
+        audit.node = Some(node_id.to_string());
+        self.store.commit(Batch {
+            signals: vec![(run_id.to_string(), node_id.to_string(), signal)],
+            audit: vec![audit],
+            ..Batch::default()
+        })?;
+        Ok(())
+    }
+
+    /// Keeps observer data with a run (e.g. the Slack channel and thread of its messages).
+    pub fn annotate(&self, run_id: &str, key: &str, value: Value) -> Result<(), EngineError> {
+        self.store.commit(Batch {
+            annotations: vec![(run_id.to_string(), key.to_string(), value)],
+            ..Batch::default()
+        })?;
+        Ok(())
     }
 
     /// Executes (or resumes) a run until it finishes or is stopped.
@@ -224,6 +272,8 @@ struct Execution<'a> {
     ready: VecDeque<String>,
     /// Attempts in flight, with their cancellation tokens.
     live: HashMap<String, CancellationToken>,
+    /// Live nodes waiting for a signal: they hold no parallelism slot.
+    waiting: std::collections::HashSet<String>,
     /// Nodes that start an attempt once this turn's batch is durable.
     to_spawn: Vec<String>,
     /// Nodes between two attempts.
@@ -326,6 +376,7 @@ impl<'a> Execution<'a> {
             activatable,
             ready: VecDeque::new(),
             live: HashMap::new(),
+            waiting: Default::default(),
             to_spawn: Vec::new(),
             retrying: HashMap::new(),
             deadlines: HashMap::new(),
@@ -381,6 +432,16 @@ impl<'a> Execution<'a> {
             details["reason"] = json!(r);
         }
         self.audit(Some(&rec.node_id), "node_transition", details);
+        match (&rec.error, to) {
+            (Some(e), NodeStatus::Failed) => tracing::warn!(
+                run = %self.run.run_id, node = %rec.node_id, attempt = rec.attempts,
+                class = e.class.as_str(), error = %e.message, "Node failed"
+            ),
+            _ => tracing::debug!(
+                run = %self.run.run_id, node = %rec.node_id, attempt = rec.attempts,
+                from = from.as_str(), to = to.as_str(), "Node transition"
+            ),
+        }
         if existed && !from.is_terminal() && to.is_terminal() {
             let i = self.step_of(&rec);
             self.open[i] = self.open[i].saturating_sub(1);
@@ -451,6 +512,7 @@ impl<'a> Execution<'a> {
             kind,
             json!({ "workflow": self.wf.name, "max_parallel": self.run.max_parallel }),
         );
+        tracing::info!(run = %self.run.run_id, workflow = %self.wf.name, resumed = self.resumed, "Run started");
         self.events.push(RunEvent::RunStarted {
             run_id: self.run.run_id.clone(),
             workflow: self.wf.name.clone(),
@@ -556,6 +618,7 @@ impl<'a> Execution<'a> {
             "run_finished",
             json!({ "status": status, "nodes": counts }),
         );
+        tracing::info!(run = %self.run.run_id, status = status.as_str(), "Run finished");
         self.events.push(RunEvent::RunFinished {
             run_id: self.run.run_id.clone(),
             status,
@@ -845,7 +908,7 @@ impl<'a> Execution<'a> {
     /// Moves ready nodes to running, up to `max_parallel`.
     fn start_nodes(&mut self) {
         let max = self.run.max_parallel.max(1);
-        while self.live.len() + self.to_spawn.len() < max {
+        while self.busy() + self.to_spawn.len() < max {
             let Some(id) = self.ready.pop_front() else {
                 break;
             };
@@ -857,6 +920,11 @@ impl<'a> Execution<'a> {
                 _ => {}
             }
         }
+    }
+
+    /// Attempts that hold a parallelism slot.
+    fn busy(&self) -> usize {
+        self.live.len() - self.waiting.len()
     }
 
     fn begin_attempt(&mut self, mut rec: NodeRecord) {
@@ -927,7 +995,8 @@ impl<'a> Execution<'a> {
             rec.attempts,
             cancel.clone(),
             Some(self.sig_tx.clone()),
-        );
+        )
+        .with_store(Arc::clone(&self.engine.store));
         let mut limit = step.attempt_timeout;
         if let Some(d) = self.deadlines.get(&node) {
             let left = d.saturating_duration_since(Instant::now());
@@ -992,6 +1061,7 @@ impl<'a> Execution<'a> {
         match msg {
             Msg::Done { node, result } => {
                 let token = self.live.remove(&node);
+                self.waiting.remove(&node);
                 let Some(rec) = self.nodes.get(&node).cloned() else {
                     return;
                 };
@@ -1078,6 +1148,10 @@ impl<'a> Execution<'a> {
                 };
                 let retry = retry.filter(|d| deadline.is_none_or(|dl| Instant::now() + *d < dl));
                 if let Some(delay) = retry {
+                    tracing::info!(
+                        run = %self.run.run_id, node = %node, attempt = rec.attempts,
+                        delay_ms = delay.as_millis() as u64, error = %err.message, "Retry scheduled"
+                    );
                     self.audit(
                         Some(&node),
                         "retry_scheduled",
@@ -1166,6 +1240,24 @@ impl<'a> Execution<'a> {
     fn signal(&mut self, node: String, sig: StepSignal) {
         let run_id = self.run.run_id.clone();
         let e = match sig {
+            StepSignal::Waiting | StepSignal::Resumed => {
+                let Some(rec) = self.nodes.get(&node).cloned() else {
+                    return;
+                };
+                let (from, to) = match sig {
+                    StepSignal::Waiting => (NodeStatus::Running, NodeStatus::Waiting),
+                    _ => (NodeStatus::Waiting, NodeStatus::Running),
+                };
+                if rec.status == from && self.live.contains_key(&node) {
+                    if to == NodeStatus::Waiting {
+                        self.waiting.insert(node.clone());
+                    } else {
+                        self.waiting.remove(&node);
+                    }
+                    self.transition(rec, to);
+                }
+                return;
+            }
             StepSignal::Log { level, message } => RunEvent::Log {
                 run_id,
                 node,

@@ -3,8 +3,6 @@
 //! These records are what the store persists (serde JSON, with the schema version kept by the
 //! store). Everything else about a run is derived from them.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -150,9 +148,17 @@ pub struct RunRecord {
     pub started_at: DateTime<Utc>,
     #[serde(default)]
     pub finished_at: Option<DateTime<Utc>>,
-    /// Data observers keep with the run (e.g. the Slack thread), by observer name.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, Value>,
+}
+
+/// A decision or datum delivered to a waiting node from outside the run (an approval from
+/// Slack or `landfall approve`). Stored durably, so it survives restarts on either side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Signal {
+    /// Who sent it (a Slack user id, `cli:alice`).
+    pub actor: String,
+    pub at: DateTime<Utc>,
+    /// Plugin-defined payload, e.g. `{"decision": "approve", "digest": "…"}`.
+    pub value: Value,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -60,6 +60,7 @@ fn the_example_runs_and_reports_the_documented_json() {
         assert!(node(&doc, "greet").get(key).is_some(), "node lacks {key}");
     }
     assert!(stderr(&out).contains("greet: Onboarding acme"));
+    assert_eq!(doc["inputs"]["customer"], "acme");
 
     let list = sb.json(&["status", "--json"]);
     assert_eq!(list[0]["run_id"], doc["run_id"]);
@@ -444,4 +445,37 @@ fn config_layers_and_show() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn secret_inputs_are_never_shown() {
+    let sb = Sandbox::new();
+    sb.write(
+        "secret.yaml",
+        r#"
+name: secret
+inputs:
+  token: { type: string, secret: true }
+  user: { type: string }
+steps:
+  - { id: a, uses: log, with: { message: "hello {{ inputs.user }}" } }
+"#,
+    );
+    let out = sb.run(&[
+        "run",
+        "secret.yaml",
+        "--set",
+        "token=xoxb-hunter2",
+        "--set",
+        "user=bob",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!text.contains("hunter2"), "{text}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["inputs"]["token"], "***");
+    assert_eq!(doc["inputs"]["user"], "bob");
+    let audit = sb.run(&["audit", doc["run_id"].as_str().unwrap(), "--json"]);
+    assert!(!stdout(&audit).contains("hunter2"));
 }

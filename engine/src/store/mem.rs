@@ -6,13 +6,16 @@ use std::sync::Mutex;
 
 use super::{AuditEntry, Batch, Store, StoreError};
 use crate::lock::RunLease;
-use crate::state::{NodeRecord, RunRecord};
+use crate::state::{NodeRecord, RunRecord, Signal};
+use serde_json::Value;
 
 #[derive(Default)]
 struct Inner {
     runs: BTreeMap<String, RunRecord>,
     nodes: BTreeMap<(String, String), NodeRecord>,
     audit: BTreeMap<(String, u64), AuditEntry>,
+    signals: BTreeMap<(String, String), Signal>,
+    annotations: BTreeMap<(String, String), Value>,
 }
 
 #[derive(Default)]
@@ -38,6 +41,12 @@ impl Store for MemStore {
         }
         for (run, n) in batch.nodes {
             g.nodes.insert((run, n.node_id.clone()), n);
+        }
+        for (run, node, sig) in batch.signals {
+            g.signals.insert((run, node), sig);
+        }
+        for (run, key, value) in batch.annotations {
+            g.annotations.insert((run, key), value);
         }
         for draft in batch.audit {
             let run = draft.run_id.clone();
@@ -74,6 +83,24 @@ impl Store for MemStore {
             .range((run_id.to_string(), String::new())..)
             .take_while(|((r, _), _)| r == run_id)
             .map(|(_, n)| n.clone())
+            .collect())
+    }
+
+    fn signal(&self, run_id: &str, node_id: &str) -> Result<Option<Signal>, StoreError> {
+        Ok(self
+            .lock()
+            .signals
+            .get(&(run_id.to_string(), node_id.to_string()))
+            .cloned())
+    }
+
+    fn annotations(&self, run_id: &str) -> Result<BTreeMap<String, Value>, StoreError> {
+        Ok(self
+            .lock()
+            .annotations
+            .range((run_id.to_string(), String::new())..)
+            .take_while(|((r, _), _)| r == run_id)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
             .collect())
     }
 

@@ -16,7 +16,8 @@ pub use mem::MemStore;
 pub use redb_store::RedbStore;
 
 use crate::lock::RunLease;
-use crate::state::{NodeRecord, RunRecord};
+use crate::state::{NodeRecord, RunRecord, Signal};
+use std::collections::BTreeMap;
 
 /// The on-disk schema version this build writes. Bump it with a migration in
 /// `redb_store::MIGRATIONS`.
@@ -218,11 +219,19 @@ pub struct Batch {
     pub runs: Vec<RunRecord>,
     pub nodes: Vec<(String, NodeRecord)>,
     pub audit: Vec<AuditDraft>,
+    /// (run, node, signal): replaces an earlier signal of the same node.
+    pub signals: Vec<(String, String, Signal)>,
+    /// (run, key, value): data observers keep with a run (the Slack thread), by key.
+    pub annotations: Vec<(String, String, Value)>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.runs.is_empty() && self.nodes.is_empty() && self.audit.is_empty()
+        self.runs.is_empty()
+            && self.nodes.is_empty()
+            && self.audit.is_empty()
+            && self.signals.is_empty()
+            && self.annotations.is_empty()
     }
 }
 
@@ -234,6 +243,10 @@ pub trait Store: Send + Sync {
     fn runs(&self) -> Result<Vec<RunRecord>, StoreError>;
     fn nodes(&self, run_id: &str) -> Result<Vec<NodeRecord>, StoreError>;
     fn audit(&self, run_id: &str) -> Result<Vec<AuditEntry>, StoreError>;
+    /// The signal delivered to a node, if any.
+    fn signal(&self, run_id: &str, node_id: &str) -> Result<Option<Signal>, StoreError>;
+    /// Every annotation of a run, by key.
+    fn annotations(&self, run_id: &str) -> Result<BTreeMap<String, Value>, StoreError>;
     /// Claims the right to execute a run; `None` while another live process has it.
     fn lease(&self, run_id: &str) -> Result<Option<RunLease>, StoreError>;
     /// Whether a live process is executing the run.

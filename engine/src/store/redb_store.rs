@@ -10,12 +10,16 @@ use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefi
 
 use super::{AuditEntry, Batch, Store, StoreError, SCHEMA_VERSION};
 use crate::lock::{RunLease, RunLocks};
-use crate::state::{NodeRecord, RunRecord};
+use crate::state::{NodeRecord, RunRecord, Signal};
+use serde_json::Value;
+use std::collections::BTreeMap;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
 const NODES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("nodes");
 const AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("audit");
+const SIGNALS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("signals");
+const ANNOTATIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("annotations");
 
 /// One migration: from `version - 1` to `version`.
 type Migration = fn(&redb::WriteTransaction) -> Result<(), StoreError>;
@@ -95,6 +99,8 @@ impl RedbStore {
             tx.open_table(RUNS)?;
             tx.open_table(NODES)?;
             tx.open_table(AUDIT)?;
+            tx.open_table(SIGNALS)?;
+            tx.open_table(ANNOTATIONS)?;
             if fresh {
                 version = SCHEMA_VERSION;
             }
@@ -136,6 +142,14 @@ impl Store for RedbStore {
             let mut nodes = tx.open_table(NODES)?;
             for (run, n) in &batch.nodes {
                 nodes.insert((run.as_str(), n.node_id.as_str()), encode(n)?.as_slice())?;
+            }
+            let mut signals = tx.open_table(SIGNALS)?;
+            for (run, node, sig) in &batch.signals {
+                signals.insert((run.as_str(), node.as_str()), encode(sig)?.as_slice())?;
+            }
+            let mut annotations = tx.open_table(ANNOTATIONS)?;
+            for (run, key, value) in &batch.annotations {
+                annotations.insert((run.as_str(), key.as_str()), encode(value)?.as_slice())?;
             }
             let mut audit = tx.open_table(AUDIT)?;
             // The chain head of each run touched by this batch, read once per batch.
@@ -207,6 +221,33 @@ impl Store for RedbStore {
                 || format!("node {run_id}/{}", k.value().1),
                 v.value(),
             )?);
+        }
+        Ok(out)
+    }
+
+    fn signal(&self, run_id: &str, node_id: &str) -> Result<Option<Signal>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(SIGNALS)?;
+        match t.get((run_id, node_id))? {
+            Some(v) => Ok(Some(decode(
+                || format!("signal {run_id}/{node_id}"),
+                v.value(),
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    fn annotations(&self, run_id: &str) -> Result<BTreeMap<String, Value>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(ANNOTATIONS)?;
+        let mut out = BTreeMap::new();
+        for item in t.range((run_id, "")..=(run_id, "\u{10FFFF}"))? {
+            let (k, v) = item?;
+            let key = k.value().1.to_string();
+            out.insert(
+                key.clone(),
+                decode(|| format!("annotation {run_id}/{key}"), v.value())?,
+            );
         }
         Ok(out)
     }

@@ -105,9 +105,34 @@ impl Step for TestStep {
     }
 }
 
+/// `waiter`: waits for a signal and returns it.
+pub struct Waiter;
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaiterConfig {
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+#[async_trait]
+impl Step for Waiter {
+    const NAME: &'static str = "waiter";
+    const SUMMARY: &'static str = "waits for a signal";
+    type Config = WaiterConfig;
+
+    async fn run(&self, c: WaiterConfig, ctx: StepContext) -> Result<Value, StepError> {
+        let timeout = c.timeout_ms.map(Duration::from_millis);
+        match ctx.wait_signal(timeout, Duration::from_millis(10)).await? {
+            Some(sig) => Ok(json!({ "value": sig.value, "actor": sig.actor })),
+            None => Err(StepError::permanent("no decision in time")),
+        }
+    }
+}
+
 pub fn registry(probe: &Arc<Probe>) -> Registry {
     let mut r = Registry::new();
-    r.register(TestStep(Arc::clone(probe)));
+    r.register(TestStep(Arc::clone(probe))).register(Waiter);
     r
 }
 
@@ -182,6 +207,15 @@ impl Store for CrashingStore {
     }
     fn audit(&self, id: &str) -> Result<Vec<crate::store::AuditEntry>, StoreError> {
         self.inner.audit(id)
+    }
+    fn signal(&self, run: &str, node: &str) -> Result<Option<crate::state::Signal>, StoreError> {
+        self.inner.signal(run, node)
+    }
+    fn annotations(
+        &self,
+        run: &str,
+    ) -> Result<std::collections::BTreeMap<String, Value>, StoreError> {
+        self.inner.annotations(run)
     }
     fn lease(&self, id: &str) -> Result<Option<crate::lock::RunLease>, StoreError> {
         self.inner.lease(id)

@@ -365,7 +365,6 @@ proptest! {
             max_parallel: 3,
             started_at: chrono::Utc::now(),
             finished_at: None,
-            annotations: [("slack".to_string(), json!({"ts": "1.2"}))].into(),
         };
         // Last write wins per node id, as in the store.
         let mut want: BTreeMap<String, NodeRecord> = BTreeMap::new();
@@ -377,7 +376,7 @@ proptest! {
             s.commit(Batch {
                 runs: vec![run.clone()],
                 nodes: nodes.iter().map(|n| (run_id.clone(), n.clone())).collect(),
-                audit: vec![],
+                ..Batch::default()
             }).unwrap();
             prop_assert_eq!(s.run(&run_id).unwrap(), Some(run.clone()));
         }

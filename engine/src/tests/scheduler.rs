@@ -372,3 +372,121 @@ steps:
         .unwrap();
     assert!(b.error.unwrap().message.contains("cannot render"));
 }
+
+async fn wait_for_status(store: &MemStore, run: &str, node: &str, want: NodeStatus) {
+    for _ in 0..500 {
+        if statuses(store, run).get(node) == Some(&want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{node} never became {want}");
+}
+
+fn approval(actor: &str) -> crate::state::Signal {
+    crate::state::Signal {
+        actor: actor.into(),
+        at: chrono::Utc::now(),
+        value: json!({ "decision": "approve", "digest": "abc" }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_node_frees_its_slot_and_a_signal_resumes_it() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = Arc::new(workflow(
+        r#"
+name: t
+steps:
+  - { id: gate, uses: waiter }
+  - { id: other, uses: test, with: { sleep_ms: 20 } }
+  - { id: after, uses: test, needs: [gate] }
+"#,
+        &reg,
+    ));
+    let rec = eng.create_run(&wf, new_run(1)).unwrap();
+    let run_id = rec.run_id.clone();
+    let e2 = eng.clone();
+    let task = tokio::spawn(async move { e2.execute(wf, rec, RunControl::default(), &[]).await });
+    wait_for_status(&store, &run_id, "gate", NodeStatus::Waiting).await;
+    // With max_parallel 1, `other` can only run because `gate` holds no slot.
+    wait_for_status(&store, &run_id, "other", NodeStatus::Succeeded).await;
+    assert!(matches!(
+        eng.signal(&run_id, "nope", approval("U1")),
+        Err(crate::EngineError::NoSuchNode(..))
+    ));
+    eng.signal(&run_id, "gate", approval("U0123ABCD")).unwrap();
+    let out = task.await.unwrap().unwrap();
+    assert_eq!(out.status, RunStatus::Succeeded);
+    let gate = store
+        .nodes(&run_id)
+        .unwrap()
+        .into_iter()
+        .find(|n| n.node_id == "gate")
+        .unwrap();
+    assert_eq!(gate.outputs.unwrap()["actor"], "U0123ABCD");
+    let audit = store.audit(&run_id).unwrap();
+    let sig = audit
+        .iter()
+        .find(|e| e.draft.kind == "signal_received")
+        .unwrap();
+    assert_eq!(sig.draft.actor, "U0123ABCD");
+    assert_eq!(sig.draft.node.as_deref(), Some("gate"));
+    assert!(matches!(
+        eng.signal(&run_id, "gate", approval("U1")),
+        Err(crate::EngineError::Finished(..))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_sent_while_landfall_was_down_is_found_on_resume() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = Arc::new(workflow(
+        "name: t\nsteps: [ { id: gate, uses: waiter } ]\n",
+        &reg,
+    ));
+    let rec = eng.create_run(&wf, new_run(1)).unwrap();
+    let run_id = rec.run_id.clone();
+    let control = RunControl {
+        grace: Duration::from_millis(10),
+        ..RunControl::default()
+    };
+    let stop = control.interrupt.clone();
+    let e2 = eng.clone();
+    let w2 = Arc::clone(&wf);
+    let task = tokio::spawn(async move { e2.execute(w2, rec, control, &[]).await });
+    wait_for_status(&store, &run_id, "gate", NodeStatus::Waiting).await;
+    stop.cancel();
+    assert_eq!(task.await.unwrap().unwrap().status, RunStatus::Interrupted);
+    eng.signal(&run_id, "gate", approval("cli:alice")).unwrap();
+    let rec = store.run(&run_id).unwrap().unwrap();
+    let out = eng
+        .execute(wf, rec, RunControl::default(), &[])
+        .await
+        .unwrap();
+    assert_eq!(out.status, RunStatus::Succeeded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_times_out_and_annotations_are_kept() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = workflow(
+        "name: t\nsteps: [ { id: gate, uses: waiter, with: { timeout_ms: 50 } } ]\n",
+        &reg,
+    );
+    let (out, _) = run_to_end(&eng, wf, 1).await;
+    assert_eq!(out.status, RunStatus::Failed);
+    eng.annotate(
+        &out.run_id,
+        "slack",
+        json!({ "channel": "C1", "ts": "1.2" }),
+    )
+    .unwrap();
+    eng.annotate(&out.run_id, "other", json!(1)).unwrap();
+    let a = store.annotations(&out.run_id).unwrap();
+    assert_eq!(a["slack"]["ts"], "1.2");
+    assert_eq!(a.len(), 2);
+}
