@@ -13,10 +13,12 @@ cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "==> cargo test"
-cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.txt
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 # A run that executed no test is a broken harness, not a green build.
-passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' target/test-output.txt | awk '{s+=$4} END {print s+0}')
-failed=$(grep -Eo '[0-9]+ failed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
+passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
 echo "${passed} passed, ${failed} failed"
 if [ "$passed" -eq 0 ]; then
   echo "error: no test ran" >&2
