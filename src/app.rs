@@ -102,8 +102,10 @@ pub async fn run(cli: Cli) -> i32 {
     };
     let app = App {
         cli_global: cli.global,
+        registry: Arc::new(landfall_steps::registry(&landfall_steps::Settings {
+            templates_dir: loaded.config.templates_dir.clone(),
+        })),
         loaded,
-        registry: Arc::new(landfall_steps::registry()),
     };
     let res = match cli.command {
         Command::Validate { files, json } => app.validate(&files, json),
@@ -248,7 +250,7 @@ impl App {
                 }
             }
         };
-        inputs::resolve(&wf.inputs, provided, &args.sets).map_err(|errs| {
+        inputs::resolve_and_check(wf, &self.registry, provided, &args.sets).map_err(|errs| {
             for e in &errs {
                 let code = if e.message.contains("missing") {
                     codes::INPUT_MISSING

@@ -448,7 +448,26 @@ fn build(
         });
     }
 
-    Some(Workflow::new(
+    let input_check = spec.input_check.clone();
+    if let Some(name) = &input_check {
+        if registry.input_check(name).is_none() {
+            let known: Vec<&str> = registry.input_check_names().collect();
+            diags.push(
+                Diagnostic::error(
+                    codes::UNKNOWN_INPUT_CHECK,
+                    format!("unknown input check `{name}`"),
+                )
+                .with_path(Path::root().key("input_check"))
+                .with_label("no check has this name")
+                .with_help(if known.is_empty() {
+                    "this build has no input checks".to_string()
+                } else {
+                    format!("known checks: {}", known.join(", "))
+                }),
+            );
+        }
+    }
+    let mut wf = Workflow::new(
         spec.name,
         spec.description,
         source.clone(),
@@ -457,7 +476,9 @@ fn build(
         steps,
         order?,
         breaker,
-    ))
+    );
+    wf.input_check = input_check;
+    Some(wf)
 }
 
 /// A topological order (file order among independent steps), or a diagnostic per cycle.

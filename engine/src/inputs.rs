@@ -101,6 +101,10 @@ pub fn resolve(
     let mut out = Map::new();
     for (name, spec) in declared {
         match values.remove(name) {
+            // `null` is how an optional input says "not given".
+            Some(Value::Null) if spec.required == Some(false) && spec.default.is_none() => {
+                out.insert(name.clone(), Value::Null);
+            }
             Some(v) => {
                 if let Err(message) = check_value(name, spec, &v) {
                     errors.push(InputError {
@@ -147,6 +151,28 @@ pub fn redacted(declared: &IndexMap<String, InputSpec>, values: &Value) -> Value
         }
     }
     v
+}
+
+/// [`resolve`], then the workflow's `input_check`, if any: everything a run's inputs must pass
+/// before the run exists.
+pub fn resolve_and_check(
+    wf: &crate::workflow::Workflow,
+    registry: &crate::plugin::Registry,
+    provided: Map<String, Value>,
+    sets: &[(String, String)],
+) -> Result<Map<String, Value>, Vec<InputError>> {
+    let values = resolve(&wf.inputs, provided, sets)?;
+    if let Some(check) = wf
+        .input_check
+        .as_deref()
+        .and_then(|n| registry.input_check(n))
+    {
+        let problems = check(&values);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+    }
+    Ok(values)
 }
 
 #[cfg(test)]

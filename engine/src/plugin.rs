@@ -399,10 +399,16 @@ fn stand_in(root: &Value, schema: &Value) -> Option<Value> {
     })
 }
 
-/// Every plugin, by the name steps `use`.
+/// A check of a run's inputs as a whole (e.g. a customer's requirements), named by a
+/// workflow's `input_check`. Returns every problem, each naming its field path.
+pub type InputCheck =
+    Arc<dyn Fn(&serde_json::Map<String, Value>) -> Vec<crate::inputs::InputError> + Send + Sync>;
+
+/// Every plugin, by the name steps `use`, and the named input checks.
 #[derive(Clone, Default)]
 pub struct Registry {
     plugins: BTreeMap<&'static str, Arc<dyn Plugin>>,
+    input_checks: BTreeMap<&'static str, InputCheck>,
 }
 
 impl Registry {
@@ -413,6 +419,19 @@ impl Registry {
     pub fn register<S: Step>(&mut self, step: S) -> &mut Self {
         self.plugins.insert(S::NAME, Arc::new(Typed(step)));
         self
+    }
+
+    pub fn register_input_check(&mut self, name: &'static str, check: InputCheck) -> &mut Self {
+        self.input_checks.insert(name, check);
+        self
+    }
+
+    pub fn input_check(&self, name: &str) -> Option<&InputCheck> {
+        self.input_checks.get(name)
+    }
+
+    pub fn input_check_names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.input_checks.keys().copied()
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Plugin>> {

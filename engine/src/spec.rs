@@ -27,6 +27,10 @@ pub struct WorkflowSpec {
     /// Typed inputs of a run, by name.
     #[serde(default)]
     pub inputs: IndexMap<String, InputSpec>,
+    /// A named check of all inputs together, run before anything else (e.g.
+    /// `customer_requirements`); its problems are reported like invalid inputs.
+    #[serde(default)]
+    pub input_check: Option<String>,
     /// Settings every step inherits unless it sets its own.
     #[serde(default)]
     pub defaults: DefaultsSpec,

@@ -57,6 +57,8 @@ pub struct Workflow {
     /// Sha-256 of the file's text.
     pub digest: String,
     pub inputs: IndexMap<String, InputSpec>,
+    /// Name of the registry's check of all inputs together.
+    pub input_check: Option<String>,
     pub max_parallel: Option<usize>,
     pub steps: Vec<Step>,
     /// Step indices in a topological order (stable: file order among independent steps).
@@ -89,6 +91,7 @@ impl Workflow {
             source,
             digest,
             inputs,
+            input_check: None,
             max_parallel,
             steps,
             order,

@@ -1,16 +1,45 @@
 //! Landfall's step plugins. The engine knows none of them by name; [`registry`] is the one
-//! place that registers them.
+//! place that registers them (and the named input checks workflows refer to).
 
 pub mod builtin;
+pub mod requirements;
+
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use landfall_engine::Registry;
 
-/// Every plugin of this build, by the name steps `use`.
-pub fn registry() -> Registry {
+/// What plugins need from the project's configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where `cfn/`, `scp/`, `rules/` and `messages/` templates live.
+    pub templates_dir: PathBuf,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            templates_dir: PathBuf::from("templates"),
+        }
+    }
+}
+
+/// Every plugin and input check of this build.
+pub fn registry(settings: &Settings) -> Registry {
     let mut r = Registry::new();
     r.register(builtin::Log)
         .register(builtin::Wait)
         .register(builtin::Assert)
         .register(builtin::Exec);
+    let rules = settings.templates_dir.join("rules");
+    r.register_input_check(
+        "customer_requirements",
+        Arc::new(move |inputs| {
+            match requirements::Requirements::from_inputs(inputs, Some(&rules)) {
+                Ok(_) => Vec::new(),
+                Err(problems) => problems,
+            }
+        }),
+    );
     r
 }

@@ -479,3 +479,63 @@ steps:
     let audit = sb.run(&["audit", doc["run_id"].as_str().unwrap(), "--json"]);
     assert!(!stdout(&audit).contains("hunter2"));
 }
+
+const REQUIREMENTS_WORKFLOW: &str = r#"
+name: requirements-only
+input_check: customer_requirements
+inputs:
+  customer: { type: string }
+  display_name: { type: string }
+  contact_email: { type: string }
+  accounts: { type: array }
+  regions: { type: array }
+  network: { type: object }
+  budget: { type: object, required: false }
+  compliance: { type: array, default: [] }
+  stakeholders: { type: object, default: {} }
+  tags: { type: object, default: {} }
+steps:
+  - { id: hello, uses: log, with: { message: "{{ inputs.display_name }} has {{ inputs.accounts | length }} accounts" } }
+"#;
+
+#[test]
+fn invalid_customer_requirements_are_refused_with_field_paths() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.path("templates/rules/baseline")).unwrap();
+    sb.write("req.yaml", REQUIREMENTS_WORKFLOW);
+    let good = sb.copy("examples/customers/acme.yaml");
+    let out = sb.run(&["run", "req.yaml", "--input", good.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Acme Corp has 2 accounts"),
+        "{}",
+        stderr(&out)
+    );
+    let toml = sb.copy("examples/customers/globex.toml");
+    let out = sb.run(&["run", "req.yaml", "--input", toml.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let bad = std::fs::read_to_string(&good)
+        .unwrap()
+        .replace("aws+acme-dev@acme.example", "not-an-email")
+        .replace("10.20.0.0/16", "8.8.0.0/16")
+        .replace("[baseline]", "[baseline, pci]");
+    sb.write("bad.yaml", &bad);
+    let out = sb.run(&["run", "req.yaml", "--input", "bad.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    for want in [
+        "input `accounts[1].email`",
+        "input `network.cidr`",
+        "input `compliance[1]`",
+        "nothing ran",
+    ] {
+        assert!(err.contains(want), "`{want}` missing from:\n{err}");
+    }
+    let runs: serde_json::Value = sb.json(&["status", "--json"]);
+    assert_eq!(
+        runs.as_array().unwrap().len(),
+        2,
+        "the refused run was not recorded"
+    );
+}

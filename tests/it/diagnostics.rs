@@ -8,7 +8,7 @@ use landfall_engine::source::Source;
 #[test]
 fn every_broken_workflow_gets_a_located_report() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let registry = landfall_steps::registry();
+    let registry = landfall_steps::registry(&Default::default());
     insta::glob!("../fixtures/invalid", "*.*", |path| {
         let text = std::fs::read_to_string(path).unwrap();
         let name = path.strip_prefix(root).unwrap().display().to_string();
@@ -28,7 +28,7 @@ fn every_broken_workflow_gets_a_located_report() {
 
 #[test]
 fn the_shipped_workflows_and_examples_are_valid() {
-    let registry = landfall_steps::registry();
+    let registry = landfall_steps::registry(&Default::default());
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut checked = 0;
     for dir in ["examples", "workflows"] {

@@ -1,0 +1,512 @@
+//! A customer's requirements: the onboarding workflow's inputs, checked before anything
+//! touches AWS. Every problem is reported with its field path (`accounts[1].email`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use ipnet::Ipv4Net;
+use landfall_engine::inputs::InputError;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Regions Landfall knows, with their number of availability zones (commercial partition).
+pub const REGIONS: &[(&str, u8)] = &[
+    ("us-east-1", 6),
+    ("us-east-2", 3),
+    ("us-west-1", 2),
+    ("us-west-2", 4),
+    ("ca-central-1", 3),
+    ("eu-west-1", 3),
+    ("eu-west-2", 3),
+    ("eu-west-3", 3),
+    ("eu-central-1", 3),
+    ("eu-central-2", 3),
+    ("eu-north-1", 3),
+    ("eu-south-1", 3),
+    ("eu-south-2", 3),
+    ("ap-northeast-1", 3),
+    ("ap-northeast-2", 4),
+    ("ap-northeast-3", 3),
+    ("ap-southeast-1", 3),
+    ("ap-southeast-2", 3),
+    ("ap-southeast-3", 3),
+    ("ap-south-1", 3),
+    ("ap-south-2", 3),
+    ("ap-east-1", 3),
+    ("sa-east-1", 3),
+    ("me-south-1", 3),
+    ("me-central-1", 3),
+    ("af-south-1", 3),
+    ("il-central-1", 3),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Production,
+    Staging,
+    Development,
+    Sandbox,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatGateways {
+    None,
+    Single,
+    PerAz,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Account {
+    /// Account name, also its OU-unique key: lowercase letters, digits, `-`.
+    pub name: String,
+    /// The account's root email; unique across the organization.
+    pub email: String,
+    pub environment: Environment,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// A private IPv4 block (RFC 1918) from /16 to /24.
+    pub cidr: String,
+    /// Availability zones per region (1 to the region's count, at most 4).
+    pub availability_zones: u8,
+    /// NAT gateways: none, single or per-az.
+    pub nat_gateways: NatGateways,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    pub monthly_usd: f64,
+    #[serde(default)]
+    pub alert_emails: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Stakeholders {
+    /// Slack channels (`#name` or an id) told about this customer's runs.
+    #[serde(default)]
+    pub slack: Vec<String>,
+}
+
+/// Everything onboarding needs to know about a customer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Requirements {
+    /// Short name: `^[a-z][a-z0-9-]{1,30}$`; names the OU, the package and resources.
+    pub customer: String,
+    /// Free text (quotes, colons and unicode are fine).
+    pub display_name: String,
+    pub contact_email: String,
+    pub accounts: Vec<Account>,
+    /// Allowed regions; the first is home.
+    pub regions: Vec<String>,
+    pub network: Network,
+    #[serde(default)]
+    pub budget: Option<Budget>,
+    /// Compliance rule packs (directories under `templates/rules/`).
+    #[serde(default)]
+    pub compliance: Vec<String>,
+    #[serde(default)]
+    pub stakeholders: Stakeholders,
+    /// Tags applied to accounts and resources.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> InputError {
+    InputError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn valid_email(s: &str) -> bool {
+    // The address must also be one AWS accepts: ASCII, at most 64 characters.
+    s.is_ascii() && s.len() <= 64 && email_address::EmailAddress::is_valid(s) && s.contains('.')
+}
+
+fn name_ok(s: &str, max: usize) -> bool {
+    let mut c = s.chars();
+    c.next().is_some_and(|f| f.is_ascii_lowercase())
+        && s.len() >= 2
+        && s.len() <= max
+        && c.all(|x| x.is_ascii_lowercase() || x.is_ascii_digit() || x == '-')
+}
+
+/// The AZ count of a known region.
+pub fn region_azs(region: &str) -> Option<u8> {
+    REGIONS.iter().find(|(r, _)| *r == region).map(|(_, n)| *n)
+}
+
+fn private(net: &Ipv4Net) -> bool {
+    let blocks: [(Ipv4Addr, u8); 3] = [
+        (Ipv4Addr::new(10, 0, 0, 0), 8),
+        (Ipv4Addr::new(172, 16, 0, 0), 12),
+        (Ipv4Addr::new(192, 168, 0, 0), 16),
+    ];
+    blocks
+        .iter()
+        .any(|(a, p)| Ipv4Net::new(*a, *p).is_ok_and(|b| b.contains(net)))
+}
+
+impl Requirements {
+    /// Parses and checks the inputs map; returns every problem.
+    pub fn from_inputs(
+        inputs: &Map<String, Value>,
+        rules_dir: Option<&Path>,
+    ) -> Result<Requirements, Vec<InputError>> {
+        let req: Requirements = serde_path_to_error::deserialize(Value::Object(inputs.clone()))
+            .map_err(|e| {
+                vec![err(
+                    landfall_engine::path::Path::from_serde(e.path()).to_string(),
+                    e.inner().to_string(),
+                )]
+            })?;
+        let problems = req.problems(rules_dir);
+        if problems.is_empty() {
+            Ok(req)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Every problem, by field path.
+    pub fn problems(&self, rules_dir: Option<&Path>) -> Vec<InputError> {
+        let mut out = Vec::new();
+        if !name_ok(&self.customer, 31) {
+            out.push(err(
+                "customer",
+                format!(
+                    "{:?} must match ^[a-z][a-z0-9-]{{1,30}}$ (lowercase letters, digits, `-`)",
+                    self.customer
+                ),
+            ));
+        }
+        if self.display_name.trim().is_empty() || self.display_name.chars().count() > 128 {
+            out.push(err("display_name", "must be 1 to 128 characters"));
+        }
+        if !valid_email(&self.contact_email) {
+            out.push(err(
+                "contact_email",
+                format!("{:?} is not a valid email address", self.contact_email),
+            ));
+        }
+        if self.accounts.is_empty() {
+            out.push(err("accounts", "at least one account is needed"));
+        }
+        let mut names = BTreeSet::new();
+        let mut emails = BTreeSet::new();
+        for (i, a) in self.accounts.iter().enumerate() {
+            if !name_ok(&a.name, 50) {
+                out.push(err(
+                    format!("accounts[{i}].name"),
+                    format!("{:?} must be 2–50 lowercase letters, digits or `-`, starting with a letter", a.name),
+                ));
+            }
+            if !names.insert(a.name.as_str()) {
+                out.push(err(
+                    format!("accounts[{i}].name"),
+                    format!("{:?} is used by an earlier account", a.name),
+                ));
+            }
+            if !valid_email(&a.email) {
+                out.push(err(
+                    format!("accounts[{i}].email"),
+                    format!("{:?} is not a valid email address", a.email),
+                ));
+            } else if !emails.insert(a.email.to_ascii_lowercase()) {
+                out.push(err(
+                    format!("accounts[{i}].email"),
+                    format!(
+                        "{:?} is used by an earlier account (AWS requires one email per account)",
+                        a.email
+                    ),
+                ));
+            }
+        }
+        if self.regions.is_empty() {
+            out.push(err(
+                "regions",
+                "at least one region is needed (the first is home)",
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        let mut min_azs = u8::MAX;
+        for (i, r) in self.regions.iter().enumerate() {
+            match region_azs(r) {
+                Some(n) => min_azs = min_azs.min(n),
+                None => {
+                    let known: Vec<&str> = REGIONS.iter().map(|(r, _)| *r).collect();
+                    let hint = landfall_engine::diag::did_you_mean(r, known.iter().copied())
+                        .map(|x| format!("; did you mean {x}?"))
+                        .unwrap_or_default();
+                    out.push(err(
+                        format!("regions[{i}]"),
+                        format!("{r:?} is not a region Landfall knows{hint}"),
+                    ));
+                }
+            }
+            if !seen.insert(r.as_str()) {
+                out.push(err(
+                    format!("regions[{i}]"),
+                    format!("{r:?} is listed twice"),
+                ));
+            }
+        }
+        match self.network.cidr.parse::<Ipv4Net>() {
+            Err(_) => out.push(err(
+                "network.cidr",
+                format!(
+                    "{:?} is not an IPv4 CIDR block like 10.20.0.0/16",
+                    self.network.cidr
+                ),
+            )),
+            Ok(net) => {
+                if net.network() != net.addr() {
+                    out.push(err(
+                        "network.cidr",
+                        format!(
+                            "{} has host bits set; the block is {}",
+                            self.network.cidr,
+                            net.trunc()
+                        ),
+                    ));
+                }
+                if !(16..=24).contains(&net.prefix_len()) {
+                    out.push(err(
+                        "network.cidr",
+                        format!("the prefix must be /16 to /24, not /{}", net.prefix_len()),
+                    ));
+                }
+                if !private(&net) {
+                    out.push(err(
+                        "network.cidr",
+                        format!("{net} is not a private (RFC 1918) block"),
+                    ));
+                }
+            }
+        }
+        let azs = self.network.availability_zones;
+        let max_azs = min_azs.min(4);
+        if azs == 0 || (min_azs != u8::MAX && azs > max_azs) {
+            out.push(err(
+                "network.availability_zones",
+                format!(
+                    "{azs} is not possible here: 1 to {} (limited by the smallest region and by 4)",
+                    if min_azs == u8::MAX { 4 } else { max_azs }
+                ),
+            ));
+        }
+        if let Some(b) = &self.budget {
+            if !(b.monthly_usd.is_finite() && b.monthly_usd > 0.0) {
+                out.push(err("budget.monthly_usd", "must be a positive amount"));
+            }
+            for (i, e) in b.alert_emails.iter().enumerate() {
+                if !valid_email(e) {
+                    out.push(err(
+                        format!("budget.alert_emails[{i}]"),
+                        format!("{e:?} is not a valid email address"),
+                    ));
+                }
+            }
+        }
+        for (i, pack) in self.compliance.iter().enumerate() {
+            let safe = name_ok(pack, 64)
+                || pack
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            let exists = rules_dir.is_none_or(|d| d.join(pack).is_dir());
+            if !safe || !exists {
+                let known = rules_dir
+                    .and_then(|d| std::fs::read_dir(d).ok())
+                    .map(|rd| {
+                        rd.flatten()
+                            .filter(|e| e.path().is_dir())
+                            .map(|e| e.file_name().to_string_lossy().to_string())
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default();
+                out.push(err(
+                    format!("compliance[{i}]"),
+                    format!(
+                        "unknown rule pack {pack:?}; known: {}",
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
+        for (i, ch) in self.stakeholders.slack.iter().enumerate() {
+            let ok = (ch.starts_with('#') && ch.len() > 1 && ch.len() <= 81)
+                || (ch.len() >= 9
+                    && ch
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()));
+            if !ok {
+                out.push(err(
+                    format!("stakeholders.slack[{i}]"),
+                    format!("{ch:?} is neither `#channel` nor a channel id"),
+                ));
+            }
+        }
+        for (k, v) in &self.tags {
+            if k.is_empty() || k.chars().count() > 128 || k.starts_with("aws:") {
+                out.push(err(
+                    format!("tags.{k}"),
+                    "tag keys are 1–128 characters and may not start with `aws:`",
+                ));
+            }
+            if v.chars().count() > 256 {
+                out.push(err(
+                    format!("tags.{k}"),
+                    "tag values are at most 256 characters",
+                ));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn acme() -> Value {
+        json!({
+            "customer": "acme",
+            "display_name": "O'Brien: \"Ops\" & Co",
+            "contact_email": "cloud@acme.example",
+            "accounts": [
+                { "name": "acme-prod", "email": "aws+acme-prod@acme.example", "environment": "production" },
+                { "name": "acme-dev", "email": "aws+acme-dev@acme.example", "environment": "development" }
+            ],
+            "regions": ["us-east-1", "eu-west-1"],
+            "network": { "cidr": "10.20.0.0/16", "availability_zones": 2, "nat_gateways": "single" },
+            "budget": { "monthly_usd": 5000, "alert_emails": ["finance@acme.example"] },
+            "compliance": ["baseline"],
+            "stakeholders": { "slack": ["#acme-onboarding"] },
+            "tags": { "cost-center": "CC-1234" }
+        })
+    }
+
+    fn check(v: Value) -> Vec<(String, String)> {
+        match Requirements::from_inputs(v.as_object().unwrap(), None) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.into_iter().map(|e| (e.field, e.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn the_example_is_valid() {
+        assert_eq!(check(acme()), Vec::new());
+    }
+
+    #[test]
+    fn each_problem_names_its_field() {
+        let mut v = acme();
+        v["accounts"][1]["email"] = json!("not-an-email");
+        v["accounts"][0]["name"] = json!("acme-dev");
+        v["network"]["cidr"] = json!("8.8.0.0/16");
+        v["regions"] = json!(["us-east-1", "mars-north-1", "us-west-1"]);
+        v["network"]["availability_zones"] = json!(3);
+        let fields: Vec<String> = check(v).into_iter().map(|(f, _)| f).collect();
+        assert_eq!(
+            fields,
+            [
+                "accounts[1].name",
+                "accounts[1].email",
+                "regions[1]",
+                "network.cidr",
+                "network.availability_zones"
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicate_emails_are_caught_case_insensitively() {
+        let mut v = acme();
+        v["accounts"][1]["email"] = json!("AWS+acme-prod@acme.example");
+        let p = check(v);
+        assert_eq!(p[0].0, "accounts[1].email");
+    }
+
+    #[test]
+    fn cidr_rules() {
+        for (cidr, ok) in [
+            ("10.0.0.0/16", true),
+            ("192.168.1.0/24", true),
+            ("172.16.0.0/12", false),
+            ("10.0.0.1/16", false),
+            ("10.0.0.0/25", false),
+            ("11.0.0.0/16", false),
+        ] {
+            let mut v = acme();
+            v["network"]["cidr"] = json!(cidr);
+            assert_eq!(check(v).is_empty(), ok, "{cidr}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_wrong_enums_are_named() {
+        let mut v = acme();
+        v["accounts"][0]["environment"] = json!("prod");
+        let p = check(v);
+        assert_eq!(p[0].0, "accounts[0].environment");
+        let mut v = acme();
+        v["colour"] = json!("red");
+        assert!(check(v)[0].1.contains("unknown field `colour`"));
+    }
+
+    #[test]
+    fn rule_packs_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("baseline")).unwrap();
+        let v = acme();
+        assert!(Requirements::from_inputs(v.as_object().unwrap(), Some(dir.path())).is_ok());
+        let mut v = acme();
+        v["compliance"] = json!(["baseline", "../etc"]);
+        let e = Requirements::from_inputs(v.as_object().unwrap(), Some(dir.path())).unwrap_err();
+        assert_eq!(e[0].field, "compliance[1]");
+        assert!(e[0].message.contains("known: baseline"));
+    }
+}
+
+#[cfg(test)]
+mod examples {
+    use super::*;
+    use landfall_engine::source::{parse, Source};
+
+    /// The shipped customer examples are valid against the shipped rule packs.
+    #[test]
+    fn shipped_examples_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let rules = root.join("templates/rules");
+        let mut seen = 0;
+        for e in std::fs::read_dir(root.join("examples/customers"))
+            .unwrap()
+            .flatten()
+        {
+            let p = e.path();
+            let text = std::fs::read_to_string(&p).unwrap();
+            let (doc, _) = parse(&Source::new(p.display().to_string(), text)).unwrap();
+            let map = doc.value.as_object().unwrap().clone();
+            if let Err(problems) = Requirements::from_inputs(&map, Some(&rules)) {
+                panic!("{}: {problems:?}", p.display());
+            }
+            seen += 1;
+        }
+        assert!(seen >= 3, "expected three customer examples, found {seen}");
+    }
+}
