@@ -8,6 +8,8 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export INSTA_UPDATE=no
 export PROPTEST_CASES="${PROPTEST_CASES:-100}"
 
+echo "==> AWS emulator (moto) and cfn-lint into .venv/"
+scripts/aws-emulator.sh setup
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"

@@ -1,6 +1,7 @@
 //! Landfall's step plugins. The engine knows none of them by name; [`registry`] is the one
 //! place that registers them (and the named input checks workflows refer to).
 
+pub mod aws;
 pub mod builtin;
 pub mod requirements;
 
@@ -30,7 +31,8 @@ pub fn registry(settings: &Settings) -> Registry {
     r.register(builtin::Log)
         .register(builtin::Wait)
         .register(builtin::Assert)
-        .register(builtin::Exec);
+        .register(builtin::Exec)
+        .register(aws::org::Org::new(aws::Aws::default()));
     let rules = settings.templates_dir.join("rules");
     r.register_input_check(
         "customer_requirements",

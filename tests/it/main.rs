@@ -1,5 +1,6 @@
 //! Landfall's integration tests: one binary (faster to build), one module per area.
 
+mod aws_org;
 mod cli;
 mod diagnostics;
 mod support;

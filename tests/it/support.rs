@@ -101,3 +101,75 @@ pub fn node<'a>(doc: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
         .and_then(|a| a.iter().find(|n| n["id"] == id))
         .unwrap_or_else(|| panic!("no node {id} in {doc}"))
 }
+
+/// A moto server of this test's own, started by the project's script; stopped on drop.
+pub struct Emulator {
+    dir: tempfile::TempDir,
+    pub env: Vec<(String, String)>,
+}
+
+impl Emulator {
+    pub fn start() -> Self {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        assert!(
+            root.join(".venv/bin/moto_server").exists(),
+            "the AWS emulator is not installed: run `scripts/aws-emulator.sh setup` (scripts/test.sh does)"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = Command::new(root.join("scripts/aws-emulator.sh"))
+            .arg("start")
+            .arg(dir.path())
+            .output()
+            .expect("run scripts/aws-emulator.sh");
+        assert!(
+            out.status.success(),
+            "the emulator did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Emulator { dir, env }
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.env
+            .iter()
+            .find(|(k, _)| k == "AWS_ENDPOINT_URL")
+            .map(|(_, v)| v.clone())
+            .expect("emulator endpoint")
+    }
+
+    /// Applies the emulator's environment to a `landfall` command.
+    pub fn apply(&self, cmd: &mut Command) {
+        cmd.env_remove("AWS_PROFILE");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+    }
+
+    pub async fn organizations(&self) -> aws_sdk_organizations::Client {
+        let conf = aws_sdk_organizations::Config::builder()
+            .behavior_version(aws_sdk_organizations::config::BehaviorVersion::latest())
+            .region(aws_sdk_organizations::config::Region::new("us-east-1"))
+            .endpoint_url(self.endpoint())
+            .credentials_provider(aws_sdk_organizations::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .build();
+        aws_sdk_organizations::Client::from_conf(conf)
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let _ = Command::new(root.join("scripts/aws-emulator.sh"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .output();
+    }
+}

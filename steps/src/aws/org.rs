@@ -1,0 +1,423 @@
+//! `org`: the customer's place in AWS Organizations, ensured idempotently.
+//!
+//! Ensures the organization (all features) with SCPs enabled on the root, the OU
+//! `<parent_ou>/<customer>`, and each account: found by email (AWS accepts a duplicate email at
+//! creation in some emulators, so looking first is ours to do), else created and polled until
+//! done; then moved into the OU and tagged. Running it twice changes nothing.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_organizations::types::{
+    CreateAccountState, OrganizationFeatureSet, PolicyType, PolicyTypeStatus, Tag,
+};
+use aws_sdk_organizations::Client;
+use landfall_engine::plugin::ConfigProblem;
+use landfall_engine::{Step, StepContext, StepError};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::errors::{classify_failure_reason, step_error};
+use super::Aws;
+use crate::requirements::Environment;
+
+pub struct Org {
+    pub aws: Aws,
+    /// How often to look at a pending account creation (AWS recommends seconds, not less).
+    pub poll_interval: Duration,
+    /// How long an account creation may take before the attempt fails (transient).
+    pub create_timeout: Duration,
+}
+
+impl Org {
+    pub fn new(aws: Aws) -> Self {
+        Org {
+            aws,
+            poll_interval: Duration::from_secs(5),
+            create_timeout: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrgAccount {
+    pub name: String,
+    pub email: String,
+    pub environment: Environment,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrgConfig {
+    /// The customer's short name: the OU's name.
+    pub customer: String,
+    /// Accounts to ensure, each found by email.
+    pub accounts: Vec<OrgAccount>,
+    /// The OU under the root that holds one OU per customer.
+    #[serde(default = "default_parent")]
+    pub parent_ou: String,
+    /// Tags for the OU and every account (`customer`, `environment` and `managed-by` are
+    /// added).
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+fn default_parent() -> String {
+    "Customers".into()
+}
+
+/// What `org` outputs.
+#[derive(Debug, Serialize)]
+pub struct OrgOutputs {
+    pub organization_id: String,
+    pub management_account_id: String,
+    pub root_id: String,
+    pub ou_id: String,
+    pub ou_path: String,
+    pub accounts: Vec<AccountOut>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AccountOut {
+    pub name: String,
+    pub email: String,
+    pub id: String,
+    pub environment: Environment,
+    /// Whether this run created it (false: it existed).
+    pub created: bool,
+}
+
+fn tags(base: &BTreeMap<String, String>, extra: &[(&str, &str)]) -> Result<Vec<Tag>, StepError> {
+    let mut all = base.clone();
+    for (k, v) in extra {
+        all.insert(k.to_string(), v.to_string());
+    }
+    all.into_iter()
+        .map(|(k, v)| {
+            Tag::builder()
+                .key(k)
+                .value(v)
+                .build()
+                .map_err(|e| StepError::permanent(format!("invalid tag: {e}")))
+        })
+        .collect()
+}
+
+fn env_name(e: Environment) -> &'static str {
+    match e {
+        Environment::Production => "production",
+        Environment::Staging => "staging",
+        Environment::Development => "development",
+        Environment::Sandbox => "sandbox",
+    }
+}
+
+#[async_trait]
+impl Step for Org {
+    const NAME: &'static str = "org";
+    const SUMMARY: &'static str =
+        "Ensure the organization, the customer's OU and its accounts (idempotent)";
+    type Config = OrgConfig;
+
+    fn validate(c: &OrgConfig) -> Vec<ConfigProblem> {
+        let mut out = Vec::new();
+        if c.accounts.is_empty() {
+            out.push(ConfigProblem {
+                path: landfall_engine::path::Path::root().key("accounts"),
+                message: "at least one account is needed".into(),
+            });
+        }
+        out
+    }
+
+    async fn run(&self, c: OrgConfig, ctx: StepContext) -> Result<Value, StepError> {
+        let client = self.aws.organizations().await;
+        let org = ensure_organization(&client).await?;
+        let root_id = ensure_root_with_scps(&client).await?;
+        let parent = ensure_ou(
+            &client,
+            &root_id,
+            &c.parent_ou,
+            &tags(&c.tags, &[("managed-by", "landfall")])?,
+        )
+        .await?;
+        let ou_tags = tags(
+            &c.tags,
+            &[("managed-by", "landfall"), ("customer", &c.customer)],
+        )?;
+        let ou_id = ensure_ou(&client, &parent, &c.customer, &ou_tags).await?;
+
+        let existing = list_accounts(&client).await?;
+        let mut out = Vec::new();
+        for a in &c.accounts {
+            let account_tags = tags(
+                &c.tags,
+                &[
+                    ("managed-by", "landfall"),
+                    ("customer", &c.customer),
+                    ("environment", env_name(a.environment)),
+                ],
+            )?;
+            let found = existing
+                .iter()
+                .find(|(_, email)| email.eq_ignore_ascii_case(&a.email))
+                .map(|(id, _)| id.clone());
+            let (id, created) = match found {
+                Some(id) => (id, false),
+                None => (
+                    self.create_account(&client, a, &account_tags, &ctx).await?,
+                    true,
+                ),
+            };
+            move_into(&client, &id, &ou_id).await?;
+            client
+                .tag_resource()
+                .resource_id(&id)
+                .set_tags(Some(account_tags))
+                .send()
+                .await
+                .map_err(|e| step_error("TagResource", e))?;
+            if created {
+                ctx.milestone(
+                    "account_created",
+                    json!({ "name": a.name, "email": a.email, "id": id }),
+                );
+            }
+            out.push(AccountOut {
+                name: a.name.clone(),
+                email: a.email.clone(),
+                id,
+                environment: a.environment,
+                created,
+            });
+        }
+        let outputs = OrgOutputs {
+            organization_id: org.0,
+            management_account_id: org.1,
+            root_id,
+            ou_id,
+            ou_path: format!("{}/{}", c.parent_ou, c.customer),
+            accounts: out,
+        };
+        serde_json::to_value(outputs).map_err(|e| StepError::permanent(e.to_string()))
+    }
+}
+
+impl Org {
+    async fn create_account(
+        &self,
+        client: &Client,
+        a: &OrgAccount,
+        tags: &[Tag],
+        ctx: &StepContext,
+    ) -> Result<String, StepError> {
+        let started = client
+            .create_account()
+            .email(&a.email)
+            .account_name(&a.name)
+            .set_tags(Some(tags.to_vec()))
+            .send()
+            .await
+            .map_err(|e| step_error("CreateAccount", e))?;
+        let request_id = started
+            .create_account_status()
+            .and_then(|s| s.id())
+            .ok_or_else(|| StepError::transient("CreateAccount returned no request id"))?
+            .to_string();
+        ctx.log(format!("creating account {} ({})", a.name, a.email));
+        let deadline = tokio::time::Instant::now() + self.create_timeout;
+        let mut delay = self.poll_interval;
+        loop {
+            let status = client
+                .describe_create_account_status()
+                .create_account_request_id(&request_id)
+                .send()
+                .await;
+            match status {
+                Ok(s) => {
+                    let s = s.create_account_status();
+                    match s.and_then(|s| s.state()) {
+                        Some(CreateAccountState::Succeeded) => {
+                            return s
+                                .and_then(|s| s.account_id())
+                                .map(str::to_string)
+                                .ok_or_else(|| {
+                                    StepError::transient("account created without an id")
+                                });
+                        }
+                        Some(CreateAccountState::Failed) => {
+                            let reason = s
+                                .and_then(|s| s.failure_reason())
+                                .map(|r| r.as_str().to_string())
+                                .unwrap_or_else(|| "UNKNOWN".into());
+                            return Err(StepError::new(
+                                classify_failure_reason(&reason),
+                                format!("creating account {} failed: {reason}", a.name),
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+                Err(e) => {
+                    let err = step_error("DescribeCreateAccountStatus", e);
+                    if err.class != landfall_engine::ErrorClass::Transient {
+                        return Err(err);
+                    }
+                    // Throttled while polling: wait longer, do not fail.
+                    delay = (delay * 2).min(Duration::from_secs(60));
+                }
+            }
+            if tokio::time::Instant::now() + delay > deadline {
+                return Err(StepError::transient(format!(
+                    "account {} still being created after {}",
+                    a.name,
+                    humantime::format_duration(self.create_timeout)
+                )));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = ctx.cancel.cancelled() => return Err(StepError::transient("cancelled")),
+            }
+        }
+    }
+}
+
+/// (organization id, management account id), creating the organization if there is none.
+async fn ensure_organization(client: &Client) -> Result<(String, String), StepError> {
+    use aws_sdk_organizations::operation::describe_organization::DescribeOrganizationError;
+    let described = match client.describe_organization().send().await {
+        Ok(o) => o.organization().cloned(),
+        Err(e) => match e.as_service_error() {
+            Some(DescribeOrganizationError::AwsOrganizationsNotInUseException(_)) => client
+                .create_organization()
+                .feature_set(OrganizationFeatureSet::All)
+                .send()
+                .await
+                .map_err(|e| step_error("CreateOrganization", e))?
+                .organization()
+                .cloned(),
+            _ => return Err(step_error("DescribeOrganization", e)),
+        },
+    };
+    let org =
+        described.ok_or_else(|| StepError::transient("no organization description returned"))?;
+    if org.feature_set() != Some(&OrganizationFeatureSet::All) {
+        return Err(StepError::permanent(
+            "the organization does not have all features enabled; enable them in the console (SCPs need them)",
+        ));
+    }
+    Ok((
+        org.id().unwrap_or_default().to_string(),
+        org.master_account_id().unwrap_or_default().to_string(),
+    ))
+}
+
+async fn ensure_root_with_scps(client: &Client) -> Result<String, StepError> {
+    let roots = client
+        .list_roots()
+        .send()
+        .await
+        .map_err(|e| step_error("ListRoots", e))?;
+    let root = roots
+        .roots()
+        .first()
+        .ok_or_else(|| StepError::transient("the organization has no root yet"))?;
+    let root_id = root.id().unwrap_or_default().to_string();
+    let enabled = root.policy_types().iter().any(|p| {
+        p.r#type() == Some(&PolicyType::ServiceControlPolicy)
+            && p.status() == Some(&PolicyTypeStatus::Enabled)
+    });
+    if !enabled {
+        client
+            .enable_policy_type()
+            .root_id(&root_id)
+            .policy_type(PolicyType::ServiceControlPolicy)
+            .send()
+            .await
+            .map_err(|e| step_error("EnablePolicyType", e))?;
+    }
+    Ok(root_id)
+}
+
+/// The id of the OU named `name` under `parent`, created if missing (never duplicated).
+async fn ensure_ou(
+    client: &Client,
+    parent: &str,
+    name: &str,
+    tags: &[Tag],
+) -> Result<String, StepError> {
+    let mut pages = client
+        .list_organizational_units_for_parent()
+        .parent_id(parent)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| step_error("ListOrganizationalUnitsForParent", e))?;
+        if let Some(ou) = page
+            .organizational_units()
+            .iter()
+            .find(|ou| ou.name() == Some(name))
+        {
+            return ou
+                .id()
+                .map(str::to_string)
+                .ok_or_else(|| StepError::transient("an OU without an id"));
+        }
+    }
+    client
+        .create_organizational_unit()
+        .parent_id(parent)
+        .name(name)
+        .set_tags(Some(tags.to_vec()))
+        .send()
+        .await
+        .map_err(|e| step_error("CreateOrganizationalUnit", e))?
+        .organizational_unit()
+        .and_then(|ou| ou.id())
+        .map(str::to_string)
+        .ok_or_else(|| StepError::transient("CreateOrganizationalUnit returned no id"))
+}
+
+/// (id, email) of every account of the organization.
+async fn list_accounts(client: &Client) -> Result<Vec<(String, String)>, StepError> {
+    let mut out = Vec::new();
+    let mut pages = client.list_accounts().into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| step_error("ListAccounts", e))?;
+        for a in page.accounts() {
+            if let (Some(id), Some(email)) = (a.id(), a.email()) {
+                out.push((id.to_string(), email.to_string()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn move_into(client: &Client, account: &str, ou: &str) -> Result<(), StepError> {
+    let parents = client
+        .list_parents()
+        .child_id(account)
+        .send()
+        .await
+        .map_err(|e| step_error("ListParents", e))?;
+    let current = parents
+        .parents()
+        .first()
+        .and_then(|p| p.id())
+        .ok_or_else(|| StepError::transient(format!("account {account} has no parent")))?
+        .to_string();
+    if current != ou {
+        client
+            .move_account()
+            .account_id(account)
+            .source_parent_id(&current)
+            .destination_parent_id(ou)
+            .send()
+            .await
+            .map_err(|e| step_error("MoveAccount", e))?;
+    }
+    Ok(())
+}

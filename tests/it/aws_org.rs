@@ -1,0 +1,132 @@
+//! The `org` plugin end to end: the real `landfall` binary and AWS SDK against moto.
+
+use crate::support::*;
+
+const ORG_WORKFLOW: &str = r#"
+name: org-only
+input_check: customer_requirements
+inputs:
+  customer: { type: string }
+  display_name: { type: string }
+  contact_email: { type: string }
+  accounts: { type: array }
+  regions: { type: array }
+  network: { type: object }
+  budget: { type: object, required: false }
+  compliance: { type: array, default: [] }
+  stakeholders: { type: object, default: {} }
+  tags: { type: object, default: {} }
+steps:
+  - id: org
+    uses: org
+    with:
+      customer: "{{ inputs.customer }}"
+      accounts: "{{ inputs.accounts }}"
+      tags: "{{ inputs.tags }}"
+"#;
+
+fn run_org(sb: &Sandbox, emu: &Emulator) -> serde_json::Value {
+    let mut cmd = sb.cmd(&["run", "org.yaml", "--input", "acme.yaml", "--json"]);
+    emu.apply(&mut cmd);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn org_creates_the_ou_and_accounts_once_and_a_second_run_changes_nothing() {
+    let emu = Emulator::start();
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.path("templates/rules/baseline")).unwrap();
+    sb.write("org.yaml", ORG_WORKFLOW);
+    sb.copy("examples/customers/acme.yaml");
+
+    let first = run_org(&sb, &emu);
+    let out = &node(&first, "org")["outputs"];
+    assert_eq!(out["ou_path"], "Customers/acme");
+    let accounts = out["accounts"].as_array().unwrap();
+    assert_eq!(accounts.len(), 2);
+    assert!(accounts.iter().all(|a| a["created"] == true));
+
+    // Check what exists, with the SDK, not with what Landfall says.
+    let orgs = emu.organizations().await;
+    let root = orgs.list_roots().send().await.unwrap().roots()[0]
+        .id()
+        .unwrap()
+        .to_string();
+    let top = orgs
+        .list_organizational_units_for_parent()
+        .parent_id(&root)
+        .send()
+        .await
+        .unwrap();
+    let customers: Vec<_> = top
+        .organizational_units()
+        .iter()
+        .filter(|o| o.name() == Some("Customers"))
+        .collect();
+    assert_eq!(customers.len(), 1);
+    let under = orgs
+        .list_organizational_units_for_parent()
+        .parent_id(customers[0].id().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(under.organizational_units().len(), 1);
+    let ou_id = under.organizational_units()[0].id().unwrap().to_string();
+    assert_eq!(out["ou_id"], ou_id.as_str());
+    let in_ou = orgs
+        .list_accounts_for_parent()
+        .parent_id(&ou_id)
+        .send()
+        .await
+        .unwrap();
+    let mut emails: Vec<String> = in_ou
+        .accounts()
+        .iter()
+        .map(|a| a.email().unwrap().to_string())
+        .collect();
+    emails.sort();
+    assert_eq!(
+        emails,
+        ["aws+acme-dev@acme.example", "aws+acme-prod@acme.example"]
+    );
+    let prod_id = accounts[0]["id"].as_str().unwrap();
+    let tags = orgs
+        .list_tags_for_resource()
+        .resource_id(prod_id)
+        .send()
+        .await
+        .unwrap();
+    let tag = |k: &str| {
+        tags.tags()
+            .iter()
+            .find(|t| t.key() == k)
+            .map(|t| t.value().to_string())
+    };
+    assert_eq!(tag("customer").as_deref(), Some("acme"));
+    assert_eq!(tag("environment").as_deref(), Some("production"));
+    assert_eq!(tag("cost-center").as_deref(), Some("CC-1234"));
+    let total_before = orgs.list_accounts().send().await.unwrap().accounts().len();
+
+    // Running it again changes nothing.
+    let second = run_org(&sb, &emu);
+    let out2 = &node(&second, "org")["outputs"];
+    assert_eq!(out2["ou_id"], out["ou_id"]);
+    assert!(out2["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["created"] == false));
+    assert_eq!(
+        orgs.list_accounts().send().await.unwrap().accounts().len(),
+        total_before
+    );
+    let top = orgs
+        .list_organizational_units_for_parent()
+        .parent_id(&root)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(top.organizational_units().len(), 1);
+}
