@@ -4,6 +4,7 @@
 pub mod aws;
 pub mod builtin;
 pub mod requirements;
+pub mod templates;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,12 +28,17 @@ impl Default for Settings {
 
 /// Every plugin and input check of this build.
 pub fn registry(settings: &Settings) -> Registry {
+    let aws = aws::Aws::default();
     let mut r = Registry::new();
     r.register(builtin::Log)
         .register(builtin::Wait)
         .register(builtin::Assert)
         .register(builtin::Exec)
-        .register(aws::org::Org::new(aws::Aws::default()));
+        .register(aws::org::Org::new(aws.clone()))
+        .register(aws::policy::Policy {
+            aws: aws.clone(),
+            templates_dir: settings.templates_dir.clone(),
+        });
     let rules = settings.templates_dir.join("rules");
     r.register_input_check(
         "customer_requirements",

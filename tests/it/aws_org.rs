@@ -25,6 +25,16 @@ steps:
       tags: "{{ inputs.tags }}"
 "#;
 
+const POLICY_STEP: &str = r#"
+  - id: policy
+    uses: policy
+    needs: [org]
+    with:
+      customer: "{{ inputs.customer }}"
+      target_id: "{{ steps.org.outputs.ou_id }}"
+      regions: "{{ inputs.regions }}"
+"#;
+
 fn run_org(sb: &Sandbox, emu: &Emulator) -> serde_json::Value {
     let mut cmd = sb.cmd(&["run", "org.yaml", "--input", "acme.yaml", "--json"]);
     emu.apply(&mut cmd);
@@ -129,4 +139,93 @@ async fn org_creates_the_ou_and_accounts_once_and_a_second_run_changes_nothing()
         .await
         .unwrap();
     assert_eq!(top.organizational_units().len(), 1);
+}
+
+async fn attached(orgs: &aws_sdk_organizations::Client, target: &str) -> Vec<(String, String)> {
+    let page = orgs
+        .list_policies_for_target()
+        .target_id(target)
+        .filter(aws_sdk_organizations::types::PolicyType::ServiceControlPolicy)
+        .send()
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for p in page.policies() {
+        let d = orgs
+            .describe_policy()
+            .policy_id(p.id().unwrap())
+            .send()
+            .await
+            .unwrap();
+        out.push((
+            p.name().unwrap().to_string(),
+            d.policy().unwrap().content().unwrap().to_string(),
+        ));
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_attaches_exactly_the_intended_scps_and_removes_stale_ones() {
+    let emu = Emulator::start();
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.path("templates/rules/baseline")).unwrap();
+    let scp_dir = sb.path("templates/scp");
+    std::fs::create_dir_all(&scp_dir).unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/scp");
+    for e in std::fs::read_dir(&repo).unwrap().flatten() {
+        std::fs::copy(e.path(), scp_dir.join(e.file_name())).unwrap();
+    }
+    sb.write("org.yaml", &format!("{ORG_WORKFLOW}{POLICY_STEP}"));
+    sb.copy("examples/customers/acme.yaml");
+
+    let first = run_org(&sb, &emu);
+    let ou = node(&first, "org")["outputs"]["ou_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let policies = node(&first, "policy")["outputs"]["policies"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(policies.len(), 8);
+    let orgs = emu.organizations().await;
+    let now = attached(&orgs, &ou).await;
+    let ours: Vec<&(String, String)> = now
+        .iter()
+        .filter(|(n, _)| n.starts_with("landfall-acme-"))
+        .collect();
+    assert_eq!(ours.len(), 8, "{now:?}");
+    let guard = ours
+        .iter()
+        .find(|(n, _)| n == "landfall-acme-region-guard")
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&guard.1).unwrap();
+    assert_eq!(
+        doc["Statement"][0]["Condition"]["StringNotEquals"]["aws:RequestedRegion"],
+        serde_json::json!(["us-east-1", "eu-west-1"])
+    );
+
+    // Again: nothing changes.
+    run_org(&sb, &emu);
+    assert_eq!(attached(&orgs, &ou).await, now);
+
+    // A template removed from the set is detached from the OU.
+    std::fs::remove_file(scp_dir.join("require-imdsv2.json.j2")).unwrap();
+    run_org(&sb, &emu);
+    let after = attached(&orgs, &ou).await;
+    assert!(
+        !after
+            .iter()
+            .any(|(n, _)| n == "landfall-acme-require-imdsv2"),
+        "{after:?}"
+    );
+    assert_eq!(
+        after
+            .iter()
+            .filter(|(n, _)| n.starts_with("landfall-acme-"))
+            .count(),
+        7
+    );
 }

@@ -4,3 +4,4 @@ mod aws_org;
 mod cli;
 mod diagnostics;
 mod support;
+mod templates;

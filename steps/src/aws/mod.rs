@@ -9,6 +9,7 @@
 
 pub mod errors;
 pub mod org;
+pub mod policy;
 
 use std::sync::Arc;
 
