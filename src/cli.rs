@@ -126,6 +126,11 @@ pub enum Command {
     },
     /// Print the JSON Schema of workflow files (for editor completion)
     Schema,
+    /// Inspect published packages (versioned, content-addressed CloudFormation sets)
+    Packages {
+        #[command(subcommand)]
+        command: PackagesCommand,
+    },
     /// Inspect the configuration
     Config {
         #[command(subcommand)]
@@ -139,6 +144,35 @@ pub enum ConfigCommand {
     Show {
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PackagesCommand {
+    /// Every package version, newest first
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One version's manifest and files (`acme-baseline@3`, `acme-baseline@latest`)
+    Show {
+        #[arg(value_name = "ID[@VERSION]")]
+        reference: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a version's files and manifest.json into a directory
+    Export {
+        #[arg(value_name = "ID@VERSION")]
+        reference: String,
+        dir: PathBuf,
+    },
+    /// Unified diff between two versions (exit 0 identical, 1 different)
+    Diff {
+        #[arg(value_name = "ID@A")]
+        a: String,
+        #[arg(value_name = "ID@B")]
+        b: String,
     },
 }
 

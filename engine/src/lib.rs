@@ -14,6 +14,7 @@ pub mod events;
 pub mod expr;
 pub mod inputs;
 pub mod lock;
+pub mod package;
 pub mod path;
 pub mod plugin;
 pub mod retry;

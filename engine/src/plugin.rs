@@ -109,6 +109,43 @@ impl StepContext {
         )
     }
 
+    /// Publishes a package in the run's state file (see [`crate::package`]).
+    pub fn publish_package(
+        &self,
+        id: &str,
+        content: &crate::package::PackageContent,
+    ) -> Result<crate::package::Published, StepError> {
+        let store = self
+            .store
+            .as_ref()
+            .ok_or_else(|| StepError::permanent("packages can only be published inside a run"))?;
+        store
+            .publish_package(id, content, Some(&self.run_id))
+            .map_err(|e| StepError::transient(format!("cannot publish package {id}: {e}")))
+    }
+
+    /// Fetches a package version, its digest verified. A corrupt record is a critical error:
+    /// nothing may be deployed from it.
+    pub fn fetch_package(
+        &self,
+        r: &crate::package::PackageRef,
+    ) -> Result<crate::package::Package, StepError> {
+        let store = self
+            .store
+            .as_ref()
+            .ok_or_else(|| StepError::permanent("packages can only be fetched inside a run"))?;
+        match store.package(&r.id, r.version) {
+            Ok(Some(p)) => Ok(p),
+            Ok(None) => Err(StepError::permanent(format!("no package {r}"))),
+            Err(e @ crate::store::StoreError::Corrupt { .. }) => Err(StepError::critical(format!(
+                "package {r} failed its integrity check: {e}"
+            ))),
+            Err(e) => Err(StepError::transient(format!(
+                "cannot read package {r}: {e}"
+            ))),
+        }
+    }
+
     /// Waits until a signal for this node arrives (an approval), the time-out passes
     /// (`Ok(None)`), or the run is cancelled. The node shows as `waiting` meanwhile and holds
     /// no parallelism slot. Signals are durable: one delivered while Landfall was down is

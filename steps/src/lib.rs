@@ -3,6 +3,7 @@
 
 pub mod aws;
 pub mod builtin;
+pub mod package;
 pub mod requirements;
 pub mod templates;
 
@@ -34,6 +35,7 @@ pub fn registry(settings: &Settings) -> Registry {
         .register(builtin::Wait)
         .register(builtin::Assert)
         .register(builtin::Exec)
+        .register(package::PackageStep)
         .register(aws::org::Org::new(aws.clone()))
         .register(aws::policy::Policy {
             aws: aws.clone(),

@@ -3,5 +3,6 @@
 mod aws_org;
 mod cli;
 mod diagnostics;
+mod packages;
 mod support;
 mod templates;

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use super::{AuditEntry, Batch, Store, StoreError};
 use crate::lock::RunLease;
+use crate::package::{Package, PackageContent, Published};
 use crate::state::{NodeRecord, RunRecord, Signal};
 use serde_json::Value;
 
@@ -16,6 +17,7 @@ struct Inner {
     audit: BTreeMap<(String, u64), AuditEntry>,
     signals: BTreeMap<(String, String), Signal>,
     annotations: BTreeMap<(String, String), Value>,
+    packages: BTreeMap<(String, u64), Package>,
 }
 
 #[derive(Default)]
@@ -102,6 +104,66 @@ impl Store for MemStore {
             .take_while(|((r, _), _)| r == run_id)
             .map(|((_, k), v)| (k.clone(), v.clone()))
             .collect())
+    }
+
+    fn publish_package(
+        &self,
+        id: &str,
+        content: &PackageContent,
+        run_id: Option<&str>,
+    ) -> Result<Published, StoreError> {
+        let mut g = self.lock();
+        let digest = content.digest();
+        let mut last = 0;
+        for ((pid, v), p) in g
+            .packages
+            .range((id.to_string(), 0)..=(id.to_string(), u64::MAX))
+        {
+            debug_assert_eq!(pid, id);
+            if p.digest == digest {
+                return Ok(Published {
+                    id: id.into(),
+                    version: *v,
+                    digest,
+                    new: false,
+                });
+            }
+            last = *v;
+        }
+        let version = last + 1;
+        g.packages.insert(
+            (id.to_string(), version),
+            Package {
+                id: id.into(),
+                version,
+                digest: digest.clone(),
+                created_at: chrono::Utc::now(),
+                run_id: run_id.map(str::to_string),
+                content: content.clone(),
+            },
+        );
+        Ok(Published {
+            id: id.into(),
+            version,
+            digest,
+            new: true,
+        })
+    }
+
+    fn package(&self, id: &str, version: Option<u64>) -> Result<Option<Package>, StoreError> {
+        let g = self.lock();
+        let mut range = g
+            .packages
+            .range((id.to_string(), 0)..=(id.to_string(), u64::MAX));
+        let found = match version {
+            Some(v) => range.find(|((_, x), _)| *x == v).map(|(_, p)| p.clone()),
+            None => range.next_back().map(|(_, p)| p.clone()),
+        };
+        found.map(super::verify_package).transpose()
+    }
+
+    fn packages(&self) -> Result<Vec<Package>, StoreError> {
+        Ok(self.lock().packages.values().cloned().collect())
     }
 
     fn lease(&self, _run_id: &str) -> Result<Option<RunLease>, StoreError> {

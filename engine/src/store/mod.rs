@@ -16,6 +16,7 @@ pub use mem::MemStore;
 pub use redb_store::RedbStore;
 
 use crate::lock::RunLease;
+use crate::package::{Package, PackageContent, Published};
 use crate::state::{NodeRecord, RunRecord, Signal};
 use std::collections::BTreeMap;
 
@@ -176,6 +177,21 @@ impl AuditEntry {
     }
 }
 
+/// Checks a stored package against its digest.
+pub fn verify_package(p: Package) -> Result<Package, StoreError> {
+    let actual = p.content.digest();
+    if actual != p.digest {
+        return Err(StoreError::Corrupt {
+            what: format!("package {}@{}", p.id, p.version),
+            message: format!(
+                "its content hashes to {actual}, not to the recorded digest {}",
+                p.digest
+            ),
+        });
+    }
+    Ok(p)
+}
+
 /// Where a chain first breaks.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChainBreak {
@@ -247,6 +263,19 @@ pub trait Store: Send + Sync {
     fn signal(&self, run_id: &str, node_id: &str) -> Result<Option<Signal>, StoreError>;
     /// Every annotation of a run, by key.
     fn annotations(&self, run_id: &str) -> Result<BTreeMap<String, Value>, StoreError>;
+    /// Publishes a package: identical content returns its existing version, new content the
+    /// next version. One transaction.
+    fn publish_package(
+        &self,
+        id: &str,
+        content: &PackageContent,
+        run_id: Option<&str>,
+    ) -> Result<Published, StoreError>;
+    /// A package version (`None` = latest), its digest verified: a mismatch is
+    /// [`StoreError::Corrupt`].
+    fn package(&self, id: &str, version: Option<u64>) -> Result<Option<Package>, StoreError>;
+    /// Every package version, without file contents' check (for listings).
+    fn packages(&self) -> Result<Vec<Package>, StoreError>;
     /// Claims the right to execute a run; `None` while another live process has it.
     fn lease(&self, run_id: &str) -> Result<Option<RunLease>, StoreError>;
     /// Whether a live process is executing the run.

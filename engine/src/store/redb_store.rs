@@ -10,6 +10,7 @@ use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefi
 
 use super::{AuditEntry, Batch, Store, StoreError, SCHEMA_VERSION};
 use crate::lock::{RunLease, RunLocks};
+use crate::package::{Package, PackageContent, Published};
 use crate::state::{NodeRecord, RunRecord, Signal};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -20,6 +21,9 @@ const NODES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("nodes"
 const AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("audit");
 const SIGNALS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("signals");
 const ANNOTATIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("annotations");
+const PACKAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("packages");
+/// (package id, digest) → version: publishing identical content finds its version at once.
+const PACKAGE_DIGESTS: TableDefinition<(&str, &str), u64> = TableDefinition::new("package_digests");
 
 /// One migration: from `version - 1` to `version`.
 type Migration = fn(&redb::WriteTransaction) -> Result<(), StoreError>;
@@ -101,6 +105,8 @@ impl RedbStore {
             tx.open_table(AUDIT)?;
             tx.open_table(SIGNALS)?;
             tx.open_table(ANNOTATIONS)?;
+            tx.open_table(PACKAGES)?;
+            tx.open_table(PACKAGE_DIGESTS)?;
             if fresh {
                 version = SCHEMA_VERSION;
             }
@@ -252,6 +258,91 @@ impl Store for RedbStore {
         Ok(out)
     }
 
+    fn publish_package(
+        &self,
+        id: &str,
+        content: &PackageContent,
+        run_id: Option<&str>,
+    ) -> Result<Published, StoreError> {
+        let digest = content.digest();
+        let tx = self.db.begin_write()?;
+        let published = {
+            let mut digests = tx.open_table(PACKAGE_DIGESTS)?;
+            let existing = digests.get((id, digest.as_str()))?.map(|v| v.value());
+            match existing {
+                Some(version) => Published {
+                    id: id.into(),
+                    version,
+                    digest: digest.clone(),
+                    new: false,
+                },
+                None => {
+                    let mut packages = tx.open_table(PACKAGES)?;
+                    let last = packages
+                        .range((id, 0)..=(id, u64::MAX))?
+                        .next_back()
+                        .transpose()?
+                        .map(|(k, _)| k.value().1)
+                        .unwrap_or(0);
+                    let version = last + 1;
+                    let record = Package {
+                        id: id.into(),
+                        version,
+                        digest: digest.clone(),
+                        created_at: chrono::Utc::now(),
+                        run_id: run_id.map(str::to_string),
+                        content: content.clone(),
+                    };
+                    packages.insert((id, version), encode(&record)?.as_slice())?;
+                    digests.insert((id, digest.as_str()), version)?;
+                    Published {
+                        id: id.into(),
+                        version,
+                        digest: digest.clone(),
+                        new: true,
+                    }
+                }
+            }
+        };
+        tx.commit()?;
+        Ok(published)
+    }
+
+    fn package(&self, id: &str, version: Option<u64>) -> Result<Option<Package>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(PACKAGES)?;
+        let bytes: Option<Vec<u8>> = match version {
+            Some(v) => t.get((id, v))?.map(|x| x.value().to_vec()),
+            None => t
+                .range((id, 0)..=(id, u64::MAX))?
+                .next_back()
+                .transpose()?
+                .map(|(_, x)| x.value().to_vec()),
+        };
+        match bytes {
+            None => Ok(None),
+            Some(b) => {
+                let p: Package = decode(|| format!("package {id}"), &b)?;
+                super::verify_package(p).map(Some)
+            }
+        }
+    }
+
+    fn packages(&self) -> Result<Vec<Package>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(PACKAGES)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let (id, version) = k.value();
+            out.push(decode::<Package>(
+                || format!("package {id}@{version}"),
+                v.value(),
+            )?);
+        }
+        Ok(out)
+    }
+
     fn lease(&self, run_id: &str) -> Result<Option<RunLease>, StoreError> {
         self.locks
             .try_acquire(run_id)
@@ -278,6 +369,18 @@ impl Store for RedbStore {
 }
 
 impl RedbStore {
+    /// Overwrites a stored package record's bytes. Only for tests of tamper detection.
+    #[doc(hidden)]
+    pub fn tamper_package(&self, p: &Package) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(PACKAGES)?;
+            t.insert((p.id.as_str(), p.version), encode(p)?.as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Overwrites one audit entry's bytes. Only for tests of `audit --verify`.
     #[doc(hidden)]
     pub fn tamper_audit(

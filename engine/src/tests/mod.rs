@@ -217,6 +217,24 @@ impl Store for CrashingStore {
     ) -> Result<std::collections::BTreeMap<String, Value>, StoreError> {
         self.inner.annotations(run)
     }
+    fn publish_package(
+        &self,
+        id: &str,
+        content: &crate::package::PackageContent,
+        run_id: Option<&str>,
+    ) -> Result<crate::package::Published, StoreError> {
+        self.inner.publish_package(id, content, run_id)
+    }
+    fn package(
+        &self,
+        id: &str,
+        version: Option<u64>,
+    ) -> Result<Option<crate::package::Package>, StoreError> {
+        self.inner.package(id, version)
+    }
+    fn packages(&self) -> Result<Vec<crate::package::Package>, StoreError> {
+        self.inner.packages()
+    }
     fn lease(&self, id: &str) -> Result<Option<crate::lock::RunLease>, StoreError> {
         self.inner.lease(id)
     }

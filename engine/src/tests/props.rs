@@ -388,3 +388,87 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 }
+
+fn package_content() -> impl Strategy<Value = crate::package::PackageContent> {
+    (
+        json_value(),
+        prop::collection::btree_map("[a-z]{1,8}\\.yaml", ".{0,40}", 0..4),
+    )
+        .prop_map(|(manifest, files)| crate::package::PackageContent { manifest, files })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 100, ..ProptestConfig::default() })]
+
+    /// Feature: agent-onboarding-provisioning, Property 9: Package Versioning Uniqueness.
+    /// For any sequence of publications, each package id's versions are 1, 2, 3… in order of
+    /// first publication of distinct content; publishing identical content returns the
+    /// existing version; no (id, version) ever names two contents.
+    #[test]
+    fn prop9_package_versioning_uniqueness(
+        contents in prop::collection::vec(package_content(), 1..5),
+        ops in prop::collection::vec((0usize..3, 0usize..5), 1..20),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(&dir.path().join("state.redb")).unwrap();
+        let ids = ["acme-baseline", "globex-baseline", "initech-net"];
+        let mut model: HashMap<&str, Vec<String>> = HashMap::new();
+        for (i, c) in ops {
+            let content = &contents[c % contents.len()];
+            let id = ids[i];
+            let got = s.publish_package(id, content, Some("r-1")).unwrap();
+            let versions = model.entry(id).or_default();
+            let digest = content.digest();
+            match versions.iter().position(|d| *d == digest) {
+                Some(pos) => {
+                    prop_assert!(!got.new);
+                    prop_assert_eq!(got.version, pos as u64 + 1);
+                }
+                None => {
+                    versions.push(digest.clone());
+                    prop_assert!(got.new);
+                    prop_assert_eq!(got.version, versions.len() as u64);
+                }
+            }
+            prop_assert_eq!(got.digest, digest);
+        }
+        let all = s.packages().unwrap();
+        let keys: HashSet<(String, u64)> = all.iter().map(|p| (p.id.clone(), p.version)).collect();
+        prop_assert_eq!(keys.len(), all.len());
+    }
+
+    /// Feature: agent-onboarding-provisioning, Property 10: Package Retrieval Correctness.
+    /// Fetching `id@version` returns exactly what was published, `id@latest` the highest
+    /// version, and a record whose content was changed after publication is reported as
+    /// corrupt, never returned.
+    #[test]
+    fn prop10_package_retrieval_correctness(
+        contents in prop::collection::vec(package_content(), 1..5),
+        tamper in any::<prop::sample::Index>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(&dir.path().join("state.redb")).unwrap();
+        let mut published = Vec::new();
+        for c in &contents {
+            let p = s.publish_package("acme-baseline", c, None).unwrap();
+            if p.new {
+                published.push((p.version, c.clone()));
+            }
+        }
+        for (v, c) in &published {
+            let got = s.package("acme-baseline", Some(*v)).unwrap().unwrap();
+            prop_assert_eq!(&got.content, c);
+        }
+        let latest = s.package("acme-baseline", None).unwrap().unwrap();
+        prop_assert_eq!(latest.version, published.len() as u64);
+        prop_assert_eq!(s.package("acme-baseline", Some(99)).unwrap(), None);
+        prop_assert_eq!(s.package("nobody", None).unwrap(), None);
+
+        let (v, _) = &published[tamper.index(published.len())];
+        let mut p = s.package("acme-baseline", Some(*v)).unwrap().unwrap();
+        p.content.files.insert("injected.yaml".into(), "Resources: {}".into());
+        s.tamper_package(&p).unwrap();
+        let fetched = s.package("acme-baseline", Some(*v));
+        prop_assert!(matches!(fetched, Err(crate::store::StoreError::Corrupt { .. })), "{:?}", fetched);
+    }
+}

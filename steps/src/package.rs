@@ -1,0 +1,112 @@
+//! `package`: publish a package to, or fetch one from, the run's state file.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use landfall_engine::package::{valid_package_id, PackageContent, PackageRef};
+use landfall_engine::path::Path;
+use landfall_engine::plugin::ConfigProblem;
+use landfall_engine::{Step, StepContext, StepError};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+pub struct PackageStep;
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(tag = "action", rename_all = "lowercase", deny_unknown_fields)]
+pub enum PackageConfig {
+    /// Publish `files` and `manifest` as a new version of `id` (identical content returns the
+    /// existing version).
+    Publish {
+        /// Package id: lowercase letters, digits, `-` (e.g. `acme-baseline`).
+        id: String,
+        /// Plain data describing the package (stacks, order, parameters).
+        #[serde(default)]
+        manifest: Value,
+        /// Path → text of each file.
+        files: BTreeMap<String, String>,
+    },
+    /// Fetch `id@version` or `id@latest`, digest verified.
+    Fetch {
+        /// `id@3` or `id@latest`.
+        #[serde(rename = "ref")]
+        reference: String,
+    },
+}
+
+#[async_trait]
+impl Step for PackageStep {
+    const NAME: &'static str = "package";
+    const SUMMARY: &'static str =
+        "Publish a versioned, content-addressed package, or fetch one with its digest verified";
+    type Config = PackageConfig;
+
+    fn validate(c: &PackageConfig) -> Vec<ConfigProblem> {
+        match c {
+            PackageConfig::Publish { id, files, .. } => {
+                let mut out = Vec::new();
+                if !valid_package_id(id) {
+                    out.push(ConfigProblem {
+                        path: Path::root().key("id"),
+                        message: format!(
+                            "`{id}` is not a package id (lowercase letters, digits and `-`)"
+                        ),
+                    });
+                }
+                if files.is_empty() {
+                    out.push(ConfigProblem {
+                        path: Path::root().key("files"),
+                        message: "a package needs at least one file".into(),
+                    });
+                }
+                out
+            }
+            PackageConfig::Fetch { reference } => match reference.parse::<PackageRef>() {
+                Ok(_) => Vec::new(),
+                Err(message) => vec![ConfigProblem {
+                    path: Path::root().key("ref"),
+                    message,
+                }],
+            },
+        }
+    }
+
+    async fn run(&self, c: PackageConfig, ctx: StepContext) -> Result<Value, StepError> {
+        match c {
+            PackageConfig::Publish {
+                id,
+                manifest,
+                files,
+            } => {
+                let p = ctx.publish_package(&id, &PackageContent { manifest, files })?;
+                if p.new {
+                    ctx.milestone(
+                        "package_published",
+                        json!({ "id": p.id, "version": p.version, "digest": p.digest }),
+                    );
+                } else {
+                    ctx.log(format!("{}@{} already holds this content", p.id, p.version));
+                }
+                Ok(json!({
+                    "id": p.id,
+                    "version": p.version,
+                    "digest": p.digest,
+                    "new": p.new,
+                    "ref": format!("{}@{}", p.id, p.version),
+                }))
+            }
+            PackageConfig::Fetch { reference } => {
+                let r: PackageRef = reference.parse().map_err(StepError::permanent)?;
+                let p = ctx.fetch_package(&r)?;
+                Ok(json!({
+                    "id": p.id,
+                    "version": p.version,
+                    "digest": p.digest,
+                    "manifest": p.content.manifest,
+                    "files": p.content.files,
+                }))
+            }
+        }
+    }
+}
