@@ -132,6 +132,7 @@ pub async fn run(cli: Cli) -> i32 {
             command: ConfigCommand::Show { json },
         } => app.config_show(json),
         Command::Packages { command } => app.packages(command),
+        Command::Render { requirements, out } => app.render(&requirements, &out),
     };
     match res {
         Ok(code) => code,
@@ -563,6 +564,73 @@ impl App {
             // A corrupt package is the state file's problem, not the user's input.
             Err(e) => Err(Failure::env(e.to_string())),
         }
+    }
+
+    fn render(&self, requirements: &Path, out: &Path) -> Res<i32> {
+        use landfall_steps::requirements::Requirements;
+        let source = read_source(requirements)?;
+        let doc = match source::parse(&source) {
+            Ok((doc, _)) => doc,
+            Err(d) => {
+                let r = Report::new(source, None, vec![d]);
+                eprint!("{}", render::report(&r, render::stderr_color()));
+                return Err(Failure::invalid(""));
+            }
+        };
+        let map = doc.value.as_object().cloned().ok_or_else(|| {
+            Failure::invalid(format!("{}: requirements must be a mapping", source.name))
+        })?;
+        let templates = &self.loaded.config.templates_dir;
+        let req =
+            Requirements::from_inputs(&map, Some(&templates.join("rules"))).map_err(|errs| {
+                for e in &errs {
+                    eprintln!("error[{}]: {}: {e}", codes::INPUT_INVALID, source.name);
+                }
+                Failure::invalid(format!(
+                    "{} problem(s) in {}; nothing rendered",
+                    errs.len(),
+                    source.name
+                ))
+            })?;
+        let built = landfall_steps::cfn::build::build(templates, &req, None, None)
+            .map_err(|e| Failure::invalid(e.message))?;
+        let scps = landfall_steps::aws::policy::render(
+            templates,
+            &serde_json::from_value(json!({
+                "customer": req.customer,
+                "target_id": "(the customer's OU)",
+                "regions": req.regions,
+            }))
+            .map_err(|e| Failure::invalid(e.to_string()))?,
+        )
+        .map_err(|e| Failure::invalid(e.message))?;
+        let mut files = built.files.clone();
+        for s in &scps {
+            let pretty = serde_json::to_string_pretty(&s.document).unwrap_or_default();
+            files.insert(format!("scp/{}.json", s.name), pretty + "\n");
+        }
+        let pkg = Package {
+            id: built.package_id.clone(),
+            version: 0,
+            digest: String::new(),
+            created_at: chrono::Utc::now(),
+            run_id: None,
+            content: landfall_engine::package::PackageContent {
+                manifest: built.manifest.clone(),
+                files,
+            },
+        };
+        export_package(&pkg, out)?;
+        if !self.quiet() {
+            eprintln!(
+                "rendered {} ({} stacks, {} SCPs) into {}",
+                built.package_id,
+                built.files.len(),
+                scps.len(),
+                out.display()
+            );
+        }
+        Ok(EXIT_OK)
     }
 
     fn packages(&self, command: PackagesCommand) -> Res<i32> {

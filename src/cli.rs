@@ -126,6 +126,16 @@ pub enum Command {
     },
     /// Print the JSON Schema of workflow files (for editor completion)
     Schema,
+    /// Render a customer's package (CloudFormation stacks, manifest, SCPs) into a directory,
+    /// without touching AWS
+    Render {
+        /// The customer's requirements (YAML, TOML or JSON)
+        #[arg(value_name = "REQUIREMENTS")]
+        requirements: PathBuf,
+        /// Where to write `stacks/`, `scp/` and `manifest.json`
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Inspect published packages (versioned, content-addressed CloudFormation sets)
     Packages {
         #[command(subcommand)]

@@ -3,6 +3,7 @@
 
 pub mod aws;
 pub mod builtin;
+pub mod cfn;
 pub mod package;
 pub mod requirements;
 pub mod templates;
@@ -36,6 +37,9 @@ pub fn registry(settings: &Settings) -> Registry {
         .register(builtin::Assert)
         .register(builtin::Exec)
         .register(package::PackageStep)
+        .register(cfn::build::CfnBuild {
+            templates_dir: settings.templates_dir.clone(),
+        })
         .register(aws::org::Org::new(aws.clone()))
         .register(aws::policy::Policy {
             aws: aws.clone(),
