@@ -1,22 +1,38 @@
 #!/usr/bin/env bash
-# The main job: run the example workflow end to end, show its status and verify its audit
-# trail. State goes to .landfall/ in the repository (ignored by git).
+# The main job: the example workflow, then onboarding a customer against the local AWS
+# emulator (moto), with status and audit checks. State goes to .landfall/ (ignored by git).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --quiet
 landfall=target/debug/landfall
+stamp=$(date +%Y%m%d%H%M%S)
 
 echo "==> landfall validate"
-"$landfall" validate examples/hello.yaml
+"$landfall" validate examples/hello.yaml workflows/*.yaml
 echo
 echo "==> landfall run examples/hello.yaml --input examples/hello-input.yaml"
-"$landfall" run examples/hello.yaml --input examples/hello-input.yaml --run-id "demo-$(date +%Y%m%d%H%M%S)" --json > .landfall-demo-run.json
-run_id=$(sed -n 's/^  "run_id": "\(.*\)",$/\1/p' .landfall-demo-run.json | head -n1)
-rm -f .landfall-demo-run.json
+"$landfall" run examples/hello.yaml --input examples/hello-input.yaml --run-id "hello-$stamp"
+echo
+
+echo "==> starting the AWS emulator (moto on 127.0.0.1)"
+emulator_dir=.landfall/demo-emulator
+scripts/aws-emulator.sh setup
+eval "$(scripts/aws-emulator.sh start "$emulator_dir")"
+trap 'scripts/aws-emulator.sh stop "$emulator_dir"' EXIT
+echo "    AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL"
+echo
+echo "==> landfall render examples/customers/acme.yaml (what reviewers look at)"
+"$landfall" render examples/customers/acme.yaml --out ".landfall/render-acme-$stamp"
+echo
+echo "==> landfall run workflows/onboarding.yaml --input examples/customers/acme.yaml"
+"$landfall" run workflows/onboarding.yaml --input examples/customers/acme.yaml --run-id "onboard-acme-$stamp"
 echo
 echo "==> landfall status"
 "$landfall" status --limit 5
 echo
-echo "==> landfall audit $run_id --verify"
-"$landfall" audit "$run_id" --verify
+echo "==> landfall packages list"
+"$landfall" packages list
+echo
+echo "==> landfall audit onboard-acme-$stamp --verify"
+"$landfall" audit "onboard-acme-$stamp" --verify

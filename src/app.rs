@@ -604,6 +604,13 @@ impl App {
             .map_err(|e| Failure::invalid(e.to_string()))?,
         )
         .map_err(|e| Failure::invalid(e.message))?;
+        let packs: Vec<std::path::PathBuf> = req
+            .compliance
+            .iter()
+            .map(|p| templates.join("rules").join(p))
+            .collect();
+        let findings =
+            landfall_steps::cfn::validate::check_package(&built.files, &built.manifest, &packs);
         let mut files = built.files.clone();
         for s in &scps {
             let pretty = serde_json::to_string_pretty(&s.document).unwrap_or_default();
@@ -628,6 +635,37 @@ impl App {
                 built.files.len(),
                 scps.len(),
                 out.display()
+            );
+        }
+        for f in &findings {
+            eprintln!(
+                "{}: {} in {}{}: {}\n  fix: {}",
+                match f.severity {
+                    landfall_steps::cfn::validate::Severity::Error => "error",
+                    landfall_steps::cfn::validate::Severity::Warning => "warning",
+                },
+                f.rule,
+                f.stack,
+                f.resource
+                    .as_deref()
+                    .map(|r| format!("/{r}"))
+                    .unwrap_or_default(),
+                f.message,
+                f.fix
+            );
+        }
+        let errors = findings
+            .iter()
+            .filter(|f| f.severity == landfall_steps::cfn::validate::Severity::Error)
+            .count();
+        if errors > 0 {
+            eprintln!("the package has {errors} error finding(s): it would be rejected");
+            return Ok(EXIT_FAILED);
+        }
+        if !self.quiet() {
+            eprintln!(
+                "validation passed (structure, parameters, limits, rule packs: {})",
+                req.compliance.join(", ")
             );
         }
         Ok(EXIT_OK)

@@ -335,7 +335,6 @@ mod tests {
     }
 
     #[test]
-    #[allow(clippy::result_large_err)] // figment's Jail signature
     fn layers_override_in_order() {
         figment::Jail::expect_with(|jail| {
             let dir = jail.directory().to_path_buf();

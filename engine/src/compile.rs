@@ -726,14 +726,16 @@ impl Scope<'_> {
                 ),
                 "run" => {
                     if let Some(field) = second {
-                        if !["id", "started_at", "workflow"].contains(&field) {
+                        if !["id", "started_at", "workflow", "failures"].contains(&field) {
                             diags.push(
                                 Diagnostic::error(
                                     codes::UNKNOWN_VARIABLE,
                                     format!("`run.{field}` does not exist"),
                                 )
                                 .with_path(path.clone())
-                                .with_help("`run` has `id`, `started_at` and `workflow`"),
+                                .with_help(
+                                    "`run` has `id`, `started_at`, `workflow` and `failures`",
+                                ),
                             );
                         }
                     }

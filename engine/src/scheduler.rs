@@ -889,6 +889,28 @@ impl<'a> Execution<'a> {
                 json!({ "status": aggregate_status(&recs), "outputs": outputs, "error": error }),
             );
         }
+        let mut failures: Vec<&NodeRecord> = self
+            .nodes
+            .values()
+            .filter(|n| n.status == NodeStatus::Failed)
+            .collect();
+        failures.sort_by(|a, b| {
+            a.finished_at
+                .cmp(&b.finished_at)
+                .then(a.node_id.cmp(&b.node_id))
+        });
+        let failures: Vec<Value> = failures
+            .iter()
+            .map(|n| {
+                let e = n.error.as_ref();
+                json!({
+                    "node": n.node_id,
+                    "step": n.step_id,
+                    "class": e.map(|e| e.class),
+                    "message": e.map(|e| e.message.clone()),
+                })
+            })
+            .collect();
         let mut ctx = json!({
             "inputs": self.run.inputs,
             "steps": steps,
@@ -896,6 +918,7 @@ impl<'a> Execution<'a> {
                 "id": self.run.run_id,
                 "started_at": self.run.started_at.to_rfc3339(),
                 "workflow": self.wf.name,
+                "failures": failures,
             },
         });
         if let Some(item) = item {

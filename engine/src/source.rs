@@ -4,10 +4,6 @@
 //! a diagnostic found much later (a `needs` naming a missing step) can still point at the exact
 //! text. JSON files go through the YAML parser (JSON is YAML 1.2).
 
-// A syntax error is the rare path and carries a whole located diagnostic; boxing it would
-// only add noise to every caller.
-#![allow(clippy::result_large_err)]
-
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;

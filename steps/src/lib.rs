@@ -4,6 +4,7 @@
 pub mod aws;
 pub mod builtin;
 pub mod cfn;
+pub mod notify;
 pub mod package;
 pub mod requirements;
 pub mod templates;
@@ -37,7 +38,13 @@ pub fn registry(settings: &Settings) -> Registry {
         .register(builtin::Assert)
         .register(builtin::Exec)
         .register(package::PackageStep)
+        .register(notify::Notify {
+            templates_dir: settings.templates_dir.clone(),
+        })
         .register(cfn::build::CfnBuild {
+            templates_dir: settings.templates_dir.clone(),
+        })
+        .register(cfn::validate::CfnValidate {
             templates_dir: settings.templates_dir.clone(),
         })
         .register(aws::org::Org::new(aws.clone()))

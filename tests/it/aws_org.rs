@@ -229,3 +229,95 @@ async fn policy_attaches_exactly_the_intended_scps_and_removes_stale_ones() {
         7
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onboarding_end_to_end_is_idempotent_and_versions_packages() {
+    let emu = Emulator::start();
+    let sb = Sandbox::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = |input: &str| {
+        let mut cmd = sb.cmd(&[
+            "run",
+            root.join("workflows/onboarding.yaml").to_str().unwrap(),
+            "--input",
+            input,
+            "--json",
+        ]);
+        cmd.env("LANDFALL_TEMPLATES_DIR", root.join("templates"));
+        emu.apply(&mut cmd);
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        (
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+            stderr(&out),
+        )
+    };
+    let acme = root.join("examples/customers/acme.yaml");
+    let (first, log) = run(acme.to_str().unwrap());
+    assert!(log.contains("Acme Corp (acme) is onboarded"), "{log}");
+    assert_eq!(node(&first, "notify_failure")["status"], "skipped");
+    let publish = &node(&first, "publish")["outputs"];
+    assert_eq!(publish["ref"], "acme-baseline@1");
+
+    let orgs = emu.organizations().await;
+    let ou = node(&first, "org")["outputs"]["ou_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let attached = orgs
+        .list_policies_for_target()
+        .target_id(&ou)
+        .filter(aws_sdk_organizations::types::PolicyType::ServiceControlPolicy)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        attached
+            .policies()
+            .iter()
+            .filter(|p| p.name().unwrap().starts_with("landfall-acme-"))
+            .count(),
+        8
+    );
+    let accounts_before = orgs.list_accounts().send().await.unwrap().accounts().len();
+    let policies_before = orgs
+        .list_policies()
+        .filter(aws_sdk_organizations::types::PolicyType::ServiceControlPolicy)
+        .send()
+        .await
+        .unwrap()
+        .policies()
+        .len();
+
+    // Again: nothing is duplicated, the package version stays.
+    let (second, _) = run(acme.to_str().unwrap());
+    assert_eq!(
+        node(&second, "publish")["outputs"]["ref"],
+        "acme-baseline@1"
+    );
+    assert_eq!(node(&second, "publish")["outputs"]["new"], false);
+    assert_eq!(
+        orgs.list_accounts().send().await.unwrap().accounts().len(),
+        accounts_before
+    );
+    let policies_after = orgs
+        .list_policies()
+        .filter(aws_sdk_organizations::types::PolicyType::ServiceControlPolicy)
+        .send()
+        .await
+        .unwrap()
+        .policies()
+        .len();
+    assert_eq!(policies_after, policies_before);
+
+    // Changed requirements: a new version appears.
+    let changed = std::fs::read_to_string(&acme)
+        .unwrap()
+        .replace("availability_zones: 2", "availability_zones: 3");
+    sb.write("acme-3az.yaml", &changed);
+    let (third, _) = run(sb.path("acme-3az.yaml").to_str().unwrap());
+    assert_eq!(node(&third, "publish")["outputs"]["ref"], "acme-baseline@2");
+    let diff = sb.run(&["packages", "diff", "acme-baseline@1", "acme-baseline@2"]);
+    assert_eq!(diff.status.code(), Some(1));
+    assert!(stdout(&diff).contains("PublicSubnet2"), "{}", stdout(&diff));
+}

@@ -1,3 +1,7 @@
-//! CloudFormation packages: building them from requirements (and, next, validating them).
+//! CloudFormation packages: building them from requirements, and validating them.
 
 pub mod build;
+pub mod validate;
+
+#[cfg(test)]
+mod props;
