@@ -53,7 +53,9 @@ start() {
   local port
   port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
   # The emulator outlives this script; `stop` (or the test harness) ends it.
-  nohup "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" > "$dir/log" 2>&1 &
+  # AWS-managed IAM policies (ReadOnlyAccess, …) exist in every real account; moto loads them
+  # only when asked.
+  MOTO_IAM_LOAD_MANAGED_POLICIES=true nohup "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" > "$dir/log" 2>&1 &
   echo $! > "$dir/pid"
   echo "$port" > "$dir/port"
   for _ in $(seq 1 150); do

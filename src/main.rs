@@ -3,9 +3,9 @@ use landfall::cli::{Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn init_logs(format: LogFormat, verbose: u8, quiet: bool) {
+    // Progress lines already tell people what failed; logs add detail on request.
     let default = match (quiet, verbose) {
-        (true, _) => "error",
-        (_, 0) => "warn",
+        (true, _) | (_, 0) => "error",
         (_, 1) => "info",
         _ => "debug",
     };

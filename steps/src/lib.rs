@@ -48,6 +48,7 @@ pub fn registry(settings: &Settings) -> Registry {
             templates_dir: settings.templates_dir.clone(),
         })
         .register(aws::org::Org::new(aws.clone()))
+        .register(aws::iam::IamRoles { aws: aws.clone() })
         .register(aws::policy::Policy {
             aws: aws.clone(),
             templates_dir: settings.templates_dir.clone(),

@@ -279,6 +279,48 @@ async fn onboarding_end_to_end_is_idempotent_and_versions_packages() {
             .count(),
         8
     );
+    // Roles exist in each member account, trust only the management account, and the
+    // deployer grants no wildcard action; they do not exist in the management account.
+    let mgmt = node(&first, "org")["outputs"]["management_account_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for a in node(&first, "org")["outputs"]["accounts"]
+        .as_array()
+        .unwrap()
+    {
+        let iam = emu.iam_in(a["id"].as_str().unwrap()).await;
+        for role in ["landfall-deployer", "landfall-verifier"] {
+            let r = iam.get_role().role_name(role).send().await.unwrap();
+            let trust = r.role().unwrap().assume_role_policy_document().unwrap();
+            let trust = percent_decode(trust);
+            assert!(
+                trust.contains(&format!("arn:aws:iam::{mgmt}:root")),
+                "{trust}"
+            );
+        }
+        let p = iam
+            .get_role_policy()
+            .role_name("landfall-deployer")
+            .policy_name("landfall-deployer-permissions")
+            .send()
+            .await
+            .unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_str(&percent_decode(p.policy_document())).unwrap();
+        for st in doc["Statement"].as_array().unwrap() {
+            for action in st["Action"].as_array().unwrap() {
+                assert!(!action.as_str().unwrap().contains('*'), "{action}");
+            }
+        }
+    }
+    assert!(emu
+        .iam()
+        .get_role()
+        .role_name("landfall-deployer")
+        .send()
+        .await
+        .is_err());
     let accounts_before = orgs.list_accounts().send().await.unwrap().accounts().len();
     let policies_before = orgs
         .list_policies()
@@ -320,4 +362,11 @@ async fn onboarding_end_to_end_is_idempotent_and_versions_packages() {
     let diff = sb.run(&["packages", "diff", "acme-baseline@1", "acme-baseline@2"]);
     assert_eq!(diff.status.code(), Some(1));
     assert!(stdout(&diff).contains("PublicSubnet2"), "{}", stdout(&diff));
+}
+
+fn percent_decode(s: &str) -> String {
+    // IAM returns policy documents URL-encoded.
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .to_string()
 }

@@ -164,6 +164,52 @@ impl Emulator {
     }
 }
 
+impl Emulator {
+    fn sdk_config(&self) -> aws_config::SdkConfig {
+        aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(self.endpoint())
+            .credentials_provider(aws_sdk_iam::config::SharedCredentialsProvider::new(
+                aws_sdk_iam::config::Credentials::new("testing", "testing", None, None, "test"),
+            ))
+            .build()
+    }
+
+    /// IAM of the management account (the emulator's default credentials).
+    pub fn iam(&self) -> aws_sdk_iam::Client {
+        aws_sdk_iam::Client::new(&self.sdk_config())
+    }
+
+    /// IAM inside a member account, through OrganizationAccountAccessRole, as an operator
+    /// would check it.
+    pub async fn iam_in(&self, account_id: &str) -> aws_sdk_iam::Client {
+        let conf = self.sdk_config();
+        let out = aws_sdk_sts::Client::new(&conf)
+            .assume_role()
+            .role_arn(format!(
+                "arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole"
+            ))
+            .role_session_name("test")
+            .send()
+            .await
+            .expect("assume role");
+        let c = out.credentials().expect("credentials");
+        let creds = aws_sdk_iam::config::Credentials::new(
+            c.access_key_id(),
+            c.secret_access_key(),
+            Some(c.session_token().to_string()),
+            None,
+            "test",
+        );
+        aws_sdk_iam::Client::from_conf(
+            aws_sdk_iam::config::Builder::from(&conf)
+                .credentials_provider(creds)
+                .build(),
+        )
+    }
+}
+
 impl Drop for Emulator {
     fn drop(&mut self) {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));

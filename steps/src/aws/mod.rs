@@ -8,6 +8,7 @@
 //! longer", not as a failure.
 
 pub mod errors;
+pub mod iam;
 pub mod org;
 pub mod policy;
 
@@ -38,5 +39,41 @@ impl Aws {
 
     pub async fn organizations(&self) -> aws_sdk_organizations::Client {
         aws_sdk_organizations::Client::new(self.config().await)
+    }
+
+    /// An IAM client acting inside a member account, through `role_name` there (assumed from
+    /// the management account). `session` names the session in CloudTrail.
+    pub async fn iam_in(
+        &self,
+        account_id: &str,
+        role_name: &str,
+        session: &str,
+    ) -> Result<aws_sdk_iam::Client, landfall_engine::StepError> {
+        let conf = self.config().await;
+        let arn = format!("arn:aws:iam::{account_id}:role/{role_name}");
+        let session: String = format!("landfall-{}", session.chars().take(32).collect::<String>());
+        let out = aws_sdk_sts::Client::new(conf)
+            .assume_role()
+            .role_arn(&arn)
+            .role_session_name(session)
+            .send()
+            .await
+            .map_err(|e| errors::step_error("AssumeRole", e))?;
+        let c = out.credentials().ok_or_else(|| {
+            landfall_engine::StepError::transient(format!(
+                "AssumeRole {arn} returned no credentials"
+            ))
+        })?;
+        let creds = aws_sdk_iam::config::Credentials::new(
+            c.access_key_id(),
+            c.secret_access_key(),
+            Some(c.session_token().to_string()),
+            std::time::SystemTime::try_from(*c.expiration()).ok(),
+            "landfall-assume-role",
+        );
+        let iam_conf = aws_sdk_iam::config::Builder::from(conf)
+            .credentials_provider(creds)
+            .build();
+        Ok(aws_sdk_iam::Client::from_conf(iam_conf))
     }
 }

@@ -1,0 +1,543 @@
+//! `iam`: Landfall's roles in each member account, least privilege by construction.
+//!
+//! In each account (reached by assuming `OrganizationAccountAccessRole` from the management
+//! account) it ensures `landfall-deployer`, whose permissions are *derived* from the resource
+//! types of the package (a table type → actions; a type without an entry is an error, never a
+//! guess, and no statement grants `*` on `*`), and `landfall-verifier`, read-only. Both trust
+//! only the management account. After writing, it reads both roles back and compares.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use async_trait::async_trait;
+use aws_sdk_iam::Client as Iam;
+use landfall_engine::{Step, StepContext, StepError};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::errors::step_error;
+use super::Aws;
+
+pub const DEPLOYER_ROLE: &str = "landfall-deployer";
+pub const VERIFIER_ROLE: &str = "landfall-verifier";
+const DEPLOYER_POLICY: &str = "landfall-deployer-permissions";
+const VERIFIER_POLICY_ARN: &str = "arn:aws:iam::aws:policy/ReadOnlyAccess";
+
+/// What CloudFormation needs to create, update, tag and delete each resource type.
+pub const ACTIONS: &[(&str, &[&str])] = &[
+    (
+        "AWS::EC2::VPC",
+        &[
+            "ec2:CreateVpc",
+            "ec2:DeleteVpc",
+            "ec2:DescribeVpcs",
+            "ec2:DescribeVpcAttribute",
+            "ec2:ModifyVpcAttribute",
+            "ec2:CreateTags",
+            "ec2:DeleteTags",
+        ],
+    ),
+    (
+        "AWS::EC2::Subnet",
+        &[
+            "ec2:CreateSubnet",
+            "ec2:DeleteSubnet",
+            "ec2:DescribeSubnets",
+            "ec2:ModifySubnetAttribute",
+            "ec2:DescribeAvailabilityZones",
+            "ec2:CreateTags",
+            "ec2:DeleteTags",
+        ],
+    ),
+    (
+        "AWS::EC2::InternetGateway",
+        &[
+            "ec2:CreateInternetGateway",
+            "ec2:DeleteInternetGateway",
+            "ec2:DescribeInternetGateways",
+            "ec2:CreateTags",
+        ],
+    ),
+    (
+        "AWS::EC2::VPCGatewayAttachment",
+        &[
+            "ec2:AttachInternetGateway",
+            "ec2:DetachInternetGateway",
+            "ec2:DescribeInternetGateways",
+        ],
+    ),
+    (
+        "AWS::EC2::RouteTable",
+        &[
+            "ec2:CreateRouteTable",
+            "ec2:DeleteRouteTable",
+            "ec2:DescribeRouteTables",
+            "ec2:CreateTags",
+        ],
+    ),
+    (
+        "AWS::EC2::Route",
+        &[
+            "ec2:CreateRoute",
+            "ec2:DeleteRoute",
+            "ec2:ReplaceRoute",
+            "ec2:DescribeRouteTables",
+        ],
+    ),
+    (
+        "AWS::EC2::SubnetRouteTableAssociation",
+        &[
+            "ec2:AssociateRouteTable",
+            "ec2:DisassociateRouteTable",
+            "ec2:DescribeRouteTables",
+        ],
+    ),
+    (
+        "AWS::EC2::EIP",
+        &[
+            "ec2:AllocateAddress",
+            "ec2:ReleaseAddress",
+            "ec2:DescribeAddresses",
+            "ec2:CreateTags",
+        ],
+    ),
+    (
+        "AWS::EC2::NatGateway",
+        &[
+            "ec2:CreateNatGateway",
+            "ec2:DeleteNatGateway",
+            "ec2:DescribeNatGateways",
+            "ec2:CreateTags",
+        ],
+    ),
+    (
+        "AWS::EC2::SecurityGroup",
+        &[
+            "ec2:CreateSecurityGroup",
+            "ec2:DeleteSecurityGroup",
+            "ec2:DescribeSecurityGroups",
+            "ec2:AuthorizeSecurityGroupIngress",
+            "ec2:AuthorizeSecurityGroupEgress",
+            "ec2:RevokeSecurityGroupIngress",
+            "ec2:RevokeSecurityGroupEgress",
+            "ec2:CreateTags",
+        ],
+    ),
+    (
+        "AWS::KMS::Key",
+        &[
+            "kms:CreateKey",
+            "kms:DescribeKey",
+            "kms:EnableKeyRotation",
+            "kms:GetKeyRotationStatus",
+            "kms:GetKeyPolicy",
+            "kms:PutKeyPolicy",
+            "kms:ScheduleKeyDeletion",
+            "kms:TagResource",
+            "kms:UntagResource",
+            "kms:ListResourceTags",
+            "kms:UpdateKeyDescription",
+        ],
+    ),
+    (
+        "AWS::S3::Bucket",
+        &[
+            "s3:CreateBucket",
+            "s3:DeleteBucket",
+            "s3:ListBucket",
+            "s3:GetBucketLocation",
+            "s3:GetEncryptionConfiguration",
+            "s3:PutEncryptionConfiguration",
+            "s3:GetBucketVersioning",
+            "s3:PutBucketVersioning",
+            "s3:GetBucketPublicAccessBlock",
+            "s3:PutBucketPublicAccessBlock",
+            "s3:GetBucketTagging",
+            "s3:PutBucketTagging",
+        ],
+    ),
+    (
+        "AWS::SNS::Topic",
+        &[
+            "sns:CreateTopic",
+            "sns:DeleteTopic",
+            "sns:GetTopicAttributes",
+            "sns:SetTopicAttributes",
+            "sns:TagResource",
+            "sns:ListTagsForResource",
+        ],
+    ),
+    (
+        "AWS::Logs::LogGroup",
+        &[
+            "logs:CreateLogGroup",
+            "logs:DeleteLogGroup",
+            "logs:DescribeLogGroups",
+            "logs:PutRetentionPolicy",
+            "logs:DeleteRetentionPolicy",
+            "logs:AssociateKmsKey",
+            "logs:TagResource",
+            "logs:ListTagsForResource",
+        ],
+    ),
+    (
+        "AWS::IAM::Role",
+        &[
+            "iam:CreateRole",
+            "iam:DeleteRole",
+            "iam:GetRole",
+            "iam:UpdateRole",
+            "iam:UpdateRoleDescription",
+            "iam:UpdateAssumeRolePolicy",
+            "iam:AttachRolePolicy",
+            "iam:DetachRolePolicy",
+            "iam:PutRolePolicy",
+            "iam:DeleteRolePolicy",
+            "iam:GetRolePolicy",
+            "iam:ListAttachedRolePolicies",
+            "iam:ListRolePolicies",
+            "iam:TagRole",
+            "iam:UntagRole",
+        ],
+    ),
+];
+
+/// What the deployer needs of CloudFormation itself, on the customer's stacks only.
+pub const CLOUDFORMATION_ACTIONS: &[&str] = &[
+    "cloudformation:CreateStack",
+    "cloudformation:UpdateStack",
+    "cloudformation:DeleteStack",
+    "cloudformation:DescribeStacks",
+    "cloudformation:DescribeStackEvents",
+    "cloudformation:DescribeStackResources",
+    "cloudformation:ListStackResources",
+    "cloudformation:GetTemplate",
+    "cloudformation:CreateChangeSet",
+    "cloudformation:DescribeChangeSet",
+    "cloudformation:ExecuteChangeSet",
+    "cloudformation:DeleteChangeSet",
+    "cloudformation:CancelUpdateStack",
+    "cloudformation:ContinueUpdateRollback",
+];
+
+/// The deployer's policy document for a package's resource types.
+pub fn deployer_policy(resource_types: &[String], stack_prefix: &str) -> Result<Value, StepError> {
+    let table: BTreeMap<&str, &[&str]> = ACTIONS.iter().copied().collect();
+    let mut by_service: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+    let mut unknown = Vec::new();
+    for t in resource_types {
+        match table.get(t.as_str()) {
+            Some(actions) => {
+                for a in actions.iter() {
+                    let service = a.split(':').next().unwrap_or_default().to_string();
+                    by_service.entry(service).or_default().insert(a);
+                }
+            }
+            None => unknown.push(t.clone()),
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(StepError::permanent(format!(
+            "no least-privilege mapping for resource type(s) {}; add them to the table in steps/src/aws/iam.rs",
+            unknown.join(", ")
+        )));
+    }
+    let mut statements = vec![json!({
+        "Sid": "ManageTheCustomersStacks",
+        "Effect": "Allow",
+        "Action": CLOUDFORMATION_ACTIONS,
+        "Resource": [
+            format!("arn:aws:cloudformation:*:*:stack/{stack_prefix}*/*"),
+            format!("arn:aws:cloudformation:*:*:changeSet/{stack_prefix}*/*"),
+        ],
+    })];
+    for (service, actions) in by_service {
+        // IAM changes stay on the customer's own roles; other services' resource ARNs are
+        // generated by CloudFormation and cannot be known in advance.
+        let resource = if service == "iam" {
+            json!(format!("arn:aws:iam::*:role/{stack_prefix}*"))
+        } else {
+            json!("*")
+        };
+        let sid: String = format!("Deploy{}", service.to_uppercase());
+        statements.push(json!({
+            "Sid": sid,
+            "Effect": "Allow",
+            "Action": actions,
+            "Resource": resource,
+        }));
+    }
+    Ok(json!({ "Version": "2012-10-17", "Statement": statements }))
+}
+
+fn trust_policy(management_account_id: &str) -> Value {
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": { "AWS": format!("arn:aws:iam::{management_account_id}:root") },
+            "Action": "sts:AssumeRole",
+        }],
+    })
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct IamAccount {
+    pub name: String,
+    pub id: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IamConfig {
+    /// Member accounts (`steps.org.outputs.accounts`): name and id of each.
+    pub accounts: Vec<IamAccount>,
+    /// The management account (`steps.org.outputs.management_account_id`): the only principal
+    /// the roles trust.
+    pub management_account_id: String,
+    /// The package's resource types (`manifest.resource_types`).
+    pub resource_types: Vec<String>,
+    /// Stack and role name prefix the deployer is confined to (e.g. `acme-`).
+    pub stack_prefix: String,
+    /// Role to assume in member accounts.
+    #[serde(default = "default_member_role")]
+    pub member_role_name: String,
+}
+
+fn default_member_role() -> String {
+    "OrganizationAccountAccessRole".into()
+}
+
+pub struct IamRoles {
+    pub aws: Aws,
+}
+
+fn decode_policy(text: &str) -> Result<Value, StepError> {
+    // IAM returns policy documents URL-encoded.
+    let decoded = percent_encoding::percent_decode_str(text).decode_utf8_lossy();
+    serde_json::from_str(&decoded)
+        .map_err(|e| StepError::permanent(format!("IAM returned a policy that is not JSON: {e}")))
+}
+
+async fn ensure_role(
+    iam: &Iam,
+    name: &str,
+    trust: &Value,
+    description: &str,
+) -> Result<String, StepError> {
+    let trust_text = trust.to_string();
+    match iam.get_role().role_name(name).send().await {
+        Ok(r) => {
+            let role = r
+                .role()
+                .ok_or_else(|| StepError::transient("GetRole returned no role"))?;
+            let current = role
+                .assume_role_policy_document()
+                .map(decode_policy)
+                .transpose()?;
+            if current.as_ref() != Some(trust) {
+                iam.update_assume_role_policy()
+                    .role_name(name)
+                    .policy_document(&trust_text)
+                    .send()
+                    .await
+                    .map_err(|e| step_error("UpdateAssumeRolePolicy", e))?;
+            }
+            Ok(role.arn().to_string())
+        }
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_no_such_entity_exception()) =>
+        {
+            let tag = aws_sdk_iam::types::Tag::builder()
+                .key("managed-by")
+                .value("landfall")
+                .build()
+                .map_err(|e| StepError::permanent(e.to_string()))?;
+            let created = iam
+                .create_role()
+                .role_name(name)
+                .assume_role_policy_document(&trust_text)
+                .description(description)
+                .max_session_duration(3600)
+                .tags(tag)
+                .send()
+                .await
+                .map_err(|e| step_error("CreateRole", e))?;
+            Ok(created
+                .role()
+                .map(|r| r.arn().to_string())
+                .unwrap_or_default())
+        }
+        Err(e) => Err(step_error("GetRole", e)),
+    }
+}
+
+#[async_trait]
+impl Step for IamRoles {
+    const NAME: &'static str = "iam";
+    const SUMMARY: &'static str =
+        "Ensure Landfall's deployer (permissions derived from the package) and verifier roles in each account";
+    type Config = IamConfig;
+
+    async fn run(&self, c: IamConfig, ctx: StepContext) -> Result<Value, StepError> {
+        let policy = deployer_policy(&c.resource_types, &c.stack_prefix)?;
+        let trust = trust_policy(&c.management_account_id);
+        let mut out = Vec::new();
+        for account in &c.accounts {
+            let iam = self
+                .aws
+                .iam_in(&account.id, &c.member_role_name, &ctx.idempotency_key)
+                .await?;
+            let deployer = ensure_role(
+                &iam,
+                DEPLOYER_ROLE,
+                &trust,
+                "Landfall deploys the customer's stacks with this role",
+            )
+            .await?;
+            iam.put_role_policy()
+                .role_name(DEPLOYER_ROLE)
+                .policy_name(DEPLOYER_POLICY)
+                .policy_document(policy.to_string())
+                .send()
+                .await
+                .map_err(|e| step_error("PutRolePolicy", e))?;
+            let verifier = ensure_role(
+                &iam,
+                VERIFIER_ROLE,
+                &trust,
+                "Landfall verifies deployed resources with this read-only role",
+            )
+            .await?;
+            iam.attach_role_policy()
+                .role_name(VERIFIER_ROLE)
+                .policy_arn(VERIFIER_POLICY_ARN)
+                .send()
+                .await
+                .map_err(|e| step_error("AttachRolePolicy", e))?;
+
+            // Read back what AWS holds.
+            let stored = iam
+                .get_role_policy()
+                .role_name(DEPLOYER_ROLE)
+                .policy_name(DEPLOYER_POLICY)
+                .send()
+                .await
+                .map_err(|e| step_error("GetRolePolicy", e))?;
+            if decode_policy(stored.policy_document())? != policy {
+                return Err(StepError::transient(format!(
+                    "the deployer policy in {} does not read back as written",
+                    account.name
+                )));
+            }
+            for role in [DEPLOYER_ROLE, VERIFIER_ROLE] {
+                let r = iam
+                    .get_role()
+                    .role_name(role)
+                    .send()
+                    .await
+                    .map_err(|e| step_error("GetRole", e))?;
+                let doc = r
+                    .role()
+                    .and_then(|r| r.assume_role_policy_document())
+                    .map(decode_policy)
+                    .transpose()?;
+                if doc.as_ref() != Some(&trust) {
+                    return Err(StepError::transient(format!(
+                        "{role} in {} does not trust exactly the management account",
+                        account.name
+                    )));
+                }
+            }
+            let attached = iam
+                .list_attached_role_policies()
+                .role_name(VERIFIER_ROLE)
+                .send()
+                .await
+                .map_err(|e| step_error("ListAttachedRolePolicies", e))?;
+            if !attached
+                .attached_policies()
+                .iter()
+                .any(|p| p.policy_arn() == Some(VERIFIER_POLICY_ARN))
+            {
+                return Err(StepError::transient(format!(
+                    "{VERIFIER_ROLE} in {} is not read-only as intended",
+                    account.name
+                )));
+            }
+            out.push(json!({
+                "account": account.name,
+                "account_id": account.id,
+                "deployer_role_arn": deployer,
+                "verifier_role_arn": verifier,
+            }));
+        }
+        let actions: usize = policy["Statement"]
+            .as_array()
+            .map(|s| {
+                s.iter()
+                    .map(|x| x["Action"].as_array().map_or(1, Vec::len))
+                    .sum()
+            })
+            .unwrap_or(0);
+        Ok(json!({ "roles": out, "deployer_actions": actions, "deployer_policy": policy }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_types_are_refused_not_guessed() {
+        let e = deployer_policy(&["AWS::Lambda::Function".into()], "acme-").unwrap_err();
+        assert!(e.message.contains("AWS::Lambda::Function"));
+    }
+
+    #[test]
+    fn iam_actions_are_confined_to_the_customers_roles() {
+        let p = deployer_policy(&["AWS::IAM::Role".into()], "acme-").unwrap();
+        let iam = p["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["Sid"] == "DeployIAM")
+            .unwrap();
+        assert_eq!(iam["Resource"], "arn:aws:iam::*:role/acme-*");
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 100, ..ProptestConfig::default() })]
+
+        /// Feature: agent-onboarding-provisioning, Property 18: IAM Least Privilege.
+        /// For any set of the package's resource types, no statement grants `*` (or a service
+        /// wildcard) on `*`, and every granted action is needed by one of the types or is one
+        /// of CloudFormation's own stack actions.
+        #[test]
+        fn prop18_iam_least_privilege(pick in prop::sample::subsequence(ACTIONS.iter().map(|(t, _)| t.to_string()).collect::<Vec<_>>(), 0..ACTIONS.len())) {
+            let p = deployer_policy(&pick, "acme-").unwrap();
+            let needed: BTreeSet<&str> = ACTIONS
+                .iter()
+                .filter(|(t, _)| pick.iter().any(|x| x == t))
+                .flat_map(|(_, a)| a.iter().copied())
+                .chain(CLOUDFORMATION_ACTIONS.iter().copied())
+                .collect();
+            for s in p["Statement"].as_array().unwrap() {
+                let actions: Vec<&str> = s["Action"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+                prop_assert!(!actions.is_empty());
+                for a in actions {
+                    prop_assert!(!a.contains('*'), "wildcard action {}", a);
+                    prop_assert!(needed.contains(a), "{} is granted but no resource type needs it", a);
+                }
+                prop_assert_eq!(&s["Effect"], "Allow");
+            }
+        }
+    }
+}
