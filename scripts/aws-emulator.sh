@@ -54,8 +54,9 @@ start() {
   port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
   # The emulator outlives this script; `stop` (or the test harness) ends it.
   # AWS-managed IAM policies (ReadOnlyAccess, …) exist in every real account; moto loads them
-  # only when asked.
-  MOTO_IAM_LOAD_MANAGED_POLICIES=true nohup "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" > "$dir/log" 2>&1 &
+  # only when asked (and it costs about a second per new account; tests that create many
+  # accounts and need no IAM set MOTO_IAM_LOAD_MANAGED_POLICIES=false).
+  MOTO_IAM_LOAD_MANAGED_POLICIES="${MOTO_IAM_LOAD_MANAGED_POLICIES:-true}" nohup "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" > "$dir/log" 2>&1 &
   echo $! > "$dir/pid"
   echo "$port" > "$dir/port"
   for _ in $(seq 1 150); do

@@ -4,5 +4,6 @@ mod aws_org;
 mod cli;
 mod diagnostics;
 mod packages;
+mod props_aws;
 mod support;
 mod templates;

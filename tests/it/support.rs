@@ -110,6 +110,12 @@ pub struct Emulator {
 
 impl Emulator {
     pub fn start() -> Self {
+        Self::start_with(true)
+    }
+
+    /// `managed_policies: false` skips loading AWS-managed IAM policies into every new
+    /// account (much faster for tests that create many accounts and use no IAM).
+    pub fn start_with(managed_policies: bool) -> Self {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         assert!(
             root.join(".venv/bin/moto_server").exists(),
@@ -119,6 +125,10 @@ impl Emulator {
         let out = Command::new(root.join("scripts/aws-emulator.sh"))
             .arg("start")
             .arg(dir.path())
+            .env(
+                "MOTO_IAM_LOAD_MANAGED_POLICIES",
+                managed_policies.to_string(),
+            )
             .output()
             .expect("run scripts/aws-emulator.sh");
         assert!(
@@ -165,6 +175,16 @@ impl Emulator {
 }
 
 impl Emulator {
+    /// Landfall's AWS access, pointed at this emulator, for running plugins in-process.
+    pub fn landfall_aws(&self) -> landfall_steps::aws::Aws {
+        let conf = self
+            .sdk_config()
+            .into_builder()
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .build();
+        landfall_steps::aws::Aws::from_config(conf)
+    }
+
     fn sdk_config(&self) -> aws_config::SdkConfig {
         aws_config::SdkConfig::builder()
             .behavior_version(aws_config::BehaviorVersion::latest())

@@ -26,6 +26,16 @@ pub struct Aws {
 }
 
 impl Aws {
+    /// Uses an explicit configuration instead of the standard chain (tests, embedding).
+    pub fn from_config(config: SdkConfig) -> Self {
+        let cell = OnceCell::new();
+        // A fresh cell cannot be full; `set` only fails then.
+        let _ = cell.set(config);
+        Aws {
+            config: Arc::new(cell),
+        }
+    }
+
     pub async fn config(&self) -> &SdkConfig {
         self.config
             .get_or_init(|| async {
