@@ -196,6 +196,10 @@ impl Emulator {
             .build()
     }
 
+    pub fn cloudformation(&self) -> aws_sdk_cloudformation::Client {
+        aws_sdk_cloudformation::Client::new(&self.sdk_config())
+    }
+
     /// IAM of the management account (the emulator's default credentials).
     pub fn iam(&self) -> aws_sdk_iam::Client {
         aws_sdk_iam::Client::new(&self.sdk_config())
