@@ -534,13 +534,26 @@ impl App {
         let mut out = String::new();
         for info in infos {
             out.push_str(&format!("{}\n    {}\n", info.name, info.summary));
-            let required: Vec<&str> = info.schema["required"]
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            if let Some(props) = info.schema["properties"].as_object() {
-                for (name, p) in props {
-                    let ty = schema_type(&info.schema, p);
+            // A plugin whose `with` has variants (`action: publish | fetch`) lists each.
+            let variants: Vec<&Value> = match info.schema["oneOf"].as_array() {
+                Some(v) => v.iter().collect(),
+                None => vec![&info.schema],
+            };
+            for variant in variants {
+                let required: Vec<&str> = variant["required"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                if info.schema["oneOf"].is_array() {
+                    if let Some(doc) = variant["description"].as_str() {
+                        out.push_str(&format!("    — {}\n", doc.replace('\n', " ")));
+                    }
+                }
+                for (name, p) in variant["properties"].as_object().into_iter().flatten() {
+                    let ty = match p["const"].as_str().or_else(|| p["enum"][0].as_str()) {
+                        Some(c) => format!("{c:?}"),
+                        None => schema_type(&info.schema, p),
+                    };
                     let req = if required.contains(&name.as_str()) {
                         " (required)"
                     } else {
