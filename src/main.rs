@@ -1,3 +1,6 @@
+//! The `landfall` binary: parse the command line, set up logs and the runtime, run, exit
+//! with the command's code.
+
 use clap::Parser;
 use landfall::cli::{Cli, LogFormat};
 use tracing_subscriber::EnvFilter;

@@ -7,3 +7,4 @@ mod packages;
 mod props_aws;
 mod support;
 mod templates;
+mod tidy;

@@ -1,3 +1,6 @@
+//! Scheduler behaviour, example by example: failure branches, conditions, fan-out, retries,
+//! critical errors, time-outs, interrupt and resume, cancel, run ids, breakers, signals.
+
 use super::*;
 use crate::state::{RunStatus, SkipReason};
 use crate::store::verify_chain;
