@@ -51,6 +51,18 @@ pub enum Environment {
     Sandbox,
 }
 
+impl Environment {
+    /// The name used in files, tags and parameters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Production => "production",
+            Environment::Staging => "staging",
+            Environment::Development => "development",
+            Environment::Sandbox => "sandbox",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum NatGateways {

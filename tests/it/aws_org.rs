@@ -2,20 +2,7 @@
 
 use crate::support::*;
 
-const ORG_WORKFLOW: &str = r#"
-name: org-only
-input_check: customer_requirements
-inputs:
-  customer: { type: string }
-  display_name: { type: string }
-  contact_email: { type: string }
-  accounts: { type: array }
-  regions: { type: array }
-  network: { type: object }
-  budget: { type: object, required: false }
-  compliance: { type: array, default: [] }
-  stakeholders: { type: object, default: {} }
-  tags: { type: object, default: {} }
+const ORG_STEPS: &str = r#"
 steps:
   - id: org
     uses: org
@@ -35,6 +22,10 @@ const POLICY_STEP: &str = r#"
       regions: "{{ inputs.regions }}"
 "#;
 
+fn org_workflow(more_steps: &str) -> String {
+    format!("name: org-only{REQUIREMENTS_INPUTS}{ORG_STEPS}{more_steps}")
+}
+
 fn run_org(sb: &Sandbox, emu: &Emulator) -> serde_json::Value {
     let mut cmd = sb.cmd(&["run", "org.yaml", "--input", "acme.yaml", "--json"]);
     emu.apply(&mut cmd);
@@ -48,7 +39,7 @@ async fn org_creates_the_ou_and_accounts_once_and_a_second_run_changes_nothing()
     let emu = Emulator::start();
     let sb = Sandbox::new();
     std::fs::create_dir_all(sb.path("templates/rules/baseline")).unwrap();
-    sb.write("org.yaml", ORG_WORKFLOW);
+    sb.write("org.yaml", &org_workflow(""));
     sb.copy("examples/customers/acme.yaml");
 
     let first = run_org(&sb, &emu);
@@ -177,7 +168,7 @@ async fn policy_attaches_exactly_the_intended_scps_and_removes_stale_ones() {
     for e in std::fs::read_dir(&repo).unwrap().flatten() {
         std::fs::copy(e.path(), scp_dir.join(e.file_name())).unwrap();
     }
-    sb.write("org.yaml", &format!("{ORG_WORKFLOW}{POLICY_STEP}"));
+    sb.write("org.yaml", &org_workflow(POLICY_STEP));
     sb.copy("examples/customers/acme.yaml");
 
     let first = run_org(&sb, &emu);

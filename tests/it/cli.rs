@@ -480,20 +480,7 @@ steps:
     assert!(!stdout(&audit).contains("hunter2"));
 }
 
-const REQUIREMENTS_WORKFLOW: &str = r#"
-name: requirements-only
-input_check: customer_requirements
-inputs:
-  customer: { type: string }
-  display_name: { type: string }
-  contact_email: { type: string }
-  accounts: { type: array }
-  regions: { type: array }
-  network: { type: object }
-  budget: { type: object, required: false }
-  compliance: { type: array, default: [] }
-  stakeholders: { type: object, default: {} }
-  tags: { type: object, default: {} }
+const REQUIREMENTS_STEPS: &str = r#"
 steps:
   - { id: hello, uses: log, with: { message: "{{ inputs.display_name }} has {{ inputs.accounts | length }} accounts" } }
 "#;
@@ -502,7 +489,10 @@ steps:
 fn invalid_customer_requirements_are_refused_with_field_paths() {
     let sb = Sandbox::new();
     std::fs::create_dir_all(sb.path("templates/rules/baseline")).unwrap();
-    sb.write("req.yaml", REQUIREMENTS_WORKFLOW);
+    sb.write(
+        "req.yaml",
+        &format!("name: requirements-only{REQUIREMENTS_INPUTS}{REQUIREMENTS_STEPS}"),
+    );
     let good = sb.copy("examples/customers/acme.yaml");
     let out = sb.run(&["run", "req.yaml", "--input", good.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

@@ -243,3 +243,19 @@ impl Drop for Emulator {
             .output();
     }
 }
+
+/// The `inputs:` block of a workflow that takes a customer's requirements.
+pub const REQUIREMENTS_INPUTS: &str = r#"
+input_check: customer_requirements
+inputs:
+  customer: { type: string }
+  display_name: { type: string }
+  contact_email: { type: string }
+  accounts: { type: array }
+  regions: { type: array }
+  network: { type: object }
+  budget: { type: object, required: false }
+  compliance: { type: array, default: [] }
+  stakeholders: { type: object, default: {} }
+  tags: { type: object, default: {} }
+"#;

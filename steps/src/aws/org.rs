@@ -106,15 +106,6 @@ fn tags(base: &BTreeMap<String, String>, extra: &[(&str, &str)]) -> Result<Vec<T
         .collect()
 }
 
-fn env_name(e: Environment) -> &'static str {
-    match e {
-        Environment::Production => "production",
-        Environment::Staging => "staging",
-        Environment::Development => "development",
-        Environment::Sandbox => "sandbox",
-    }
-}
-
 #[async_trait]
 impl Step for Org {
     const NAME: &'static str = "org";
@@ -158,7 +149,7 @@ impl Step for Org {
                 &[
                     ("managed-by", "landfall"),
                     ("customer", &c.customer),
-                    ("environment", env_name(a.environment)),
+                    ("environment", a.environment.as_str()),
                 ],
             )?;
             let found = existing

@@ -17,7 +17,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::requirements::{Environment, Requirements};
+use crate::requirements::Requirements;
 use crate::templates::TemplateSet;
 
 /// Stacks of the default package, in deployment order.
@@ -85,15 +85,6 @@ pub struct Built {
     pub package_id: String,
     pub manifest: Value,
     pub files: BTreeMap<String, String>,
-}
-
-fn env_name(e: Environment) -> &'static str {
-    match e {
-        Environment::Production => "production",
-        Environment::Staging => "staging",
-        Environment::Development => "development",
-        Environment::Sandbox => "sandbox",
-    }
 }
 
 /// Renders the package for `req`. Pure: no AWS.
@@ -174,7 +165,7 @@ pub fn build(
                 "email": a.email,
                 "environment": a.environment,
                 "regions": req.regions,
-                "parameters": { "Environment": env_name(a.environment) },
+                "parameters": { "Environment": a.environment.as_str() },
             })
         })
         .collect();
