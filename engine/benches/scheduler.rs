@@ -53,7 +53,7 @@ fn layered(layers: usize, width: usize) -> String {
     y
 }
 
-fn run(store: Arc<dyn Store>, yaml: &str, max_parallel: usize) -> (Duration, usize) {
+fn run(store: Arc<dyn Store>, yaml: &str, max_parallel: usize) -> (Duration, usize, u64) {
     let mut reg = Registry::new();
     reg.register(Noop);
     let reg = Arc::new(reg);
@@ -89,7 +89,17 @@ fn run(store: Arc<dyn Store>, yaml: &str, max_parallel: usize) -> (Duration, usi
             .expect("execute")
     });
     assert_eq!(out.status, RunStatus::Succeeded);
-    (start.elapsed(), n)
+    let elapsed = start.elapsed();
+    let commits = engine
+        .store
+        .audit(&out.run_id)
+        .expect("audit")
+        .iter()
+        .rev()
+        .find(|e| e.draft.kind == "run_finished")
+        .and_then(|e| e.draft.details["commits"].as_u64())
+        .unwrap_or(0);
+    (elapsed, n, commits)
 }
 
 fn fsync_latency(dir: &std::path::Path) -> Duration {
@@ -141,9 +151,9 @@ fn main() {
         if which == "redb" {
             break;
         }
-        let (d, n) = run(Arc::new(MemStore::new()), &yaml, max_parallel);
+        let (d, n, commits) = run(Arc::new(MemStore::new()), &yaml, max_parallel);
         println!(
-            "(a) in-memory store, round {round}: {n} nodes in {:.1} ms = {:.2} µs/node",
+            "(a) in-memory store, round {round}: {n} nodes in {:.1} ms = {:.2} µs/node ({commits} commits)",
             d.as_secs_f64() * 1e3,
             d.as_secs_f64() * 1e6 / n as f64
         );
@@ -154,10 +164,10 @@ fn main() {
         }
         let db = dir.path().join(format!("bench-{round}.redb"));
         let store = Arc::new(RedbStore::open(&db).expect("open redb"));
-        let (d, n) = run(store, &yaml, max_parallel);
+        let (d, n, commits) = run(store, &yaml, max_parallel);
         let size = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
         println!(
-            "(b) redb store, durable, round {round}: {n} nodes in {:.1} ms = {:.2} µs/node (file {:.1} MiB)",
+            "(b) redb store, durable, round {round}: {n} nodes in {:.1} ms = {:.2} µs/node ({commits} commits, file {:.1} MiB)",
             d.as_secs_f64() * 1e3,
             d.as_secs_f64() * 1e6 / n as f64,
             size as f64 / 1048576.0

@@ -290,6 +290,8 @@ struct Execution<'a> {
     stopping: Option<RunStatus>,
     failed: bool,
     resumed: bool,
+    /// Durable commits made by this execution.
+    commits: u64,
 }
 
 fn aggregate_status(recs: &[&NodeRecord]) -> NodeStatus {
@@ -390,6 +392,7 @@ impl<'a> Execution<'a> {
             stopping: None,
             failed: false,
             resumed,
+            commits: 0,
         }
     }
 
@@ -613,12 +616,14 @@ impl<'a> Execution<'a> {
         }
         self.batch.runs.push(self.run.clone());
         let counts = self.counts();
+        // `commits` counts this process's durable commits for the run (group commit at work).
+        let commits = self.commits + 1;
         self.audit(
             None,
             "run_finished",
-            json!({ "status": status, "nodes": counts }),
+            json!({ "status": status, "nodes": counts, "commits": commits }),
         );
-        tracing::info!(run = %self.run.run_id, status = status.as_str(), "Run finished");
+        tracing::info!(run = %self.run.run_id, status = status.as_str(), commits, "Run finished");
         self.events.push(RunEvent::RunFinished {
             run_id: self.run.run_id.clone(),
             status,
@@ -676,6 +681,7 @@ impl<'a> Execution<'a> {
             }
         }
         if !batch.is_empty() {
+            self.commits += 1;
             let store = Arc::clone(&self.engine.store);
             // On the multi-threaded runtime, commit in place: tokio moves this worker's other
             // tasks away meanwhile, and the scheduler saves a thread hand-off per turn.
