@@ -164,6 +164,23 @@ impl App {
         self.cli_global.quiet
     }
 
+    /// For commands that only read: a missing state file means "nothing yet", and is not
+    /// created.
+    fn existing_store(&self) -> Res<Option<Arc<RedbStore>>> {
+        if self.loaded.config.db.exists() {
+            self.open_store().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn no_state(&self, what: &str) -> Failure {
+        Failure::invalid(format!(
+            "no {what}: there is no state file at {} yet",
+            self.loaded.config.db.display()
+        ))
+    }
+
     fn open_store(&self) -> Res<Arc<RedbStore>> {
         RedbStore::open(&self.loaded.config.db)
             .map(Arc::new)
@@ -310,7 +327,9 @@ impl App {
     }
 
     async fn resume(&self, run_id: &str, json: bool) -> Res<i32> {
-        let store = self.open_store()?;
+        let store = self
+            .existing_store()?
+            .ok_or_else(|| self.no_state(&format!("run `{run_id}`")))?;
         let record = store
             .run(run_id)
             .map_err(|e| Failure::env(e.to_string()))?
@@ -404,7 +423,20 @@ impl App {
     }
 
     fn status(&self, run_id: Option<&str>, json: bool, limit: usize) -> Res<i32> {
-        let store = self.open_store()?;
+        let Some(store) = self.existing_store()? else {
+            if let Some(id) = run_id {
+                return Err(self.no_state(&format!("run `{id}`")));
+            }
+            if json {
+                print_json(&Value::Array(Vec::new()));
+            } else {
+                eprintln!(
+                    "no runs yet (no state file at {})",
+                    self.loaded.config.db.display()
+                );
+            }
+            return Ok(EXIT_OK);
+        };
         if let Some(id) = run_id {
             let doc = run_json(store.as_ref(), id, &self.registry)?;
             if json {
@@ -462,7 +494,9 @@ impl App {
     }
 
     fn audit(&self, run_id: &str, verify: bool, json: bool) -> Res<i32> {
-        let store = self.open_store()?;
+        let store = self
+            .existing_store()?
+            .ok_or_else(|| self.no_state(&format!("run `{run_id}`")))?;
         if store
             .run(run_id)
             .map_err(|e| Failure::env(e.to_string()))?
@@ -685,7 +719,20 @@ impl App {
     }
 
     fn packages(&self, command: PackagesCommand) -> Res<i32> {
-        let store = self.open_store()?;
+        let Some(store) = self.existing_store()? else {
+            if let PackagesCommand::List { json } = command {
+                if json {
+                    print_json(&Value::Array(Vec::new()));
+                } else {
+                    eprintln!(
+                        "no packages yet (no state file at {})",
+                        self.loaded.config.db.display()
+                    );
+                }
+                return Ok(EXIT_OK);
+            }
+            return Err(self.no_state("package"));
+        };
         match command {
             PackagesCommand::List { json } => {
                 let mut all = store.packages().map_err(|e| Failure::env(e.to_string()))?;

@@ -529,3 +529,19 @@ fn invalid_customer_requirements_are_refused_with_field_paths() {
         "the refused run was not recorded"
     );
 }
+
+#[test]
+fn reading_commands_never_create_a_state_file() {
+    let sb = Sandbox::new();
+    assert_eq!(sb.json(&["status", "--json"]), json!([]));
+    assert_eq!(sb.json(&["packages", "list", "--json"]), json!([]));
+    let out = sb.run(&["status", "r-nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no state file"), "{}", stderr(&out));
+    assert_eq!(
+        sb.run(&["audit", "r-nope", "--verify"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(sb.run(&["resume", "r-nope"]).status.code(), Some(2));
+    assert!(!sb.path(".landfall").exists());
+}
