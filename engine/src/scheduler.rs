@@ -953,7 +953,7 @@ impl<'a> Execution<'a> {
 
     /// Attempts that hold a parallelism slot.
     fn busy(&self) -> usize {
-        self.live.len() - self.waiting.len()
+        self.live.len().saturating_sub(self.waiting.len())
     }
 
     fn begin_attempt(&mut self, mut rec: NodeRecord) {
