@@ -174,6 +174,19 @@ impl App {
         }
     }
 
+    /// A listing when there is no state file yet: `[]` or a sentence.
+    fn empty_listing(&self, what: &str, json: bool) -> i32 {
+        if json {
+            print_json(&Value::Array(Vec::new()));
+        } else {
+            eprintln!(
+                "no {what} yet (no state file at {})",
+                self.loaded.config.db.display()
+            );
+        }
+        EXIT_OK
+    }
+
     fn no_state(&self, what: &str) -> Failure {
         Failure::invalid(format!(
             "no {what}: there is no state file at {} yet",
@@ -427,15 +440,7 @@ impl App {
             if let Some(id) = run_id {
                 return Err(self.no_state(&format!("run `{id}`")));
             }
-            if json {
-                print_json(&Value::Array(Vec::new()));
-            } else {
-                eprintln!(
-                    "no runs yet (no state file at {})",
-                    self.loaded.config.db.display()
-                );
-            }
-            return Ok(EXIT_OK);
+            return Ok(self.empty_listing("runs", json));
         };
         if let Some(id) = run_id {
             let doc = run_json(store.as_ref(), id, &self.registry)?;
@@ -721,15 +726,7 @@ impl App {
     fn packages(&self, command: PackagesCommand) -> Res<i32> {
         let Some(store) = self.existing_store()? else {
             if let PackagesCommand::List { json } = command {
-                if json {
-                    print_json(&Value::Array(Vec::new()));
-                } else {
-                    eprintln!(
-                        "no packages yet (no state file at {})",
-                        self.loaded.config.db.display()
-                    );
-                }
-                return Ok(EXIT_OK);
+                return Ok(self.empty_listing("packages", json));
             }
             return Err(self.no_state("package"));
         };
