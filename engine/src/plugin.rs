@@ -54,6 +54,10 @@ pub struct StepContext {
     pub idempotency_key: String,
     /// Cancelled when the run is cancelled, fails critically, or the attempt times out.
     pub cancel: CancellationToken,
+    /// When the engine will cut this attempt off (attempt or step time-out), if ever. Steps
+    /// that wait on the outside world stop a little earlier, so they can fail with what they
+    /// saw (e.g. a stack's last events) instead of being cut off silently.
+    pub deadline: Option<tokio::time::Instant>,
     signals: Option<mpsc::UnboundedSender<(String, StepSignal)>>,
     store: Option<Arc<dyn Store>>,
 }
@@ -86,9 +90,16 @@ impl StepContext {
             step_id: step_id.into(),
             attempt,
             cancel,
+            deadline: None,
             signals,
             store: None,
         }
+    }
+
+    /// Sets when the engine will cut this attempt off.
+    pub fn with_deadline(mut self, deadline: Option<tokio::time::Instant>) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     /// Gives the step read access to signals delivered to it (see [`Self::wait_signal`]).
@@ -410,6 +421,10 @@ fn stand_in(root: &Value, schema: &Value) -> Option<Value> {
     if let Some(c) = schema.get("const") {
         return Some(c.clone());
     }
+    // A default is a valid value of the right shape (e.g. a duration written as text).
+    if let Some(d) = schema.get("default").filter(|d| !d.is_null()) {
+        return Some(d.clone());
+    }
     if let Some(first) = schema
         .get("enum")
         .and_then(Value::as_array)
@@ -431,7 +446,18 @@ fn stand_in(root: &Value, schema: &Value) -> Option<Value> {
         "integer" | "number" => Value::from(0),
         "boolean" => Value::Bool(false),
         "array" => Value::Array(Vec::new()),
-        "object" => Value::Object(Default::default()),
+        // A template standing for a whole object (`target: "{{ item }}"`) is checked when
+        // rendered; until then its required fields stand in, each by its own type.
+        "object" => {
+            let props = schema.get("properties");
+            let required = schema.get("required").and_then(Value::as_array);
+            let mut m = serde_json::Map::new();
+            for k in required.into_iter().flatten().filter_map(Value::as_str) {
+                let field = props.and_then(|p| p.get(k)).unwrap_or(&Value::Null);
+                m.insert(k.to_string(), stand_in(root, field).unwrap_or(Value::Null));
+            }
+            Value::Object(m)
+        }
         _ => Value::Null,
     })
 }

@@ -429,6 +429,11 @@ impl<'a> Execution<'a> {
         if to == NodeStatus::Failed {
             if let Some(e) = &rec.error {
                 details["error"] = json!({ "class": e.class, "message": e.message });
+                // The cause a plugin attached (failed stack events, request ids) belongs in
+                // the audit log, not only in the node record.
+                if !e.context.is_null() {
+                    details["error"]["context"] = e.context.clone();
+                }
             }
         }
         if let Some(r) = rec.skip_reason {
@@ -885,9 +890,9 @@ impl<'a> Execution<'a> {
             let error = recs
                 .iter()
                 .find_map(|r| {
-                    r.error.as_ref().map(
-                        |e| json!({ "class": e.class, "message": e.message, "node": r.node_id }),
-                    )
+                    r.error.as_ref().map(|e| {
+                        json!({ "class": e.class, "message": e.message, "node": r.node_id, "context": e.context })
+                    })
                 })
                 .unwrap_or(Value::Null);
             steps.insert(
@@ -914,6 +919,7 @@ impl<'a> Execution<'a> {
                     "step": n.step_id,
                     "class": e.map(|e| e.class),
                     "message": e.map(|e| e.message.clone()),
+                    "context": e.map(|e| e.context.clone()),
                 })
             })
             .collect();
@@ -1017,6 +1023,11 @@ impl<'a> Execution<'a> {
             return self.finish(rec, Err(err));
         };
         let cancel = CancellationToken::new();
+        let mut limit = step.attempt_timeout;
+        if let Some(d) = self.deadlines.get(&node) {
+            let left = d.saturating_duration_since(Instant::now());
+            limit = Some(limit.map_or(left, |l| l.min(left)));
+        }
         let ctx = StepContext::new(
             self.run.run_id.clone(),
             node.clone(),
@@ -1025,12 +1036,8 @@ impl<'a> Execution<'a> {
             cancel.clone(),
             Some(self.sig_tx.clone()),
         )
-        .with_store(Arc::clone(&self.engine.store));
-        let mut limit = step.attempt_timeout;
-        if let Some(d) = self.deadlines.get(&node) {
-            let left = d.saturating_duration_since(Instant::now());
-            limit = Some(limit.map_or(left, |l| l.min(left)));
-        }
+        .with_store(Arc::clone(&self.engine.store))
+        .with_deadline(limit.map(|l| tokio::time::Instant::now() + l));
         let breaker = self.engine.breakers.get(&step.circuit, self.wf.breaker);
         let key = step.circuit.clone();
         let tx = self.tx.clone();

@@ -49,6 +49,10 @@ pub fn registry(settings: &Settings) -> Registry {
         })
         .register(aws::org::Org::new(aws.clone()))
         .register(aws::iam::IamRoles { aws: aws.clone() })
+        .register(aws::targets::Targets { aws: aws.clone() })
+        .register(aws::stack::deploy::Deploy { aws: aws.clone() })
+        .register(aws::stack::verify::Verify { aws: aws.clone() })
+        .register(aws::stack::rollback::Rollback { aws: aws.clone() })
         .register(aws::policy::Policy {
             aws: aws.clone(),
             templates_dir: settings.templates_dir.clone(),

@@ -47,6 +47,30 @@ const TRANSIENT_CODES: &[&str] = &[
     "PENDING_BUSINESS_VALIDATION",
 ];
 
+/// The transient codes that mean "slow down" rather than "broken".
+const THROTTLING_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "SlowDown",
+];
+
+/// Whether a classified error is throttling (a poller waits longer instead of failing).
+pub fn is_throttling(e: &StepError) -> bool {
+    e.context
+        .get("code")
+        .and_then(serde_json::Value::as_str)
+        .is_some_and(|c| THROTTLING_CODES.contains(&c))
+        || e.context
+            .get("http_status")
+            .and_then(serde_json::Value::as_u64)
+            == Some(429)
+}
+
 /// Error codes that make continuing anything unsafe or pointless for the whole run.
 const CRITICAL_CODES: &[&str] = &[
     "ACCOUNT_LIMIT_EXCEEDED",
@@ -105,10 +129,27 @@ where
     let text = match (&code, &message) {
         (Some(c), Some(m)) => format!("{operation}: {c}: {m}"),
         (Some(c), None) => format!("{operation}: {c}"),
-        (None, _) => format!(
-            "{operation}: {}",
-            aws_smithy_types::error::display::DisplayErrorContext(&err)
-        ),
+        // A service answer without an error code (e.g. an HTML error page): the status says
+        // enough; the raw response would flood logs and messages.
+        (None, _) if kind == Kind::Service || kind == Kind::Response => match status {
+            Some(s) => format!("{operation}: HTTP {s} with an unreadable error response"),
+            None => format!("{operation}: unreadable response"),
+        },
+        (None, _) => {
+            let mut text = format!(
+                "{operation}: {}",
+                aws_smithy_types::error::display::DisplayErrorContext(&err)
+            );
+            if text.len() > 300 {
+                let mut cut = 300;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text.truncate(cut);
+                text.push('…');
+            }
+            text
+        }
     };
     StepError::new(class, text).with_context(json!({
         "operation": operation,
@@ -166,6 +207,18 @@ mod tests {
             );
         }
         assert_eq!(classify(Kind::Construction, None, None), Permanent);
+    }
+
+    #[test]
+    fn throttling_is_recognised_from_the_context() {
+        let e = StepError::transient("x")
+            .with_context(json!({ "code": "Throttling", "http_status": 400 }));
+        assert!(is_throttling(&e));
+        let e = StepError::transient("x").with_context(json!({ "code": null, "http_status": 429 }));
+        assert!(is_throttling(&e));
+        let e = StepError::transient("x")
+            .with_context(json!({ "code": "InternalFailure", "http_status": 500 }));
+        assert!(!is_throttling(&e));
     }
 
     #[test]

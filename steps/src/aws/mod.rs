@@ -11,11 +11,14 @@ pub mod errors;
 pub mod iam;
 pub mod org;
 pub mod policy;
+pub mod stack;
+pub mod targets;
 
 use std::sync::Arc;
 
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
+use landfall_engine::{ErrorClass, StepError};
 use tokio::sync::OnceCell;
 
 /// SDK configuration, loaded once on first use (profiles, environment, SSO, `AWS_PROFILE`,
@@ -58,7 +61,60 @@ impl Aws {
         account_id: &str,
         role_name: &str,
         session: &str,
-    ) -> Result<aws_sdk_iam::Client, landfall_engine::StepError> {
+    ) -> Result<aws_sdk_iam::Client, StepError> {
+        let (conf, creds) = self.assume(account_id, role_name, session).await?;
+        let c = aws_sdk_iam::config::Builder::from(conf)
+            .credentials_provider(creds)
+            .build();
+        Ok(aws_sdk_iam::Client::from_conf(c))
+    }
+
+    /// A CloudFormation client in `region` of a member account, through `role_name` there.
+    pub async fn cloudformation_in(
+        &self,
+        account_id: &str,
+        role_name: &str,
+        region: &str,
+        session: &str,
+    ) -> Result<aws_sdk_cloudformation::Client, StepError> {
+        let (conf, creds) = self.assume(account_id, role_name, session).await?;
+        let c = aws_sdk_cloudformation::config::Builder::from(conf)
+            .credentials_provider(creds)
+            .region(aws_config::Region::new(region.to_string()))
+            .build();
+        Ok(aws_sdk_cloudformation::Client::from_conf(c))
+    }
+
+    /// Like [`Self::cloudformation_in`], trying each role in turn: the next is tried only when
+    /// the previous one may not be assumed (access denied), never on a transient failure.
+    pub async fn cloudformation_via(
+        &self,
+        account_id: &str,
+        roles: &[String],
+        region: &str,
+        session: &str,
+    ) -> Result<(aws_sdk_cloudformation::Client, String), StepError> {
+        let mut last = StepError::permanent("no role to assume was given");
+        for role in roles {
+            match self
+                .cloudformation_in(account_id, role, region, session)
+                .await
+            {
+                Ok(c) => return Ok((c, role.clone())),
+                Err(e) if e.class == ErrorClass::Permanent => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// Temporary credentials for `role_name` in `account_id`.
+    async fn assume(
+        &self,
+        account_id: &str,
+        role_name: &str,
+        session: &str,
+    ) -> Result<(&SdkConfig, aws_credential_types::Credentials), StepError> {
         let conf = self.config().await;
         let arn = format!("arn:aws:iam::{account_id}:role/{role_name}");
         let session: String = format!("landfall-{}", session.chars().take(32).collect::<String>());
@@ -70,20 +126,15 @@ impl Aws {
             .await
             .map_err(|e| errors::step_error("AssumeRole", e))?;
         let c = out.credentials().ok_or_else(|| {
-            landfall_engine::StepError::transient(format!(
-                "AssumeRole {arn} returned no credentials"
-            ))
+            StepError::transient(format!("AssumeRole {arn} returned no credentials"))
         })?;
-        let creds = aws_sdk_iam::config::Credentials::new(
+        let creds = aws_credential_types::Credentials::new(
             c.access_key_id(),
             c.secret_access_key(),
             Some(c.session_token().to_string()),
             std::time::SystemTime::try_from(*c.expiration()).ok(),
             "landfall-assume-role",
         );
-        let iam_conf = aws_sdk_iam::config::Builder::from(conf)
-            .credentials_provider(creds)
-            .build();
-        Ok(aws_sdk_iam::Client::from_conf(iam_conf))
+        Ok((conf, creds))
     }
 }

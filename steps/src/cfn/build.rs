@@ -144,10 +144,18 @@ pub fn build(
             .and_then(Value::as_object)
             .map(|p| p.keys().cloned().collect())
             .unwrap_or_default();
+        // IAM is global: such a stack deploys once per account (in the home region), or its
+        // named roles would collide between regions.
+        let global = resources.values().any(|r| {
+            r.get("Type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.starts_with("AWS::IAM::"))
+        });
         let path = format!("stacks/{name}.yaml");
         stack_entries.push(json!({
             "name": name,
             "order": order + 1,
+            "scope": if global { "account" } else { "region" },
             "template": path,
             "template_digest": sha256_hex(text.as_bytes()),
             "parameters": { "Customer": req.customer },

@@ -1,0 +1,8 @@
+//! CloudFormation stacks in the customer's accounts: what to deploy where (`plan`), following
+//! an operation (`monitor`), and the `deploy`, `verify` and `rollback` plugins.
+
+pub mod deploy;
+pub mod monitor;
+pub mod plan;
+pub mod rollback;
+pub mod verify;
