@@ -17,6 +17,8 @@ pub struct Progress {
 struct State {
     known: usize,
     done: usize,
+    /// Per node, the last quarter (0–4) of progress printed as a line.
+    quarters: std::collections::HashMap<String, u32>,
 }
 
 impl Progress {
@@ -36,6 +38,7 @@ impl Progress {
             state: Mutex::new(State {
                 known: steps,
                 done: 0,
+                quarters: Default::default(),
             }),
         }
     }
@@ -130,11 +133,57 @@ impl Observer for Progress {
                 message,
                 ..
             } => {
+                let text = format!(
+                    "{node} {percent:.0}% {}",
+                    message.clone().unwrap_or_default()
+                );
                 if let Some(b) = &self.bar {
-                    b.set_message(format!(
-                        "{node} {percent:.0}% {}",
-                        message.clone().unwrap_or_default()
-                    ));
+                    b.set_message(text);
+                    return;
+                }
+                // Without a terminal: a line at each quarter, so logs show movement without
+                // a line per event.
+                let quarter = (*percent / 25.0).floor() as u32;
+                let new = {
+                    let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                    let last = st.quarters.entry(node.clone()).or_insert(0);
+                    let new = quarter > *last;
+                    *last = (*last).max(quarter);
+                    new
+                };
+                if new {
+                    self.line(format!("    {text}"));
+                }
+            }
+            RunEvent::Milestone {
+                node, kind, data, ..
+            } => {
+                let s = |k: &str| data[k].as_str().unwrap_or_default().to_string();
+                let text = match kind.as_str() {
+                    "stack_started" => Some(format!(
+                        "{} {} in {}/{}",
+                        s("action"),
+                        s("stack"),
+                        s("account"),
+                        s("region")
+                    )),
+                    "stack_finished" => Some(format!(
+                        "{} {} in {}/{}",
+                        s("stack"),
+                        s("status"),
+                        s("account"),
+                        s("region")
+                    )),
+                    "rollback_started" => Some(format!(
+                        "rolling back {} ({}): {}",
+                        s("stack"),
+                        s("status"),
+                        s("action")
+                    )),
+                    _ => None,
+                };
+                if let Some(t) = text {
+                    self.line(format!("    {node}: {t}"));
                 }
             }
             RunEvent::BreakerChanged { key, from, to } => {

@@ -484,6 +484,13 @@ impl Registry {
         self
     }
 
+    /// Registers an object-safe plugin under `name` (its `info().name` should agree); for
+    /// plugins built at run time, such as stand-ins in tests of a whole workflow.
+    pub fn register_plugin(&mut self, name: &'static str, plugin: Arc<dyn Plugin>) -> &mut Self {
+        self.plugins.insert(name, plugin);
+        self
+    }
+
     pub fn register_input_check(&mut self, name: &'static str, check: InputCheck) -> &mut Self {
         self.input_checks.insert(name, check);
         self

@@ -5,6 +5,8 @@ mod cli;
 mod diagnostics;
 mod packages;
 mod props_aws;
+mod props_provisioning;
+mod provisioning;
 mod support;
 mod templates;
 mod tidy;

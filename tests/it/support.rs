@@ -205,6 +205,39 @@ impl Emulator {
         aws_sdk_iam::Client::new(&self.sdk_config())
     }
 
+    /// CloudFormation in a member account's region, through OrganizationAccountAccessRole,
+    /// as an operator would look.
+    pub async fn cloudformation_in(
+        &self,
+        account_id: &str,
+        region: &str,
+    ) -> aws_sdk_cloudformation::Client {
+        let conf = self.sdk_config();
+        let out = aws_sdk_sts::Client::new(&conf)
+            .assume_role()
+            .role_arn(format!(
+                "arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole"
+            ))
+            .role_session_name("test")
+            .send()
+            .await
+            .expect("assume role");
+        let c = out.credentials().expect("credentials");
+        let creds = aws_sdk_cloudformation::config::Credentials::new(
+            c.access_key_id(),
+            c.secret_access_key(),
+            Some(c.session_token().to_string()),
+            None,
+            "test",
+        );
+        aws_sdk_cloudformation::Client::from_conf(
+            aws_sdk_cloudformation::config::Builder::from(&conf)
+                .credentials_provider(creds)
+                .region(aws_config::Region::new(region.to_string()))
+                .build(),
+        )
+    }
+
     /// IAM inside a member account, through OrganizationAccountAccessRole, as an operator
     /// would check it.
     pub async fn iam_in(&self, account_id: &str) -> aws_sdk_iam::Client {

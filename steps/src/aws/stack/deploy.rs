@@ -330,9 +330,16 @@ impl Job {
 
     fn observe(&self, slot: usize, e: &Ev) {
         let mut b = self.board.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, t)) = b.stacks.get_mut(slot) {
-            t.observe(e);
-        }
+        let Some((name, t)) = b.stacks.get_mut(slot) else {
+            return;
+        };
+        t.observe(e);
+        let (done, of) = t.counts();
+        let what = format!(
+            "{name}: {done}/{of} resources ({} {})",
+            e.logical_id, e.status
+        );
+        b.report(&self.ctx, &what);
     }
 
     fn finish(&self, slot: usize, success: bool, what: &str) {
@@ -403,6 +410,9 @@ impl Job {
                 | "UPDATE_ROLLBACK_COMPLETE"
                 | "IMPORT_COMPLETE"
                 | "IMPORT_ROLLBACK_COMPLETE" => {
+                    // Written by this run already (an attempt cut off by a crash): the
+                    // stack is this run's work, adopted rather than "unchanged".
+                    adopted |= tag_of(&stack, TAG_RUN) == Some(self.ctx.run_id.as_str());
                     if self.same(p, &params, &stack).await? {
                         self.finish(slot, true, &format!("{} unchanged", p.name));
                         return Ok(StackResult {

@@ -6,3 +6,8 @@ pub mod monitor;
 pub mod plan;
 pub mod rollback;
 pub mod verify;
+
+#[cfg(test)]
+mod props;
+#[cfg(test)]
+mod replay;

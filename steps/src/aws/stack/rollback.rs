@@ -219,7 +219,7 @@ pub struct StackRollback {
     pub left_behind: Vec<String>,
 }
 
-async fn roll_back_stack(
+pub(crate) async fn roll_back_stack(
     cfn: &Client,
     p: &StackPlan,
     c: &RollbackConfig,
