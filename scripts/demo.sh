@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job: the example workflow, then onboarding a customer against the local AWS
-# emulator (moto), with status and audit checks. State goes to .landfall/ (ignored by git).
+# The main job: the example workflow, then onboarding a customer and provisioning its package
+# into the customer's accounts against the local AWS emulator (moto), with status and audit
+# checks. Slack messages are printed on the console. State goes to .landfall/ (ignored by git).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,15 @@ echo
 echo "==> landfall run workflows/onboarding.yaml --input examples/customers/acme.yaml"
 "$landfall" run workflows/onboarding.yaml --input examples/customers/acme.yaml --run-id "onboard-acme-$stamp"
 echo
+echo "==> landfall run workflows/provisioning.yaml --set package=acme-baseline@latest --set customer=acme"
+# The emulator finishes stacks at once; a shorter first look keeps the demo quick.
+"$landfall" run workflows/provisioning.yaml --set package=acme-baseline@latest --set customer=acme \
+  --set poll_initial=2s --set 'stakeholders=["#acme-onboarding"]' --run-id "provision-acme-$stamp"
+echo
+echo "==> landfall run workflows/provisioning.yaml … again: nothing changes"
+"$landfall" run workflows/provisioning.yaml --set package=acme-baseline@latest --set customer=acme \
+  --set poll_initial=2s --run-id "provision-acme-again-$stamp"
+echo
 echo "==> landfall status"
 "$landfall" status --limit 5
 echo
@@ -36,3 +46,6 @@ echo "==> landfall packages list"
 echo
 echo "==> landfall audit onboard-acme-$stamp --verify"
 "$landfall" audit "onboard-acme-$stamp" --verify
+echo
+echo "==> landfall audit provision-acme-$stamp --verify"
+"$landfall" audit "provision-acme-$stamp" --verify

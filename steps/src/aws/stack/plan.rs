@@ -320,3 +320,111 @@ fn scalar_text(v: &Value) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NET: &str =
+        "Resources:\n  Vpc: { Type: AWS::EC2::VPC }\nOutputs:\n  VpcId: { Value: x }\n";
+    const APP: &str = "Parameters:\n  VpcId: { Type: String }\n  Environment: { Type: String }\n  Owner: { Type: String, Default: ops }\nResources:\n  Sg: { Type: AWS::EC2::SecurityGroup }\n";
+
+    fn files() -> BTreeMap<String, String> {
+        [("net.yaml", NET), ("app.yaml", APP)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn target(home: bool) -> Target {
+        Target {
+            account: "a".into(),
+            account_id: "111111111111".into(),
+            region: "us-east-1".into(),
+            home,
+            environment: None,
+            parameters: [("Environment".to_string(), "production".to_string())].into(),
+        }
+    }
+
+    fn manifest(from: &str, app_order: u32) -> Value {
+        json!({
+            "customer": "acme",
+            "stacks": [
+                { "name": "app", "order": app_order, "template": "app.yaml",
+                  "parameters": { "VpcId": { "from": from } },
+                  "target_parameters": ["Environment"], "scope": "account" },
+                { "name": "net", "order": 1, "template": "net.yaml" },
+            ],
+        })
+    }
+
+    #[test]
+    fn parameters_come_from_the_package_the_target_and_earlier_outputs() {
+        let plans = plan(
+            &manifest("net.VpcId", 2),
+            &files(),
+            &target(true),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let names: Vec<&str> = plans.iter().map(|p| p.stack_name.as_str()).collect();
+        assert_eq!(names, ["acme-net", "acme-app"], "in order");
+        let app = &plans[1];
+        let outputs = [(
+            "net".to_string(),
+            [("VpcId".to_string(), "vpc-1".to_string())].into(),
+        )]
+        .into();
+        let resolved = app.resolve(&outputs).unwrap();
+        assert_eq!(
+            resolved,
+            [("Environment", "production"), ("VpcId", "vpc-1")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        );
+        assert_eq!(app.effective(&resolved)["Owner"], "ops", "defaults count");
+        // Account-wide stacks are left out away from the home region.
+        let plans = plan(
+            &manifest("net.VpcId", 2),
+            &files(),
+            &target(false),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert_eq!(plans.len(), 1);
+    }
+
+    #[test]
+    fn outputs_of_later_or_unknown_stacks_are_refused() {
+        for (from, order, want) in [
+            ("net.VpcId", 1, "no earlier stack `net`"),
+            ("net.Nope", 2, "declares output Nope"),
+            ("nodot", 2, "is not `<stack>.<Output>`"),
+        ] {
+            let err = plan(
+                &manifest(from, order),
+                &files(),
+                &target(true),
+                &BTreeMap::new(),
+            )
+            .unwrap_err();
+            assert!(err.message.contains(want), "{from}: {}", err.message);
+        }
+        let mut m = manifest("net.VpcId", 2);
+        m["stacks"][0]["target_parameters"] = json!(["Region"]);
+        let err = plan(&m, &files(), &target(true), &BTreeMap::new()).unwrap_err();
+        assert!(
+            err.message
+                .contains("needs parameter Region from the target"),
+            "{}",
+            err.message
+        );
+        m["stacks"][0]["target_parameters"] = json!([]);
+        m["stacks"][0]["parameters"]["Extra"] = json!("x");
+        let err = plan(&m, &files(), &target(true), &BTreeMap::new()).unwrap_err();
+        assert!(err.message.contains("does not declare"), "{}", err.message);
+    }
+}

@@ -10,16 +10,23 @@ use std::time::Duration;
 
 use aws_sdk_cloudformation::operation::cancel_update_stack::CancelUpdateStackOutput;
 use aws_sdk_cloudformation::operation::continue_update_rollback::ContinueUpdateRollbackOutput;
+use aws_sdk_cloudformation::operation::create_change_set::CreateChangeSetOutput;
 use aws_sdk_cloudformation::operation::create_stack::CreateStackOutput;
 use aws_sdk_cloudformation::operation::delete_stack::DeleteStackOutput;
+use aws_sdk_cloudformation::operation::describe_change_set::{
+    DescribeChangeSetError, DescribeChangeSetOutput,
+};
 use aws_sdk_cloudformation::operation::describe_stack_events::DescribeStackEventsOutput;
 use aws_sdk_cloudformation::operation::describe_stacks::{
     DescribeStacksError, DescribeStacksOutput,
 };
+use aws_sdk_cloudformation::operation::execute_change_set::ExecuteChangeSetOutput;
 use aws_sdk_cloudformation::operation::get_template::GetTemplateOutput;
 use aws_sdk_cloudformation::operation::list_stack_resources::ListStackResourcesOutput;
+use aws_sdk_cloudformation::types::error::ChangeSetNotFoundException;
 use aws_sdk_cloudformation::types::{
-    Parameter, ResourceStatus, Stack, StackEvent, StackStatus, Tag,
+    Change, ChangeAction, ChangeSetStatus, ExecutionStatus, Parameter, Replacement, ResourceChange,
+    ResourceStatus, Stack, StackEvent, StackStatus, Tag,
 };
 use aws_sdk_cloudformation::Client;
 use aws_smithy_mocks::{mock, mock_client, MockResponse, RuleMode};
@@ -196,12 +203,77 @@ fn client(tl: &Arc<Mutex<Timeline>>) -> Client {
                 .build(),
         )
     });
+    let t = tl.clone();
+    let create_cs = mock!(Client::create_change_set).then_compute_response(move |req| {
+        let mut t = t.lock().unwrap();
+        t.writes.push((
+            "CreateChangeSet".into(),
+            req.client_token().map(str::to_string),
+        ));
+        t.parameters = req.parameters().to_vec();
+        t.tags = req.tags().to_vec();
+        MockResponse::Output(CreateChangeSetOutput::builder().id("cs-1").build())
+    });
+    let describe_cs = mock!(Client::describe_change_set)
+        .sequence()
+        .error(|| {
+            DescribeChangeSetError::ChangeSetNotFoundException(
+                ChangeSetNotFoundException::builder()
+                    .message("ChangeSet does not exist")
+                    .build(),
+            )
+        })
+        .output(|| {
+            DescribeChangeSetOutput::builder()
+                .status(ChangeSetStatus::CreateInProgress)
+                .build()
+        })
+        .output(|| {
+            DescribeChangeSetOutput::builder()
+                .status(ChangeSetStatus::CreateComplete)
+                .execution_status(ExecutionStatus::Available)
+                .changes(
+                    Change::builder()
+                        .resource_change(
+                            ResourceChange::builder()
+                                .action(ChangeAction::Modify)
+                                .logical_resource_id("Topic")
+                                .resource_type("AWS::SNS::Topic")
+                                .replacement(Replacement::False)
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build()
+        })
+        .repeatedly()
+        .build();
+    let t = tl.clone();
+    let execute = mock!(Client::execute_change_set).then_compute_response(move |req| {
+        t.lock().unwrap().writes.push((
+            "ExecuteChangeSet".into(),
+            req.client_request_token().map(str::to_string),
+        ));
+        MockResponse::Output(ExecuteChangeSetOutput::builder().build())
+    });
     let resources = mock!(Client::list_stack_resources)
         .then_output(|| ListStackResourcesOutput::builder().build());
     mock_client!(
         aws_sdk_cloudformation,
         RuleMode::MatchAny,
-        &[&describe, &events, &create, &delete, &cancel, &cont, &template, &resources],
+        &[
+            &describe,
+            &events,
+            &create,
+            &delete,
+            &cancel,
+            &cont,
+            &template,
+            &create_cs,
+            &describe_cs,
+            &execute,
+            &resources
+        ],
         // As in production: the SDK never retries; our pollers and the engine do.
         |c| c.retry_config(aws_sdk_cloudformation::config::retry::RetryConfig::disabled())
     )
@@ -594,4 +666,69 @@ async fn a_stack_this_run_started_before_a_crash_is_adopted_not_created_again() 
         tl.lock().unwrap().writes.is_empty(),
         "nothing created or updated"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_changed_stack_is_updated_through_a_change_set() {
+    let p = stack_plan();
+    let tl = timeline(vec![
+        Status("UPDATE_COMPLETE"),
+        // The change set is executed; the update runs.
+        Event(
+            STACK,
+            "AWS::CloudFormation::Stack",
+            "UPDATE_IN_PROGRESS",
+            Some("User Initiated"),
+        ),
+        Event("Topic", "AWS::SNS::Topic", "UPDATE_IN_PROGRESS", None),
+        Status("UPDATE_IN_PROGRESS"),
+        Event("Topic", "AWS::SNS::Topic", "UPDATE_COMPLETE", None),
+        Event(STACK, "AWS::CloudFormation::Stack", "UPDATE_COMPLETE", None),
+        Status("UPDATE_COMPLETE"),
+    ]);
+    let (ctx, _rx) = context(None);
+    let j = job(client(&tl), &ctx);
+    {
+        // Deployed by an earlier run with another Environment.
+        let mut t = tl.lock().unwrap();
+        t.tags = TagSet {
+            run: "r-earlier".into(),
+            ..j.tags.clone()
+        }
+        .tags(Some("r-earlier"));
+        t.parameters = super::deploy::cfn_parameters(
+            &[("Environment".to_string(), "staging".to_string())].into(),
+        );
+    }
+    j.board
+        .lock()
+        .unwrap()
+        .add(&p.name, p.facts.resources.clone());
+    let r = j
+        .deploy_one(&p, p.resolve(&BTreeMap::new()).unwrap(), 0)
+        .await
+        .unwrap();
+    assert_eq!(r.action, Action::Updated);
+    assert_eq!(r.status, "UPDATE_COMPLETE");
+    assert_eq!(
+        r.change_set.as_ref().unwrap()["changes"][0]["logical_id"],
+        "Topic"
+    );
+    let t = tl.lock().unwrap();
+    let ops: Vec<&str> = t.writes.iter().map(|w| w.0.as_str()).collect();
+    assert_eq!(ops, ["CreateChangeSet", "ExecuteChangeSet"]);
+    assert_eq!(
+        t.writes[1].1.as_deref(),
+        Some(client_token(&ctx.idempotency_key, STACK, "execute").as_str())
+    );
+    // The stack keeps who created it; the run tag names this run.
+    let tag = |k: &str| {
+        t.tags
+            .iter()
+            .find(|x| x.key() == Some(k))
+            .and_then(|x| x.value())
+            .map(str::to_string)
+    };
+    assert_eq!(tag(TAG_CREATED_BY).as_deref(), Some("r-earlier"));
+    assert_eq!(tag(TAG_RUN).as_deref(), Some(RUN));
 }
