@@ -123,6 +123,8 @@ pub async fn run(cli: Cli) -> i32 {
             verify,
             json,
         } => app.audit(&run_id, verify, json),
+        Command::Approve(a) => app.decide(a, "approve"),
+        Command::Reject(a) => app.decide(a, "reject"),
         Command::Steps { json } => app.steps(json),
         Command::Schema => {
             print_json(&landfall_engine::spec::json_schema());
@@ -495,6 +497,62 @@ impl App {
             ));
         }
         print!("{out}");
+        Ok(EXIT_OK)
+    }
+
+    /// Records a decision for a waiting `approval` step, bound to the digest it asked about.
+    fn decide(&self, a: crate::cli::DecisionArgs, decision: &str) -> Res<i32> {
+        let store = self
+            .existing_store()?
+            .ok_or_else(|| self.no_state(&format!("run `{}`", a.run_id)))?;
+        let entries = store
+            .audit(&a.run_id)
+            .map_err(|e| Failure::env(e.to_string()))?;
+        let request = entries
+            .iter()
+            .rev()
+            .find(|e| {
+                e.draft.kind == "milestone"
+                    && e.draft.node.as_deref() == Some(a.node.as_str())
+                    && e.draft.details["kind"] == "approval_requested"
+            })
+            .map(|e| e.draft.details["data"].clone())
+            .ok_or_else(|| {
+                Failure::invalid(format!(
+                    "node `{}` of run `{}` has not asked for an approval",
+                    a.node, a.run_id
+                ))
+            })?;
+        let digest = request["digest"].as_str().unwrap_or_default().to_string();
+        if let Some(want) = &a.digest {
+            if want.is_empty() || !digest.starts_with(want.as_str()) {
+                return Err(Failure {
+                    code: EXIT_FAILED,
+                    message: format!(
+                        "the request is now for digest {digest}, not {want}: look again (landfall status {}) before deciding",
+                        a.run_id
+                    ),
+                });
+            }
+        }
+        let actor = cli_trigger().actor;
+        let signal = landfall_engine::state::Signal {
+            actor: actor.clone(),
+            at: chrono::Utc::now(),
+            value: json!({ "decision": decision, "digest": digest, "comment": a.comment }),
+        };
+        self.engine(Arc::clone(&store))
+            .signal(&a.run_id, &a.node, signal)?;
+        println!(
+            "{} {} ({}) as {actor}",
+            if decision == "approve" {
+                "approved"
+            } else {
+                "rejected"
+            },
+            request["title"].as_str().unwrap_or_default(),
+            digest.get(..12).unwrap_or(&digest),
+        );
         Ok(EXIT_OK)
     }
 

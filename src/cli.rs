@@ -118,6 +118,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Approve what a waiting `approval` step asks for (the run continues; from any process)
+    #[command(after_help = DECISION_HELP)]
+    Approve(DecisionArgs),
+    /// Reject what a waiting `approval` step asks for (the step, and so the run, fails)
+    #[command(after_help = DECISION_HELP)]
+    Reject(DecisionArgs),
     /// List the step plugins and the fields their `with:` takes
     Steps {
         /// Print JSON (with each plugin's JSON Schema) on stdout
@@ -184,6 +190,25 @@ pub enum PackagesCommand {
         #[arg(value_name = "ID@B")]
         b: String,
     },
+}
+
+const DECISION_HELP: &str =
+    "The decision binds to the digest the step shows (`landfall status RUN` lists waiting \
+nodes); if what waits for approval changed, --digest makes the command refuse instead.\n\n\
+Exit codes: 0 recorded, 1 the request changed (--digest differs), 2 no such run or node, or the \
+node is not waiting for an approval.";
+
+#[derive(Debug, Args)]
+pub struct DecisionArgs {
+    pub run_id: String,
+    /// The waiting node (e.g. `approve`)
+    pub node: String,
+    /// Only decide if the request is still for this digest (or a prefix of it)
+    #[arg(long, value_name = "DIGEST")]
+    pub digest: Option<String>,
+    /// A note kept with the decision in the audit log
+    #[arg(long, value_name = "TEXT")]
+    pub comment: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -174,6 +174,18 @@ impl Observer for Progress {
                         s("account"),
                         s("region")
                     )),
+                    "approval_requested" => {
+                        let d = s("digest");
+                        Some(format!(
+                            "waiting for approval: {} (digest {})",
+                            s("title"),
+                            d.get(..12).unwrap_or(&d)
+                        ))
+                    }
+                    "approval_decided" => Some(format!("{} by {}", s("decision"), s("actor"))),
+                    "approval_ignored" => {
+                        Some(format!("decision by {} ignored: {}", s("actor"), s("why")))
+                    }
                     "rollback_started" => Some(format!(
                         "rolling back {} ({}): {}",
                         s("stack"),

@@ -166,6 +166,17 @@ impl StepContext {
         timeout: Option<std::time::Duration>,
         poll: std::time::Duration,
     ) -> Result<Option<Signal>, StepError> {
+        self.wait_signal_after(timeout, poll, None).await
+    }
+
+    /// Like [`Self::wait_signal`], but a signal sent at or before `after` does not count (it
+    /// was already looked at and refused, e.g. an approval of a different digest).
+    pub async fn wait_signal_after(
+        &self,
+        timeout: Option<std::time::Duration>,
+        poll: std::time::Duration,
+        after: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Option<Signal>, StepError> {
         let store = self.store.as_ref().ok_or_else(|| {
             StepError::permanent("this step can only wait for signals inside a run")
         })?;
@@ -173,7 +184,8 @@ impl StepContext {
         let mut waiting = false;
         let result = loop {
             match store.signal(&self.run_id, &self.node_id) {
-                Ok(Some(sig)) => break Ok(Some(sig)),
+                Ok(Some(sig)) if after.is_none_or(|a| sig.at > a) => break Ok(Some(sig)),
+                Ok(Some(_)) => {}
                 Ok(None) => {}
                 Err(e) => break Err(StepError::transient(format!("cannot read signals: {e}"))),
             }

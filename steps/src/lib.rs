@@ -1,6 +1,7 @@
 //! Landfall's step plugins. The engine knows none of them by name; [`registry`] is the one
 //! place that registers them (and the named input checks workflows refer to).
 
+pub mod approval;
 pub mod aws;
 pub mod builtin;
 pub mod cfn;
@@ -38,6 +39,7 @@ pub fn registry(settings: &Settings) -> Registry {
         .register(builtin::Assert)
         .register(builtin::Exec)
         .register(package::PackageStep)
+        .register(approval::Approval::default())
         .register(notify::Notify {
             templates_dir: settings.templates_dir.clone(),
         })

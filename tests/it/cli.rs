@@ -545,3 +545,123 @@ fn reading_commands_never_create_a_state_file() {
     assert_eq!(sb.run(&["resume", "r-nope"]).status.code(), Some(2));
     assert!(!sb.path(".landfall").exists());
 }
+
+fn gated(sb: &Sandbox) {
+    sb.write(
+        "gated.yaml",
+        r#"
+name: gated
+steps:
+  - id: approve
+    uses: approval
+    with: { title: "Ship build 7", digest: "abc123def456789", timeout: 10m }
+  - id: ship
+    uses: log
+    needs: [approve]
+    with: { message: "approved by {{ steps.approve.outputs.by }}" }
+"#,
+    );
+}
+
+fn node_status(sb: &Sandbox, run: &str, node_id: &str) -> String {
+    let doc = sb.json(&["status", run, "--json"]);
+    node(&doc, node_id)["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn an_approval_from_another_process_binds_to_the_digest_and_survives_a_kill() {
+    let sb = Sandbox::new();
+    gated(&sb);
+    let mut child = sb.spawn(&["run", "gated.yaml", "--run-id", "gate-1"]);
+    wait_until("the approval to wait", Duration::from_secs(60), || {
+        sb.path(".landfall/state.redb").exists()
+            && node_status(&sb, "gate-1", "approve") == "waiting"
+    });
+    // The request changed since the approver looked: refused, nothing recorded.
+    let stale = sb.run(&["approve", "gate-1", "approve", "--digest", "0000"]);
+    assert_eq!(stale.status.code(), Some(1), "{}", stderr(&stale));
+    assert!(
+        stderr(&stale).contains("now for digest abc123def456789"),
+        "{}",
+        stderr(&stale)
+    );
+    assert_eq!(
+        sb.run(&["approve", "gate-1", "ship"]).status.code(),
+        Some(2)
+    );
+
+    // Landfall dies while waiting; the decision is given while it is down.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let ok = sb.run(&[
+        "approve",
+        "gate-1",
+        "approve",
+        "--digest",
+        "abc123",
+        "--comment",
+        "lgtm",
+    ]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    assert!(
+        stdout(&ok).contains("approved Ship build 7 (abc123def456)"),
+        "{}",
+        stdout(&ok)
+    );
+
+    let out = sb.run(&["resume", "gate-1", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let by = node(&doc, "approve")["outputs"]["by"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(by.starts_with("cli:"), "{by}");
+    assert_eq!(
+        node(&doc, "approve")["outputs"]["digest"],
+        "abc123def456789"
+    );
+    let audit = sb.json(&["audit", "gate-1", "--json"]);
+    let decided = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "signal_received")
+        .unwrap();
+    assert_eq!(decided["actor"], by.as_str(), "the audit names who decided");
+    assert_eq!(decided["details"]["value"]["comment"], "lgtm");
+}
+
+#[test]
+fn a_rejection_fails_the_run_and_says_who() {
+    let sb = Sandbox::new();
+    gated(&sb);
+    let mut child = sb.spawn(&["run", "gated.yaml", "--run-id", "gate-2"]);
+    wait_until("the approval to wait", Duration::from_secs(60), || {
+        sb.path(".landfall/state.redb").exists()
+            && node_status(&sb, "gate-2", "approve") == "waiting"
+    });
+    let no = sb.run(&[
+        "reject",
+        "gate-2",
+        "approve",
+        "--comment",
+        "not on a Friday",
+    ]);
+    assert_eq!(no.status.code(), Some(0), "{}", stderr(&no));
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let doc = sb.json(&["status", "gate-2", "--json"]);
+    let err = node(&doc, "approve")["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("Ship build 7 was rejected by cli:") && err.ends_with("not on a Friday"),
+        "{err}"
+    );
+    assert_eq!(node(&doc, "ship")["status"], "skipped");
+}

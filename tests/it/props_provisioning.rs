@@ -22,6 +22,8 @@ use serde_json::{json, Map, Value};
 struct Script {
     targets: usize,
     targets_fail: bool,
+    /// None: no approval asked; Some(false): rejected.
+    approval: Option<bool>,
     deploy_fail: BTreeSet<usize>,
     verify_fail: BTreeSet<usize>,
     /// (target index, `failures` given to it) per rollback node.
@@ -71,6 +73,8 @@ impl Plugin for Stand {
                 "management_account_id": "000000000000",
                 "targets": (0..s.targets).map(|i| json!({ "account": format!("a{i}"), "region": "us-east-1" })).collect::<Vec<_>>(),
             })),
+            "approval" if s.approval == Some(false) => Err(StepError::permanent("rejected by U1")),
+            "approval" => Ok(json!({ "approved": true, "by": "U1" })),
             "deploy" if s.deploy_fail.contains(&i) => Err(failure("deploy")),
             "verify" if s.verify_fail.contains(&i) => Err(failure("verify")),
             "deploy" | "verify" => {
@@ -98,7 +102,7 @@ impl Plugin for Stand {
 fn run(script: Arc<Script>) -> RunStatus {
     let mut r = Registry::new();
     for name in [
-        "package", "targets", "deploy", "verify", "rollback", "notify",
+        "package", "targets", "approval", "deploy", "verify", "rollback", "notify",
     ] {
         r.register_plugin(
             name,
@@ -120,6 +124,7 @@ fn run(script: Arc<Script>) -> RunStatus {
     let mut inputs = Map::new();
     inputs.insert("package".into(), json!("acme-baseline@latest"));
     inputs.insert("customer".into(), json!("acme"));
+    inputs.insert("require_approval".into(), json!(script.approval.is_some()));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -160,18 +165,21 @@ proptest! {
     fn every_failure_path_rolls_back_every_target_with_the_cause(
         targets in 1usize..5,
         targets_fail in prop::bool::weighted(0.1),
+        approval in prop::option::of(prop::bool::weighted(0.8)),
         deploy_fail in prop::collection::btree_set(0usize..5, 0..3),
         verify_fail in prop::collection::btree_set(0usize..5, 0..3),
     ) {
         let deploy_fail: BTreeSet<usize> = deploy_fail.into_iter().filter(|i| *i < targets).collect();
         let verify_fail: BTreeSet<usize> = verify_fail.into_iter().filter(|i| *i < targets).collect();
-        let script = Arc::new(Script { targets, targets_fail, deploy_fail: deploy_fail.clone(), verify_fail: verify_fail.clone(), ..Script::default() });
+        let script = Arc::new(Script { targets, targets_fail, approval, deploy_fail: deploy_fail.clone(), verify_fail: verify_fail.clone(), ..Script::default() });
         let status = run(Arc::clone(&script));
         let notified = script.notified.lock().unwrap().clone();
         let rollbacks = script.rollbacks.lock().unwrap().clone();
         // A failed deploy skips verify, so only deploy failures show then.
         let expected: BTreeSet<String> = if targets_fail {
             BTreeSet::new()
+        } else if approval == Some(false) {
+            ["rejected by U1".to_string()].into()
         } else if !deploy_fail.is_empty() {
             deploy_fail.iter().map(|i| format!("deploy failed in target {i}")).collect()
         } else {
@@ -188,7 +196,8 @@ proptest! {
             for (_, failures) in &rollbacks {
                 let messages: BTreeSet<String> = failures.iter().filter_map(|f| f["message"].as_str().map(str::to_string)).collect();
                 prop_assert_eq!(&messages, &expected, "each rollback is given every cause");
-                prop_assert!(failures.iter().all(|f| f["context"]["region"] == "us-east-1"), "with its context");
+                let located = failures.iter().filter(|f| f["message"].as_str().is_some_and(|m| !m.starts_with("rejected")));
+                prop_assert!(located.clone().all(|f| f["context"]["region"] == "us-east-1"), "with its context");
             }
         } else {
             prop_assert!(rollbacks.is_empty(), "nothing deployed, nothing rolled back: {:?}", rollbacks);
