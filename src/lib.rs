@@ -7,3 +7,5 @@ pub mod cli;
 pub mod config;
 pub mod progress;
 pub mod render;
+pub mod route;
+pub mod slack;

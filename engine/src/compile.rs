@@ -467,6 +467,10 @@ fn build(
             );
         }
     }
+    let slack = spec.trigger.as_ref().and_then(|t| t.slack.clone());
+    if let Some(t) = &slack {
+        check_slack_trigger(t, &spec.inputs, diags);
+    }
     let mut wf = Workflow::new(
         spec.name,
         spec.description,
@@ -478,7 +482,99 @@ fn build(
         breaker,
     );
     wf.input_check = input_check;
+    wf.slack = slack;
     Some(wf)
+}
+
+fn check_slack_trigger(
+    t: &crate::spec::SlackTrigger,
+    inputs: &indexmap::IndexMap<String, crate::spec::InputSpec>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let base = Path::root().key("trigger").key("slack");
+    let word_ok = !t.command.is_empty()
+        && t.command.len() <= 32
+        && t.command.starts_with(|c: char| c.is_ascii_lowercase())
+        && t.command
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !word_ok {
+        diags.push(
+            Diagnostic::error(
+                codes::INVALID_TRIGGER,
+                format!("`{}` is not a command word", t.command),
+            )
+            .with_path(base.clone().key("command"))
+            .with_help(
+                "use lowercase letters, digits and `-`, starting with a letter (e.g. `onboard`)",
+            ),
+        );
+    } else if crate::spec::BUILTIN_COMMANDS.contains(&t.command.as_str()) {
+        diags.push(
+            Diagnostic::error(
+                codes::INVALID_TRIGGER,
+                format!("`{}` is a built-in /landfall command", t.command),
+            )
+            .with_path(base.clone().key("command"))
+            .with_help(format!(
+                "choose another word; built-in: {}",
+                crate::spec::BUILTIN_COMMANDS.join(", ")
+            )),
+        );
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, a) in t.args.iter().enumerate() {
+        let p = base.clone().key("args").index(i);
+        if !inputs.contains_key(a) {
+            let declared: Vec<&str> = inputs.keys().map(String::as_str).collect();
+            diags.push(
+                Diagnostic::error(codes::INVALID_TRIGGER, format!("`{a}` is not an input"))
+                    .with_path(p)
+                    .with_help(if declared.is_empty() {
+                        "declare it under `inputs:`".to_string()
+                    } else {
+                        format!("declared inputs: {}", declared.join(", "))
+                    }),
+            );
+        } else if !seen.insert(a) {
+            diags.push(
+                Diagnostic::error(codes::INVALID_TRIGGER, format!("`{a}` is listed twice"))
+                    .with_path(p),
+            );
+        }
+    }
+    if let Some(f) = &t.input_file {
+        let p = base.clone().key("input_file");
+        match crate::expr::referenced(f) {
+            Err(e) => {
+                diags.push(Diagnostic::error(codes::EXPRESSION_SYNTAX, e.to_string()).with_path(p))
+            }
+            Ok(vars) => {
+                for v in vars {
+                    let mut parts = v.split('.');
+                    let ok = parts.next() == Some("args")
+                        && parts.next().is_none_or(|a| t.args.iter().any(|x| x == a));
+                    if !ok {
+                        diags.push(
+                            Diagnostic::error(
+                                codes::INVALID_TRIGGER,
+                                format!("`{v}` is not available here"),
+                            )
+                            .with_path(p.clone())
+                            .with_help(format!(
+                                "the file name may use the positional args only: {}",
+                                t.args
+                                    .iter()
+                                    .map(|a| format!("args.{a}"))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )),
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A topological order (file order among independent steps), or a diagnostic per cycle.

@@ -33,6 +33,7 @@ pub mod codes {
     pub const UNKNOWN_VARIABLE: &str = "LF0112";
     pub const INVALID_ID: &str = "LF0113";
     pub const UNKNOWN_INPUT_CHECK: &str = "LF0114";
+    pub const INVALID_TRIGGER: &str = "LF0115";
     pub const INPUT_INVALID: &str = "LF0201";
     pub const INPUT_MISSING: &str = "LF0202";
     pub const INPUT_UNKNOWN: &str = "LF0203";

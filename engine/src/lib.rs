@@ -7,6 +7,7 @@
 
 pub mod breaker;
 pub mod compile;
+pub mod crypto;
 pub mod diag;
 pub mod digest;
 pub mod error;

@@ -36,7 +36,49 @@ pub struct WorkflowSpec {
     pub defaults: DefaultsSpec,
     /// The steps. Order does not matter; `needs` gives the edges.
     pub steps: Vec<StepSpec>,
+    /// How people start this workflow besides `landfall run` (Slack).
+    #[serde(default)]
+    pub trigger: Option<TriggerSpec>,
 }
+
+/// Ways to start a workflow from outside the CLI.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSpec {
+    /// `/landfall <command> …` and `@landfall <command> …` in Slack.
+    #[serde(default)]
+    pub slack: Option<SlackTrigger>,
+}
+
+/// A Slack command that starts this workflow. A new file adds a command; nothing is compiled.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlackTrigger {
+    /// The word after `/landfall` (lowercase letters, digits, `-`), e.g. `onboard`.
+    pub command: String,
+    /// Inputs given as positional words, in order: `args: [customer]` makes
+    /// `/landfall onboard acme` set `customer=acme`. `key=value` words set any input.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Where the other inputs come from: a file path template over `args`, relative to the
+    /// server's working directory, e.g. `examples/customers/{{ args.customer }}.yaml`.
+    #[serde(default)]
+    pub input_file: Option<String>,
+    /// Slack user ids allowed to start it (on top of the server's allowlist).
+    #[serde(default)]
+    pub allowed_users: Vec<String>,
+    /// Slack user group ids whose members may start it.
+    #[serde(default)]
+    pub allowed_groups: Vec<String>,
+    /// Channel ids it may be started from.
+    #[serde(default)]
+    pub allowed_channels: Vec<String>,
+}
+
+/// Words `/landfall` itself understands; a workflow cannot take them as its command.
+pub const BUILTIN_COMMANDS: [&str; 8] = [
+    "help", "status", "runs", "cancel", "resume", "approve", "reject", "run",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]

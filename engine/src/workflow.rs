@@ -59,6 +59,8 @@ pub struct Workflow {
     pub inputs: IndexMap<String, InputSpec>,
     /// Name of the registry's check of all inputs together.
     pub input_check: Option<String>,
+    /// The Slack command that starts it, if any.
+    pub slack: Option<crate::spec::SlackTrigger>,
     pub max_parallel: Option<usize>,
     pub steps: Vec<Step>,
     /// Step indices in a topological order (stable: file order among independent steps).
@@ -92,6 +94,7 @@ impl Workflow {
             digest,
             inputs,
             input_check: None,
+            slack: None,
             max_parallel,
             steps,
             order,

@@ -1,0 +1,4 @@
+//! The Slack front door: request signatures (and, to come, the server, the run threads and
+//! the Web API client).
+
+pub mod signature;
