@@ -123,6 +123,7 @@ pub async fn run(cli: Cli) -> i32 {
             verify,
             json,
         } => app.audit(&run_id, verify, json),
+        Command::Serve(a) => app.serve(a).await,
         Command::Approve(a) => app.decide(a, "approve"),
         Command::Reject(a) => app.decide(a, "reject"),
         Command::Steps { json } => app.steps(json),
@@ -500,29 +501,85 @@ impl App {
         Ok(EXIT_OK)
     }
 
+    /// `landfall serve`: the Slack front door.
+    async fn serve(&self, a: crate::cli::ServeArgs) -> Res<i32> {
+        let secret = std::env::var("SLACK_SIGNING_SECRET")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .or_else(|| self.loaded.config.slack.signing_secret.clone())
+            .ok_or_else(|| {
+                Failure::invalid(
+                    "no Slack signing secret: set SLACK_SIGNING_SECRET (or slack.signing_secret in landfall.toml)",
+                )
+            })?;
+        let dir = a
+            .workflows
+            .clone()
+            .unwrap_or_else(|| self.loaded.config.workflows_dir.clone());
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| Failure::invalid(format!("cannot read {}: {e}", dir.display())))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                matches!(
+                    p.extension().and_then(|x| x.to_str()),
+                    Some("yaml" | "yml" | "toml" | "json")
+                )
+            })
+            .collect();
+        files.sort();
+        let mut workflows = Vec::new();
+        for f in files {
+            workflows.push((f.clone(), self.load_workflow(&f)?));
+        }
+        let store = self.open_store()?;
+        let engine = self.engine(Arc::clone(&store) as Arc<RedbStore>);
+        let opts = crate::slack::server::Options {
+            signing_secret: secret,
+            allow_users: a.allow_user.clone(),
+            allow_channels: a.allow_channel.clone(),
+            max_body: a.max_body,
+            max_parallel: self.loaded.config.max_parallel,
+        };
+        let fd = crate::slack::server::FrontDoor::new(
+            engine,
+            Arc::clone(&self.registry),
+            workflows,
+            opts,
+        )
+        .map_err(Failure::invalid)?;
+        let (listener, addr) = crate::slack::server::bind(a.listen)
+            .await
+            .map_err(|e| Failure::env(format!("cannot listen on {}: {e}", a.listen)))?;
+        let commands: Vec<String> = fd
+            .routes()
+            .iter()
+            .map(|r| r.trigger.command.clone())
+            .collect();
+        eprintln!(
+            "landfall serve: listening on http://{addr} (commands: {})",
+            if commands.is_empty() {
+                "none".to_string()
+            } else {
+                commands.join(", ")
+            }
+        );
+        if a.allow_user.is_empty() && a.allow_channel.is_empty() {
+            eprintln!("warning: no --allow-user or --allow-channel: nobody may start runs");
+        }
+        fd.serve(listener, wait_for_stop_signal())
+            .await
+            .map_err(|e| Failure::env(format!("the server stopped: {e}")))?;
+        Ok(EXIT_OK)
+    }
+
     /// Records a decision for a waiting `approval` step, bound to the digest it asked about.
     fn decide(&self, a: crate::cli::DecisionArgs, decision: &str) -> Res<i32> {
         let store = self
             .existing_store()?
             .ok_or_else(|| self.no_state(&format!("run `{}`", a.run_id)))?;
-        let entries = store
-            .audit(&a.run_id)
-            .map_err(|e| Failure::env(e.to_string()))?;
-        let request = entries
-            .iter()
-            .rev()
-            .find(|e| {
-                e.draft.kind == "milestone"
-                    && e.draft.node.as_deref() == Some(a.node.as_str())
-                    && e.draft.details["kind"] == "approval_requested"
-            })
-            .map(|e| e.draft.details["data"].clone())
-            .ok_or_else(|| {
-                Failure::invalid(format!(
-                    "node `{}` of run `{}` has not asked for an approval",
-                    a.node, a.run_id
-                ))
-            })?;
+        let request =
+            approval_request(store.as_ref(), &a.run_id, &a.node).map_err(Failure::invalid)?;
         let digest = request["digest"].as_str().unwrap_or_default().to_string();
         if let Some(want) = &a.digest {
             if want.is_empty() || !digest.starts_with(want.as_str()) {
@@ -560,10 +617,13 @@ impl App {
         let store = self
             .existing_store()?
             .ok_or_else(|| self.no_state(&format!("run `{run_id}`")))?;
-        if store
-            .run(run_id)
-            .map_err(|e| Failure::env(e.to_string()))?
-            .is_none()
+        // `-`: the entries that belong to no run (refused Slack requests, …).
+        let run_id = if run_id == "-" { "" } else { run_id };
+        if !run_id.is_empty()
+            && store
+                .run(run_id)
+                .map_err(|e| Failure::env(e.to_string()))?
+                .is_none()
         {
             return Err(Failure::invalid(format!("no run `{run_id}`")));
         }
@@ -945,6 +1005,29 @@ fn schema_type(root: &Value, p: &Value) -> String {
         return names.join("|");
     }
     "any".into()
+}
+
+/// The latest approval request of a node (its `approval_requested` milestone), or why there
+/// is none.
+pub fn approval_request(
+    store: &dyn landfall_engine::store::Store,
+    run_id: &str,
+    node: &str,
+) -> Result<Value, String> {
+    let entries = store.audit(run_id).map_err(|e| e.to_string())?;
+    if entries.is_empty() {
+        return Err(format!("no run `{run_id}`"));
+    }
+    entries
+        .iter()
+        .rev()
+        .find(|e| {
+            e.draft.kind == "milestone"
+                && e.draft.node.as_deref() == Some(node)
+                && e.draft.details["kind"] == "approval_requested"
+        })
+        .map(|e| e.draft.details["data"].clone())
+        .ok_or_else(|| format!("node `{node}` of run `{run_id}` has not asked for an approval"))
 }
 
 fn cli_trigger() -> Trigger {

@@ -110,6 +110,7 @@ pub enum Command {
         after_help = "Exit codes: 0 intact (or shown), 1 the chain is broken, 2 no such run."
     )]
     Audit {
+        /// A run id, or `-` for the entries that belong to no run (refused Slack requests)
         run_id: String,
         /// Check the hash chain and report the first broken entry
         #[arg(long)]
@@ -118,6 +119,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve Slack over HTTP: slash commands, mentions and approval buttons start and steer
+    /// runs (needs SLACK_SIGNING_SECRET)
+    Serve(ServeArgs),
     /// Approve what a waiting `approval` step asks for (the run continues; from any process)
     #[command(after_help = DECISION_HELP)]
     Approve(DecisionArgs),
@@ -197,6 +201,27 @@ const DECISION_HELP: &str =
 nodes); if what waits for approval changed, --digest makes the command refuse instead.\n\n\
 Exit codes: 0 recorded, 1 the request changed (--digest differs), 2 no such run or node, or the \
 node is not waiting for an approval.";
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free one; the address is printed)
+    #[arg(long, default_value = "127.0.0.1:3000", value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// Slack user id allowed to use /landfall (repeatable). With no allowlist at all, nobody
+    /// may start runs
+    #[arg(long, value_name = "USER_ID")]
+    pub allow_user: Vec<String>,
+    /// Slack channel id from which /landfall may be used (repeatable)
+    #[arg(long, value_name = "CHANNEL_ID")]
+    pub allow_channel: Vec<String>,
+    /// Directory of workflow files whose `trigger.slack` commands are served [default: the
+    /// configuration's workflows_dir]
+    #[arg(long, value_name = "DIR")]
+    pub workflows: Option<PathBuf>,
+    /// Largest request body accepted, in bytes
+    #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
+    pub max_body: usize,
+}
 
 #[derive(Debug, Args)]
 pub struct DecisionArgs {

@@ -1,4 +1,5 @@
 //! The Slack front door: request signatures (and, to come, the server, the run threads and
 //! the Web API client).
 
+pub mod server;
 pub mod signature;

@@ -7,6 +7,7 @@ mod packages;
 mod props_aws;
 mod props_provisioning;
 mod provisioning;
+mod serve;
 mod support;
 mod templates;
 mod tidy;

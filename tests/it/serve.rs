@@ -1,0 +1,372 @@
+//! `landfall serve` over real HTTP: every request signed (or not) like Slack signs it.
+
+use std::io::{BufRead, BufReader};
+use std::process::Child;
+use std::time::Duration;
+
+use landfall::slack::signature::sign;
+use serde_json::Value;
+
+use crate::support::{node, wait_until, Emulator, Sandbox};
+
+const SECRET: &str = "test-signing-secret";
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn workflows(sb: &Sandbox) {
+    std::fs::create_dir_all(sb.path("wf")).unwrap();
+    sb.write(
+        "wf/hello.yaml",
+        r#"
+name: hello
+description: Say hello
+inputs:
+  name: { type: string }
+  greeting: { type: string, default: hello }
+trigger:
+  slack: { command: hello, args: [name] }
+steps:
+  - id: greet
+    uses: log
+    with: { message: "{{ inputs.greeting }} {{ inputs.name }}" }
+"#,
+    );
+    sb.write(
+        "wf/gated.yaml",
+        r#"
+name: gated
+trigger:
+  slack: { command: ship, allowed_users: [U1] }
+steps:
+  - id: approve
+    uses: approval
+    with: { title: "Ship it", digest: "d-42", timeout: 10m }
+"#,
+    );
+}
+
+fn serve(sb: &Sandbox, allow: &[&str]) -> Server {
+    serve_with(sb, allow, |_| {})
+}
+
+fn serve_with(
+    sb: &Sandbox,
+    allow: &[&str],
+    setup: impl FnOnce(&mut std::process::Command),
+) -> Server {
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workflows",
+        "wf",
+        "--max-body",
+        "4096",
+    ];
+    for u in allow {
+        args.push("--allow-user");
+        args.push(u);
+    }
+    let mut cmd = sb.cmd(&args);
+    setup(&mut cmd);
+    cmd.env("SLACK_SIGNING_SECRET", SECRET)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let _ = tx.send(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            }
+        }
+    });
+    let base = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("serve printed its address");
+    Server { child, base }
+}
+
+fn now() -> String {
+    chrono::Utc::now().timestamp().to_string()
+}
+
+/// Posts `body` to `path`, signed as Slack would (or with the given headers).
+fn post(s: &Server, path: &str, body: &str, ts: Option<&str>, sig: Option<&str>) -> (u16, String) {
+    let mut req = ureq::post(&format!("{}{path}", s.base));
+    if let Some(t) = ts {
+        req = req.set("X-Slack-Request-Timestamp", t);
+    }
+    if let Some(g) = sig {
+        req = req.set("X-Slack-Signature", g);
+    }
+    // A command's answer is Slack's JSON message; its text is what people read.
+    let text = |b: String| match serde_json::from_str::<Value>(&b) {
+        Ok(v) if v["text"].is_string() => v["text"].as_str().unwrap_or_default().to_string(),
+        _ => b,
+    };
+    match req.send_string(body) {
+        Ok(r) => (r.status(), text(r.into_string().unwrap_or_default())),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn signed(s: &Server, path: &str, body: &str) -> (u16, String) {
+    let ts = now();
+    post(
+        s,
+        path,
+        body,
+        Some(&ts),
+        Some(&sign(SECRET, &ts, body.as_bytes())),
+    )
+}
+
+fn command(user: &str, text: &str, trigger: &str) -> String {
+    serde_urlencoded::to_string([
+        ("command", "/landfall"),
+        ("text", text),
+        ("user_id", user),
+        ("channel_id", "C1"),
+        ("trigger_id", trigger),
+    ])
+    .unwrap()
+}
+
+fn runs(sb: &Sandbox) -> Vec<Value> {
+    if !sb.path(".landfall/state.redb").exists() {
+        return Vec::new();
+    }
+    sb.json(&["status", "--json"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn unverified_requests_are_refused_and_audited_never_acted_on() {
+    let sb = Sandbox::new();
+    workflows(&sb);
+    let s = serve(&sb, &["U1"]);
+    let body = command("U1", "hello world", "t1");
+    let ts = now();
+    let good = sign(SECRET, &ts, body.as_bytes());
+    assert_eq!(
+        post(&s, "/slack/commands", &body, None, None).0,
+        401,
+        "no headers"
+    );
+    assert_eq!(
+        post(&s, "/slack/commands", &body, Some(&ts), Some("v0=00")).0,
+        401,
+        "wrong signature"
+    );
+    assert_eq!(
+        post(
+            &s,
+            "/slack/commands",
+            &body,
+            Some(&ts),
+            Some(&sign("other", &ts, body.as_bytes()))
+        )
+        .0,
+        401,
+        "another app's secret"
+    );
+    let old = (chrono::Utc::now().timestamp() - 600).to_string();
+    assert_eq!(
+        post(
+            &s,
+            "/slack/commands",
+            &body,
+            Some(&old),
+            Some(&sign(SECRET, &old, body.as_bytes()))
+        )
+        .0,
+        401,
+        "a replay from 10 minutes ago"
+    );
+    assert_eq!(
+        post(
+            &s,
+            "/slack/commands",
+            &format!("{body}&x=1"),
+            Some(&ts),
+            Some(&good)
+        )
+        .0,
+        401,
+        "body changed"
+    );
+    let big = format!("{body}&pad={}", "x".repeat(8192));
+    let (code, _) = signed(&s, "/slack/commands", &big);
+    assert_eq!(code, 413, "over --max-body");
+    assert!(runs(&sb).is_empty(), "nothing ran");
+    let (code, _) = signed(&s, "/slack/commands", &body);
+    assert_eq!(code, 200);
+    let audit = sb.json(&["audit", "-", "--json"]);
+    let refused = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "slack_request_refused")
+        .count();
+    assert_eq!(refused, 5, "{audit}");
+    assert_eq!(sb.run(&["audit", "-", "--verify"]).status.code(), Some(0));
+}
+
+#[test]
+fn a_signed_command_starts_a_run_as_its_user_once() {
+    let sb = Sandbox::new();
+    workflows(&sb);
+    let s = serve(&sb, &["U1"]);
+    let (code, help) = signed(&s, "/slack/commands", &command("U9", "help", "t0"));
+    assert_eq!(code, 200);
+    assert!(help.contains("/landfall hello NAME"), "{help}");
+
+    let body = command("U1", "hello world greeting=hi", "t1");
+    let (code, reply) = signed(&s, "/slack/commands", &body);
+    assert_eq!(code, 200, "{reply}");
+    assert!(reply.contains("Started hello as"), "{reply}");
+    // Slack retried the same command: no second run.
+    let (_, again) = signed(&s, "/slack/commands", &body);
+    assert!(again.contains("Already on it"), "{again}");
+    wait_until("the run to finish", Duration::from_secs(60), || {
+        runs(&sb)
+            .first()
+            .is_some_and(|r| r["status"] == "succeeded")
+    });
+    let all = runs(&sb);
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0]["actor"], "U1", "the Slack user is the actor");
+    let run = all[0]["run_id"].as_str().unwrap().to_string();
+    let doc = sb.json(&["status", &run, "--json"]);
+    assert_eq!(node(&doc, "greet")["outputs"]["message"], "hi world");
+
+    // Not on the allowlist: a polite refusal, audited with the user as actor.
+    let (_, no) = signed(&s, "/slack/commands", &command("U2", "hello mallory", "t2"));
+    assert!(no.starts_with("Sorry, you are not allowed"), "{no}");
+    let audit = sb.json(&["audit", "-", "--json"]);
+    assert!(audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "slack_command_refused" && e["actor"] == "U2"));
+    assert_eq!(runs(&sb).len(), 1);
+
+    // A mention, retried by Slack with the same event id: one run.
+    let event = serde_json::json!({
+        "type": "event_callback", "event_id": "Ev1",
+        "event": { "type": "app_mention", "user": "U1", "channel": "C1", "text": "<@UBOT> hello there" },
+    })
+    .to_string();
+    assert_eq!(signed(&s, "/slack/events", &event).0, 200);
+    assert_eq!(signed(&s, "/slack/events", &event).0, 200);
+    wait_until("the mention's run", Duration::from_secs(60), || {
+        runs(&sb)
+            .iter()
+            .filter(|r| r["status"] == "succeeded")
+            .count()
+            == 2
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(runs(&sb).len(), 2, "the retried event started nothing");
+
+    let challenge =
+        serde_json::json!({ "type": "url_verification", "challenge": "c-123" }).to_string();
+    let (code, body) = signed(&s, "/slack/events", &challenge);
+    assert_eq!((code, body.contains("c-123")), (200, true));
+}
+
+#[test]
+fn an_approval_button_resumes_a_waiting_run() {
+    let sb = Sandbox::new();
+    workflows(&sb);
+    let s = serve(&sb, &["U1", "U3"]);
+    // U3 is on the server's allowlist but not on the workflow's own list.
+    let (_, no) = signed(&s, "/slack/commands", &command("U3", "ship", "t0"));
+    assert!(no.starts_with("Sorry"), "{no}");
+    let (_, reply) = signed(&s, "/slack/commands", &command("U1", "ship", "t1"));
+    assert!(reply.contains("Started gated"), "{reply}");
+    let run = runs(&sb)[0]["run_id"].as_str().unwrap().to_string();
+    wait_until("the approval to wait", Duration::from_secs(60), || {
+        node(&sb.json(&["status", &run, "--json"]), "approve")["status"] == "waiting"
+    });
+    let payload = serde_json::json!({
+        "type": "block_actions",
+        "user": { "id": "U1" },
+        "channel": { "id": "C1" },
+        "actions": [{ "action_id": "approve", "value": serde_json::json!({ "run": run, "node": "approve" }).to_string() }],
+    });
+    let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
+    assert_eq!(signed(&s, "/slack/interactions", &body).0, 200);
+    wait_until("the run to finish", Duration::from_secs(60), || {
+        runs(&sb)[0]["status"] == "succeeded"
+    });
+    let doc = sb.json(&["status", &run, "--json"]);
+    assert_eq!(node(&doc, "approve")["outputs"]["by"], "U1");
+}
+
+#[test]
+fn a_slash_command_onboards_a_customer_against_the_emulator() {
+    let emu = Emulator::start();
+    let sb = Sandbox::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(sb.path("wf")).unwrap();
+    std::fs::create_dir_all(sb.path("examples/customers")).unwrap();
+    std::fs::copy(
+        root.join("workflows/onboarding.yaml"),
+        sb.path("wf/onboarding.yaml"),
+    )
+    .unwrap();
+    std::fs::copy(
+        root.join("examples/customers/acme.yaml"),
+        sb.path("examples/customers/acme.yaml"),
+    )
+    .unwrap();
+    let s = serve_with(&sb, &["U1"], |cmd| {
+        cmd.env("LANDFALL_TEMPLATES_DIR", root.join("templates"));
+        emu.apply(cmd);
+    });
+    let (_, reply) = signed(&s, "/slack/commands", &command("U1", "onboard acme", "t1"));
+    assert!(reply.contains("Started onboarding as"), "{reply}");
+    let (_, missing) = signed(
+        &s,
+        "/slack/commands",
+        &command("U1", "onboard nobody", "t2"),
+    );
+    assert!(
+        missing.contains("There is no `examples/customers/nobody.yaml`"),
+        "{missing}"
+    );
+    wait_until("onboarding to finish", Duration::from_secs(180), || {
+        runs(&sb).first().is_some_and(|r| r["status"] != "running")
+    });
+    let r = &runs(&sb)[0];
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["actor"], "U1");
+    let run = r["run_id"].as_str().unwrap();
+    let audit = sb.json(&["audit", run, "--json"]);
+    assert!(
+        audit.as_array().unwrap().iter().all(|e| e["actor"] == "U1"),
+        "every entry of a Slack-started run names its user"
+    );
+    assert!(audit.to_string().contains("Acme Corp (acme) is onboarded"));
+}
