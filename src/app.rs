@@ -541,11 +541,31 @@ impl App {
             max_body: a.max_body,
             max_parallel: self.loaded.config.max_parallel,
         };
+        let token = std::env::var("SLACK_BOT_TOKEN")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .or_else(|| self.loaded.config.slack.bot_token.clone());
+        let chat: crate::slack::server::Outbound = match token {
+            None => {
+                eprintln!("no SLACK_BOT_TOKEN: run threads are printed on the console");
+                None
+            }
+            Some(t) => {
+                let url = std::env::var("SLACK_API_URL")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "https://slack.com/api".into());
+                Some(Arc::from(crate::slack::web::client(&url, &t).map_err(
+                    |e| Failure::env(format!("cannot set up the Slack client: {e}")),
+                )?))
+            }
+        };
         let fd = crate::slack::server::FrontDoor::new(
             engine,
             Arc::clone(&self.registry),
             workflows,
             opts,
+            chat,
         )
         .map_err(Failure::invalid)?;
         let (listener, addr) = crate::slack::server::bind(a.listen)

@@ -3,3 +3,5 @@
 
 pub mod server;
 pub mod signature;
+pub mod thread;
+pub mod web;

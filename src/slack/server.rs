@@ -41,6 +41,9 @@ pub struct Options {
     pub max_parallel: usize,
 }
 
+/// Where a run's messages go: Slack's Web API, or the console when there is no bot token.
+pub type Outbound = Option<Arc<dyn super::web::Chat>>;
+
 /// The front door's state, shared by every request.
 pub struct FrontDoor {
     engine: Engine,
@@ -53,6 +56,7 @@ pub struct FrontDoor {
     seen: Mutex<(HashSet<String>, VecDeque<String>)>,
     /// Runs executing in this process, for `/landfall cancel`.
     live: Mutex<HashMap<String, RunControl>>,
+    chat: Outbound,
 }
 
 const SEEN_MAX: usize = 10_000;
@@ -63,6 +67,7 @@ impl FrontDoor {
         registry: Arc<Registry>,
         workflows: Vec<(PathBuf, Workflow)>,
         opts: Options,
+        chat: Outbound,
     ) -> Result<Arc<Self>, String> {
         let routes = route::routes(&workflows)?;
         let store = Arc::clone(&engine.store);
@@ -78,6 +83,7 @@ impl FrontDoor {
             opts,
             seen: Mutex::new((HashSet::new(), VecDeque::new())),
             live: Mutex::new(HashMap::new()),
+            chat,
         }))
     }
 
@@ -327,11 +333,21 @@ impl FrontDoor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(run_id.clone(), control.clone());
-        tokio::spawn(async move {
-            let observer: Arc<dyn Observer> = Arc::new(Console {
+        let observer: Arc<dyn Observer> = match &me.chat {
+            Some(chat) => Arc::new(super::thread::start(
+                Arc::clone(chat),
+                me.engine.clone(),
+                run_id.clone(),
+                record.workflow.clone(),
+                channel,
+                record.trigger.actor.clone(),
+            )),
+            None => Arc::new(Console {
                 channel,
                 run_id: run_id.clone(),
-            });
+            }),
+        };
+        tokio::spawn(async move {
             let out = me.engine.execute(wf, record, control, &[observer]).await;
             if let Err(e) = out {
                 tracing::error!(run = %run_id, error = %e, "run could not execute");

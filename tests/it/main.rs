@@ -8,6 +8,7 @@ mod props_aws;
 mod props_provisioning;
 mod provisioning;
 mod serve;
+mod slack_api;
 mod support;
 mod templates;
 mod tidy;

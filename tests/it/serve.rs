@@ -370,3 +370,92 @@ fn a_slash_command_onboards_a_customer_against_the_emulator() {
     );
     assert!(audit.to_string().contains("Acme Corp (acme) is onboarded"));
 }
+
+#[test]
+fn each_run_talks_in_its_own_thread_through_the_web_api() {
+    // The first two calls fail (429, then 500): delivery retries, the runs never wait on it.
+    let api = crate::slack_api::SlackApi::start(2);
+    let sb = Sandbox::new();
+    workflows(&sb);
+    let s = serve_with(&sb, &["U1"], |cmd| {
+        cmd.env("SLACK_BOT_TOKEN", "xoxb-test-token")
+            .env("SLACK_API_URL", &api.url);
+    });
+    let (_, a) = signed(&s, "/slack/commands", &command("U1", "hello alice", "t1"));
+    let (_, b) = signed(&s, "/slack/commands", &command("U1", "hello bob", "t2"));
+    assert!(a.contains("Started") && b.contains("Started"), "{a} / {b}");
+    wait_until("both runs to finish", Duration::from_secs(60), || {
+        runs(&sb)
+            .iter()
+            .filter(|r| r["status"] == "succeeded")
+            .count()
+            == 2
+    });
+    // Each thread ends with its summary.
+    wait_until("both summaries", Duration::from_secs(30), || {
+        api.calls()
+            .iter()
+            .filter(|c| {
+                c.body["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("succeeded. `landfall status"))
+            })
+            .count()
+            == 2
+    });
+    assert_eq!(api.refused(), 2);
+    let calls = api.calls();
+    assert!(calls
+        .iter()
+        .all(|c| c.authorization == "Bearer xoxb-test-token"));
+    for r in runs(&sb) {
+        let run = r["run_id"].as_str().unwrap().to_string();
+        let header = calls
+            .iter()
+            .find(|c| {
+                c.method == "chat.postMessage"
+                    && c.body["thread_ts"].is_null()
+                    && c.body["text"].as_str().unwrap_or_default().contains(&run)
+            })
+            .unwrap_or_else(|| panic!("no header for {run}: {calls:#?}"));
+        // Property 2, end to end: every reply that names this run is in its thread, and
+        // every message in its thread is about it.
+        for c in calls
+            .iter()
+            .filter(|c| c.body["thread_ts"] == header.ts.as_str())
+        {
+            let t = c.body["text"].as_str().unwrap_or_default();
+            assert!(
+                !runs(&sb)
+                    .iter()
+                    .any(|o| o["run_id"] != run.as_str()
+                        && t.contains(o["run_id"].as_str().unwrap())),
+                "{t}"
+            );
+        }
+        let summary = calls
+            .iter()
+            .find(|c| {
+                c.body["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains(&format!("Run `{run}` succeeded")))
+            })
+            .unwrap();
+        assert_eq!(
+            summary.body["thread_ts"],
+            header.ts.as_str(),
+            "the summary is in the run's own thread"
+        );
+        let edits: Vec<&crate::slack_api::Call> = calls
+            .iter()
+            .filter(|c| c.method == "chat.update" && c.ts == header.ts)
+            .collect();
+        assert!(
+            edits.last().is_some_and(|e| e.body["text"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("succeeded")),
+            "the header ends edited to the outcome: {edits:#?}"
+        );
+    }
+}

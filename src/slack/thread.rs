@@ -1,0 +1,311 @@
+//! One Slack thread per run: a header message edited in place with live progress, replies for
+//! the events people act on (notifications, approvals with buttons, failures), and the end.
+//!
+//! The thread (`channel`, `ts` of the header) is kept with the run as the `slack.thread`
+//! annotation, so a resumed run keeps talking in the same thread, and every message of a run
+//! goes to that run's thread only. Header edits are coalesced (at most one per
+//! [`EDIT_EVERY`]), well inside Slack's tier for `chat.update`. Delivery happens on its own
+//! task: a slow or failing Slack never holds up the run; a message that could not be
+//! delivered is logged and audited.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use landfall_engine::events::{Observer, RunEvent};
+use landfall_engine::state::NodeStatus;
+use landfall_engine::store::{AuditDraft, Batch};
+use landfall_engine::Engine;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::web::Chat;
+
+/// The least time between two edits of a run's header.
+pub const EDIT_EVERY: Duration = Duration::from_secs(2);
+
+/// The observer half: hands events to the thread's task, never blocks.
+pub struct ThreadObserver {
+    tx: mpsc::UnboundedSender<RunEvent>,
+}
+
+impl Observer for ThreadObserver {
+    fn on_event(&self, e: &RunEvent) {
+        let _ = self.tx.send(e.clone());
+    }
+}
+
+/// Starts the thread task of `run_id` in `channel`; returns the observer to give the run.
+pub fn start(
+    chat: Arc<dyn Chat>,
+    engine: Engine,
+    run_id: String,
+    workflow: String,
+    channel: String,
+    actor: String,
+) -> ThreadObserver {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(run_thread(
+        chat, engine, run_id, workflow, channel, actor, rx,
+    ));
+    ThreadObserver { tx }
+}
+
+struct Header {
+    workflow: String,
+    run_id: String,
+    actor: String,
+    done: usize,
+    total: usize,
+    current: Option<(String, f64)>,
+    status: Option<String>,
+}
+
+impl Header {
+    fn text(&self) -> String {
+        let icon = match self.status.as_deref() {
+            Some("succeeded") => ":white_check_mark:",
+            Some("failed") | Some("cancelled") => ":x:",
+            Some(_) => ":double_vertical_bar:",
+            None => ":hourglass_flowing_sand:",
+        };
+        let mut t = format!(
+            "{icon} *{}* `{}` started by <@{}>: {}/{} steps",
+            self.workflow, self.run_id, self.actor, self.done, self.total
+        );
+        match (&self.status, &self.current) {
+            (Some(s), _) => t.push_str(&format!(" · {s}")),
+            (None, Some((node, p))) => t.push_str(&format!(" · {node} {p:.0}%")),
+            _ => {}
+        }
+        t
+    }
+}
+
+fn mention(who: &str) -> String {
+    if who.starts_with('U') || who.starts_with('W') {
+        format!("<@{who}>")
+    } else {
+        who.to_string()
+    }
+}
+
+/// A reply for an event people should see, if it is one.
+fn reply_for(e: &RunEvent, run_id: &str) -> Option<(String, Option<Value>)> {
+    match e {
+        RunEvent::Milestone {
+            kind, data, node, ..
+        } => match kind.as_str() {
+            "notification" => {
+                let to: Vec<String> = data["to"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(mention)
+                    .collect();
+                let text = data["text"].as_str().unwrap_or_default();
+                Some((
+                    if to.is_empty() {
+                        text.to_string()
+                    } else {
+                        format!("{}\n{text}", to.join(" "))
+                    },
+                    None,
+                ))
+            }
+            "approval_requested" => {
+                let title = data["title"].as_str().unwrap_or_default();
+                let digest = data["digest"].as_str().unwrap_or_default();
+                let value = json!({ "run": run_id, "node": node, "digest": digest }).to_string();
+                let text = format!(
+                    ":raised_hand: Approval needed: *{title}*\ndigest `{digest}`\n{}",
+                    truncate(&data["details"].to_string(), 2500)
+                );
+                let blocks = json!([
+                    { "type": "section", "text": { "type": "mrkdwn", "text": text } },
+                    { "type": "actions", "elements": [
+                        { "type": "button", "action_id": "approve", "style": "primary",
+                          "text": { "type": "plain_text", "text": "Approve" }, "value": value },
+                        { "type": "button", "action_id": "reject", "style": "danger",
+                          "text": { "type": "plain_text", "text": "Reject" }, "value": value },
+                    ]},
+                ]);
+                Some((text, Some(blocks)))
+            }
+            "approval_decided" => Some((
+                format!(
+                    "{} by {}",
+                    data["decision"].as_str().unwrap_or_default(),
+                    mention(data["actor"].as_str().unwrap_or_default())
+                ),
+                None,
+            )),
+            "package_published" => Some((
+                format!(
+                    ":package: package {}@{} published",
+                    data["id"].as_str().unwrap_or_default(),
+                    data["version"]
+                ),
+                None,
+            )),
+            "rollback" => Some((
+                format!(
+                    ":rewind: rollback in {}/{}: {}",
+                    data["account"].as_str().unwrap_or_default(),
+                    data["region"].as_str().unwrap_or_default(),
+                    data["causes"]
+                        .as_array()
+                        .map(|c| c
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join("; "))
+                        .unwrap_or_default()
+                ),
+                None,
+            )),
+            _ => None,
+        },
+        RunEvent::NodeFinished {
+            node,
+            status: NodeStatus::Failed,
+            error,
+            ..
+        } => Some((
+            format!(
+                ":x: {node} failed: {}",
+                error
+                    .as_ref()
+                    .map(|e| e.message.as_str())
+                    .unwrap_or("unknown")
+            ),
+            None,
+        )),
+        _ => None,
+    }
+}
+
+async fn run_thread(
+    chat: Arc<dyn Chat>,
+    engine: Engine,
+    run_id: String,
+    workflow: String,
+    channel: String,
+    actor: String,
+    mut rx: mpsc::UnboundedReceiver<RunEvent>,
+) {
+    let store = Arc::clone(&engine.store);
+    let undelivered = |what: &str, err: &str| {
+        tracing::warn!(run = %run_id, %what, error = %err, "a Slack message was not delivered");
+        let _ = store.commit(Batch {
+            audit: vec![AuditDraft::new(
+                "landfall",
+                &run_id,
+                "slack_delivery_failed",
+                json!({ "what": what, "error": err }),
+            )],
+            ..Batch::default()
+        });
+    };
+    let mut header = Header {
+        workflow,
+        run_id: run_id.clone(),
+        actor,
+        done: 0,
+        total: 0,
+        current: None,
+        status: None,
+    };
+    // The thread survives restarts: a resumed run finds its header's ts with the run.
+    let kept = store
+        .annotations(&run_id)
+        .ok()
+        .and_then(|a| a.get("slack.thread").cloned())
+        .and_then(|t| t["ts"].as_str().map(str::to_string));
+    let ts = match kept {
+        Some(ts) => Some(ts),
+        None => match chat.post(&channel, None, &header.text(), None).await {
+            Ok(ts) => {
+                let _ = engine.annotate(
+                    &run_id,
+                    "slack.thread",
+                    json!({ "channel": channel, "ts": ts }),
+                );
+                Some(ts)
+            }
+            Err(e) => {
+                undelivered("thread header", &e.0);
+                None
+            }
+        },
+    };
+    let mut dirty = false;
+    let mut last_edit = tokio::time::Instant::now() - EDIT_EVERY;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        let event = tokio::select! {
+            e = rx.recv() => e,
+            _ = tick.tick() => {
+                if dirty && last_edit.elapsed() >= EDIT_EVERY {
+                    if let Some(ts) = &ts {
+                        if let Err(e) = chat.update(&channel, ts, &header.text()).await {
+                            undelivered("progress", &e.0);
+                        }
+                    }
+                    dirty = false;
+                    last_edit = tokio::time::Instant::now();
+                }
+                continue;
+            }
+        };
+        let Some(e) = event else { break };
+        match &e {
+            RunEvent::RunStarted { nodes_total, .. } => {
+                header.total = *nodes_total;
+                dirty = true;
+            }
+            RunEvent::NodeFinished { .. } => {
+                header.done += 1;
+                header.total = header.total.max(header.done);
+                dirty = true;
+            }
+            RunEvent::Progress { node, percent, .. } => {
+                header.current = Some((node.clone(), *percent));
+                dirty = true;
+            }
+            _ => {}
+        }
+        if let Some((text, blocks)) = reply_for(&e, &run_id) {
+            let text = truncate(&text, 3000);
+            if let Err(err) = chat
+                .post(&channel, ts.as_deref(), &text, blocks.as_ref())
+                .await
+            {
+                undelivered("reply", &err.0);
+            }
+        }
+        if let RunEvent::RunFinished { status, .. } = &e {
+            header.status = Some(status.to_string());
+            if let Some(ts) = &ts {
+                if let Err(err) = chat.update(&channel, ts, &header.text()).await {
+                    undelivered("final header", &err.0);
+                }
+                let summary =
+                    format!("Run `{run_id}` {status}. `landfall status {run_id}` has the details.");
+                if let Err(err) = chat.post(&channel, Some(ts), &summary, None).await {
+                    undelivered("summary", &err.0);
+                }
+            }
+            break;
+        }
+    }
+}
+
+/// Slack allows 3,000 characters per section: longer text is cut, and says so.
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let cut: String = text.chars().take(max).collect();
+    format!("{cut}… (truncated; `landfall status` has all of it)")
+}
