@@ -6,6 +6,7 @@ mod diagnostics;
 mod packages;
 mod props_aws;
 mod props_provisioning;
+mod props_slack;
 mod provisioning;
 mod serve;
 mod slack_api;

@@ -14,6 +14,8 @@ const SECRET: &str = "test-signing-secret";
 struct Server {
     child: Child,
     base: String,
+    /// Everything the server wrote on stderr so far.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Drop for Server {
@@ -85,8 +87,11 @@ fn serve_with(
     let mut child = cmd.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = std::sync::Arc::clone(&log);
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            keep.lock().unwrap().push(line.clone());
             if let Some(rest) = line.split("listening on ").nth(1) {
                 let _ = tx.send(
                     rest.split_whitespace()
@@ -100,7 +105,7 @@ fn serve_with(
     let base = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("serve printed its address");
-    Server { child, base }
+    Server { child, base, log }
 }
 
 fn now() -> String {
@@ -379,7 +384,8 @@ fn each_run_talks_in_its_own_thread_through_the_web_api() {
     workflows(&sb);
     let s = serve_with(&sb, &["U1"], |cmd| {
         cmd.env("SLACK_BOT_TOKEN", "xoxb-test-token")
-            .env("SLACK_API_URL", &api.url);
+            .env("SLACK_API_URL", &api.url)
+            .env("LANDFALL_LOG", "trace");
     });
     let (_, a) = signed(&s, "/slack/commands", &command("U1", "hello alice", "t1"));
     let (_, b) = signed(&s, "/slack/commands", &command("U1", "hello bob", "t2"));
@@ -404,6 +410,13 @@ fn each_run_talks_in_its_own_thread_through_the_web_api() {
             == 2
     });
     assert_eq!(api.refused(), 2);
+    // Even at trace level, neither the token nor the signing secret is ever logged.
+    let log = s.log.lock().unwrap().join("\n");
+    assert!(log.len() > 1000, "trace logging was on: {log}");
+    assert!(
+        !log.contains("xoxb-test-token") && !log.contains(SECRET),
+        "a secret was logged"
+    );
     let calls = api.calls();
     assert!(calls
         .iter()

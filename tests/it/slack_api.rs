@@ -26,7 +26,7 @@ pub struct Call {
 struct Inner {
     calls: Mutex<Vec<Call>>,
     next: AtomicUsize,
-    /// Fail this many calls first: 429 (with Retry-After: 1) for even, 500 for odd ones.
+    /// Fail this many calls first: 500 for the first, then 429 (with Retry-After: 1), …
     failures: AtomicUsize,
     failed: AtomicUsize,
 }
@@ -82,7 +82,7 @@ async fn call(
         .is_ok()
     {
         let n = s.failed.fetch_add(1, Ordering::SeqCst);
-        return if n % 2 == 0 {
+        return if n % 2 == 1 {
             (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "").into_response()
         } else {
             (StatusCode::INTERNAL_SERVER_ERROR, "oops").into_response()
