@@ -214,6 +214,22 @@ impl FrontDoor {
         }
     }
 
+    /// Answers where the request came from, without holding up the HTTP response.
+    fn say(&self, channel: &str, thread_ts: Option<&str>, text: String) {
+        match &self.chat {
+            None => println!("[slack {channel}] {text}"),
+            Some(chat) => {
+                let chat = Arc::clone(chat);
+                let (channel, thread) = (channel.to_string(), thread_ts.map(str::to_string));
+                tokio::spawn(async move {
+                    if let Err(e) = chat.post(&channel, thread.as_deref(), &text, None).await {
+                        tracing::warn!(%channel, error = %e, "a reply was not delivered");
+                    }
+                });
+            }
+        }
+    }
+
     fn runs(&self) -> String {
         match self.store.runs() {
             Ok(runs) if runs.is_empty() => "No runs yet.".into(),
@@ -505,7 +521,7 @@ async fn events(State(fd): State<Arc<FrontDoor>>, headers: HeaderMap, body: Byte
                 let user = e["user"].as_str().unwrap_or_default();
                 let channel = e["channel"].as_str().unwrap_or_default();
                 let reply = fd.act(text, user, channel);
-                println!("[slack {channel}] {reply}");
+                fd.say(channel, e["ts"].as_str(), reply);
             }
             StatusCode::OK.into_response()
         }
@@ -548,7 +564,7 @@ async fn interactions(
         } else {
             fd.refuse(user, channel, "decide approvals")
         };
-        println!("[slack {channel}] {reply}");
+        fd.say(channel, None, reply);
     }
     StatusCode::OK.into_response()
 }

@@ -410,6 +410,23 @@ fn each_run_talks_in_its_own_thread_through_the_web_api() {
             == 2
     });
     assert_eq!(api.refused(), 2);
+    // A mention is answered in the mention's own thread.
+    let event = serde_json::json!({
+        "type": "event_callback", "event_id": "Ev9",
+        "event": { "type": "app_mention", "user": "U1", "channel": "C7", "ts": "1699999999.000001", "text": "<@UBOT> help" },
+    })
+    .to_string();
+    assert_eq!(signed(&s, "/slack/events", &event).0, 200);
+    wait_until("the answer to the mention", Duration::from_secs(30), || {
+        api.calls().iter().any(|c| {
+            c.body["channel"] == "C7"
+                && c.body["thread_ts"] == "1699999999.000001"
+                && c.body["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("/landfall hello NAME")
+        })
+    });
     // Even at trace level, neither the token nor the signing secret is ever logged.
     let log = s.log.lock().unwrap().join("\n");
     assert!(log.len() > 1000, "trace logging was on: {log}");
