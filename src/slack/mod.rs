@@ -4,4 +4,5 @@
 pub mod server;
 pub mod signature;
 pub mod thread;
+pub mod tokens;
 pub mod web;

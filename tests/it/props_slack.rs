@@ -9,7 +9,7 @@ use landfall::slack::thread;
 use landfall::slack::web;
 use landfall_engine::events::{Observer, RunEvent};
 use landfall_engine::state::RunStatus;
-use landfall_engine::store::MemStore;
+use landfall_engine::store::{MemStore, Store};
 use landfall_engine::{Engine, Registry};
 use proptest::prelude::*;
 use serde_json::json;
@@ -97,5 +97,97 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+fn tokens(
+    api: &SlackApi,
+    store: Arc<MemStore>,
+) -> landfall::slack::tokens::Tokens<
+    impl slack_morphism::prelude::SlackClientHttpConnector + Send + Sync,
+> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let connector = slack_morphism::prelude::SlackClientHyperConnector::with_connector(
+        hyper_util::client::legacy::connect::HttpConnector::new(),
+    )
+    .with_slack_api_url(&api.url);
+    landfall::slack::tokens::Tokens {
+        client: slack_morphism::prelude::SlackClient::new(connector),
+        store,
+        key: landfall_engine::crypto::DataKey::from_bytes(&[7; 32]).unwrap(),
+        client_id: "cid".into(),
+        client_secret: "csecret".into(),
+    }
+}
+
+fn token() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "xoxb-[0-9]{6}-[A-Za-z0-9]{20}",
+        "xoxe\\.xoxb-1-[A-Za-z0-9]{24}",
+        // Malformed: wrong prefix, too short, spaces, empty.
+        "[a-z]{4}-[A-Za-z0-9 ]{3,30}",
+        Just(String::new()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(100))]
+
+    /// Feature: agent-onboarding-provisioning, Property 3: Authentication Token Validation.
+    /// A malformed, revoked or expired token is never handed out; a token within five
+    /// minutes of expiry is refreshed (once, through `oauth.v2.access`) before it is used.
+    #[test]
+    fn bad_tokens_are_never_used_and_refresh_comes_before_expiry(
+        access in token(),
+        refresh in prop::option::of(prop_oneof![
+            Just("xoxe-1-refresh-token-0000".to_string()),
+            Just("xoxe-1-revoked-refresh-token".to_string()),
+            Just("not a token".to_string()),
+        ]),
+        expires_in in prop::option::of(-3600i64..7200),
+        revoked in prop::bool::weighted(0.2),
+    ) {
+        use landfall::slack::tokens::{well_formed, Grant, TokenError, REFRESH_BEFORE};
+        let api = SlackApi::start(0);
+        let store = Arc::new(MemStore::default());
+        let t = tokens(&api, Arc::clone(&store));
+        let now = 1_800_000_000i64;
+        let g = Grant { access_token: access.clone(), refresh_token: refresh.clone(), expires_at: expires_in.map(|s| now + s), team_id: None, revoked };
+        t.save(&g).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let got = rt.block_on(t.current(now));
+        let refreshes = api.calls().iter().filter(|c| c.method == "oauth.v2.access").count();
+        let due = expires_in.is_some_and(|s| s <= REFRESH_BEFORE);
+        let can_refresh = refresh.as_deref().is_some_and(well_formed);
+        match &got {
+            Ok(tok) => {
+                prop_assert!(well_formed(tok), "handed out a malformed token");
+                prop_assert!(!revoked);
+                if due && can_refresh {
+                    prop_assert_eq!(refreshes, 1);
+                    prop_assert!(tok.starts_with("xoxe.xoxb-1-fresh-token-"));
+                    let saved = t.load().unwrap().unwrap();
+                    prop_assert_eq!(&saved.access_token, tok);
+                    prop_assert!(saved.expires_at.unwrap() > now + REFRESH_BEFORE);
+                } else {
+                    prop_assert_eq!(tok, &access);
+                    prop_assert_eq!(refreshes, 0);
+                    prop_assert!(expires_in.is_none_or(|s| s > 0), "an expired token was used");
+                }
+            }
+            Err(TokenError::Revoked) => prop_assert!(revoked || refresh.as_deref() == Some("xoxe-1-revoked-refresh-token")),
+            Err(TokenError::Expired) => prop_assert!(expires_in.is_some_and(|s| s <= 0) && !can_refresh),
+            Err(TokenError::Malformed) => prop_assert!(!well_formed(&access) || due),
+            Err(e) => prop_assert!(false, "unexpected {e}"),
+        }
+        if revoked {
+            prop_assert_eq!(refreshes, 0, "a revoked grant is not even refreshed");
+        }
+        // A grant whose sealed bytes were changed is refused, not used.
+        let mut sealed = store.secret("slack.bot-grant").unwrap().unwrap();
+        let last = sealed.len() - 1;
+        sealed[last] ^= 1;
+        store.commit(landfall_engine::store::Batch { secrets: vec![("slack.bot-grant".into(), sealed)], ..Default::default() }).unwrap();
+        prop_assert!(matches!(rt.block_on(t.current(now)), Err(TokenError::Sealed(_))));
     }
 }

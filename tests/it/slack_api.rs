@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use axum::extract::Query;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -47,7 +48,7 @@ impl SlackApi {
         let inner = Arc::new(Inner::default());
         inner.failures.store(fail_first, Ordering::SeqCst);
         let app = Router::new()
-            .route("/api/{method}", post(call))
+            .route("/api/{method}", post(call).get(oauth))
             .with_state(Arc::clone(&inner));
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -113,6 +114,37 @@ async fn call(
         "channel": channel,
         "ts": ts,
         "message": { "ts": ts, "text": text },
+    }))
+    .into_response()
+}
+
+/// `oauth.v2.access` (GET, client id and secret in Basic auth): token rotation's refresh.
+async fn oauth(
+    State(s): State<Arc<Inner>>,
+    axum::extract::Path(method): axum::extract::Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<std::collections::BTreeMap<String, String>>,
+) -> Response {
+    let n = s.next.fetch_add(1, Ordering::SeqCst) + 1;
+    s.calls.lock().unwrap().push(Call {
+        method: method.clone(),
+        body: serde_json::to_value(&q).unwrap_or_default(),
+        ts: String::new(),
+        authorization: headers
+            .get("authorization")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+    });
+    if q.get("refresh_token").map(String::as_str) == Some("xoxe-1-revoked-refresh-token") {
+        return Json(json!({ "ok": false, "error": "invalid_refresh_token" })).into_response();
+    }
+    Json(json!({
+        "ok": true,
+        "access_token": format!("xoxe.xoxb-1-fresh-token-{n:04}"),
+        "refresh_token": format!("xoxe-1-refresh-token-{n:04}"),
+        "expires_in": 43200,
+        "token_type": "bot",
     }))
     .into_response()
 }

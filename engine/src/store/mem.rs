@@ -17,6 +17,7 @@ struct Inner {
     audit: BTreeMap<(String, u64), AuditEntry>,
     signals: BTreeMap<(String, String), Signal>,
     annotations: BTreeMap<(String, String), Value>,
+    secrets: BTreeMap<String, Vec<u8>>,
     packages: BTreeMap<(String, u64), Package>,
 }
 
@@ -49,6 +50,9 @@ impl Store for MemStore {
         }
         for (run, key, value) in batch.annotations {
             g.annotations.insert((run, key), value);
+        }
+        for (name, sealed) in batch.secrets {
+            g.secrets.insert(name, sealed);
         }
         for draft in batch.audit {
             let run = draft.run_id.clone();
@@ -94,6 +98,10 @@ impl Store for MemStore {
             .signals
             .get(&(run_id.to_string(), node_id.to_string()))
             .cloned())
+    }
+
+    fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().secrets.get(name).cloned())
     }
 
     fn annotations(&self, run_id: &str) -> Result<BTreeMap<String, Value>, StoreError> {

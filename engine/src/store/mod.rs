@@ -239,6 +239,9 @@ pub struct Batch {
     pub signals: Vec<(String, String, Signal)>,
     /// (run, key, value): data observers keep with a run (the Slack thread), by key.
     pub annotations: Vec<(String, String, Value)>,
+    /// (name, sealed bytes): secrets, sealed by the caller (see [`crate::crypto`]); the store
+    /// never sees them in clear.
+    pub secrets: Vec<(String, Vec<u8>)>,
 }
 
 impl Batch {
@@ -248,6 +251,7 @@ impl Batch {
             && self.audit.is_empty()
             && self.signals.is_empty()
             && self.annotations.is_empty()
+            && self.secrets.is_empty()
     }
 }
 
@@ -263,6 +267,8 @@ pub trait Store: Send + Sync {
     fn signal(&self, run_id: &str, node_id: &str) -> Result<Option<Signal>, StoreError>;
     /// Every annotation of a run, by key.
     fn annotations(&self, run_id: &str) -> Result<BTreeMap<String, Value>, StoreError>;
+    /// A sealed secret by name.
+    fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Publishes a package: identical content returns its existing version, new content the
     /// next version. One transaction.
     fn publish_package(

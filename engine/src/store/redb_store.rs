@@ -21,6 +21,7 @@ const NODES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("nodes"
 const AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("audit");
 const SIGNALS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("signals");
 const ANNOTATIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("annotations");
+const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 const PACKAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("packages");
 /// (package id, digest) → version: publishing identical content finds its version at once.
 const PACKAGE_DIGESTS: TableDefinition<(&str, &str), u64> = TableDefinition::new("package_digests");
@@ -105,6 +106,7 @@ impl RedbStore {
             tx.open_table(AUDIT)?;
             tx.open_table(SIGNALS)?;
             tx.open_table(ANNOTATIONS)?;
+            tx.open_table(SECRETS)?;
             tx.open_table(PACKAGES)?;
             tx.open_table(PACKAGE_DIGESTS)?;
             if fresh {
@@ -156,6 +158,10 @@ impl Store for RedbStore {
             let mut annotations = tx.open_table(ANNOTATIONS)?;
             for (run, key, value) in &batch.annotations {
                 annotations.insert((run.as_str(), key.as_str()), encode(value)?.as_slice())?;
+            }
+            let mut secrets = tx.open_table(SECRETS)?;
+            for (name, sealed) in &batch.secrets {
+                secrets.insert(name.as_str(), sealed.as_slice())?;
             }
             let mut audit = tx.open_table(AUDIT)?;
             // The chain head of each run touched by this batch, read once per batch.
@@ -241,6 +247,12 @@ impl Store for RedbStore {
             )?)),
             None => Ok(None),
         }
+    }
+
+    fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(SECRETS)?;
+        Ok(t.get(name)?.map(|v| v.value().to_vec()))
     }
 
     fn annotations(&self, run_id: &str) -> Result<BTreeMap<String, Value>, StoreError> {

@@ -211,6 +211,9 @@ impl Store for CrashingStore {
     fn signal(&self, run: &str, node: &str) -> Result<Option<crate::state::Signal>, StoreError> {
         self.inner.signal(run, node)
     }
+    fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.secret(name)
+    }
     fn annotations(
         &self,
         run: &str,

@@ -1,0 +1,222 @@
+//! Bot tokens: checked before every use, kept sealed in the state file, refreshed before they
+//! expire (Slack's token rotation: `oauth.v2.access` with `grant_type=refresh_token`, written
+//! on slack-morphism's HTTP client, which has no refresh of its own).
+//!
+//! A token that is malformed, expired, or that Slack reported revoked is never handed out:
+//! [`Tokens::current`] says why instead. Refresh happens [`REFRESH_BEFORE`] ahead of expiry.
+
+use std::sync::Arc;
+
+use landfall_engine::crypto::{CryptoError, DataKey};
+use landfall_engine::store::{Batch, Store};
+use serde::{Deserialize, Serialize};
+use slack_morphism::prelude::*;
+
+/// Refresh this long (seconds) before a token expires.
+pub const REFRESH_BEFORE: i64 = 5 * 60;
+/// The name of the bot grant in the state file (and the AEAD's associated data).
+const NAME: &str = "slack.bot-grant";
+
+/// What an install (or a refresh) gave us.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub access_token: String,
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+    /// Unix seconds; `None` for tokens that do not expire (rotation off).
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    #[serde(default)]
+    pub team_id: Option<String>,
+    /// Slack said `token_revoked` / `invalid_auth`: never used again until a new install.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a token, not even in a debug dump.
+        f.debug_struct("Grant")
+            .field("expires_at", &self.expires_at)
+            .field("team_id", &self.team_id)
+            .field("revoked", &self.revoked)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("no Slack installation: install the app (or set SLACK_BOT_TOKEN)")]
+    NotInstalled,
+    #[error("the stored Slack token is malformed")]
+    Malformed,
+    #[error("the Slack token expired and could not be refreshed")]
+    Expired,
+    #[error("Slack revoked the token: install the app again")]
+    Revoked,
+    #[error("refreshing the Slack token failed: {0}")]
+    Refresh(String),
+    #[error("the stored Slack grant cannot be opened: {0}")]
+    Sealed(#[from] CryptoError),
+    #[error("the state file: {0}")]
+    Store(String),
+}
+
+/// Whether `token` looks like a Slack token at all (bot, user, app or rotating).
+pub fn well_formed(token: &str) -> bool {
+    let rest = token.strip_prefix("xoxe.").unwrap_or(token);
+    let known = ["xoxb-", "xoxp-", "xoxa-", "xapp-", "xoxe-"]
+        .iter()
+        .any(|p| rest.starts_with(p));
+    known
+        && (20..=512).contains(&token.len())
+        && token
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+}
+
+/// What to do with a grant at `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Use,
+    Refresh,
+    Refuse(TokenVerdict),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenVerdict {
+    Malformed,
+    Expired,
+    Revoked,
+}
+
+/// The decision table of [`Tokens::current`]. Pure.
+pub fn verdict(g: &Grant, now: i64) -> Verdict {
+    if g.revoked {
+        return Verdict::Refuse(TokenVerdict::Revoked);
+    }
+    match g.expires_at {
+        Some(exp) if now + REFRESH_BEFORE >= exp => {
+            if g.refresh_token.as_deref().is_some_and(well_formed) {
+                Verdict::Refresh
+            } else if now >= exp {
+                Verdict::Refuse(TokenVerdict::Expired)
+            } else if well_formed(&g.access_token) {
+                // Close to expiry with no way to refresh: use it while it lasts.
+                Verdict::Use
+            } else {
+                Verdict::Refuse(TokenVerdict::Malformed)
+            }
+        }
+        _ if well_formed(&g.access_token) => Verdict::Use,
+        _ => Verdict::Refuse(TokenVerdict::Malformed),
+    }
+}
+
+#[derive(Deserialize)]
+struct Refreshed {
+    access_token: String,
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<i64>,
+}
+
+/// The bot grant of this installation.
+pub struct Tokens<C: SlackClientHttpConnector + Send + Sync> {
+    pub client: SlackClient<C>,
+    pub store: Arc<dyn Store>,
+    pub key: DataKey,
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+impl<C: SlackClientHttpConnector + Send + Sync> Tokens<C> {
+    pub fn save(&self, g: &Grant) -> Result<(), TokenError> {
+        let plain = serde_json::to_vec(g).map_err(|e| TokenError::Store(e.to_string()))?;
+        self.store
+            .commit(Batch {
+                secrets: vec![(NAME.to_string(), self.key.seal(&plain, NAME.as_bytes()))],
+                ..Batch::default()
+            })
+            .map_err(|e| TokenError::Store(e.to_string()))
+    }
+
+    pub fn load(&self) -> Result<Option<Grant>, TokenError> {
+        let Some(sealed) = self
+            .store
+            .secret(NAME)
+            .map_err(|e| TokenError::Store(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let plain = self.key.open(&sealed, NAME.as_bytes())?;
+        serde_json::from_slice(&plain)
+            .map(Some)
+            .map_err(|_| TokenError::Malformed)
+    }
+
+    /// Slack reported the token revoked (or the auth invalid): never use it again.
+    pub fn revoke(&self) -> Result<(), TokenError> {
+        if let Some(mut g) = self.load()? {
+            g.revoked = true;
+            self.save(&g)?;
+        }
+        Ok(())
+    }
+
+    /// A token fit to use at `now` (Unix seconds), refreshed first when it is about to expire.
+    pub async fn current(&self, now: i64) -> Result<String, TokenError> {
+        let g = self.load()?.ok_or(TokenError::NotInstalled)?;
+        match verdict(&g, now) {
+            Verdict::Use => Ok(g.access_token),
+            Verdict::Refuse(TokenVerdict::Revoked) => Err(TokenError::Revoked),
+            Verdict::Refuse(TokenVerdict::Expired) => Err(TokenError::Expired),
+            Verdict::Refuse(TokenVerdict::Malformed) => Err(TokenError::Malformed),
+            Verdict::Refresh => {
+                let fresh = self.refresh(&g, now).await?;
+                if !well_formed(&fresh.access_token) {
+                    return Err(TokenError::Malformed);
+                }
+                self.save(&fresh)?;
+                Ok(fresh.access_token)
+            }
+        }
+    }
+
+    async fn refresh(&self, g: &Grant, now: i64) -> Result<Grant, TokenError> {
+        let refresh_token = g.refresh_token.clone().unwrap_or_default();
+        let connector = &self.client.http_api.connector;
+        let base = connector
+            .create_method_uri_path("oauth.v2.access")
+            .map_err(|e| TokenError::Refresh(e.to_string()))?;
+        let url = SlackClientHttpApiUri::create_url_with_params(
+            base,
+            &vec![
+                ("grant_type", Some("refresh_token")),
+                ("refresh_token", Some(refresh_token.as_str())),
+            ],
+        )
+        .map_err(|e| TokenError::Refresh(e.to_string()))?;
+        let id = SlackClientId::new(self.client_id.clone());
+        let secret = SlackClientSecret::new(self.client_secret.clone());
+        let r: Refreshed = connector
+            .http_get_with_client_secret(url, &id, &secret)
+            .await
+            .map_err(|e| match e {
+                slack_morphism::errors::SlackClientError::ApiError(a)
+                    if matches!(a.code.as_str(), "invalid_refresh_token" | "token_revoked") =>
+                {
+                    TokenError::Revoked
+                }
+                other => TokenError::Refresh(other.to_string()),
+            })?;
+        Ok(Grant {
+            access_token: r.access_token,
+            refresh_token: r.refresh_token.or_else(|| g.refresh_token.clone()),
+            expires_at: r.expires_in.map(|s| now + s),
+            team_id: g.team_id.clone(),
+            revoked: false,
+        })
+    }
+}
