@@ -541,24 +541,60 @@ impl App {
             max_body: a.max_body,
             max_parallel: self.loaded.config.max_parallel,
         };
-        let token = std::env::var("SLACK_BOT_TOKEN")
-            .ok()
-            .filter(|s| !s.is_empty())
-            .or_else(|| self.loaded.config.slack.bot_token.clone());
-        let chat: crate::slack::server::Outbound = match token {
-            None => {
+        let env = |k: &str| std::env::var(k).ok().filter(|s| !s.is_empty());
+        let api_url = env("SLACK_API_URL").unwrap_or_else(|| "https://slack.com/api".into());
+        let token = env("SLACK_BOT_TOKEN").or_else(|| self.loaded.config.slack.bot_token.clone());
+        // OAuth installs (token rotation) need the app's credentials and a data key to seal the
+        // grant with.
+        let oauth = match (env("SLACK_CLIENT_ID"), env("SLACK_CLIENT_SECRET")) {
+            (Some(id), Some(secret)) => {
+                let key_text = match (env("LANDFALL_DATA_KEY"), &a.data_key_file) {
+                    (Some(k), _) => k,
+                    (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| {
+                        Failure::invalid(format!("cannot read {}: {e}", f.display()))
+                    })?,
+                    (None, None) => {
+                        return Err(Failure::invalid(
+                            "OAuth installs need a data key to seal tokens with: set LANDFALL_DATA_KEY or --data-key-file (64 hex digits, e.g. `openssl rand -hex 32`)",
+                        ))
+                    }
+                };
+                let key = landfall_engine::crypto::DataKey::from_hex(&key_text)
+                    .map_err(|e| Failure::invalid(format!("data key: {e}")))?;
+                Some(crate::slack::server::OAuth {
+                    client_id: id,
+                    client_secret: secret,
+                    key,
+                    api_url: api_url.clone(),
+                    authorize_url: env("SLACK_AUTHORIZE_URL")
+                        .unwrap_or_else(|| "https://slack.com/oauth/v2/authorize".into()),
+                    redirect_url: env("SLACK_REDIRECT_URL"),
+                    scopes: "commands,chat:write,app_mentions:read".into(),
+                })
+            }
+            _ => None,
+        };
+        let auth = match (token, &oauth) {
+            (Some(t), _) => Some(crate::slack::web::Auth::Static(t)),
+            (None, Some(o)) => Some(crate::slack::web::Auth::Installed(
+                crate::slack::web::InstalledAuth {
+                    store: Arc::clone(&store) as Arc<dyn landfall_engine::store::Store>,
+                    key: o.key.clone(),
+                    client_id: o.client_id.clone(),
+                    client_secret: o.client_secret.clone(),
+                },
+            )),
+            (None, None) => {
                 eprintln!("no SLACK_BOT_TOKEN: run threads are printed on the console");
                 None
             }
-            Some(t) => {
-                let url = std::env::var("SLACK_API_URL")
-                    .ok()
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| "https://slack.com/api".into());
-                Some(Arc::from(crate::slack::web::client(&url, &t).map_err(
-                    |e| Failure::env(format!("cannot set up the Slack client: {e}")),
-                )?))
-            }
+        };
+        let chat: crate::slack::server::Outbound = match auth {
+            None => None,
+            Some(auth) => Some(Arc::from(
+                crate::slack::web::client(&api_url, auth)
+                    .map_err(|e| Failure::env(format!("cannot set up the Slack client: {e}")))?,
+            )),
         };
         let fd = crate::slack::server::FrontDoor::new(
             engine,
@@ -566,6 +602,7 @@ impl App {
             workflows,
             opts,
             chat,
+            oauth,
         )
         .map_err(Failure::invalid)?;
         let (listener, addr) = crate::slack::server::bind(a.listen)

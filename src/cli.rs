@@ -221,6 +221,10 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes
     #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
     pub max_body: usize,
+    /// File holding the data key (64 hex digits) that seals stored Slack tokens; or set
+    /// LANDFALL_DATA_KEY. Needed for OAuth installs (SLACK_CLIENT_ID, SLACK_CLIENT_SECRET)
+    #[arg(long, value_name = "FILE")]
+    pub data_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

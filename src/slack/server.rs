@@ -41,6 +41,21 @@ pub struct Options {
     pub max_parallel: usize,
 }
 
+/// The app's OAuth credentials, for installs (`/slack/install` → Slack → `/slack/oauth/callback`).
+pub struct OAuth {
+    pub client_id: String,
+    pub client_secret: String,
+    /// Seals the grant in the state file.
+    pub key: landfall_engine::crypto::DataKey,
+    pub api_url: String,
+    pub authorize_url: String,
+    pub redirect_url: Option<String>,
+    pub scopes: String,
+}
+
+/// How long an install's `state` stays valid.
+const STATE_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Where a run's messages go: Slack's Web API, or the console when there is no bot token.
 pub type Outbound = Option<Arc<dyn super::web::Chat>>;
 
@@ -57,6 +72,9 @@ pub struct FrontDoor {
     /// Runs executing in this process, for `/landfall cancel`.
     live: Mutex<HashMap<String, RunControl>>,
     chat: Outbound,
+    oauth: Option<OAuth>,
+    /// Install `state` values handed out and not yet used (CSRF protection), with their age.
+    states: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 const SEEN_MAX: usize = 10_000;
@@ -68,6 +86,7 @@ impl FrontDoor {
         workflows: Vec<(PathBuf, Workflow)>,
         opts: Options,
         chat: Outbound,
+        oauth: Option<OAuth>,
     ) -> Result<Arc<Self>, String> {
         let routes = route::routes(&workflows)?;
         let store = Arc::clone(&engine.store);
@@ -84,6 +103,8 @@ impl FrontDoor {
             seen: Mutex::new((HashSet::new(), VecDeque::new())),
             live: Mutex::new(HashMap::new()),
             chat,
+            oauth,
+            states: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -97,6 +118,8 @@ impl FrontDoor {
             .route("/slack/commands", post(commands))
             .route("/slack/events", post(events))
             .route("/slack/interactions", post(interactions))
+            .route("/slack/install", get(install))
+            .route("/slack/oauth/callback", get(oauth_callback))
             .layer(DefaultBodyLimit::max(self.opts.max_body))
             .with_state(Arc::clone(self))
     }
@@ -574,4 +597,102 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(tokio::net::TcpListener,
     let l = tokio::net::TcpListener::bind(addr).await?;
     let a = l.local_addr()?;
     Ok((l, a))
+}
+
+/// Starts an install: a fresh single-use `state`, then Slack's consent page.
+async fn install(State(fd): State<Arc<FrontDoor>>) -> Response {
+    let Some(o) = &fd.oauth else {
+        return (StatusCode::NOT_FOUND, "OAuth installs are not configured").into_response();
+    };
+    let state: String = {
+        use rand::Rng;
+        let bytes: [u8; 16] = rand::rng().random();
+        hex::encode(bytes)
+    };
+    {
+        let mut states = fd.states.lock().unwrap_or_else(|p| p.into_inner());
+        states.retain(|_, at| at.elapsed() < STATE_TTL);
+        states.insert(state.clone(), std::time::Instant::now());
+    }
+    let mut params = vec![
+        ("client_id", o.client_id.as_str()),
+        ("scope", o.scopes.as_str()),
+        ("state", state.as_str()),
+    ];
+    if let Some(r) = &o.redirect_url {
+        params.push(("redirect_uri", r.as_str()));
+    }
+    let query = serde_urlencoded::to_string(&params).unwrap_or_default();
+    (
+        StatusCode::FOUND,
+        [(
+            axum::http::header::LOCATION,
+            format!("{}?{query}", o.authorize_url),
+        )],
+    )
+        .into_response()
+}
+
+/// Finishes an install: the `state` must be one we handed out (once, recently); then the
+/// code is exchanged and the grant sealed into the state file.
+async fn oauth_callback(
+    State(fd): State<Arc<FrontDoor>>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let Some(o) = &fd.oauth else {
+        return (StatusCode::NOT_FOUND, "OAuth installs are not configured").into_response();
+    };
+    let state = q.get("state").cloned().unwrap_or_default();
+    let fresh = {
+        let mut states = fd.states.lock().unwrap_or_else(|p| p.into_inner());
+        states
+            .remove(&state)
+            .is_some_and(|at| at.elapsed() < STATE_TTL)
+    };
+    if !fresh {
+        fd.audit(
+            "slack:oauth",
+            "slack_install_refused",
+            json!({ "reason": "unknown, used or expired state" }),
+        );
+        return (
+            StatusCode::FORBIDDEN,
+            "This install link is not valid (expired or already used). Start again from /slack/install.",
+        )
+            .into_response();
+    }
+    if let Some(err) = q.get("error") {
+        return (StatusCode::BAD_REQUEST, format!("Slack said: {err}")).into_response();
+    }
+    let code = q.get("code").cloned().unwrap_or_default();
+    let now = chrono::Utc::now().timestamp();
+    let grant = super::tokens::exchange_code(
+        &o.api_url,
+        &o.client_id,
+        &o.client_secret,
+        &code,
+        o.redirect_url.as_deref(),
+        now,
+    )
+    .await;
+    match grant.and_then(|g| {
+        super::tokens::save_grant(fd.store.as_ref(), &o.key, &g).map(|_| g.team_id.clone())
+    }) {
+        Ok(team) => {
+            fd.audit("slack:oauth", "slack_installed", json!({ "team": team }));
+            (
+                StatusCode::OK,
+                "Landfall is installed in your Slack workspace.",
+            )
+                .into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "a Slack install failed");
+            (
+                StatusCode::BAD_GATEWAY,
+                format!("The install did not complete: {e}"),
+            )
+                .into_response()
+        }
+    }
 }

@@ -131,29 +131,127 @@ pub struct Tokens<C: SlackClientHttpConnector + Send + Sync> {
     pub client_secret: String,
 }
 
+/// Seals and stores the bot grant.
+pub fn save_grant(store: &dyn Store, key: &DataKey, g: &Grant) -> Result<(), TokenError> {
+    let plain = serde_json::to_vec(g).map_err(|e| TokenError::Store(e.to_string()))?;
+    store
+        .commit(Batch {
+            secrets: vec![(NAME.to_string(), key.seal(&plain, NAME.as_bytes()))],
+            ..Batch::default()
+        })
+        .map_err(|e| TokenError::Store(e.to_string()))
+}
+
+/// The stored bot grant, opened (a changed or foreign ciphertext is an error, never a token).
+pub fn load_grant(store: &dyn Store, key: &DataKey) -> Result<Option<Grant>, TokenError> {
+    let Some(sealed) = store
+        .secret(NAME)
+        .map_err(|e| TokenError::Store(e.to_string()))?
+    else {
+        return Ok(None);
+    };
+    let plain = key.open(&sealed, NAME.as_bytes())?;
+    serde_json::from_slice(&plain)
+        .map(Some)
+        .map_err(|_| TokenError::Malformed)
+}
+
+/// `oauth.v2.access` with an install's `code`: the grant (refresh token and expiry included
+/// when the app rotates tokens; slack-morphism's own response type drops them).
+pub async fn exchange_code(
+    api_url: &str,
+    client_id: &str,
+    client_secret: &str,
+    code: &str,
+    redirect_url: Option<&str>,
+    now: i64,
+) -> Result<Grant, TokenError> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let url = api_url.trim_end_matches('/');
+    let mut params = vec![("code", Some(code))];
+    if let Some(r) = redirect_url {
+        params.push(("redirect_uri", Some(r)));
+    }
+    let id = SlackClientId::new(client_id.to_string());
+    let secret = SlackClientSecret::new(client_secret.to_string());
+    let r: Installed = if url.starts_with("http://") {
+        let c = SlackClientHyperConnector::with_connector(
+            hyper_util::client::legacy::connect::HttpConnector::new(),
+        )
+        .with_slack_api_url(url);
+        oauth_get(&c, &params, &id, &secret).await?
+    } else {
+        let c = SlackClientHyperConnector::new()
+            .map_err(|e| TokenError::Refresh(e.to_string()))?
+            .with_slack_api_url(url);
+        oauth_get(&c, &params, &id, &secret).await?
+    };
+    if !well_formed(&r.access_token) {
+        return Err(TokenError::Malformed);
+    }
+    Ok(Grant {
+        access_token: r.access_token,
+        refresh_token: r.refresh_token,
+        expires_at: r.expires_in.map(|s| now + s),
+        team_id: r.team.and_then(|t| t.id),
+        revoked: false,
+    })
+}
+
+#[derive(Deserialize)]
+struct Installed {
+    access_token: String,
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<i64>,
+    #[serde(default)]
+    team: Option<Team>,
+}
+
+#[derive(Deserialize)]
+struct Team {
+    #[serde(default)]
+    id: Option<String>,
+}
+
+async fn oauth_get<C: SlackClientHttpConnector + Send + Sync, RS>(
+    connector: &C,
+    params: &[(&str, Option<&str>)],
+    id: &SlackClientId,
+    secret: &SlackClientSecret,
+) -> Result<RS, TokenError>
+where
+    RS: for<'de> Deserialize<'de> + Send,
+{
+    let base = connector
+        .create_method_uri_path("oauth.v2.access")
+        .map_err(|e| TokenError::Refresh(e.to_string()))?;
+    let url = SlackClientHttpApiUri::create_url_with_params(base, &params.to_vec())
+        .map_err(|e| TokenError::Refresh(e.to_string()))?;
+    connector
+        .http_get_with_client_secret(url, id, secret)
+        .await
+        .map_err(|e| match e {
+            slack_morphism::errors::SlackClientError::ApiError(a)
+                if matches!(
+                    a.code.as_str(),
+                    "invalid_refresh_token" | "token_revoked" | "invalid_code"
+                ) =>
+            {
+                TokenError::Revoked
+            }
+            other => TokenError::Refresh(other.to_string()),
+        })
+}
+
 impl<C: SlackClientHttpConnector + Send + Sync> Tokens<C> {
     pub fn save(&self, g: &Grant) -> Result<(), TokenError> {
-        let plain = serde_json::to_vec(g).map_err(|e| TokenError::Store(e.to_string()))?;
-        self.store
-            .commit(Batch {
-                secrets: vec![(NAME.to_string(), self.key.seal(&plain, NAME.as_bytes()))],
-                ..Batch::default()
-            })
-            .map_err(|e| TokenError::Store(e.to_string()))
+        save_grant(self.store.as_ref(), &self.key, g)
     }
 
     pub fn load(&self) -> Result<Option<Grant>, TokenError> {
-        let Some(sealed) = self
-            .store
-            .secret(NAME)
-            .map_err(|e| TokenError::Store(e.to_string()))?
-        else {
-            return Ok(None);
-        };
-        let plain = self.key.open(&sealed, NAME.as_bytes())?;
-        serde_json::from_slice(&plain)
-            .map(Some)
-            .map_err(|_| TokenError::Malformed)
+        load_grant(self.store.as_ref(), &self.key)
     }
 
     /// Slack reported the token revoked (or the auth invalid): never use it again.
@@ -186,31 +284,18 @@ impl<C: SlackClientHttpConnector + Send + Sync> Tokens<C> {
 
     async fn refresh(&self, g: &Grant, now: i64) -> Result<Grant, TokenError> {
         let refresh_token = g.refresh_token.clone().unwrap_or_default();
-        let connector = &self.client.http_api.connector;
-        let base = connector
-            .create_method_uri_path("oauth.v2.access")
-            .map_err(|e| TokenError::Refresh(e.to_string()))?;
-        let url = SlackClientHttpApiUri::create_url_with_params(
-            base,
-            &vec![
+        let id = SlackClientId::new(self.client_id.clone());
+        let secret = SlackClientSecret::new(self.client_secret.clone());
+        let r: Refreshed = oauth_get(
+            self.client.http_api.connector.as_ref(),
+            &[
                 ("grant_type", Some("refresh_token")),
                 ("refresh_token", Some(refresh_token.as_str())),
             ],
+            &id,
+            &secret,
         )
-        .map_err(|e| TokenError::Refresh(e.to_string()))?;
-        let id = SlackClientId::new(self.client_id.clone());
-        let secret = SlackClientSecret::new(self.client_secret.clone());
-        let r: Refreshed = connector
-            .http_get_with_client_secret(url, &id, &secret)
-            .await
-            .map_err(|e| match e {
-                slack_morphism::errors::SlackClientError::ApiError(a)
-                    if matches!(a.code.as_str(), "invalid_refresh_token" | "token_revoked") =>
-                {
-                    TokenError::Revoked
-                }
-                other => TokenError::Refresh(other.to_string()),
-            })?;
+        .await?;
         Ok(Grant {
             access_token: r.access_token,
             refresh_token: r.refresh_token.or_else(|| g.refresh_token.clone()),

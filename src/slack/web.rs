@@ -32,34 +32,101 @@ pub trait Chat: Send + Sync {
 /// Attempts per message (the first and the retries).
 const ATTEMPTS: u32 = 5;
 
-/// The Web API client for one bot token.
+/// Where the bot token comes from.
+pub enum Auth {
+    /// A fixed token (`SLACK_BOT_TOKEN`).
+    Static(String),
+    /// The grant of an OAuth install, sealed in the state file and rotated before expiry.
+    Installed(InstalledAuth),
+}
+
+/// What an installed (OAuth) token needs.
+pub struct InstalledAuth {
+    pub store: std::sync::Arc<dyn landfall_engine::store::Store>,
+    pub key: landfall_engine::crypto::DataKey,
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+/// The Web API client.
 pub struct Web<C: SlackClientHttpConnector + Send + Sync> {
     client: SlackClient<C>,
-    token: SlackApiToken,
+    token: Option<SlackApiToken>,
+    tokens: Option<super::tokens::Tokens<C>>,
 }
 
 /// The client for `api_url` (`https://slack.com/api` unless a test or proxy says otherwise;
 /// no trailing slash). Plain `http://` is accepted for local test servers only.
-pub fn client(api_url: &str, bot_token: &str) -> std::io::Result<Box<dyn Chat>> {
+pub fn client(api_url: &str, auth: Auth) -> std::io::Result<Box<dyn Chat>> {
     // Both rustls back ends are linked (AWS SDK, Slack): pick one for the process.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let url = api_url.trim_end_matches('/');
-    let token = SlackApiToken::new(SlackApiTokenValue::new(bot_token.to_string()));
     if url.starts_with("http://") {
         let c = SlackClientHyperConnector::with_connector(
             hyper_util::client::legacy::connect::HttpConnector::new(),
         )
         .with_slack_api_url(url);
-        Ok(Box::new(Web {
-            client: SlackClient::new(c),
-            token,
-        }))
+        Ok(Box::new(Web::new(c, auth)))
     } else {
         let c = SlackClientHyperConnector::new()?.with_slack_api_url(url);
-        Ok(Box::new(Web {
-            client: SlackClient::new(c),
-            token,
-        }))
+        Ok(Box::new(Web::new(c, auth)))
+    }
+}
+
+impl<C: SlackClientHttpConnector + Send + Sync + Clone> Web<C> {
+    fn new(connector: C, auth: Auth) -> Self {
+        match auth {
+            Auth::Static(t) => Web {
+                client: SlackClient::new(connector),
+                token: Some(SlackApiToken::new(SlackApiTokenValue::new(t))),
+                tokens: None,
+            },
+            Auth::Installed(a) => Web {
+                client: SlackClient::new(connector.clone()),
+                token: None,
+                tokens: Some(super::tokens::Tokens {
+                    client: SlackClient::new(connector),
+                    store: a.store,
+                    key: a.key,
+                    client_id: a.client_id,
+                    client_secret: a.client_secret,
+                }),
+            },
+        }
+    }
+}
+
+impl<C: SlackClientHttpConnector + Send + Sync> Web<C> {
+    /// The token for the next call: the fixed one, or the installed grant, refreshed if due.
+    async fn token(&self) -> Result<SlackApiToken, Undelivered> {
+        if let Some(t) = &self.token {
+            return Ok(t.clone());
+        }
+        let Some(tokens) = &self.tokens else {
+            return Err(Undelivered("no Slack token".into()));
+        };
+        let t = tokens
+            .current(chrono::Utc::now().timestamp())
+            .await
+            .map_err(|e| Undelivered(e.to_string()))?;
+        Ok(SlackApiToken::new(SlackApiTokenValue::new(t)))
+    }
+
+    /// Slack says the token is dead: never use it again.
+    fn dead_token(&self, e: &Undelivered) {
+        let dead = [
+            "token_revoked",
+            "invalid_auth",
+            "account_inactive",
+            "token_expired",
+        ]
+        .iter()
+        .any(|c| e.0.contains(c));
+        if let (true, Some(tokens)) = (dead, &self.tokens) {
+            if let Err(err) = tokens.revoke() {
+                tracing::error!(error = %err, "cannot mark the Slack token revoked");
+            }
+        }
     }
 }
 
@@ -118,8 +185,11 @@ impl<C: SlackClientHttpConnector + Send + Sync> Chat for Web<C> {
         if let Some(t) = thread_ts {
             req = req.with_thread_ts(t.into());
         }
-        let session = self.client.open_session(&self.token);
-        let out = with_retries("chat.postMessage", || session.chat_post_message(&req)).await?;
+        let token = self.token().await?;
+        let session = self.client.open_session(&token);
+        let out = with_retries("chat.postMessage", || session.chat_post_message(&req))
+            .await
+            .inspect_err(|e| self.dead_token(e))?;
         Ok(out.ts.to_string())
     }
 
@@ -129,8 +199,11 @@ impl<C: SlackClientHttpConnector + Send + Sync> Chat for Web<C> {
             SlackMessageContent::new().with_text(text.to_string()),
             ts.into(),
         );
-        let session = self.client.open_session(&self.token);
-        with_retries("chat.update", || session.chat_update(&req)).await?;
+        let token = self.token().await?;
+        let session = self.client.open_session(&token);
+        with_retries("chat.update", || session.chat_update(&req))
+            .await
+            .inspect_err(|e| self.dead_token(e))?;
         Ok(())
     }
 }

@@ -45,7 +45,7 @@ proptest! {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let to: Vec<String> = stakeholders.iter().cloned().collect();
         rt.block_on(async {
-            let chat: Arc<dyn web::Chat> = Arc::from(web::client(&api.url, "xoxb-t").unwrap());
+            let chat: Arc<dyn web::Chat> = Arc::from(web::client(&api.url, web::Auth::Static("xoxb-t".into())).unwrap());
             let engine = Engine::new(Arc::new(Registry::new()), Arc::new(MemStore::default()));
             let mut tasks = Vec::new();
             for r in 0..runs {

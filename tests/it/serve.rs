@@ -489,3 +489,99 @@ fn each_run_talks_in_its_own_thread_through_the_web_api() {
         );
     }
 }
+
+#[test]
+fn an_oauth_install_checks_its_state_and_seals_the_grant() {
+    let api = crate::slack_api::SlackApi::start(0);
+    let sb = Sandbox::new();
+    workflows(&sb);
+    let s = serve_with(&sb, &["U1"], |cmd| {
+        cmd.env("SLACK_API_URL", &api.url)
+            .env("SLACK_CLIENT_ID", "cid-1")
+            .env("SLACK_CLIENT_SECRET", "csecret-1")
+            .env("LANDFALL_DATA_KEY", "11".repeat(32));
+    });
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let r = agent
+        .get(&format!("{}/slack/install", s.base))
+        .call()
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    let location = r.header("location").unwrap().to_string();
+    assert!(location.contains("client_id=cid-1"), "{location}");
+    let state = location
+        .split("state=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string();
+    let callback = |state: &str| match agent
+        .get(&format!(
+            "{}/slack/oauth/callback?code=the-code&state={state}",
+            s.base
+        ))
+        .call()
+    {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(code, _)) => code,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(callback("forged"), 403, "a state we never handed out");
+    assert_eq!(callback(&state), 200);
+    assert_eq!(callback(&state), 403, "a state is used once");
+    let exchange = api
+        .calls()
+        .into_iter()
+        .find(|c| c.method == "oauth.v2.access")
+        .unwrap();
+    assert_eq!(exchange.body["code"], "the-code");
+    assert!(
+        exchange.authorization.starts_with("Basic "),
+        "client credentials go in Basic auth"
+    );
+
+    // The installed token is used for the run's thread, and is not in the state file in clear.
+    let (_, reply) = signed(
+        &s,
+        "/slack/commands",
+        &command("U1", "hello installed", "t1"),
+    );
+    assert!(reply.contains("Started"), "{reply}");
+    wait_until("a thread message", Duration::from_secs(30), || {
+        api.calls().iter().any(|c| c.method == "chat.postMessage")
+    });
+    let post = api
+        .calls()
+        .into_iter()
+        .find(|c| c.method == "chat.postMessage")
+        .unwrap();
+    assert!(
+        post.authorization
+            .starts_with("Bearer xoxe.xoxb-1-fresh-token-"),
+        "{}",
+        post.authorization.len()
+    );
+    let db = std::fs::read(sb.path(".landfall/state.redb")).unwrap();
+    let needle = b"xoxe.xoxb-1-fresh-token-";
+    assert!(
+        !db.windows(needle.len()).any(|w| w == needle),
+        "the token is sealed at rest"
+    );
+    let audit = sb.json(&["audit", "-", "--json"]);
+    let kinds: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"slack_installed") && kinds.contains(&"slack_install_refused"),
+        "{kinds:?}"
+    );
+    assert!(
+        !audit.to_string().contains("fresh-token"),
+        "no token in the audit log"
+    );
+}

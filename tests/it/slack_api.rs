@@ -145,6 +145,7 @@ async fn oauth(
         "refresh_token": format!("xoxe-1-refresh-token-{n:04}"),
         "expires_in": 43200,
         "token_type": "bot",
+        "team": { "id": "T0TEAM" },
     }))
     .into_response()
 }
