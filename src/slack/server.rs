@@ -587,7 +587,12 @@ async fn interactions(
         } else {
             fd.refuse(user, channel, "decide approvals")
         };
-        fd.say(channel, None, reply);
+        // Answer in the thread of the message whose button was clicked.
+        let thread = payload["message"]["thread_ts"]
+            .as_str()
+            .or(payload["container"]["thread_ts"].as_str())
+            .or(payload["message"]["ts"].as_str());
+        fd.say(channel, thread, reply);
     }
     StatusCode::OK.into_response()
 }

@@ -117,10 +117,12 @@ fn reply_for(e: &RunEvent, run_id: &str) -> Option<(String, Option<Value>)> {
                 let title = data["title"].as_str().unwrap_or_default();
                 let digest = data["digest"].as_str().unwrap_or_default();
                 let value = json!({ "run": run_id, "node": node, "digest": digest }).to_string();
-                let text = format!(
-                    ":raised_hand: Approval needed: *{title}*\ndigest `{digest}`\n{}",
-                    truncate(&data["details"].to_string(), 2500)
-                );
+                let mut text =
+                    format!(":raised_hand: Approval needed: *{title}*\ndigest `{digest}`");
+                if !data["details"].is_null() {
+                    text.push('\n');
+                    text.push_str(&truncate(&data["details"].to_string(), 2500));
+                }
                 let blocks = json!([
                     { "type": "section", "text": { "type": "mrkdwn", "text": text } },
                     { "type": "actions", "elements": [
@@ -239,6 +241,7 @@ async fn run_thread(
             }
         },
     };
+    let mut stakeholders = std::collections::BTreeSet::new();
     let mut dirty = false;
     let mut last_edit = tokio::time::Instant::now() - EDIT_EVERY;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -275,6 +278,16 @@ async fn run_thread(
             }
             _ => {}
         }
+        // The stakeholders the run's notifications named are named again in the summary.
+        if let RunEvent::Milestone { kind, data, .. } = &e {
+            if kind == "notification" {
+                for who in data["to"].as_array().into_iter().flatten() {
+                    if let Some(w) = who.as_str() {
+                        stakeholders.insert(mention(w));
+                    }
+                }
+            }
+        }
         if let Some((text, blocks)) = reply_for(&e, &run_id) {
             let text = truncate(&text, 3000);
             if let Err(err) = chat
@@ -290,8 +303,14 @@ async fn run_thread(
                 if let Err(err) = chat.update(&channel, ts, &header.text()).await {
                     undelivered("final header", &err.0);
                 }
-                let summary =
+                let mut summary =
                     format!("Run `{run_id}` {status}. `landfall status {run_id}` has the details.");
+                if !stakeholders.is_empty() {
+                    summary.push_str(&format!(
+                        "\ncc {}",
+                        stakeholders.iter().cloned().collect::<Vec<_>>().join(" ")
+                    ));
+                }
                 if let Err(err) = chat.post(&channel, Some(ts), &summary, None).await {
                     undelivered("summary", &err.0);
                 }

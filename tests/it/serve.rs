@@ -585,3 +585,104 @@ fn an_oauth_install_checks_its_state_and_seals_the_grant() {
         "no token in the audit log"
     );
 }
+
+#[test]
+fn after_a_crash_a_resumed_run_keeps_talking_in_its_thread() {
+    let api = crate::slack_api::SlackApi::start(0);
+    let sb = Sandbox::new();
+    workflows(&sb);
+    let start = |sb: &Sandbox| {
+        serve_with(sb, &["U1"], |cmd| {
+            cmd.env("SLACK_BOT_TOKEN", "xoxb-test-token-000000")
+                .env("SLACK_API_URL", &api.url);
+        })
+    };
+    let s = start(&sb);
+    let (_, reply) = signed(&s, "/slack/commands", &command("U1", "ship", "t1"));
+    assert!(reply.contains("Started gated"), "{reply}");
+    let asked = |n: usize| {
+        api.calls()
+            .iter()
+            .filter(|c| {
+                c.body["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("Approval needed")
+            })
+            .count()
+            >= n
+    };
+    wait_until(
+        "the approval request in the thread",
+        Duration::from_secs(30),
+        || asked(1),
+    );
+    let run = runs(&sb)[0]["run_id"].as_str().unwrap().to_string();
+    drop(s); // kill -9: the run is cut off while it waits
+
+    let s = start(&sb);
+    let (_, reply) = signed(
+        &s,
+        "/slack/commands",
+        &command("U1", &format!("resume {run}"), "t2"),
+    );
+    assert!(reply.contains("Resuming"), "{reply}");
+    wait_until("the request asked again", Duration::from_secs(30), || {
+        asked(2)
+    });
+    let payload = serde_json::json!({
+        "type": "block_actions", "user": { "id": "U1" }, "channel": { "id": "C1" },
+        "actions": [{ "action_id": "approve", "value": serde_json::json!({ "run": run, "node": "approve" }).to_string() }],
+    });
+    let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
+    assert_eq!(signed(&s, "/slack/interactions", &body).0, 200);
+    wait_until("the summary", Duration::from_secs(30), || {
+        api.calls().iter().any(|c| {
+            c.body["text"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&format!("Run `{run}` succeeded"))
+        })
+    });
+    let calls = api.calls();
+    let headers: Vec<_> = calls
+        .iter()
+        .filter(|c| {
+            c.method == "chat.postMessage"
+                && c.body["thread_ts"].is_null()
+                && c.body["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with(":hourglass")
+        })
+        .collect();
+    assert_eq!(
+        headers.len(),
+        1,
+        "one thread, before and after the crash: {calls:#?}"
+    );
+    let ts = headers[0].ts.clone();
+    for c in calls
+        .iter()
+        .filter(|c| c.method == "chat.postMessage" && !c.body["thread_ts"].is_null())
+    {
+        if c.body["channel"] == "C1"
+            && c.body["text"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("Approval needed")
+        {
+            assert_eq!(c.body["thread_ts"], ts.as_str());
+        }
+    }
+    let summary = calls
+        .iter()
+        .find(|c| {
+            c.body["text"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&format!("Run `{run}` succeeded"))
+        })
+        .unwrap();
+    assert_eq!(summary.body["thread_ts"], ts.as_str());
+}
