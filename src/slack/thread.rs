@@ -104,14 +104,21 @@ fn reply_for(e: &RunEvent, run_id: &str) -> Option<(String, Option<Value>)> {
                     .map(mention)
                     .collect();
                 let text = data["text"].as_str().unwrap_or_default();
-                Some((
-                    if to.is_empty() {
-                        text.to_string()
-                    } else {
-                        format!("{}\n{text}", to.join(" "))
-                    },
-                    None,
-                ))
+                let text = if to.is_empty() {
+                    text.to_string()
+                } else {
+                    format!("{}\n{text}", to.join(" "))
+                };
+                // Block Kit from the template when there is one; the text stays as the
+                // notification's fallback (and what screen readers announce).
+                let blocks = data["blocks"].as_array().map(|b| {
+                    let mut b = b.clone();
+                    if !to.is_empty() && b.len() < 50 {
+                        b.insert(0, json!({ "type": "context", "elements": [{ "type": "mrkdwn", "text": to.join(" ") }] }));
+                    }
+                    Value::Array(b)
+                });
+                Some((text, blocks))
             }
             "approval_requested" => {
                 let title = data["title"].as_str().unwrap_or_default();

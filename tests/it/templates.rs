@@ -92,3 +92,54 @@ fn cfn_lint_accepts_every_generated_template() {
         String::from_utf8_lossy(&result.stderr)
     );
 }
+
+/// Every message template rendered with its fixture (`tests/fixtures/messages/`), text and
+/// Block Kit, through the real `notify` step.
+#[tokio::test]
+async fn messages_render_as_people_will_read_them() {
+    use landfall_engine::{Step, StepContext};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let step = landfall_steps::notify::Notify {
+        templates_dir: root.join("templates"),
+    };
+    let mut seen = 0;
+    for entry in std::fs::read_dir(root.join("tests/fixtures/messages")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        let data: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let cfg = serde_json::from_value(serde_json::json!({
+            "template": name, "to": ["#acme-onboarding", "U0123ABCD"], "data": data,
+        }))
+        .unwrap();
+        let out = step
+            .run(cfg, StepContext::detached("notify"))
+            .await
+            .unwrap();
+        if let Some(blocks) = out["blocks"].as_array() {
+            assert!(blocks.len() <= 50, "{name}");
+            // Block Kit that Slack would refuse is a bug: every block has a type, every text fits.
+            assert!(blocks.iter().all(|b| b["type"].is_string()), "{name}");
+        }
+        insta::assert_snapshot!(
+            format!("message@{name}"),
+            format!(
+                "{}\n--- blocks ---\n{}",
+                out["text"].as_str().unwrap(),
+                serde_json::to_string_pretty(&out["blocks"]).unwrap()
+            )
+        );
+        seen += 1;
+    }
+    let templates = std::fs::read_dir(root.join("templates/messages"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .to_string_lossy()
+                .ends_with(".txt.j2")
+        })
+        .count();
+    assert_eq!(seen, templates, "every message template has a fixture");
+}
