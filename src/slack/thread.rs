@@ -89,7 +89,31 @@ fn mention(who: &str) -> String {
     }
 }
 
-/// A reply for an event people should see, if it is one.
+/// Slack's mrkdwn treats `&`, `<` and `>` as control characters (links, mentions): data
+/// shown in a message is escaped, so an error text like `<taken>` can never ping anyone.
+pub fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn escape_texts(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                match x {
+                    Value::String(s) if k == "text" => *s = escape(s),
+                    _ => escape_texts(x),
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(escape_texts),
+        _ => {}
+    }
+}
+
+/// A reply for an event people should see, if it is one (data escaped; the mentions we add
+/// are the only markup).
 fn reply_for(e: &RunEvent, run_id: &str) -> Option<(String, Option<Value>)> {
     match e {
         RunEvent::Milestone {
@@ -103,7 +127,7 @@ fn reply_for(e: &RunEvent, run_id: &str) -> Option<(String, Option<Value>)> {
                     .filter_map(Value::as_str)
                     .map(mention)
                     .collect();
-                let text = data["text"].as_str().unwrap_or_default();
+                let text = escape(data["text"].as_str().unwrap_or_default());
                 let text = if to.is_empty() {
                     text.to_string()
                 } else {
@@ -113,6 +137,7 @@ fn reply_for(e: &RunEvent, run_id: &str) -> Option<(String, Option<Value>)> {
                 // notification's fallback (and what screen readers announce).
                 let blocks = data["blocks"].as_array().map(|b| {
                     let mut b = b.clone();
+                    b.iter_mut().for_each(escape_texts);
                     if !to.is_empty() && b.len() < 50 {
                         b.insert(0, json!({ "type": "context", "elements": [{ "type": "mrkdwn", "text": to.join(" ") }] }));
                     }
@@ -124,11 +149,14 @@ fn reply_for(e: &RunEvent, run_id: &str) -> Option<(String, Option<Value>)> {
                 let title = data["title"].as_str().unwrap_or_default();
                 let digest = data["digest"].as_str().unwrap_or_default();
                 let value = json!({ "run": run_id, "node": node, "digest": digest }).to_string();
-                let mut text =
-                    format!(":raised_hand: Approval needed: *{title}*\ndigest `{digest}`");
+                let mut text = format!(
+                    ":raised_hand: Approval needed: *{}*\ndigest `{}`",
+                    escape(title),
+                    escape(digest)
+                );
                 if !data["details"].is_null() {
                     text.push('\n');
-                    text.push_str(&truncate(&data["details"].to_string(), 2500));
+                    text.push_str(&escape(&truncate(&data["details"].to_string(), 2500)));
                 }
                 let blocks = json!([
                     { "type": "section", "text": { "type": "mrkdwn", "text": text } },
@@ -169,6 +197,7 @@ fn reply_for(e: &RunEvent, run_id: &str) -> Option<(String, Option<Value>)> {
                             .filter_map(Value::as_str)
                             .collect::<Vec<_>>()
                             .join("; "))
+                        .map(|c| escape(&c))
                         .unwrap_or_default()
                 ),
                 None,
@@ -185,8 +214,8 @@ fn reply_for(e: &RunEvent, run_id: &str) -> Option<(String, Option<Value>)> {
                 ":x: {node} failed: {}",
                 error
                     .as_ref()
-                    .map(|e| e.message.as_str())
-                    .unwrap_or("unknown")
+                    .map(|e| escape(&e.message))
+                    .unwrap_or_else(|| "unknown".into())
             ),
             None,
         )),
@@ -334,4 +363,41 @@ pub fn truncate(text: &str, max: usize) -> String {
     }
     let cut: String = text.chars().take(max).collect();
     format!("{cut}… (truncated; `landfall status` has all of it)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_cannot_ping_or_link() {
+        let e = RunEvent::NodeFinished {
+            run_id: "r".into(),
+            node: "deploy[0]".into(),
+            status: NodeStatus::Failed,
+            attempts: 1,
+            error: Some(landfall_engine::StepError::permanent(
+                "<!channel> & <http://x|y>",
+            )),
+            reason: None,
+        };
+        let (text, _) = reply_for(&e, "r").unwrap();
+        assert_eq!(
+            text,
+            ":x: deploy[0] failed: &lt;!channel&gt; &amp; &lt;http://x|y&gt;"
+        );
+        let n = RunEvent::Milestone {
+            run_id: "r".into(),
+            node: "notify".into(),
+            kind: "notification".into(),
+            data: json!({ "text": "a <b>", "to": ["U1"], "blocks": [{ "type": "section", "text": { "type": "mrkdwn", "text": "<@U9>" } }] }),
+        };
+        let (text, blocks) = reply_for(&n, "r").unwrap();
+        assert_eq!(
+            text, "<@U1>\na &lt;b&gt;",
+            "our mention stays, the data is escaped"
+        );
+        assert_eq!(blocks.unwrap()[1]["text"]["text"], "&lt;@U9&gt;");
+        assert!(truncate(&"x".repeat(4000), 3000).ends_with("has all of it)"));
+    }
 }
