@@ -405,9 +405,16 @@ impl App {
         if !quiet {
             eprintln!("Running {} as {run_id}", wf.name);
         }
-        let observers: Vec<Arc<dyn Observer>> = vec![progress.clone()];
+        let mut observers: Vec<Arc<dyn Observer>> = vec![progress.clone()];
+        let thread = self.slack_thread(&engine, &store, &wf, &record)?;
+        if let Some(t) = &thread {
+            observers.push(Arc::clone(t) as Arc<dyn Observer>);
+        }
         let outcome = engine.execute(wf, record, control, &observers).await?;
         progress.finish();
+        if let Some(t) = thread {
+            t.flush(std::time::Duration::from_secs(15)).await;
+        }
         let code = match outcome.status {
             RunStatus::Succeeded => EXIT_OK,
             RunStatus::Interrupted => EXIT_INTERRUPTED,
@@ -499,6 +506,43 @@ impl App {
         }
         print!("{out}");
         Ok(EXIT_OK)
+    }
+
+    /// With a bot token, a CLI run talks in Slack too: in its own thread when it has one (a
+    /// run started from Slack, resumed here), else in `slack.default_channel`.
+    fn slack_thread(
+        &self,
+        engine: &Engine,
+        store: &Arc<RedbStore>,
+        wf: &Workflow,
+        record: &RunRecord,
+    ) -> Res<Option<Arc<crate::slack::thread::ThreadObserver>>> {
+        let env = |k: &str| std::env::var(k).ok().filter(|s| !s.is_empty());
+        let Some(token) =
+            env("SLACK_BOT_TOKEN").or_else(|| self.loaded.config.slack.bot_token.clone())
+        else {
+            return Ok(None);
+        };
+        let kept = store
+            .annotations(&record.run_id)
+            .ok()
+            .and_then(|a| a.get("slack.thread").cloned())
+            .and_then(|t| t["channel"].as_str().map(str::to_string));
+        let Some(channel) = kept.or_else(|| self.loaded.config.slack.default_channel.clone())
+        else {
+            return Ok(None);
+        };
+        let url = env("SLACK_API_URL").unwrap_or_else(|| "https://slack.com/api".into());
+        let chat = crate::slack::web::client(&url, crate::slack::web::Auth::Static(token))
+            .map_err(|e| Failure::env(format!("cannot set up the Slack client: {e}")))?;
+        Ok(Some(Arc::new(crate::slack::thread::start(
+            Arc::from(chat),
+            engine.clone(),
+            record.run_id.clone(),
+            wf.name.clone(),
+            channel,
+            record.trigger.actor.clone(),
+        ))))
     }
 
     /// `landfall serve`: the Slack front door.

@@ -26,11 +26,23 @@ pub const EDIT_EVERY: Duration = Duration::from_secs(2);
 /// The observer half: hands events to the thread's task, never blocks.
 pub struct ThreadObserver {
     tx: mpsc::UnboundedSender<RunEvent>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Observer for ThreadObserver {
     fn on_event(&self, e: &RunEvent) {
         let _ = self.tx.send(e.clone());
+    }
+}
+
+impl ThreadObserver {
+    /// Waits (at most `limit`) until the thread's last messages are out: a process that ends
+    /// right after its run (the CLI) would otherwise drop them.
+    pub async fn flush(&self, limit: Duration) {
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = task {
+            let _ = tokio::time::timeout(limit, t).await;
+        }
     }
 }
 
@@ -44,10 +56,13 @@ pub fn start(
     actor: String,
 ) -> ThreadObserver {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run_thread(
+    let task = tokio::spawn(run_thread(
         chat, engine, run_id, workflow, channel, actor, rx,
     ));
-    ThreadObserver { tx }
+    ThreadObserver {
+        tx,
+        task: std::sync::Mutex::new(Some(task)),
+    }
 }
 
 struct Header {

@@ -686,3 +686,41 @@ fn after_a_crash_a_resumed_run_keeps_talking_in_its_thread() {
         .unwrap();
     assert_eq!(summary.body["thread_ts"], ts.as_str());
 }
+
+#[test]
+fn a_cli_run_talks_in_slack_too_when_a_token_and_channel_are_configured() {
+    let api = crate::slack_api::SlackApi::start(0);
+    let sb = Sandbox::new();
+    workflows(&sb);
+    let mut cmd = sb.cmd(&["run", "wf/hello.yaml", "--set", "name=cli"]);
+    cmd.env("SLACK_BOT_TOKEN", "xoxb-test-token-000000")
+        .env("SLACK_API_URL", &api.url)
+        .env("LANDFALL_SLACK__DEFAULT_CHANNEL", "C9");
+    let out = cmd.output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        crate::support::stderr(&out)
+    );
+    let calls = api.calls();
+    let header = calls
+        .iter()
+        .find(|c| c.method == "chat.postMessage" && c.body["thread_ts"].is_null())
+        .expect("a thread header");
+    assert_eq!(header.body["channel"], "C9");
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.body["thread_ts"] == header.ts.as_str()
+                && c.body["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("succeeded. `landfall status")),
+        "the summary was delivered before the process ended: {calls:#?}"
+    );
+    // Without a token nothing is sent and the run is the same.
+    let out = sb.run(&["run", "wf/hello.yaml", "--set", "name=quiet"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(api.calls().len(), calls.len());
+}
