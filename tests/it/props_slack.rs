@@ -191,3 +191,62 @@ proptest! {
         prop_assert!(matches!(rt.block_on(t.current(now)), Err(TokenError::Sealed(_))));
     }
 }
+
+/// A burst of progress events edits the header at most once per `EDIT_EVERY` (plus the final
+/// edit): well inside Slack's tier for `chat.update`, whatever a deployment reports.
+#[test]
+fn progress_edits_are_coalesced() {
+    let api = SlackApi::start(0);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    rt.block_on(async {
+        let chat: Arc<dyn web::Chat> =
+            Arc::from(web::client(&api.url, web::Auth::Static("xoxb-t".into())).unwrap());
+        let engine = Engine::new(Arc::new(Registry::new()), Arc::new(MemStore::default()));
+        let obs = thread::start(
+            chat,
+            engine,
+            "r".into(),
+            "wf".into(),
+            "C1".into(),
+            "U1".into(),
+        );
+        obs.on_event(&RunEvent::RunStarted {
+            run_id: "r".into(),
+            workflow: "wf".into(),
+            resumed: false,
+            nodes_total: 1,
+        });
+        // 300 progress reports over ~3 s.
+        for i in 0..300 {
+            obs.on_event(&RunEvent::Progress {
+                run_id: "r".into(),
+                node: "deploy[0]".into(),
+                percent: i as f64 / 3.0,
+                message: None,
+            });
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        obs.on_event(&RunEvent::RunFinished {
+            run_id: "r".into(),
+            status: RunStatus::Succeeded,
+        });
+        obs.flush(Duration::from_secs(10)).await;
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let edits = api
+        .calls()
+        .iter()
+        .filter(|c| c.method == "chat.update")
+        .count();
+    let allowed = (elapsed / thread::EDIT_EVERY.as_secs_f64()).ceil() as usize + 2;
+    assert!(edits >= 2, "progress was shown at all: {edits}");
+    assert!(
+        edits <= allowed,
+        "{edits} edits in {elapsed:.1} s (at most {allowed})"
+    );
+}
