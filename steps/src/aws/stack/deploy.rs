@@ -99,24 +99,22 @@ impl Step for Deploy {
     }
 
     async fn run(&self, c: DeployConfig, ctx: StepContext) -> Result<Value, StepError> {
-        let pkg = fetch(&ctx, &c.package, c.digest.as_deref())?;
-        let plans = plan(
-            &pkg.content.manifest,
-            &pkg.content.files,
+        let Prepared {
+            pkg,
+            plans,
+            cfn,
+            role,
+        } = prepare(
+            &self.aws,
+            &ctx,
+            &c.package,
+            c.digest.as_deref(),
             &c.target,
             &c.parameters,
-        )?;
-        let mut roles = vec![c.role.clone()];
-        roles.extend(c.fallback_role.clone());
-        let (cfn, role) = self
-            .aws
-            .cloudformation_via(
-                &c.target.account_id,
-                &roles,
-                &c.target.region,
-                &ctx.idempotency_key,
-            )
-            .await?;
+            &c.role,
+            c.fallback_role.as_deref(),
+        )
+        .await?;
         if role != c.role {
             ctx.warn(format!(
                 "{} could not be assumed in {}; deploying through {role}",
@@ -183,6 +181,52 @@ pub(crate) fn common_problems(package: &str, poll: &Poll) -> Vec<ConfigProblem> 
         });
     }
     out
+}
+
+/// What `deploy`, `verify` and `rollback` all start from: the package (digest checked), its
+/// stacks for the target, and a CloudFormation client in the target through the first role
+/// that may be assumed (with that role's name).
+pub(crate) struct Prepared {
+    pub pkg: Package,
+    pub plans: Vec<StackPlan>,
+    pub cfn: Client,
+    pub role: String,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn prepare(
+    aws: &Aws,
+    ctx: &StepContext,
+    package: &str,
+    digest: Option<&str>,
+    target: &Target,
+    parameters: &BTreeMap<String, String>,
+    role: &str,
+    fallback_role: Option<&str>,
+) -> Result<Prepared, StepError> {
+    let pkg = fetch(ctx, package, digest)?;
+    let plans = plan(
+        &pkg.content.manifest,
+        &pkg.content.files,
+        target,
+        parameters,
+    )?;
+    let mut roles = vec![role.to_string()];
+    roles.extend(fallback_role.map(str::to_string));
+    let (cfn, role) = aws
+        .cloudformation_via(
+            &target.account_id,
+            &roles,
+            &target.region,
+            &ctx.idempotency_key,
+        )
+        .await?;
+    Ok(Prepared {
+        pkg,
+        plans,
+        cfn,
+        role,
+    })
 }
 
 /// The package, digest re-checked by the store and compared with the one the workflow names.

@@ -22,10 +22,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::deploy::{
-    common_problems, default_deployer, fetch, start_statuses, tag_of, TAG_CREATED_BY, TAG_RUN,
+    common_problems, default_deployer, prepare, start_statuses, tag_of, Prepared, TAG_CREATED_BY,
+    TAG_RUN,
 };
 use super::monitor::{cause, describe, new_events, watch, Ev, Phase, Poll};
-use super::plan::{plan, StackPlan, Target};
+use super::plan::{StackPlan, Target};
 use super::verify::list_resources;
 use crate::aws::errors::step_error;
 use crate::aws::Aws;
@@ -134,24 +135,17 @@ impl Step for Rollback {
     }
 
     async fn run(&self, c: RollbackConfig, ctx: StepContext) -> Result<Value, StepError> {
-        let pkg = fetch(&ctx, &c.package, c.digest.as_deref())?;
-        let plans = plan(
-            &pkg.content.manifest,
-            &pkg.content.files,
+        let Prepared { plans, cfn, .. } = prepare(
+            &self.aws,
+            &ctx,
+            &c.package,
+            c.digest.as_deref(),
             &c.target,
             &c.parameters,
-        )?;
-        let mut roles = vec![c.role.clone()];
-        roles.extend(c.fallback_role.clone());
-        let (cfn, _) = self
-            .aws
-            .cloudformation_via(
-                &c.target.account_id,
-                &roles,
-                &c.target.region,
-                &ctx.idempotency_key,
-            )
-            .await?;
+            &c.role,
+            c.fallback_role.as_deref(),
+        )
+        .await?;
         let mut steps = Vec::new();
         // The failures of this run in this target come first: they are why we are here.
         let mut causes: Vec<String> = c

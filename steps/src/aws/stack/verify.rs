@@ -12,9 +12,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::deploy::{common_problems, fetch, outputs_of};
+use super::deploy::{common_problems, outputs_of, prepare, Prepared};
 use super::monitor::{describe, Poll};
-use super::plan::{plan, Target, TemplateFacts};
+use super::plan::{Target, TemplateFacts};
 use crate::aws::errors::step_error;
 use crate::aws::Aws;
 
@@ -148,24 +148,17 @@ impl Step for Verify {
     }
 
     async fn run(&self, c: VerifyConfig, ctx: StepContext) -> Result<Value, StepError> {
-        let pkg = fetch(&ctx, &c.package, c.digest.as_deref())?;
-        let plans = plan(
-            &pkg.content.manifest,
-            &pkg.content.files,
+        let Prepared { plans, cfn, .. } = prepare(
+            &self.aws,
+            &ctx,
+            &c.package,
+            c.digest.as_deref(),
             &c.target,
             &c.parameters,
-        )?;
-        let mut roles = vec![c.role.clone()];
-        roles.extend(c.fallback_role.clone());
-        let (cfn, _) = self
-            .aws
-            .cloudformation_via(
-                &c.target.account_id,
-                &roles,
-                &c.target.region,
-                &ctx.idempotency_key,
-            )
-            .await?;
+            &c.role,
+            c.fallback_role.as_deref(),
+        )
+        .await?;
         let mut all = Vec::new();
         let mut report = Vec::new();
         for p in &plans {
