@@ -12,8 +12,15 @@ fn init_logs(format: LogFormat, verbose: u8, quiet: bool) {
         (_, 1) => "info",
         _ => "debug",
     };
-    let filter =
-        EnvFilter::try_from_env("LANDFALL_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // slack-morphism logs full request URLs at debug level, and OAuth sends the install code
+    // and the refresh token in the query: its logs are capped at warn, whatever is asked for.
+    let filter = EnvFilter::try_from_env("LANDFALL_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(default))
+        .add_directive(
+            "slack_morphism=warn"
+                .parse()
+                .unwrap_or_else(|_| unreachable!("a constant directive")),
+        );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(landfall::render::stderr_color())

@@ -499,7 +499,8 @@ fn an_oauth_install_checks_its_state_and_seals_the_grant() {
         cmd.env("SLACK_API_URL", &api.url)
             .env("SLACK_CLIENT_ID", "cid-1")
             .env("SLACK_CLIENT_SECRET", "csecret-1")
-            .env("LANDFALL_DATA_KEY", "11".repeat(32));
+            .env("LANDFALL_DATA_KEY", "11".repeat(32))
+            .env("LANDFALL_LOG", "trace");
     });
     let agent = ureq::AgentBuilder::new().redirects(0).build();
     let r = agent
@@ -584,6 +585,12 @@ fn an_oauth_install_checks_its_state_and_seals_the_grant() {
         !audit.to_string().contains("fresh-token"),
         "no token in the audit log"
     );
+    // Even at trace level: no install code, token or client secret in the logs.
+    let log = s.log.lock().unwrap().join("\n");
+    assert!(log.len() > 1000, "trace logging was on");
+    for secret in ["the-code", "fresh-token", "refresh-token", "csecret-1"] {
+        assert!(!log.contains(secret), "{secret} was logged");
+    }
 }
 
 #[test]
