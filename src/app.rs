@@ -547,15 +547,20 @@ impl App {
 
     /// `landfall serve`: the Slack front door.
     async fn serve(&self, a: crate::cli::ServeArgs) -> Res<i32> {
-        let secret = std::env::var("SLACK_SIGNING_SECRET")
-            .ok()
-            .filter(|s| !s.is_empty())
-            .or_else(|| self.loaded.config.slack.signing_secret.clone())
-            .ok_or_else(|| {
-                Failure::invalid(
-                    "no Slack signing secret: set SLACK_SIGNING_SECRET (or slack.signing_secret in landfall.toml)",
-                )
-            })?;
+        let env = |k: &str| std::env::var(k).ok().filter(|s| !s.is_empty());
+        let slack = &self.loaded.config.slack;
+        let secret = env("SLACK_SIGNING_SECRET").or_else(|| slack.signing_secret.clone());
+        let app_token = env("SLACK_APP_TOKEN").or_else(|| slack.app_token.clone());
+        if a.socket_mode && app_token.is_none() {
+            return Err(Failure::invalid(
+                "--socket-mode needs an app-level token: set SLACK_APP_TOKEN (xapp-…; Slack app settings → Basic Information → App-Level Tokens, scope connections:write)",
+            ));
+        }
+        if !a.socket_mode && secret.is_none() {
+            return Err(Failure::invalid(
+                "no Slack signing secret: set SLACK_SIGNING_SECRET (or slack.signing_secret in landfall.toml), or use --socket-mode",
+            ));
+        }
         let dir = a
             .workflows
             .clone()
@@ -578,14 +583,21 @@ impl App {
         }
         let store = self.open_store()?;
         let engine = self.engine(Arc::clone(&store) as Arc<RedbStore>);
+        let union = |a: &[String], b: &[String]| {
+            let mut v: Vec<String> = a.iter().chain(b).cloned().collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let allow_users = union(&a.allow_user, &slack.allow_users);
+        let allow_channels = union(&a.allow_channel, &slack.allow_channels);
         let opts = crate::slack::server::Options {
             signing_secret: secret,
-            allow_users: a.allow_user.clone(),
-            allow_channels: a.allow_channel.clone(),
+            allow_users: allow_users.clone(),
+            allow_channels: allow_channels.clone(),
             max_body: a.max_body,
             max_parallel: self.loaded.config.max_parallel,
         };
-        let env = |k: &str| std::env::var(k).ok().filter(|s| !s.is_empty());
         let api_url = env("SLACK_API_URL").unwrap_or_else(|| "https://slack.com/api".into());
         let token = env("SLACK_BOT_TOKEN").or_else(|| self.loaded.config.slack.bot_token.clone());
         // OAuth installs (token rotation) need the app's credentials and a data key to seal the
@@ -613,7 +625,7 @@ impl App {
                     authorize_url: env("SLACK_AUTHORIZE_URL")
                         .unwrap_or_else(|| "https://slack.com/oauth/v2/authorize".into()),
                     redirect_url: env("SLACK_REDIRECT_URL"),
-                    scopes: "commands,chat:write,app_mentions:read".into(),
+                    scopes: "commands,chat:write,app_mentions:read,usergroups:read".into(),
                 })
             }
             _ => None,
@@ -665,11 +677,27 @@ impl App {
                 commands.join(", ")
             }
         );
-        if a.allow_user.is_empty() && a.allow_channel.is_empty() {
+        if allow_users.is_empty() && allow_channels.is_empty() {
             eprintln!("warning: no --allow-user or --allow-channel: nobody may start runs");
         }
-        fd.serve(listener, wait_for_stop_signal())
-            .await
+        let stop = tokio_util::sync::CancellationToken::new();
+        let http = tokio::spawn(Arc::clone(&fd).serve(listener, stop.clone().cancelled_owned()));
+        if let (true, Some(token)) = (a.socket_mode, &app_token) {
+            let socket = crate::slack::socket::serve(
+                &api_url,
+                token,
+                Arc::clone(&fd),
+                wait_for_stop_signal(),
+            )
+            .await;
+            stop.cancel();
+            socket.map_err(|e| Failure::env(e.to_string()))?;
+        } else {
+            wait_for_stop_signal().await;
+            stop.cancel();
+        }
+        http.await
+            .map_err(|e| Failure::env(format!("the server stopped: {e}")))?
             .map_err(|e| Failure::env(format!("the server stopped: {e}")))?;
         Ok(EXIT_OK)
     }

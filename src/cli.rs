@@ -119,8 +119,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Serve Slack over HTTP: slash commands, mentions and approval buttons start and steer
-    /// runs (needs SLACK_SIGNING_SECRET)
+    /// Serve Slack: slash commands, mentions and approval buttons start and steer runs, over
+    /// HTTP (needs SLACK_SIGNING_SECRET) or Socket Mode (--socket-mode, needs SLACK_APP_TOKEN)
+    #[command(after_help = SERVE_HELP)]
     Serve(ServeArgs),
     /// Approve what a waiting `approval` step asks for (the run continues; from any process)
     #[command(after_help = DECISION_HELP)]
@@ -202,6 +203,18 @@ nodes); if what waits for approval changed, --digest makes the command refuse in
 Exit codes: 0 recorded, 1 the request changed (--digest differs), 2 no such run or node, or the \
 node is not waiting for an approval.";
 
+const SERVE_HELP: &str = "\
+Environment: SLACK_SIGNING_SECRET (HTTP), SLACK_APP_TOKEN (Socket Mode), SLACK_BOT_TOKEN (threads \
+and replies; without it they are printed here), SLACK_API_URL (default https://slack.com/api), \
+SLACK_CLIENT_ID + SLACK_CLIENT_SECRET + LANDFALL_DATA_KEY (OAuth installs at /slack/install).\n\n\
+Allowlists add up: --allow-user/--allow-channel and slack.allow_users/allow_channels in \
+landfall.toml. A workflow's trigger.slack allowed_users/groups/channels narrow who may start it \
+(groups are looked up with usergroups.users.list).\n\n\
+Examples:\n  \
+landfall serve --listen 0.0.0.0:3000 --allow-channel C0OPS\n  \
+SLACK_APP_TOKEN=xapp-… landfall serve --socket-mode --allow-user U0123ABCD\n\n\
+Exit codes: 0 stopped by a signal, 2 bad configuration, 3 cannot listen or connect.";
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free one; the address is printed)
@@ -221,6 +234,11 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes
     #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
     pub max_body: usize,
+    /// Take Slack's commands, mentions and button clicks over Socket Mode (a WebSocket this
+    /// process opens) instead of HTTP requests: no public URL needed. Needs an app-level token
+    /// (SLACK_APP_TOKEN, `xapp-…`); --listen still serves /healthz and OAuth installs
+    #[arg(long)]
+    pub socket_mode: bool,
     /// File holding the data key (64 hex digits) that seals stored Slack tokens; or set
     /// LANDFALL_DATA_KEY. Needed for OAuth installs (SLACK_CLIENT_ID, SLACK_CLIENT_SECRET)
     #[arg(long, value_name = "FILE")]

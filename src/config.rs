@@ -56,6 +56,15 @@ pub struct SlackConfig {
     /// Channel for runs started from the CLI.
     #[serde(default)]
     pub default_channel: Option<String>,
+    /// App-level token (`xapp-…`) for `serve --socket-mode`. Prefer `SLACK_APP_TOKEN`.
+    #[serde(default)]
+    pub app_token: Option<String>,
+    /// Slack users allowed to use `/landfall` (added to `serve --allow-user`).
+    #[serde(default)]
+    pub allow_users: Vec<String>,
+    /// Channels from which `/landfall` may be used (added to `serve --allow-channel`).
+    #[serde(default)]
+    pub allow_channels: Vec<String>,
 }
 
 impl Default for Config {
@@ -76,7 +85,7 @@ impl Default for Config {
 }
 
 /// Keys whose values are never printed.
-const SECRET_KEYS: &[&str] = &["slack.bot_token", "slack.signing_secret"];
+const SECRET_KEYS: &[&str] = &["slack.bot_token", "slack.signing_secret", "slack.app_token"];
 
 /// The file's shape: every field optional, plus `[env.<name>]` overlays.
 #[derive(Debug, Deserialize)]
@@ -124,6 +133,9 @@ struct SlackLayer {
     bot_token: Option<String>,
     signing_secret: Option<String>,
     default_channel: Option<String>,
+    app_token: Option<String>,
+    allow_users: Option<Vec<String>>,
+    allow_channels: Option<Vec<String>>,
 }
 
 /// Values given on the command line (the top layer).
@@ -418,6 +430,21 @@ mod tests {
         let p = write(dir.path(), "[slack]\nbot_token = \"xoxb-secret\"\n");
         let s = load(Some(&p), None, Flags::default()).unwrap().settings();
         let tok = s.iter().find(|x| x.key == "slack.bot_token").unwrap();
+        assert_eq!(tok.value, Value::String("***".into()));
+    }
+
+    #[test]
+    fn the_server_allowlist_and_app_token_come_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "[slack]\nallow_users = [\"U1\", \"U2\"]\nallow_channels = [\"C9\"]\napp_token = \"xapp-secret\"\n",
+        );
+        let l = load(Some(&p), None, Flags::default()).unwrap();
+        assert_eq!(l.config.slack.allow_users, ["U1", "U2"]);
+        assert_eq!(l.config.slack.allow_channels, ["C9"]);
+        let s = l.settings();
+        let tok = s.iter().find(|x| x.key == "slack.app_token").unwrap();
         assert_eq!(tok.value, Value::String("***".into()));
     }
 }

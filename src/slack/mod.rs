@@ -1,8 +1,9 @@
-//! The Slack front door: request signatures (and, to come, the server, the run threads and
-//! the Web API client).
+//! The Slack front door: the server (HTTP and Socket Mode), request signatures, the run
+//! threads, the Web API client and the installed tokens.
 
 pub mod server;
 pub mod signature;
+pub mod socket;
 pub mod thread;
 pub mod tokens;
 pub mod web;

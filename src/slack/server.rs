@@ -1,10 +1,11 @@
 //! `landfall serve`: Slack's slash commands, events (mentions) and interactions (approval
-//! buttons) over HTTP, each request verified before anything else, answered at once; runs
-//! start in the background in this process and share the state file with the CLI.
+//! buttons), over HTTP (each request verified before anything else) or Socket Mode
+//! (`socket.rs`; both call the same `FrontDoor::on_*` methods), answered at once; runs start in
+//! the background in this process and share the state file with the CLI.
 //!
-//! Who may do what: the server's allowlist (`--allow-user`, `--allow-channel`) gates every
-//! command but `help`; a workflow's own `allowed_users` / `allowed_channels` narrow who may
-//! start *it*. No allowlist at all means nobody may start anything (said at start-up). Every
+//! Who may do what: the server's allowlist (`--allow-user`, `--allow-channel`, and the config
+//! file's) gates every command but `help`; a workflow's own `allowed_users` /
+//! `allowed_channels` / `allowed_groups` narrow who may start *it*. No allowlist at all means nobody may start anything (said at start-up). Every
 //! refusal is audited with the Slack user as actor; requests that fail verification are
 //! audited too (without the body) and never acted on.
 
@@ -33,7 +34,8 @@ use crate::route::{self, Intent, Route};
 /// How the server is set up.
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub signing_secret: String,
+    /// Verifies HTTP requests; without it (Socket Mode only) the HTTP Slack routes are off.
+    pub signing_secret: Option<String>,
     pub allow_users: Vec<String>,
     pub allow_channels: Vec<String>,
     /// Largest request body accepted.
@@ -75,7 +77,12 @@ pub struct FrontDoor {
     oauth: Option<OAuth>,
     /// Install `state` values handed out and not yet used (CSRF protection), with their age.
     states: Mutex<HashMap<String, std::time::Instant>>,
+    /// User groups' members as Slack last listed them, and when.
+    groups: tokio::sync::Mutex<HashMap<String, (std::time::Instant, Vec<String>)>>,
 }
+
+/// How long a user group's membership is trusted before it is listed again.
+const GROUP_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 const SEEN_MAX: usize = 10_000;
 
@@ -105,6 +112,7 @@ impl FrontDoor {
             chat,
             oauth,
             states: Mutex::new(HashMap::new()),
+            groups: tokio::sync::Mutex::new(HashMap::new()),
         }))
     }
 
@@ -113,12 +121,14 @@ impl FrontDoor {
     }
 
     pub fn router(self: &Arc<Self>) -> Router {
-        Router::new()
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/slack/commands", post(commands))
-            .route("/slack/events", post(events))
-            .route("/slack/interactions", post(interactions))
-            .route("/slack/install", get(install))
+        let mut r = Router::new().route("/healthz", get(|| async { "ok" }));
+        if self.opts.signing_secret.is_some() {
+            r = r
+                .route("/slack/commands", post(commands))
+                .route("/slack/events", post(events))
+                .route("/slack/interactions", post(interactions));
+        }
+        r.route("/slack/install", get(install))
             .route("/slack/oauth/callback", get(oauth_callback))
             .layer(DefaultBodyLimit::max(self.opts.max_body))
             .with_state(Arc::clone(self))
@@ -150,7 +160,7 @@ impl FrontDoor {
         let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
         let now = chrono::Utc::now().timestamp();
         signature::verify(
-            &self.opts.signing_secret,
+            self.opts.signing_secret.as_deref().unwrap_or_default(),
             h("x-slack-request-timestamp"),
             h("x-slack-signature"),
             body,
@@ -201,7 +211,7 @@ impl FrontDoor {
     }
 
     /// Acts on one message; the text is the reply.
-    pub fn act(self: &Arc<Self>, text: &str, user: &str, channel: &str) -> String {
+    pub async fn act(self: &Arc<Self>, text: &str, user: &str, channel: &str) -> String {
         let intent = route::classify(text, &self.routes);
         if !matches!(
             intent,
@@ -232,7 +242,7 @@ impl FrontDoor {
             Intent::Resume { run } => self.resume(&run, user),
             Intent::Decide { run, node, approve } => self.decide(&run, &node, approve, user),
             Intent::Start { workflow, inputs } => {
-                self.start(&workflow, inputs, user, channel, text)
+                self.start(&workflow, inputs, user, channel, text).await
             }
         }
     }
@@ -287,7 +297,38 @@ impl FrontDoor {
         }
     }
 
-    fn start(
+    /// Whether `user` belongs to one of `groups`. Membership comes from Slack
+    /// (`usergroups.users.list`, cached for a minute); when it cannot be had, the answer is
+    /// an error to show, never a guess.
+    async fn in_groups(&self, user: &str, groups: &[String]) -> Result<bool, String> {
+        if groups.is_empty() {
+            return Ok(false);
+        }
+        let Some(chat) = &self.chat else {
+            return Err("group membership cannot be checked without a Slack bot token".into());
+        };
+        let mut cache = self.groups.lock().await;
+        for g in groups {
+            let fresh = cache.get(g).filter(|(at, _)| at.elapsed() < GROUP_TTL);
+            let members = match fresh {
+                Some((_, m)) => m.clone(),
+                None => {
+                    let m = chat.group_members(g).await.map_err(|e| {
+                        tracing::warn!(group = %g, error = %e, "cannot list a user group");
+                        format!("cannot check membership of group {g}")
+                    })?;
+                    cache.insert(g.clone(), (std::time::Instant::now(), m.clone()));
+                    m
+                }
+            };
+            if members.iter().any(|m| m == user) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn start(
         self: &Arc<Self>,
         workflow: &str,
         args: std::collections::BTreeMap<String, String>,
@@ -309,7 +350,14 @@ impl FrontDoor {
             && !t.allowed_users.iter().any(|u| u == user)
             && !t.allowed_channels.iter().any(|c| c == channel)
         {
-            return self.refuse(user, channel, &format!("start {workflow}"));
+            match self.in_groups(user, &t.allowed_groups).await {
+                Ok(true) => {}
+                Ok(false) => return self.refuse(user, channel, &format!("start {workflow}")),
+                Err(why) => {
+                    self.refuse(user, channel, &format!("start {workflow}"));
+                    return format!("Sorry, I cannot start {workflow} for you: {why}.");
+                }
+            }
         }
         let provided = match &t.input_file {
             None => Map::new(),
@@ -509,17 +557,83 @@ fn form(body: &[u8]) -> HashMap<String, String> {
     serde_urlencoded::from_bytes(body).unwrap_or_default()
 }
 
+impl FrontDoor {
+    /// A slash command (over HTTP or Socket Mode); the text is the ephemeral answer.
+    pub async fn on_command(
+        self: &Arc<Self>,
+        text: &str,
+        user: &str,
+        channel: &str,
+        trigger_id: &str,
+    ) -> String {
+        if !self.first_time(&format!("trigger:{trigger_id}")) {
+            return "Already on it.".into();
+        }
+        self.act(text, user, channel).await
+    }
+
+    /// An Events API callback (`event_callback`): mentions are acted on, answered in their
+    /// thread; a delivery already seen is ignored.
+    pub async fn on_event(self: &Arc<Self>, v: &Value) {
+        let id = v["event_id"].as_str().unwrap_or_default();
+        if !self.first_time(&format!("event:{id}")) {
+            return;
+        }
+        let e = &v["event"];
+        if matches!(e["type"].as_str(), Some("app_mention")) && e["bot_id"].is_null() {
+            let text = e["text"].as_str().unwrap_or_default();
+            let user = e["user"].as_str().unwrap_or_default();
+            let channel = e["channel"].as_str().unwrap_or_default();
+            let reply = self.act(text, user, channel).await;
+            self.say(channel, e["ts"].as_str(), reply);
+        }
+    }
+
+    /// A block action: the approval buttons. Answers go to the clicked message's thread.
+    pub fn on_interaction(self: &Arc<Self>, payload: &Value) {
+        let user = payload["user"]["id"].as_str().unwrap_or_default();
+        let channel = payload["channel"]["id"].as_str().unwrap_or_default();
+        for a in payload["actions"].as_array().into_iter().flatten() {
+            let approve = match a["action_id"].as_str() {
+                Some("approve") => true,
+                Some("reject") => false,
+                _ => continue,
+            };
+            let value: Value = a["value"]
+                .as_str()
+                .and_then(|s| serde_json::from_str(s).ok())
+                .unwrap_or_default();
+            let (Some(run), Some(node)) = (value["run"].as_str(), value["node"].as_str()) else {
+                continue;
+            };
+            let reply = if self.allowed(user, channel) {
+                self.decide(run, node, approve, user)
+            } else {
+                self.refuse(user, channel, "decide approvals")
+            };
+            let thread = payload["message"]["thread_ts"]
+                .as_str()
+                .or(payload["container"]["thread_ts"].as_str())
+                .or(payload["message"]["ts"].as_str());
+            self.say(channel, thread, reply);
+        }
+    }
+}
+
 async fn commands(State(fd): State<Arc<FrontDoor>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(r) = fd.check(&headers, &body) {
         return r;
     }
     let f = form(&body);
     let get = |k: &str| f.get(k).map(String::as_str).unwrap_or_default();
-    if !fd.first_time(&format!("trigger:{}", get("trigger_id"))) {
-        return Json(json!({ "response_type": "ephemeral", "text": "Already on it." }))
-            .into_response();
-    }
-    let reply = fd.act(get("text"), get("user_id"), get("channel_id"));
+    let reply = fd
+        .on_command(
+            get("text"),
+            get("user_id"),
+            get("channel_id"),
+            get("trigger_id"),
+        )
+        .await;
     Json(json!({ "response_type": "ephemeral", "text": reply })).into_response()
 }
 
@@ -534,18 +648,7 @@ async fn events(State(fd): State<Arc<FrontDoor>>, headers: HeaderMap, body: Byte
     match v["type"].as_str() {
         Some("url_verification") => Json(json!({ "challenge": v["challenge"] })).into_response(),
         Some("event_callback") => {
-            let id = v["event_id"].as_str().unwrap_or_default();
-            if !fd.first_time(&format!("event:{id}")) {
-                return StatusCode::OK.into_response();
-            }
-            let e = &v["event"];
-            if matches!(e["type"].as_str(), Some("app_mention")) && e["bot_id"].is_null() {
-                let text = e["text"].as_str().unwrap_or_default();
-                let user = e["user"].as_str().unwrap_or_default();
-                let channel = e["channel"].as_str().unwrap_or_default();
-                let reply = fd.act(text, user, channel);
-                fd.say(channel, e["ts"].as_str(), reply);
-            }
+            fd.on_event(&v).await;
             StatusCode::OK.into_response()
         }
         _ => StatusCode::OK.into_response(),
@@ -567,33 +670,7 @@ async fn interactions(
     else {
         return (StatusCode::BAD_REQUEST, "no payload").into_response();
     };
-    let user = payload["user"]["id"].as_str().unwrap_or_default();
-    let channel = payload["channel"]["id"].as_str().unwrap_or_default();
-    for a in payload["actions"].as_array().into_iter().flatten() {
-        let approve = match a["action_id"].as_str() {
-            Some("approve") => true,
-            Some("reject") => false,
-            _ => continue,
-        };
-        let value: Value = a["value"]
-            .as_str()
-            .and_then(|s| serde_json::from_str(s).ok())
-            .unwrap_or_default();
-        let (Some(run), Some(node)) = (value["run"].as_str(), value["node"].as_str()) else {
-            continue;
-        };
-        let reply = if fd.allowed(user, channel) {
-            fd.decide(run, node, approve, user)
-        } else {
-            fd.refuse(user, channel, "decide approvals")
-        };
-        // Answer in the thread of the message whose button was clicked.
-        let thread = payload["message"]["thread_ts"]
-            .as_str()
-            .or(payload["container"]["thread_ts"].as_str())
-            .or(payload["message"]["ts"].as_str());
-        fd.say(channel, thread, reply);
-    }
+    fd.on_interaction(&payload);
     StatusCode::OK.into_response()
 }
 

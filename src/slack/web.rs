@@ -27,6 +27,8 @@ pub trait Chat: Send + Sync {
     ) -> Result<String, Undelivered>;
     /// Replaces the text of message `ts`.
     async fn update(&self, channel: &str, ts: &str, text: &str) -> Result<(), Undelivered>;
+    /// The members of a user group (`usergroups.users.list`), for workflows' `allowed_groups`.
+    async fn group_members(&self, group: &str) -> Result<Vec<String>, Undelivered>;
 }
 
 /// Attempts per message (the first and the retries).
@@ -205,5 +207,17 @@ impl<C: SlackClientHttpConnector + Send + Sync> Chat for Web<C> {
             .await
             .inspect_err(|e| self.dead_token(e))?;
         Ok(())
+    }
+
+    async fn group_members(&self, group: &str) -> Result<Vec<String>, Undelivered> {
+        let req = SlackApiUserGroupsUsersListRequest::new(group.into());
+        let token = self.token().await?;
+        let session = self.client.open_session(&token);
+        let out = with_retries("usergroups.users.list", || {
+            session.usergroups_users_list(&req)
+        })
+        .await
+        .inspect_err(|e| self.dead_token(e))?;
+        Ok(out.users.into_iter().map(|u| u.to_string()).collect())
     }
 }

@@ -80,9 +80,9 @@ fn serve_with(
         args.push(u);
     }
     let mut cmd = sb.cmd(&args);
+    cmd.env("SLACK_SIGNING_SECRET", SECRET);
     setup(&mut cmd);
-    cmd.env("SLACK_SIGNING_SECRET", SECRET)
-        .stdout(std::process::Stdio::null())
+    cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
@@ -730,4 +730,235 @@ fn a_cli_run_talks_in_slack_too_when_a_token_and_channel_are_configured() {
     let out = sb.run(&["run", "wf/hello.yaml", "--set", "name=quiet"]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(api.calls().len(), calls.len());
+}
+
+#[test]
+fn a_workflow_open_to_a_user_group_asks_slack_who_is_in_it() {
+    let api = crate::slack_api::SlackApi::start(0);
+    let sb = Sandbox::new();
+    workflows(&sb);
+    sb.write(
+        "wf/grouped.yaml",
+        &format!(
+            r#"
+name: grouped
+trigger:
+  slack: {{ command: tidy, allowed_groups: [{}] }}
+steps:
+  - id: say
+    uses: log
+    with: {{ message: tidy }}
+"#,
+            crate::slack_api::GROUP
+        ),
+    );
+    let member = crate::slack_api::GROUP_MEMBER;
+    // Both are on the server's allowlist; only one is in the group.
+    let s = serve_with(&sb, &[member, "U0OTHER"], |cmd| {
+        cmd.env("SLACK_BOT_TOKEN", "xoxb-test-token")
+            .env("SLACK_API_URL", &api.url);
+    });
+    let (_, no) = signed(&s, "/slack/commands", &command("U0OTHER", "tidy", "t1"));
+    assert!(no.starts_with("Sorry, you are not allowed"), "{no}");
+    let (_, yes) = signed(&s, "/slack/commands", &command(member, "tidy", "t2"));
+    assert!(yes.contains("Started grouped"), "{yes}");
+    let (_, again) = signed(&s, "/slack/commands", &command(member, "tidy", "t3"));
+    assert!(again.contains("Started grouped"), "{again}");
+    let lookups: Vec<_> = api
+        .calls()
+        .into_iter()
+        .filter(|c| c.method == "usergroups.users.list")
+        .collect();
+    assert_eq!(lookups.len(), 1, "membership is cached: {lookups:#?}");
+    assert_eq!(lookups[0].body["usergroup"], crate::slack_api::GROUP);
+    wait_until("both runs", Duration::from_secs(60), || {
+        runs(&sb)
+            .iter()
+            .filter(|r| r["status"] == "succeeded" && r["actor"] == member)
+            .count()
+            == 2
+    });
+    let audit = sb.json(&["audit", "-", "--json"]);
+    assert!(audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "slack_command_refused" && e["actor"] == "U0OTHER"));
+    drop(s);
+
+    // Without a bot token membership cannot be known: refused, and told why.
+    let s = serve(&sb, &[member]);
+    let (_, no) = signed(&s, "/slack/commands", &command(member, "tidy", "t4"));
+    assert!(
+        no.contains("cannot be checked without a Slack bot token"),
+        "{no}"
+    );
+}
+
+/// A Socket Mode envelope as Slack sends it.
+fn envelope(id: &str, kind: &str, payload: Value) -> Value {
+    serde_json::json!({
+        "envelope_id": id,
+        "type": kind,
+        "accepts_response_payload": kind != "events_api",
+        "payload": payload,
+    })
+}
+
+fn slash(user: &str, text: &str, trigger: &str) -> Value {
+    serde_json::json!({
+        "token": "unused", "team_id": "T1", "team_domain": "acme", "channel_id": "C1",
+        "channel_name": "ops", "user_id": user, "user_name": "someone", "command": "/landfall",
+        "text": text, "api_app_id": "A0LANDFALL", "response_url": "https://hooks.slack.invalid/1",
+        "trigger_id": trigger,
+    })
+}
+
+#[test]
+fn socket_mode_takes_commands_mentions_and_clicks_without_a_public_url() {
+    let api = crate::slack_api::SlackApi::start(0);
+    let sb = Sandbox::new();
+    workflows(&sb);
+    let s = serve_with(&sb, &["U1"], |cmd| {
+        cmd.arg("--socket-mode")
+            .env_remove("SLACK_SIGNING_SECRET")
+            .env("SLACK_APP_TOKEN", "xapp-1-test-app-token")
+            .env("SLACK_BOT_TOKEN", "xoxb-test-token")
+            .env("SLACK_API_URL", &api.url)
+            .env("LANDFALL_LOG", "trace");
+    });
+    wait_until("the WebSocket", Duration::from_secs(30), || {
+        api.connections() > 0
+    });
+    let opened = api
+        .calls()
+        .into_iter()
+        .find(|c| c.method == "apps.connections.open")
+        .expect("apps.connections.open was called");
+    assert_eq!(opened.authorization, "Bearer xapp-1-test-app-token");
+    // No signing secret: the HTTP Slack routes are off, /healthz still answers.
+    assert_eq!(post(&s, "/slack/commands", "x", None, None).0, 404);
+    assert_eq!(
+        ureq::get(&format!("{}/healthz", s.base))
+            .call()
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let ack = |id: &str| {
+        let mut got = None;
+        wait_until(&format!("the ack of {id}"), Duration::from_secs(30), || {
+            got = api.ack(id);
+            got.is_some()
+        });
+        got.unwrap()
+    };
+    api.push(envelope(
+        "e1",
+        "slash_commands",
+        slash("U1", "hello alice", "t1"),
+    ));
+    let a = ack("e1");
+    assert!(
+        a["payload"]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Started hello as"),
+        "{a}"
+    );
+    assert_eq!(a["payload"]["response_type"], "ephemeral");
+    // Slack redelivers the same command in another envelope: acknowledged, nothing started.
+    api.push(envelope(
+        "e2",
+        "slash_commands",
+        slash("U1", "hello alice", "t1"),
+    ));
+    assert!(ack("e2")["payload"]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("Already on it"));
+    // Not allowed: refused like over HTTP.
+    api.push(envelope(
+        "e3",
+        "slash_commands",
+        slash("U2", "hello eve", "t3"),
+    ));
+    assert!(ack("e3")["payload"]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("Sorry"));
+    wait_until("the run", Duration::from_secs(60), || {
+        runs(&sb)
+            .first()
+            .is_some_and(|r| r["status"] == "succeeded")
+    });
+    assert_eq!(runs(&sb).len(), 1);
+    assert_eq!(runs(&sb)[0]["actor"], "U1");
+
+    // A mention through the Events API envelope: answered in its thread.
+    api.push(envelope(
+        "e4",
+        "events_api",
+        serde_json::json!({
+            "token": "unused", "team_id": "T1", "api_app_id": "A0LANDFALL", "type": "event_callback",
+            "event_id": "Ev4", "event_time": 1_700_000_000,
+            "event": { "type": "app_mention", "user": "U1", "channel": "C7", "text": "<@UBOT> help",
+                       "ts": "1699999999.000004", "event_ts": "1699999999.000004" },
+        }),
+    ));
+    ack("e4");
+    wait_until("the answer to the mention", Duration::from_secs(30), || {
+        api.calls().iter().any(|c| {
+            c.body["channel"] == "C7"
+                && c.body["thread_ts"] == "1699999999.000004"
+                && c.body["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("/landfall hello NAME")
+        })
+    });
+
+    // An approval button clicked in the run's thread.
+    api.push(envelope("e5", "slash_commands", slash("U1", "ship", "t5")));
+    ack("e5");
+    let run = runs(&sb)
+        .iter()
+        .find(|r| r["workflow"] == "gated")
+        .and_then(|r| r["run_id"].as_str().map(str::to_string))
+        .expect("the gated run");
+    wait_until("the approval to wait", Duration::from_secs(60), || {
+        node(&sb.json(&["status", &run, "--json"]), "approve")["status"] == "waiting"
+    });
+    api.push(envelope(
+        "e6",
+        "interactive",
+        serde_json::json!({
+            "type": "block_actions", "api_app_id": "A0LANDFALL", "trigger_id": "t6",
+            "team": { "id": "T1", "domain": "acme" },
+            "user": { "id": "U1", "team_id": "T1" },
+            "channel": { "id": "C1", "name": "ops" },
+            "container": { "type": "message", "message_ts": "1700000000.000009", "channel_id": "C1" },
+            "actions": [{
+                "type": "button", "action_id": "approve", "block_id": "decide",
+                "value": serde_json::json!({ "run": run, "node": "approve" }).to_string(),
+                "action_ts": "1700000001.000001",
+            }],
+        }),
+    ));
+    ack("e6");
+    wait_until(
+        "the approved run to finish",
+        Duration::from_secs(60),
+        || sb.json(&["status", &run, "--json"])["status"] == "succeeded",
+    );
+    let doc = sb.json(&["status", &run, "--json"]);
+    assert_eq!(node(&doc, "approve")["outputs"]["by"], "U1");
+
+    let log = s.log.lock().unwrap().join("\n");
+    assert!(log.contains("connected to Slack (socket mode)"), "{log}");
+    assert!(
+        !log.contains("xapp-1-test-app-token") && !log.contains("xoxb-test-token"),
+        "a token was logged"
+    );
 }

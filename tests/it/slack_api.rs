@@ -1,6 +1,8 @@
 //! A small Slack Web API for tests: real HTTP on 127.0.0.1, answers like Slack
-//! (`chat.postMessage` with `ts` and `message.ts`, `chat.update`), records every call, and can
-//! answer 429 with `Retry-After` or 500 first.
+//! (`chat.postMessage` with `ts` and `message.ts`, `chat.update`, `usergroups.users.list`),
+//! records every call, and can answer 429 with `Retry-After` or 500 first. It is also Slack's
+//! end of Socket Mode: `apps.connections.open` hands out a `ws://` URL whose connections get
+//! `hello`, then the envelopes a test pushes; their acknowledgements are recorded.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,8 +25,18 @@ pub struct Call {
     pub authorization: String,
 }
 
+/// Members of the user groups the test Slack knows.
+pub const GROUP: &str = "S0ADMINS";
+pub const GROUP_MEMBER: &str = "U0GROUPIE";
+
 #[derive(Default)]
 struct Inner {
+    /// `ws://` address of the Socket Mode listener.
+    socket_url: Mutex<String>,
+    /// One sender per open Socket Mode connection.
+    sockets: Mutex<Vec<tokio::sync::mpsc::UnboundedSender<String>>>,
+    /// Frames the client sent back (acknowledgements).
+    acks: Mutex<Vec<Value>>,
     calls: Mutex<Vec<Call>>,
     next: AtomicUsize,
     /// Fail this many calls first: 500 for the first, then 429 (with Retry-After: 1), …
@@ -55,6 +67,11 @@ impl SlackApi {
             .unwrap();
         let addr = listener.local_addr().unwrap();
         rt.spawn(async move { axum::serve(listener, app).await });
+        let ws = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        *inner.socket_url.lock().unwrap() = format!("ws://{}/link", ws.local_addr().unwrap());
+        rt.spawn(sockets(ws, Arc::clone(&inner)));
         SlackApi {
             url: format!("http://{addr}/api"),
             inner,
@@ -64,6 +81,23 @@ impl SlackApi {
 
     pub fn calls(&self) -> Vec<Call> {
         self.inner.calls.lock().unwrap().clone()
+    }
+
+    /// Sends a Socket Mode envelope down the first open connection.
+    pub fn push(&self, envelope: Value) {
+        let sockets = self.inner.sockets.lock().unwrap();
+        let tx = sockets.first().expect("a Socket Mode connection is open");
+        tx.send(envelope.to_string()).unwrap();
+    }
+
+    pub fn connections(&self) -> usize {
+        self.inner.sockets.lock().unwrap().len()
+    }
+
+    /// The acknowledgement of envelope `id`, once it came.
+    pub fn ack(&self, id: &str) -> Option<Value> {
+        let acks = self.inner.acks.lock().unwrap();
+        acks.iter().find(|a| a["envelope_id"] == id).cloned()
     }
 
     /// How many calls were refused on purpose.
@@ -90,6 +124,16 @@ async fn call(
         };
     }
     let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    if method == "apps.connections.open" {
+        s.calls.lock().unwrap().push(Call {
+            method,
+            body: v,
+            ts: String::new(),
+            authorization: auth(&headers),
+        });
+        let url = s.socket_url.lock().unwrap().clone();
+        return Json(json!({ "ok": true, "url": url })).into_response();
+    }
     let channel = v["channel"].as_str().unwrap_or_default().to_string();
     let ts = match method.as_str() {
         "chat.postMessage" => format!(
@@ -102,11 +146,7 @@ async fn call(
         method: method.clone(),
         body: v.clone(),
         ts: ts.clone(),
-        authorization: headers
-            .get("authorization")
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or_default()
-            .to_string(),
+        authorization: auth(&headers),
     });
     let text = v["text"].clone();
     Json(json!({
@@ -130,12 +170,15 @@ async fn oauth(
         method: method.clone(),
         body: serde_json::to_value(&q).unwrap_or_default(),
         ts: String::new(),
-        authorization: headers
-            .get("authorization")
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or_default()
-            .to_string(),
+        authorization: auth(&headers),
     });
+    if method == "usergroups.users.list" {
+        let users: Vec<&str> = match q.get("usergroup").map(String::as_str) {
+            Some(GROUP) => vec![GROUP_MEMBER, "U0SOMEONE"],
+            _ => vec![],
+        };
+        return Json(json!({ "ok": true, "users": users })).into_response();
+    }
     if q.get("refresh_token").map(String::as_str) == Some("xoxe-1-revoked-refresh-token") {
         return Json(json!({ "ok": false, "error": "invalid_refresh_token" })).into_response();
     }
@@ -148,4 +191,62 @@ async fn oauth(
         "team": { "id": "T0TEAM" },
     }))
     .into_response()
+}
+
+fn auth(headers: &HeaderMap) -> String {
+    headers
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Slack's side of Socket Mode: `hello` on connect, then whatever the test pushes.
+async fn sockets(listener: tokio::net::TcpListener, s: Arc<Inner>) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    while let Ok((tcp, _)) = listener.accept().await {
+        let s = Arc::clone(&s);
+        tokio::spawn(async move {
+            let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
+                return;
+            };
+            let (mut write, mut read) = ws.split();
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+            let hello = json!({
+                "type": "hello",
+                "num_connections": s.sockets.lock().unwrap().len() + 1,
+                "connection_info": { "app_id": "A0LANDFALL" },
+                "debug_info": { "host": "test-slack" },
+            });
+            if write.send(Message::text(hello.to_string())).await.is_err() {
+                return;
+            }
+            s.sockets.lock().unwrap().push(tx);
+            loop {
+                tokio::select! {
+                    out = rx.recv() => match out {
+                        Some(text) => {
+                            if write.send(Message::text(text)).await.is_err() {
+                                break;
+                            }
+                        }
+                        None => break,
+                    },
+                    inbound = read.next() => match inbound {
+                        Some(Ok(Message::Text(t))) => {
+                            if let Ok(v) = serde_json::from_str::<Value>(&t) {
+                                s.acks.lock().unwrap().push(v);
+                            }
+                        }
+                        Some(Ok(Message::Ping(p))) => {
+                            let _ = write.send(Message::Pong(p)).await;
+                        }
+                        Some(Ok(_)) => {}
+                        _ => break,
+                    },
+                }
+            }
+        });
+    }
 }
