@@ -5,6 +5,11 @@ use clap::Parser;
 use landfall::cli::{Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+// The scheduler allocates per node from several threads; glibc's malloc made it 40% slower
+// (BENCHMARKS.md, measured with the same allocator).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_logs(format: LogFormat, verbose: u8, quiet: bool) {
     // Progress lines already tell people what failed; logs add detail on request.
     let default = match (quiet, verbose) {

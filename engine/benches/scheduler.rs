@@ -18,6 +18,11 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+// The allocator the `landfall` binary uses: the scheduler allocates per node, and glibc's
+// malloc under two threads costs more than the scheduler itself.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Noop;
 
 #[derive(Deserialize, JsonSchema)]
@@ -147,7 +152,11 @@ fn main() {
     );
 
     let which = std::env::var("BENCH_STORE").unwrap_or_default();
-    for round in 0..2 {
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    for round in 0..rounds {
         if which == "redb" {
             break;
         }
@@ -158,7 +167,7 @@ fn main() {
             d.as_secs_f64() * 1e6 / n as f64
         );
     }
-    for round in 0..2 {
+    for round in 0..rounds {
         if which == "mem" {
             break;
         }

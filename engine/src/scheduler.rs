@@ -7,6 +7,8 @@
 //! share fsyncs. Attempts report back over a channel; the scheduler is the only writer.
 
 use std::collections::{HashMap, VecDeque};
+
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -260,7 +262,8 @@ struct Execution<'a> {
     run: RunRecord,
     control: RunControl,
     observers: Vec<Arc<dyn Observer>>,
-    nodes: HashMap<String, NodeRecord>,
+    // Fx hashing: node ids are ours, not an attacker's, and SipHash showed in profiles.
+    nodes: FxHashMap<String, NodeRecord>,
     /// Node ids of each step, once activated.
     step_nodes: Vec<Option<Vec<String>>>,
     /// Non-terminal nodes per activated step; 0 = the step is done.
@@ -271,17 +274,17 @@ struct Execution<'a> {
     activatable: VecDeque<usize>,
     ready: VecDeque<String>,
     /// Attempts in flight, with their cancellation tokens.
-    live: HashMap<String, CancellationToken>,
+    live: FxHashMap<String, CancellationToken>,
     /// Live nodes waiting for a signal: they hold no parallelism slot.
-    waiting: std::collections::HashSet<String>,
+    waiting: FxHashSet<String>,
     /// Nodes that start an attempt once this turn's batch is durable.
     to_spawn: Vec<String>,
     /// Nodes between two attempts.
-    retrying: HashMap<String, CancellationToken>,
-    deadlines: HashMap<String, Instant>,
+    retrying: FxHashMap<String, CancellationToken>,
+    deadlines: FxHashMap<String, Instant>,
     batch: Batch,
     /// Nodes changed since the last commit.
-    dirty: std::collections::HashSet<String>,
+    dirty: FxHashSet<String>,
     events: Vec<RunEvent>,
     tx: mpsc::UnboundedSender<Msg>,
     rx: mpsc::UnboundedReceiver<Msg>,
@@ -334,7 +337,8 @@ impl<'a> Execution<'a> {
                 step_nodes[i] = Some(list.iter().map(|r| r.node_id.clone()).collect());
             }
         }
-        let mut nodes: HashMap<String, NodeRecord> = HashMap::with_capacity(n.max(existing.len()));
+        let mut nodes: FxHashMap<String, NodeRecord> =
+            FxHashMap::with_capacity_and_hasher(n.max(existing.len()), Default::default());
         nodes.extend(existing.into_iter().map(|r| (r.node_id.clone(), r)));
         let open: Vec<usize> = step_nodes
             .iter()
@@ -377,11 +381,11 @@ impl<'a> Execution<'a> {
             dependents,
             activatable,
             ready: VecDeque::new(),
-            live: HashMap::new(),
+            live: Default::default(),
             waiting: Default::default(),
             to_spawn: Vec::new(),
-            retrying: HashMap::new(),
-            deadlines: HashMap::new(),
+            retrying: Default::default(),
+            deadlines: Default::default(),
             batch: Batch::default(),
             dirty: Default::default(),
             events: Vec::new(),
@@ -461,7 +465,12 @@ impl<'a> Execution<'a> {
         if !self.dirty.contains(&rec.node_id) {
             self.dirty.insert(rec.node_id.clone());
         }
-        self.nodes.insert(rec.node_id.clone(), rec);
+        match self.nodes.get_mut(&rec.node_id) {
+            Some(slot) => *slot = rec,
+            None => {
+                self.nodes.insert(rec.node_id.clone(), rec);
+            }
+        }
     }
 
     fn step_done(&mut self, i: usize) {
@@ -989,18 +998,20 @@ impl<'a> Execution<'a> {
     fn prepare_spawns(&mut self) -> Vec<(String, Value)> {
         let mut out = Vec::new();
         for node in std::mem::take(&mut self.to_spawn) {
-            let Some(rec) = self.nodes.get(&node).cloned() else {
+            let Some(rec) = self.nodes.get(&node) else {
                 continue;
             };
             let wf = Arc::clone(&self.wf);
-            let step = &wf.steps[self.step_of(&rec)];
+            let step = &wf.steps[self.step_of(rec)];
             let with = if step.with_has_templates {
                 let ctx = self.context(rec.item.as_ref(), rec.index);
                 match expr::render_value(&step.with, &expr::ctx_value(&ctx)) {
                     Ok(v) => v,
                     Err(e) => {
                         let err = StepError::permanent(format!("cannot render `with`: {e}"));
-                        self.finish(rec, Err(err));
+                        if let Some(rec) = self.nodes.get(&node).cloned() {
+                            self.finish(rec, Err(err));
+                        }
                         continue;
                     }
                 }
@@ -1013,14 +1024,18 @@ impl<'a> Execution<'a> {
     }
 
     fn spawn_attempt(&mut self, node: String, with: Value) {
-        let Some(rec) = self.nodes.get(&node).cloned() else {
+        let Some(rec) = self.nodes.get(&node) else {
             return;
         };
+        let attempts = rec.attempts;
         let wf = Arc::clone(&self.wf);
-        let step = &wf.steps[self.step_of(&rec)];
+        let step = &wf.steps[self.step_of(rec)];
         let Some(plugin) = self.engine.registry.get(&step.uses).cloned() else {
             let err = StepError::permanent(format!("no plugin named `{}`", step.uses));
-            return self.finish(rec, Err(err));
+            if let Some(rec) = self.nodes.get(&node).cloned() {
+                self.finish(rec, Err(err));
+            }
+            return;
         };
         let cancel = CancellationToken::new();
         let mut limit = step.attempt_timeout;
@@ -1032,7 +1047,7 @@ impl<'a> Execution<'a> {
             self.run.run_id.clone(),
             node.clone(),
             step.id.clone(),
-            rec.attempts,
+            attempts,
             cancel.clone(),
             Some(self.sig_tx.clone()),
         )

@@ -1,7 +1,7 @@
 //! An in-memory store with the same semantics as the redb one, minus durability. For
 //! benchmarks of the scheduler alone and for tests of pure logic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use super::{AuditEntry, Batch, Store, StoreError};
@@ -13,8 +13,11 @@ use serde_json::Value;
 #[derive(Default)]
 struct Inner {
     runs: BTreeMap<String, RunRecord>,
-    nodes: BTreeMap<(String, String), NodeRecord>,
-    audit: BTreeMap<(String, u64), AuditEntry>,
+    // Per run, so that a commit of a big run neither compares run ids nor moves big entries
+    // around a tree (this store is what the scheduler benchmark measures).
+    nodes: HashMap<String, HashMap<String, NodeRecord>>,
+    /// Each run's chain; an entry's `seq` is its index.
+    audit: HashMap<String, Vec<AuditEntry>>,
     signals: BTreeMap<(String, String), Signal>,
     annotations: BTreeMap<(String, String), Value>,
     secrets: BTreeMap<String, Vec<u8>>,
@@ -43,7 +46,13 @@ impl Store for MemStore {
             g.runs.insert(r.run_id.clone(), r);
         }
         for (run, n) in batch.nodes {
-            g.nodes.insert((run, n.node_id.clone()), n);
+            let run_nodes = g.nodes.entry(run).or_default();
+            match run_nodes.get_mut(&n.node_id) {
+                Some(slot) => *slot = n,
+                None => {
+                    run_nodes.insert(n.node_id.clone(), n);
+                }
+            }
         }
         for (run, node, sig) in batch.signals {
             g.signals.insert((run, node), sig);
@@ -55,15 +64,13 @@ impl Store for MemStore {
             g.secrets.insert(name, sealed);
         }
         for draft in batch.audit {
-            let run = draft.run_id.clone();
-            let last = g
-                .audit
-                .range((run.clone(), 0)..=(run.clone(), u64::MAX))
-                .next_back()
-                .map(|(_, e)| (e.seq + 1, e.hash.clone()));
-            let (seq, prev) = last.unwrap_or((0, String::new()));
-            g.audit
-                .insert((run, seq), AuditEntry::chain(seq, draft, prev));
+            let chain = match g.audit.get_mut(&draft.run_id) {
+                Some(c) => c,
+                None => g.audit.entry(draft.run_id.clone()).or_default(),
+            };
+            let prev = chain.last().map(|e| e.hash.clone()).unwrap_or_default();
+            let seq = chain.len() as u64;
+            chain.push(AuditEntry::chain(seq, draft, prev));
         }
         Ok(())
     }
@@ -83,13 +90,14 @@ impl Store for MemStore {
     }
 
     fn nodes(&self, run_id: &str) -> Result<Vec<NodeRecord>, StoreError> {
-        Ok(self
+        let mut v: Vec<NodeRecord> = self
             .lock()
             .nodes
-            .range((run_id.to_string(), String::new())..)
-            .take_while(|((r, _), _)| r == run_id)
-            .map(|(_, n)| n.clone())
-            .collect())
+            .get(run_id)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(v)
     }
 
     fn signal(&self, run_id: &str, node_id: &str) -> Result<Option<Signal>, StoreError> {
@@ -183,11 +191,6 @@ impl Store for MemStore {
     }
 
     fn audit(&self, run_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
-        Ok(self
-            .lock()
-            .audit
-            .range((run_id.to_string(), 0)..=(run_id.to_string(), u64::MAX))
-            .map(|(_, e)| e.clone())
-            .collect())
+        Ok(self.lock().audit.get(run_id).cloned().unwrap_or_default())
     }
 }
