@@ -412,24 +412,41 @@ impl<'a> Execution<'a> {
     }
 
     /// Records a node's new state in this turn's batch, with its audit entry, and keeps the
-    /// step bookkeeping in step.
-    fn transition(&mut self, mut rec: NodeRecord, to: NodeStatus) {
-        let from = rec.status;
+    /// step bookkeeping in step. `rec` replaces the stored record (or is a new one).
+    fn transition(&mut self, rec: NodeRecord, to: NodeStatus) {
         let existed = self.nodes.contains_key(&rec.node_id);
-        debug_assert!(
-            !existed || from.can_become(to),
-            "illegal transition {from} -> {to} of {}",
-            rec.node_id
-        );
-        rec.status = to;
         if !existed && to == NodeStatus::Pending {
             // Creating a pending node is not a transition: its first entry is `pending → …`.
             // (A fan-out is audited once per step, as `step_expanded`.)
+            let mut rec = rec;
+            rec.status = to;
             self.dirty.insert(rec.node_id.clone());
             self.nodes.insert(rec.node_id.clone(), rec);
             return;
         }
-        let mut details = json!({ "from": if existed { from.as_str() } else { "new" }, "to": to, "attempt": rec.attempts });
+        let id = rec.node_id.clone();
+        let from = rec.status;
+        match self.nodes.get_mut(&id) {
+            Some(slot) => *slot = rec,
+            None => {
+                self.nodes.insert(id.clone(), rec);
+            }
+        }
+        self.transition_stored(&id, if existed { Some(from) } else { None }, to);
+    }
+
+    /// The transition of a stored node, changed where it lies (the hot path: no record is
+    /// copied). `from` is `None` for a node created in its final state.
+    fn transition_stored(&mut self, id: &str, from: Option<NodeStatus>, to: NodeStatus) {
+        let Some(rec) = self.nodes.get_mut(id) else {
+            return;
+        };
+        debug_assert!(
+            from.is_none_or(|f| f.can_become(to)),
+            "illegal transition {from:?} -> {to} of {id}"
+        );
+        rec.status = to;
+        let mut details = json!({ "from": from.map_or("new", |f| f.as_str()), "to": to, "attempt": rec.attempts });
         if to == NodeStatus::Failed {
             if let Some(e) = &rec.error {
                 details["error"] = json!({ "class": e.class, "message": e.message });
@@ -443,38 +460,33 @@ impl<'a> Execution<'a> {
         if let Some(r) = rec.skip_reason {
             details["reason"] = json!(r);
         }
-        self.audit(Some(&rec.node_id), "node_transition", details);
         match (&rec.error, to) {
             (Some(e), NodeStatus::Failed) => tracing::warn!(
-                run = %self.run.run_id, node = %rec.node_id, attempt = rec.attempts,
+                run = %self.run.run_id, node = %id, attempt = rec.attempts,
                 class = e.class.as_str(), error = %e.message, "Node failed"
             ),
             _ => tracing::debug!(
-                run = %self.run.run_id, node = %rec.node_id, attempt = rec.attempts,
-                from = from.as_str(), to = to.as_str(), "Node transition"
+                run = %self.run.run_id, node = %id, attempt = rec.attempts,
+                from = from.map_or("new", |f| f.as_str()), to = to.as_str(), "Node transition"
             ),
         }
-        if existed && !from.is_terminal() && to.is_terminal() {
-            let i = self.step_of(&rec);
-            self.open[i] = self.open[i].saturating_sub(1);
-            if self.open[i] == 0 {
-                self.step_done(i);
+        let step = self.wf.step_index(&rec.step_id).unwrap_or(0);
+        self.audit(Some(id), "node_transition", details);
+        if from.is_some_and(|f| !f.is_terminal()) && to.is_terminal() {
+            self.open[step] = self.open[step].saturating_sub(1);
+            if self.open[step] == 0 {
+                self.step_done(step);
             }
         }
         // Only the latest state of a node is written; its audit entries keep every step.
-        if !self.dirty.contains(&rec.node_id) {
-            self.dirty.insert(rec.node_id.clone());
-        }
-        match self.nodes.get_mut(&rec.node_id) {
-            Some(slot) => *slot = rec,
-            None => {
-                self.nodes.insert(rec.node_id.clone(), rec);
-            }
+        if !self.dirty.contains(id) {
+            self.dirty.insert(id.to_string());
         }
     }
 
     fn step_done(&mut self, i: usize) {
-        for d in self.dependents[i].clone() {
+        for k in 0..self.dependents[i].len() {
+            let d = self.dependents[i][k];
             self.waiting_on[d] = self.waiting_on[d].saturating_sub(1);
             if self.waiting_on[d] == 0 && self.step_nodes[d].is_none() {
                 self.activatable.push_back(d);
@@ -956,12 +968,11 @@ impl<'a> Execution<'a> {
             let Some(id) = self.ready.pop_front() else {
                 break;
             };
-            let Some(rec) = self.nodes.get(&id).cloned() else {
+            let Some(rec) = self.nodes.get(&id) else {
                 continue;
             };
-            match rec.status {
-                NodeStatus::Pending | NodeStatus::Running => self.begin_attempt(rec),
-                _ => {}
+            if matches!(rec.status, NodeStatus::Pending | NodeStatus::Running) {
+                self.begin_attempt(id);
             }
         }
     }
@@ -971,26 +982,30 @@ impl<'a> Execution<'a> {
         self.live.len().saturating_sub(self.waiting.len())
     }
 
-    fn begin_attempt(&mut self, mut rec: NodeRecord) {
+    fn begin_attempt(&mut self, node: String) {
         let wf = Arc::clone(&self.wf);
-        let step = &wf.steps[self.step_of(&rec)];
-        if let Some(t) = step.timeout {
-            self.deadlines
-                .entry(rec.node_id.clone())
-                .or_insert_with(|| Instant::now() + t);
-        }
+        let Some(rec) = self.nodes.get_mut(&node) else {
+            return;
+        };
+        let step = &wf.steps[wf.step_index(&rec.step_id).unwrap_or(0)];
         rec.attempts += 1;
         rec.started_at.get_or_insert_with(Utc::now);
         rec.error = None;
-        let attempt = rec.attempts;
-        let node = rec.node_id.clone();
-        self.transition(rec, NodeStatus::Running);
-        self.to_spawn.push(node.clone());
-        self.emit(RunEvent::NodeStarted {
-            run_id: self.run.run_id.clone(),
-            node,
-            attempt,
-        });
+        let (from, attempt) = (rec.status, rec.attempts);
+        if let Some(t) = step.timeout {
+            self.deadlines
+                .entry(node.clone())
+                .or_insert_with(|| Instant::now() + t);
+        }
+        self.transition_stored(&node, Some(from), NodeStatus::Running);
+        if !self.observers.is_empty() {
+            self.emit(RunEvent::NodeStarted {
+                run_id: self.run.run_id.clone(),
+                node: node.clone(),
+                attempt,
+            });
+        }
+        self.to_spawn.push(node);
     }
 
     /// Renders the `with:` of every node about to start. A render error fails the node
@@ -1113,6 +1128,10 @@ impl<'a> Execution<'a> {
             Msg::Done { node, result } => {
                 let token = self.live.remove(&node);
                 self.waiting.remove(&node);
+                let result = match result {
+                    Ok(outputs) => return self.succeed(node, outputs),
+                    Err(e) => Err(e),
+                };
                 let Some(rec) = self.nodes.get(&node).cloned() else {
                     return;
                 };
@@ -1170,23 +1189,36 @@ impl<'a> Execution<'a> {
         }
     }
 
+    /// A successful attempt, recorded where the node lies.
+    fn succeed(&mut self, node: String, outputs: Value) {
+        let Some(rec) = self.nodes.get_mut(&node) else {
+            return;
+        };
+        rec.outputs = Some(outputs);
+        rec.finished_at = Some(Utc::now());
+        let (from, attempts) = (rec.status, rec.attempts);
+        self.transition_stored(&node, Some(from), NodeStatus::Succeeded);
+        if !self.observers.is_empty() {
+            self.emit(RunEvent::NodeFinished {
+                run_id: self.run.run_id.clone(),
+                node,
+                status: NodeStatus::Succeeded,
+                attempts,
+                error: None,
+                reason: None,
+            });
+        }
+    }
+
     /// Ends an attempt: success, a retry, or failure (critical ones stop the run).
     fn finish(&mut self, mut rec: NodeRecord, result: Result<Value, StepError>) {
         let node = rec.node_id.clone();
         match result {
             Ok(outputs) => {
-                rec.outputs = Some(outputs);
-                rec.finished_at = Some(Utc::now());
-                let attempts = rec.attempts;
-                self.transition(rec, NodeStatus::Succeeded);
-                self.emit(RunEvent::NodeFinished {
-                    run_id: self.run.run_id.clone(),
-                    node,
-                    status: NodeStatus::Succeeded,
-                    attempts,
-                    error: None,
-                    reason: None,
-                });
+                if let Some(slot) = self.nodes.get_mut(&node) {
+                    *slot = rec;
+                }
+                self.succeed(node, outputs);
             }
             Err(mut err) => {
                 let wf = Arc::clone(&self.wf);

@@ -229,7 +229,7 @@ pub fn idempotency_key(run_id: &str, node_id: &str) -> String {
     h.update(run_id.as_bytes());
     h.update([0]);
     h.update(node_id.as_bytes());
-    hex::encode(&h.finalize()[..16])
+    const_hex::encode(&h.finalize()[..16])
 }
 
 #[cfg(test)]

@@ -130,7 +130,17 @@ impl AuditEntry {
                 Value::Bool(b) => h.update(if *b { b"t" } else { b"f" }),
                 Value::Number(n) => {
                     h.update(b"#");
-                    field(h, &n.to_string());
+                    // Formatted on the stack: a number is at most a few dozen bytes.
+                    let mut buf = [0u8; 64];
+                    let mut w = std::io::Cursor::new(&mut buf[..]);
+                    match std::io::Write::write_fmt(&mut w, format_args!("{n}")) {
+                        Ok(()) => {
+                            let len = w.position() as usize;
+                            h.update((len as u64).to_le_bytes());
+                            h.update(&buf[..len]);
+                        }
+                        Err(_) => field(h, &n.to_string()),
+                    }
                 }
                 Value::String(s) => {
                     h.update(b"s");
@@ -146,11 +156,20 @@ impl AuditEntry {
                 Value::Object(map) => {
                     h.update(b"{");
                     h.update((map.len() as u64).to_le_bytes());
-                    let mut keys: Vec<&String> = map.keys().collect();
-                    keys.sort();
-                    for k in keys {
-                        field(h, k);
-                        value(h, &map[k]);
+                    // serde_json's map is sorted already unless a dependency turns on
+                    // `preserve_order`; only then is a sorted copy of the keys needed.
+                    if map.keys().is_sorted() {
+                        for (k, v) in map {
+                            field(h, k);
+                            value(h, v);
+                        }
+                    } else {
+                        let mut keys: Vec<&String> = map.keys().collect();
+                        keys.sort();
+                        for k in keys {
+                            field(h, k);
+                            value(h, &map[k]);
+                        }
                     }
                 }
             }
@@ -173,7 +192,7 @@ impl AuditEntry {
         }
         field(&mut h, &draft.kind);
         value(&mut h, &draft.details);
-        hex::encode(h.finalize())
+        const_hex::encode(h.finalize())
     }
 }
 
@@ -314,5 +333,24 @@ mod tests {
         let mut relinked = entries.clone();
         relinked[3].prev = "x".into();
         assert_eq!(verify_chain(&relinked).unwrap().seq, 3);
+    }
+
+    /// Stored chains must keep verifying: the hash of a fixed entry never changes, however
+    /// it is computed.
+    #[test]
+    fn the_hash_format_is_stable() {
+        let mut d = AuditDraft::new(
+            "U1",
+            "01JRUN",
+            "node_transition",
+            serde_json::json!({ "to": "running", "from": "pending", "attempt": 3, "x": [1.5, -2, null, true, "s"], "nested": { "b": 1, "a": 2 } }),
+        );
+        d.at = chrono::DateTime::from_timestamp(1_764_000_000, 123_456_789).unwrap();
+        d.node = Some("deploy[2]".into());
+        let e = AuditEntry::chain(7, d, "ab".repeat(32));
+        assert_eq!(
+            e.hash,
+            "e9b92ad29b14aee8734547b0ed461891721951ea4397461c44d803ae07d280b9"
+        );
     }
 }
