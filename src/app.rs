@@ -135,6 +135,10 @@ pub async fn run(cli: Cli) -> i32 {
             command: ConfigCommand::Show { json },
         } => app.config_show(json),
         Command::Packages { command } => app.packages(command),
+        Command::RotateKey {
+            data_key_file,
+            new_key_file,
+        } => app.rotate_key(data_key_file.as_deref(), &new_key_file),
         Command::Render { requirements, out } => app.render(&requirements, &out),
     };
     match res {
@@ -532,7 +536,7 @@ impl App {
         else {
             return Ok(None);
         };
-        let url = env("SLACK_API_URL").unwrap_or_else(|| "https://slack.com/api".into());
+        let url = self.slack_api_url();
         let chat = crate::slack::web::client(&url, crate::slack::web::Auth::Static(token))
             .map_err(|e| Failure::env(format!("cannot set up the Slack client: {e}")))?;
         Ok(Some(Arc::new(crate::slack::thread::start(
@@ -598,7 +602,7 @@ impl App {
             max_body: a.max_body,
             max_parallel: self.loaded.config.max_parallel,
         };
-        let api_url = env("SLACK_API_URL").unwrap_or_else(|| "https://slack.com/api".into());
+        let api_url = self.slack_api_url();
         let token = env("SLACK_BOT_TOKEN").or_else(|| self.loaded.config.slack.bot_token.clone());
         // OAuth installs (token rotation) need the app's credentials and a data key to seal the
         // grant with.
@@ -700,6 +704,76 @@ impl App {
             .map_err(|e| Failure::env(format!("the server stopped: {e}")))?
             .map_err(|e| Failure::env(format!("the server stopped: {e}")))?;
         Ok(EXIT_OK)
+    }
+
+    /// Opens every sealed secret with the current key and seals it under the new one, in one
+    /// commit: a secret that does not open stops everything before anything is written.
+    fn rotate_key(&self, current: Option<&std::path::Path>, new: &std::path::Path) -> Res<i32> {
+        use landfall_engine::crypto::DataKey;
+        let read = |f: &std::path::Path| {
+            std::fs::read_to_string(f)
+                .map_err(|e| Failure::invalid(format!("cannot read {}: {e}", f.display())))
+        };
+        let old_text = match (
+            std::env::var("LANDFALL_DATA_KEY")
+                .ok()
+                .filter(|s| !s.is_empty()),
+            current,
+        ) {
+            (_, Some(f)) => read(f)?,
+            (Some(k), None) => k,
+            (None, None) => {
+                return Err(Failure::invalid(
+                    "no current data key: set LANDFALL_DATA_KEY or --data-key-file",
+                ))
+            }
+        };
+        let old = DataKey::from_hex(&old_text)
+            .map_err(|e| Failure::invalid(format!("current data key: {e}")))?;
+        let new_key = DataKey::from_hex(&read(new)?)
+            .map_err(|e| Failure::invalid(format!("new data key: {e}")))?;
+        let store = self
+            .existing_store()?
+            .ok_or_else(|| self.no_state("secrets"))?;
+        let mut resealed = Vec::new();
+        let sealed_all = store.secrets().map_err(|e| Failure::env(e.to_string()))?;
+        for (name, sealed) in sealed_all {
+            let plain = old.open(&sealed, name.as_bytes()).map_err(|_| Failure {
+                code: EXIT_FAILED,
+                message: format!(
+                    "secret `{name}` does not open with the current key (wrong key, or the secret was tampered with); nothing was changed"
+                ),
+            })?;
+            resealed.push((name.clone(), new_key.seal(&plain, name.as_bytes())));
+        }
+        let names: Vec<String> = resealed.iter().map(|(n, _)| n.clone()).collect();
+        let actor = cli_trigger().actor;
+        store
+            .commit(landfall_engine::store::Batch {
+                secrets: resealed,
+                audit: vec![landfall_engine::store::AuditDraft::new(
+                    &actor,
+                    "",
+                    "data_key_rotated",
+                    json!({ "secrets": names }),
+                )],
+                ..Default::default()
+            })
+            .map_err(|e| Failure::env(e.to_string()))?;
+        println!(
+            "re-sealed {} secret(s) under the new key; from now on give Landfall the new key (LANDFALL_DATA_KEY or --data-key-file)",
+            names.len()
+        );
+        Ok(EXIT_OK)
+    }
+
+    /// Slack's Web API: `SLACK_API_URL`, else `slack.api_url`, else Slack's own.
+    fn slack_api_url(&self) -> String {
+        std::env::var("SLACK_API_URL")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .or_else(|| self.loaded.config.slack.api_url.clone())
+            .unwrap_or_else(|| "https://slack.com/api".into())
     }
 
     /// Records a decision for a waiting `approval` step, bound to the digest it asked about.

@@ -147,6 +147,17 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Re-seal the secrets in the state file (installed Slack tokens) under a new data key,
+    /// all in one transaction; then give Landfall the new key
+    #[command(after_help = ROTATE_HELP)]
+    RotateKey {
+        /// File holding the current key (64 hex digits); or set LANDFALL_DATA_KEY
+        #[arg(long, value_name = "FILE")]
+        data_key_file: Option<PathBuf>,
+        /// File holding the new key (64 hex digits, e.g. `openssl rand -hex 32 > new.key`)
+        #[arg(long, value_name = "FILE")]
+        new_key_file: PathBuf,
+    },
     /// Inspect published packages (versioned, content-addressed CloudFormation sets)
     Packages {
         #[command(subcommand)]
@@ -214,6 +225,13 @@ Examples:\n  \
 landfall serve --listen 0.0.0.0:3000 --allow-channel C0OPS\n  \
 SLACK_APP_TOKEN=xapp-… landfall serve --socket-mode --allow-user U0123ABCD\n\n\
 Exit codes: 0 stopped by a signal, 2 bad configuration, 3 cannot listen or connect.";
+
+const ROTATE_HELP: &str = "\
+Every secret must open with the current key, or nothing changes. Stop `landfall serve` first \
+(it holds the key in memory), rotate, then start it with the new key.\n\n\
+Example:\n  \
+openssl rand -hex 32 > new.key && landfall rotate-key --data-key-file old.key --new-key-file new.key\n\n\
+Exit codes: 0 re-sealed, 1 a secret did not open with the current key, 2 bad key or no state file.";
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {

@@ -59,6 +59,9 @@ pub struct SlackConfig {
     /// App-level token (`xapp-…`) for `serve --socket-mode`. Prefer `SLACK_APP_TOKEN`.
     #[serde(default)]
     pub app_token: Option<String>,
+    /// Slack's Web API base URL (a proxy, or a test server); `SLACK_API_URL` wins.
+    #[serde(default)]
+    pub api_url: Option<String>,
     /// Slack users allowed to use `/landfall` (added to `serve --allow-user`).
     #[serde(default)]
     pub allow_users: Vec<String>,
@@ -134,6 +137,7 @@ struct SlackLayer {
     signing_secret: Option<String>,
     default_channel: Option<String>,
     app_token: Option<String>,
+    api_url: Option<String>,
     allow_users: Option<Vec<String>>,
     allow_channels: Option<Vec<String>>,
 }

@@ -665,3 +665,77 @@ fn a_rejection_fails_the_run_and_says_who() {
     );
     assert_eq!(node(&doc, "ship")["status"], "skipped");
 }
+
+#[test]
+fn rotate_key_reseals_every_secret_or_changes_nothing() {
+    use landfall::slack::tokens::{load_grant, save_grant, Grant};
+    use landfall_engine::crypto::DataKey;
+    use landfall_engine::store::RedbStore;
+    let sb = Sandbox::new();
+    let (old_hex, new_hex, wrong_hex) = ("11".repeat(32), "22".repeat(32), "33".repeat(32));
+    sb.write("old.key", &old_hex);
+    sb.write("new.key", &new_hex);
+    sb.write("wrong.key", &wrong_hex);
+    let key = |h: &str| DataKey::from_hex(h).unwrap();
+    let grant = Grant {
+        access_token: "xoxe.xoxb-1-sealed-token".into(),
+        refresh_token: Some("xoxe-1-refresh".into()),
+        expires_at: Some(4_000_000_000),
+        team_id: Some("T1".into()),
+        revoked: false,
+    };
+    {
+        std::fs::create_dir_all(sb.path(".landfall")).unwrap();
+        let store = RedbStore::open(&sb.path(".landfall/state.redb")).unwrap();
+        save_grant(&store, &key(&old_hex), &grant).unwrap();
+    }
+    let load = |h: &str| {
+        let store = RedbStore::open(&sb.path(".landfall/state.redb")).unwrap();
+        load_grant(&store, &key(h))
+    };
+
+    // The wrong current key: refused, nothing changed.
+    let out = sb.run(&[
+        "rotate-key",
+        "--data-key-file",
+        "wrong.key",
+        "--new-key-file",
+        "new.key",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nothing was changed"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(load(&old_hex).unwrap().is_some());
+
+    let out = sb.run(&[
+        "rotate-key",
+        "--data-key-file",
+        "old.key",
+        "--new-key-file",
+        "new.key",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("re-sealed 1 secret"),
+        "{}",
+        stdout(&out)
+    );
+    let opened = load(&new_hex)
+        .unwrap()
+        .expect("the grant opens with the new key");
+    assert_eq!(opened.access_token, grant.access_token);
+    assert!(load(&old_hex).is_err(), "the old key no longer opens it");
+    // Audited without key material or tokens.
+    let audit = sb.json(&["audit", "-", "--json"]);
+    let entry = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "data_key_rotated")
+        .expect("the rotation is audited")
+        .to_string();
+    assert!(!entry.contains(&old_hex) && !entry.contains(&new_hex) && !entry.contains("xoxe"));
+}

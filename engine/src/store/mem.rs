@@ -112,6 +112,15 @@ impl Store for MemStore {
         Ok(self.lock().secrets.get(name).cloned())
     }
 
+    fn secrets(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(self
+            .lock()
+            .secrets
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
     fn annotations(&self, run_id: &str) -> Result<BTreeMap<String, Value>, StoreError> {
         Ok(self
             .lock()

@@ -288,6 +288,8 @@ pub trait Store: Send + Sync {
     fn annotations(&self, run_id: &str) -> Result<BTreeMap<String, Value>, StoreError>;
     /// A sealed secret by name.
     fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every sealed secret, by name (for re-sealing them under a new data key).
+    fn secrets(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Publishes a package: identical content returns its existing version, new content the
     /// next version. One transaction.
     fn publish_package(

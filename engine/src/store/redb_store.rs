@@ -255,6 +255,17 @@ impl Store for RedbStore {
         Ok(t.get(name)?.map(|v| v.value().to_vec()))
     }
 
+    fn secrets(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(SECRETS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     fn annotations(&self, run_id: &str) -> Result<BTreeMap<String, Value>, StoreError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(ANNOTATIONS)?;

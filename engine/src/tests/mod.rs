@@ -214,6 +214,9 @@ impl Store for CrashingStore {
     fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.secret(name)
     }
+    fn secrets(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.inner.secrets()
+    }
     fn annotations(
         &self,
         run: &str,
