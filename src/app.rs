@@ -560,6 +560,15 @@ impl App {
                 "--socket-mode needs an app-level token: set SLACK_APP_TOKEN (xapp-…; Slack app settings → Basic Information → App-Level Tokens, scope connections:write)",
             ));
         }
+        if a.socket_mode
+            && app_token
+                .as_deref()
+                .is_some_and(|t| !t.starts_with("xapp-"))
+        {
+            return Err(Failure::invalid(
+                "SLACK_APP_TOKEN must be an app-level token (xapp-…), not a bot or user token",
+            ));
+        }
         if !a.socket_mode && secret.is_none() {
             return Err(Failure::invalid(
                 "no Slack signing secret: set SLACK_SIGNING_SECRET (or slack.signing_secret in landfall.toml), or use --socket-mode",
@@ -695,7 +704,10 @@ impl App {
             )
             .await;
             stop.cancel();
-            socket.map_err(|e| Failure::env(e.to_string()))?;
+            socket.map_err(|e| match e {
+                crate::slack::socket::SocketError::NotAnAppToken => Failure::invalid(e.to_string()),
+                _ => Failure::env(e.to_string()),
+            })?;
         } else {
             wait_for_stop_signal().await;
             stop.cancel();

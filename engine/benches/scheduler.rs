@@ -21,7 +21,35 @@ use serde_json::{json, Value};
 // The allocator the `landfall` binary uses: the scheduler allocates per node, and glibc's
 // malloc under two threads costs more than the scheduler itself.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: Counting = Counting;
+
+/// mimalloc, counting allocations (printed per node: allocation churn is what the scheduler's
+/// time mostly goes to).
+struct Counting;
+
+static ALLOCS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Counting only with `BENCH_ALLOCS` set: a shared counter would slow the timed runs.
+static COUNT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn count() {
+    if COUNT.load(std::sync::atomic::Ordering::Relaxed) {
+        ALLOCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        count();
+        unsafe { mimalloc::MiMalloc.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        unsafe { mimalloc::MiMalloc.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, n: usize) -> *mut u8 {
+        count();
+        unsafe { mimalloc::MiMalloc.realloc(p, l, n) }
+    }
+}
 
 struct Noop;
 
@@ -71,6 +99,7 @@ fn run(store: Arc<dyn Store>, yaml: &str, max_parallel: usize) -> (Duration, usi
         .build()
         .expect("runtime");
     let engine = Engine::new(reg, store);
+    let allocs = ALLOCS.load(std::sync::atomic::Ordering::Relaxed);
     let start = Instant::now();
     let out = rt.block_on(async {
         let rec = engine
@@ -95,6 +124,10 @@ fn run(store: Arc<dyn Store>, yaml: &str, max_parallel: usize) -> (Duration, usi
     });
     assert_eq!(out.status, RunStatus::Succeeded);
     let elapsed = start.elapsed();
+    let allocs = ALLOCS.load(std::sync::atomic::Ordering::Relaxed) - allocs;
+    if std::env::var_os("BENCH_ALLOCS").is_some() {
+        println!("  {:.1} allocations per node", allocs as f64 / n as f64);
+    }
     let commits = engine
         .store
         .audit(&out.run_id)
@@ -133,6 +166,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(width);
+    COUNT.store(
+        std::env::var_os("BENCH_ALLOCS").is_some(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let yaml = layered(layers, width);
     let t = Instant::now();
     let mut reg = Registry::new();

@@ -819,6 +819,23 @@ fn socket_mode_takes_commands_mentions_and_clicks_without_a_public_url() {
     let api = crate::slack_api::SlackApi::start(0);
     let sb = Sandbox::new();
     workflows(&sb);
+    // A missing or wrong kind of token is a configuration error, said before anything starts.
+    for token in [None, Some("xoxb-a-bot-token")] {
+        let mut cmd = sb.cmd(&["serve", "--socket-mode", "--workflows", "wf"]);
+        cmd.env_remove("SLACK_SIGNING_SECRET")
+            .env_remove("SLACK_APP_TOKEN");
+        if let Some(t) = token {
+            cmd.env("SLACK_APP_TOKEN", t);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{token:?}: {}",
+            crate::support::stderr(&out)
+        );
+        assert!(crate::support::stderr(&out).contains("SLACK_APP_TOKEN"));
+    }
     let s = serve_with(&sb, &["U1"], |cmd| {
         cmd.arg("--socket-mode")
             .env_remove("SLACK_SIGNING_SECRET")
