@@ -136,20 +136,34 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(v).map_err(|e| StoreError::Backend(e.to_string()))
 }
 
+/// Encodes into a buffer reused for a whole commit (a commit writes hundreds of records).
+fn encode_into<'b, T: serde::Serialize>(
+    buf: &'b mut Vec<u8>,
+    v: &T,
+) -> Result<&'b [u8], StoreError> {
+    buf.clear();
+    serde_json::to_writer(&mut *buf, v).map_err(|e| StoreError::Backend(e.to_string()))?;
+    Ok(buf.as_slice())
+}
+
 impl Store for RedbStore {
     fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
         let tx = self.db.begin_write()?;
+        let mut buf = Vec::with_capacity(1024);
         {
             let mut runs = tx.open_table(RUNS)?;
             for r in &batch.runs {
-                runs.insert(r.run_id.as_str(), encode(r)?.as_slice())?;
+                runs.insert(r.run_id.as_str(), encode_into(&mut buf, r)?)?;
             }
             let mut nodes = tx.open_table(NODES)?;
             for (run, n) in &batch.nodes {
-                nodes.insert((run.as_str(), n.node_id.as_str()), encode(n)?.as_slice())?;
+                nodes.insert(
+                    (run.as_str(), n.node_id.as_str()),
+                    encode_into(&mut buf, n)?,
+                )?;
             }
             let mut signals = tx.open_table(SIGNALS)?;
             for (run, node, sig) in &batch.signals {
@@ -167,12 +181,12 @@ impl Store for RedbStore {
             // The chain head of each run touched by this batch, read once per batch.
             let mut heads: std::collections::HashMap<String, (u64, String)> = Default::default();
             for draft in batch.audit {
-                let run = draft.run_id.clone();
-                let (seq, prev) = match heads.get(&run) {
+                let (seq, prev) = match heads.get(&draft.run_id) {
                     Some((seq, hash)) => (seq + 1, hash.clone()),
                     None => {
+                        let run = draft.run_id.as_str();
                         let last: Option<Vec<u8>> = audit
-                            .range((run.as_str(), 0)..=(run.as_str(), u64::MAX))?
+                            .range((run, 0)..=(run, u64::MAX))?
                             .next_back()
                             .transpose()?
                             .map(|(_, v)| v.value().to_vec());
@@ -187,8 +201,17 @@ impl Store for RedbStore {
                     }
                 };
                 let entry = AuditEntry::chain(seq, draft, prev);
-                audit.insert((run.as_str(), seq), encode(&entry)?.as_slice())?;
-                heads.insert(run, (seq, entry.hash));
+                audit.insert(
+                    (entry.draft.run_id.as_str(), seq),
+                    encode_into(&mut buf, &entry)?,
+                )?;
+                let AuditEntry { draft, hash, .. } = entry;
+                match heads.get_mut(&draft.run_id) {
+                    Some(head) => *head = (seq, hash),
+                    None => {
+                        heads.insert(draft.run_id, (seq, hash));
+                    }
+                }
             }
         }
         tx.commit()?;
