@@ -140,6 +140,33 @@ fn run(store: Arc<dyn Store>, yaml: &str, max_parallel: usize) -> (Duration, usi
     (elapsed, n, commits)
 }
 
+/// The floor under (a): the same shape with nothing but a tokio task per node reporting over
+/// a channel, layer by layer, spawned from `block_on` like the scheduler does.
+fn spawn_floor(layers: usize, width: usize) -> f64 {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let start = Instant::now();
+    rt.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Value)>();
+        for _ in 0..layers {
+            for w in 0..width {
+                let tx = tx.clone();
+                let node = format!("s_{w}");
+                tokio::spawn(async move {
+                    let _ = tx.send((node, json!({})));
+                });
+            }
+            for _ in 0..width {
+                let _ = rx.recv().await;
+            }
+        }
+    });
+    start.elapsed().as_secs_f64() * 1e6 / (layers * width) as f64
+}
+
 fn fsync_latency(dir: &std::path::Path) -> Duration {
     let path = dir.join("fsync.probe");
     let mut f = std::fs::File::create(&path).expect("probe file");
@@ -186,6 +213,12 @@ fn main() {
     println!(
         "raw fsync latency (4 KiB write + fdatasync): {:.0} µs",
         fsync_latency(dir.path()).as_secs_f64() * 1e6
+    );
+
+    let floor: Vec<f64> = (0..5).map(|_| spawn_floor(layers, width)).collect();
+    println!(
+        "floor: one tokio task per node + a channel, no scheduler: {:.2} µs/node (best of 5)",
+        floor.iter().copied().fold(f64::INFINITY, f64::min)
     );
 
     let which = std::env::var("BENCH_STORE").unwrap_or_default();
