@@ -21,8 +21,8 @@ pub enum Kind {
     Service,
 }
 
-/// Error codes that mean "try again later".
-const TRANSIENT_CODES: &[&str] = &[
+/// Codes that mean "slow down": transient, and a poller waits longer instead of failing.
+const THROTTLING_CODES: &[&str] = &[
     "Throttling",
     "ThrottlingException",
     "ThrottledException",
@@ -31,6 +31,10 @@ const TRANSIENT_CODES: &[&str] = &[
     "RequestThrottled",
     "RequestThrottledException",
     "SlowDown",
+];
+
+/// The other codes that mean "try again later" (busy or briefly broken, not slow down).
+const OTHER_TRANSIENT_CODES: &[&str] = &[
     "ProvisionedThroughputExceededException",
     "ConcurrentModificationException",
     "CONCURRENT_ACCOUNT_MODIFICATION",
@@ -45,18 +49,6 @@ const TRANSIENT_CODES: &[&str] = &[
     "RequestTimeoutException",
     "PriorRequestNotComplete",
     "PENDING_BUSINESS_VALIDATION",
-];
-
-/// The transient codes that mean "slow down" rather than "broken".
-const THROTTLING_CODES: &[&str] = &[
-    "Throttling",
-    "ThrottlingException",
-    "ThrottledException",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "RequestThrottled",
-    "RequestThrottledException",
-    "SlowDown",
 ];
 
 /// Whether a classified error is throttling (a poller waits longer instead of failing).
@@ -90,7 +82,7 @@ pub fn classify(kind: Kind, code: Option<&str>, status: Option<u16>) -> ErrorCla
         if CRITICAL_CODES.contains(&code) {
             return ErrorClass::Critical;
         }
-        if TRANSIENT_CODES.contains(&code) {
+        if THROTTLING_CODES.contains(&code) || OTHER_TRANSIENT_CODES.contains(&code) {
             return ErrorClass::Transient;
         }
     }
