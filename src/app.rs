@@ -610,6 +610,7 @@ impl App {
             allow_channels: allow_channels.clone(),
             max_body: a.max_body,
             max_parallel: self.loaded.config.max_parallel,
+            grace: self.loaded.config.grace,
         };
         let api_url = self.slack_api_url();
         let token = env("SLACK_BOT_TOKEN").or_else(|| self.loaded.config.slack.bot_token.clone());
@@ -712,6 +713,7 @@ impl App {
             wait_for_stop_signal().await;
             stop.cancel();
         }
+        fd.drain().await;
         http.await
             .map_err(|e| Failure::env(format!("the server stopped: {e}")))?
             .map_err(|e| Failure::env(format!("the server stopped: {e}")))?;

@@ -41,6 +41,8 @@ pub struct Options {
     /// Largest request body accepted.
     pub max_body: usize,
     pub max_parallel: usize,
+    /// When the server stops, how long running attempts may finish before they are cut off.
+    pub grace: std::time::Duration,
 }
 
 /// The app's OAuth credentials, for installs (`/slack/install` → Slack → `/slack/oauth/callback`).
@@ -118,6 +120,42 @@ impl FrontDoor {
 
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    /// Stopping: every run this process executes is interrupted like a CLI run on Ctrl-C
+    /// (no new attempts; running ones get the grace period, then are cut off and will run
+    /// again on resume). Returns once they have all recorded that, or a little after the
+    /// grace period if one cannot.
+    pub async fn drain(&self) {
+        let controls: Vec<(String, RunControl)> = {
+            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            live.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        if controls.is_empty() {
+            return;
+        }
+        eprintln!(
+            "landfall serve: interrupting {} run(s), {} grace; resume them with /landfall resume RUN or landfall resume RUN",
+            controls.len(),
+            humantime::format_duration(self.opts.grace)
+        );
+        for (_, c) in &controls {
+            c.interrupt.cancel();
+        }
+        let deadline =
+            tokio::time::Instant::now() + self.opts.grace + std::time::Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            if self
+                .live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        tracing::warn!("some runs did not stop within the grace period");
     }
 
     pub fn router(self: &Arc<Self>) -> Router {
@@ -415,7 +453,10 @@ impl FrontDoor {
     ) {
         let me = Arc::clone(self);
         let run_id = record.run_id.clone();
-        let control = RunControl::default();
+        let control = RunControl {
+            grace: self.opts.grace,
+            ..RunControl::default()
+        };
         me.live
             .lock()
             .unwrap_or_else(|p| p.into_inner())

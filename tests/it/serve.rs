@@ -979,3 +979,62 @@ fn socket_mode_takes_commands_mentions_and_clicks_without_a_public_url() {
         "a token was logged"
     );
 }
+
+#[test]
+fn stopping_the_server_interrupts_its_runs_so_they_resume() {
+    let sb = Sandbox::new();
+    workflows(&sb);
+    sb.write(
+        "wf/slow.yaml",
+        r#"
+name: slow
+trigger:
+  slack: { command: slow }
+steps:
+  - id: nap
+    uses: wait
+    with: { duration: 60s }
+"#,
+    );
+    let mut s = serve_with(&sb, &["U1"], |cmd| {
+        cmd.env("LANDFALL_GRACE", "300ms");
+    });
+    let (_, reply) = signed(&s, "/slack/commands", &command("U1", "slow", "t1"));
+    assert!(reply.contains("Started slow"), "{reply}");
+    let run = runs(&sb)[0]["run_id"].as_str().unwrap().to_string();
+    wait_until("the nap to start", Duration::from_secs(60), || {
+        node(&sb.json(&["status", &run, "--json"]), "nap")["status"] == "running"
+    });
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let mut code = None;
+    wait_until("the server to stop", Duration::from_secs(30), || {
+        code = s.child.try_wait().unwrap().map(|st| st.code());
+        code.is_some()
+    });
+    assert_eq!(code, Some(Some(0)));
+    let doc = sb.json(&["status", &run, "--json"]);
+    assert_eq!(doc["status"], "interrupted", "{doc:#}");
+    assert_eq!(
+        node(&doc, "nap")["status"],
+        "pending",
+        "cut off, to run again"
+    );
+    let audit = sb.json(&["audit", &run, "--json"]);
+    let kinds: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"run_interrupt_requested"), "{kinds:?}");
+    assert_eq!(
+        audit.as_array().unwrap().last().unwrap()["details"]["status"],
+        "interrupted"
+    );
+    let log = s.log.lock().unwrap().join("\n");
+    assert!(log.contains("interrupting 1 run(s)"), "{log}");
+}
