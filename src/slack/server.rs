@@ -461,15 +461,18 @@ impl FrontDoor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(run_id.clone(), control.clone());
-        let observer: Arc<dyn Observer> = match &me.chat {
-            Some(chat) => Arc::new(super::thread::start(
+        let thread = me.chat.as_ref().map(|chat| {
+            Arc::new(super::thread::start(
                 Arc::clone(chat),
                 me.engine.clone(),
                 run_id.clone(),
                 record.workflow.clone(),
-                channel,
+                channel.clone(),
                 record.trigger.actor.clone(),
-            )),
+            ))
+        });
+        let observer: Arc<dyn Observer> = match &thread {
+            Some(t) => Arc::clone(t) as Arc<dyn Observer>,
             None => Arc::new(Console {
                 channel,
                 run_id: run_id.clone(),
@@ -479,6 +482,11 @@ impl FrontDoor {
             let out = me.engine.execute(wf, record, control, &[observer]).await;
             if let Err(e) = out {
                 tracing::error!(run = %run_id, error = %e, "run could not execute");
+            }
+            // The run stays live until its thread's last messages are out, so that a server
+            // stopping (`drain`) does not drop them.
+            if let Some(t) = thread {
+                t.flush(std::time::Duration::from_secs(15)).await;
             }
             me.live
                 .lock()

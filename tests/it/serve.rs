@@ -996,8 +996,11 @@ steps:
     with: { duration: 60s }
 "#,
     );
+    let api = crate::slack_api::SlackApi::start(0);
     let mut s = serve_with(&sb, &["U1"], |cmd| {
-        cmd.env("LANDFALL_GRACE", "300ms");
+        cmd.env("LANDFALL_GRACE", "300ms")
+            .env("SLACK_BOT_TOKEN", "xoxb-test-token")
+            .env("SLACK_API_URL", &api.url);
     });
     let (_, reply) = signed(&s, "/slack/commands", &command("U1", "slow", "t1"));
     assert!(reply.contains("Started slow"), "{reply}");
@@ -1005,6 +1008,8 @@ steps:
     wait_until("the nap to start", Duration::from_secs(60), || {
         node(&sb.json(&["status", &run, "--json"]), "nap")["status"] == "running"
     });
+    // A slow Slack: the thread's last messages take a while; stopping waits for them.
+    api.slow_down(Duration::from_millis(700));
     let term = std::process::Command::new("kill")
         .args(["-TERM", &s.child.id().to_string()])
         .status()
@@ -1037,4 +1042,12 @@ steps:
     );
     let log = s.log.lock().unwrap().join("\n");
     assert!(log.contains("interrupting 1 run(s)"), "{log}");
+    // The run's thread heard the outcome before the process ended.
+    let calls = api.calls();
+    assert!(
+        calls.iter().any(|c| c.body["text"]
+            .as_str()
+            .is_some_and(|t| t.contains(&run) && t.contains("interrupted"))),
+        "{calls:#?}"
+    );
 }

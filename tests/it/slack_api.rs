@@ -37,6 +37,8 @@ struct Inner {
     sockets: Mutex<Vec<tokio::sync::mpsc::UnboundedSender<String>>>,
     /// Frames the client sent back (acknowledgements).
     acks: Mutex<Vec<Value>>,
+    /// How long every Web API answer takes, in milliseconds (a slow Slack).
+    delay_ms: std::sync::atomic::AtomicU64,
     calls: Mutex<Vec<Call>>,
     next: AtomicUsize,
     /// Fail this many calls first: 500 for the first, then 429 (with Retry-After: 1), …
@@ -83,6 +85,13 @@ impl SlackApi {
         self.inner.calls.lock().unwrap().clone()
     }
 
+    /// Makes every Web API answer take this long from now on.
+    pub fn slow_down(&self, by: std::time::Duration) {
+        self.inner
+            .delay_ms
+            .store(by.as_millis() as u64, Ordering::SeqCst);
+    }
+
     /// Sends a Socket Mode envelope down the first open connection.
     pub fn push(&self, envelope: Value) {
         let sockets = self.inner.sockets.lock().unwrap();
@@ -112,6 +121,10 @@ async fn call(
     headers: HeaderMap,
     body: String,
 ) -> Response {
+    let delay = s.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     if s.failures
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok()
