@@ -618,19 +618,11 @@ impl App {
         // grant with.
         let oauth = match (env("SLACK_CLIENT_ID"), env("SLACK_CLIENT_SECRET")) {
             (Some(id), Some(secret)) => {
-                let key_text = match (env("LANDFALL_DATA_KEY"), &a.data_key_file) {
-                    (Some(k), _) => k,
-                    (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| {
-                        Failure::invalid(format!("cannot read {}: {e}", f.display()))
-                    })?,
-                    (None, None) => {
-                        return Err(Failure::invalid(
-                            "OAuth installs need a data key to seal tokens with: set LANDFALL_DATA_KEY or --data-key-file (64 hex digits, e.g. `openssl rand -hex 32`)",
-                        ))
-                    }
-                };
-                let key = landfall_engine::crypto::DataKey::from_hex(&key_text)
-                    .map_err(|e| Failure::invalid(format!("data key: {e}")))?;
+                let key = data_key(a.data_key_file.as_deref(), "data key")?.ok_or_else(|| {
+                    Failure::invalid(
+                        "OAuth installs need a data key to seal tokens with: set LANDFALL_DATA_KEY or --data-key-file (64 hex digits, e.g. `openssl rand -hex 32`)",
+                    )
+                })?;
                 Some(crate::slack::server::OAuth {
                     client_id: id,
                     client_secret: secret,
@@ -723,29 +715,11 @@ impl App {
     /// Opens every sealed secret with the current key and seals it under the new one, in one
     /// commit: a secret that does not open stops everything before anything is written.
     fn rotate_key(&self, current: Option<&std::path::Path>, new: &std::path::Path) -> Res<i32> {
-        use landfall_engine::crypto::DataKey;
-        let read = |f: &std::path::Path| {
-            std::fs::read_to_string(f)
-                .map_err(|e| Failure::invalid(format!("cannot read {}: {e}", f.display())))
-        };
-        let old_text = match (
-            std::env::var("LANDFALL_DATA_KEY")
-                .ok()
-                .filter(|s| !s.is_empty()),
-            current,
-        ) {
-            (_, Some(f)) => read(f)?,
-            (Some(k), None) => k,
-            (None, None) => {
-                return Err(Failure::invalid(
-                    "no current data key: set LANDFALL_DATA_KEY or --data-key-file",
-                ))
-            }
-        };
-        let old = DataKey::from_hex(&old_text)
-            .map_err(|e| Failure::invalid(format!("current data key: {e}")))?;
-        let new_key = DataKey::from_hex(&read(new)?)
-            .map_err(|e| Failure::invalid(format!("new data key: {e}")))?;
+        let old = data_key(current, "current data key")?.ok_or_else(|| {
+            Failure::invalid("no current data key: set LANDFALL_DATA_KEY or --data-key-file")
+        })?;
+        let new_key = data_key(Some(new), "new data key")?
+            .ok_or_else(|| Failure::invalid("no new data key: give --new-key-file"))?;
         let store = self
             .existing_store()?
             .ok_or_else(|| self.no_state("secrets"))?;
@@ -1256,6 +1230,28 @@ fn cli_trigger() -> Trigger {
         actor: format!("cli:{user}"),
         details: Value::Null,
     }
+}
+
+/// The data key from `file` (a flag, so it wins) or `LANDFALL_DATA_KEY`; `None` if neither
+/// is given. `what` names the key in errors.
+fn data_key(
+    file: Option<&std::path::Path>,
+    what: &str,
+) -> Res<Option<landfall_engine::crypto::DataKey>> {
+    let text = match file {
+        Some(f) => std::fs::read_to_string(f)
+            .map_err(|e| Failure::invalid(format!("cannot read {what} {}: {e}", f.display())))?,
+        None => match std::env::var("LANDFALL_DATA_KEY")
+            .ok()
+            .filter(|s| !s.is_empty())
+        {
+            Some(k) => k,
+            None => return Ok(None),
+        },
+    };
+    landfall_engine::crypto::DataKey::from_hex(&text)
+        .map(Some)
+        .map_err(|e| Failure::invalid(format!("{what}: {e}")))
 }
 
 async fn wait_for_stop_signal() {

@@ -18,14 +18,20 @@ fn init_logs(format: LogFormat, verbose: u8, quiet: bool) {
         _ => "debug",
     };
     // slack-morphism logs full request URLs at debug level, and OAuth sends the install code
-    // and the refresh token in the query: its logs are capped at warn, whatever is asked for.
-    let filter = EnvFilter::try_from_env("LANDFALL_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(default))
-        .add_directive(
-            "slack_morphism=warn"
-                .parse()
-                .unwrap_or_else(|_| unreachable!("a constant directive")),
-        );
+    // and the refresh token in the query; tungstenite logs every Socket Mode frame at trace,
+    // and slash commands carry Slack's verification token. Their logs are capped at warn,
+    // whatever is asked for.
+    let mut filter =
+        EnvFilter::try_from_env("LANDFALL_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    for capped in [
+        "slack_morphism=warn",
+        "tungstenite=warn",
+        "tokio_tungstenite=warn",
+    ] {
+        if let Ok(d) = capped.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(landfall::render::stderr_color())

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use hyper_util::client::legacy::connect::Connect;
+use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
 
 use super::server::FrontDoor;
@@ -153,6 +154,17 @@ fn on_error<S: SlackClientHttpConnector + Send + Sync>(
     _: Arc<SlackClient<S>>,
     _: SlackClientEventsUserState,
 ) -> HttpStatusCode {
-    tracing::warn!(error = %err, "a Socket Mode envelope was not handled");
+    // A protocol error carries the envelope's body, and a slash command's body carries Slack's
+    // (legacy) verification token: log what went wrong, never the body.
+    let protocol = match err.downcast_ref::<SlackClientError>() {
+        Some(SlackClientError::ProtocolError(p)) => Some(&p.json_error),
+        _ => err
+            .downcast_ref::<slack_morphism::errors::SlackClientProtocolError>()
+            .map(|p| &p.json_error),
+    };
+    match protocol {
+        Some(e) => tracing::warn!(error = %e, "a Socket Mode envelope could not be read"),
+        None => tracing::warn!(error = %err, "a Socket Mode envelope was not handled"),
+    }
     HttpStatusCode::OK
 }
