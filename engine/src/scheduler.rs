@@ -7,6 +7,9 @@
 //! share fsyncs. Attempts report back over a channel; the scheduler is the only writer.
 
 use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::Arc;
@@ -279,6 +282,8 @@ struct Execution<'a> {
     waiting: FxHashSet<String>,
     /// Nodes that start an attempt once this turn's batch is durable.
     to_spawn: Vec<String>,
+    /// Attempts that ended in their first poll: (node, cancelled, result).
+    finished_inline: Vec<(String, bool, Result<Value, StepError>)>,
     /// Nodes between two attempts.
     retrying: FxHashMap<String, CancellationToken>,
     deadlines: FxHashMap<String, Instant>,
@@ -384,6 +389,7 @@ impl<'a> Execution<'a> {
             live: Default::default(),
             waiting: Default::default(),
             to_spawn: Vec::new(),
+            finished_inline: Vec::new(),
             retrying: Default::default(),
             deadlines: Default::default(),
             batch: Batch::default(),
@@ -561,6 +567,17 @@ impl<'a> Execution<'a> {
             self.flush().await?;
             for (node, with) in spawns {
                 self.spawn_attempt(node, with);
+            }
+            if !self.finished_inline.is_empty() {
+                // A step's messages were sent before its result: show them first.
+                while let Ok((n, s)) = self.sig_rx.try_recv() {
+                    self.signal(n, s);
+                }
+                for (node, cancelled, result) in std::mem::take(&mut self.finished_inline) {
+                    self.attempt_ended(node, cancelled, result);
+                }
+                // Their transitions go into the next commit before anything else happens.
+                continue;
             }
 
             let max = self.run.max_parallel.max(1);
@@ -1072,18 +1089,17 @@ impl<'a> Execution<'a> {
         let key = step.circuit.clone();
         let tx = self.tx.clone();
         let token = cancel.clone();
-        self.live.insert(node.clone(), cancel);
-        tokio::spawn(async move {
+        let breaker_node = node.clone();
+        let attempt = async move {
             let permit = tokio::select! {
                 p = breaker.acquire() => p,
                 _ = token.cancelled() => {
-                    let _ = tx.send(Msg::Done { node, result: Err(StepError::transient("cancelled before it started")) });
-                    return;
+                    return Err(StepError::transient("cancelled before it started"));
                 }
             };
             if let Some(t) = permit.transition {
                 let _ = tx.send(Msg::Breaker {
-                    node: node.clone(),
+                    node: breaker_node.clone(),
                     key: key.clone(),
                     from: format!("{:?}", t.from),
                     to: format!("{:?}", t.to),
@@ -1113,14 +1129,46 @@ impl<'a> Execution<'a> {
             };
             if let Some(t) = permit.record(outcome) {
                 let _ = tx.send(Msg::Breaker {
-                    node: node.clone(),
+                    node: breaker_node,
                     key,
                     from: format!("{:?}", t.from),
                     to: format!("{:?}", t.to),
                 });
             }
-            let _ = tx.send(Msg::Done { node, result });
-        });
+            result
+        };
+        // A panicking plugin fails its node (permanently: it is a bug, not weather); without
+        // this its task would end without a word and the run would wait for it forever.
+        let uses = step.uses.clone();
+        let mut attempt = Box::pin(AssertUnwindSafe(attempt).catch_unwind().map(move |r| {
+            r.unwrap_or_else(|panic| {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                Err(StepError::permanent(format!(
+                    "the `{uses}` plugin panicked: {why}"
+                )))
+            })
+        }));
+        // The first poll runs here: light steps (log, assert, a no-op) finish in it and need
+        // no task, no thread hand-off and no channel. An attempt that has to wait moves to a
+        // task of its own, whose first poll registers its waker again.
+        match (&mut attempt).now_or_never() {
+            Some(result) => {
+                let cancelled = cancel.is_cancelled();
+                self.finished_inline.push((node, cancelled, result));
+            }
+            None => {
+                let tx = self.tx.clone();
+                self.live.insert(node.clone(), cancel);
+                tokio::spawn(async move {
+                    let result = attempt.await;
+                    let _ = tx.send(Msg::Done { node, result });
+                });
+            }
+        }
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -1128,40 +1176,8 @@ impl<'a> Execution<'a> {
             Msg::Done { node, result } => {
                 let token = self.live.remove(&node);
                 self.waiting.remove(&node);
-                let result = match result {
-                    Ok(outputs) => return self.succeed(node, outputs),
-                    Err(e) => Err(e),
-                };
-                let Some(rec) = self.nodes.get(&node).cloned() else {
-                    return;
-                };
                 let was_cancelled = token.is_some_and(|t| t.is_cancelled());
-                match (&result, self.stopping) {
-                    // Cut off by Ctrl-C after the grace period: runs again on resume.
-                    (Err(_), Some(RunStatus::Interrupted)) if was_cancelled => {
-                        self.audit(
-                            Some(&node),
-                            "attempt_interrupted",
-                            json!({ "attempt": rec.attempts }),
-                        );
-                        self.transition(rec, NodeStatus::Pending);
-                    }
-                    (Err(_), Some(RunStatus::Cancelled | RunStatus::Failed)) if was_cancelled => {
-                        let mut rec = rec;
-                        rec.finished_at = Some(Utc::now());
-                        let attempts = rec.attempts;
-                        self.transition(rec, NodeStatus::Cancelled);
-                        self.emit(RunEvent::NodeFinished {
-                            run_id: self.run.run_id.clone(),
-                            node,
-                            status: NodeStatus::Cancelled,
-                            attempts,
-                            error: None,
-                            reason: Some("the run was cancelled".into()),
-                        });
-                    }
-                    _ => self.finish(rec, result),
-                }
+                self.attempt_ended(node, was_cancelled, result);
             }
             Msg::RetryDue { node } => {
                 self.retrying.remove(&node);
@@ -1186,6 +1202,48 @@ impl<'a> Execution<'a> {
                 );
                 self.emit(RunEvent::BreakerChanged { key, from, to });
             }
+        }
+    }
+
+    /// An attempt's end, reported by its task or by its first poll in place.
+    fn attempt_ended(
+        &mut self,
+        node: String,
+        was_cancelled: bool,
+        result: Result<Value, StepError>,
+    ) {
+        let result = match result {
+            Ok(outputs) => return self.succeed(node, outputs),
+            Err(e) => Err(e),
+        };
+        let Some(rec) = self.nodes.get(&node).cloned() else {
+            return;
+        };
+        match (&result, self.stopping) {
+            // Cut off by Ctrl-C after the grace period: runs again on resume.
+            (Err(_), Some(RunStatus::Interrupted)) if was_cancelled => {
+                self.audit(
+                    Some(&node),
+                    "attempt_interrupted",
+                    json!({ "attempt": rec.attempts }),
+                );
+                self.transition(rec, NodeStatus::Pending);
+            }
+            (Err(_), Some(RunStatus::Cancelled | RunStatus::Failed)) if was_cancelled => {
+                let mut rec = rec;
+                rec.finished_at = Some(Utc::now());
+                let attempts = rec.attempts;
+                self.transition(rec, NodeStatus::Cancelled);
+                self.emit(RunEvent::NodeFinished {
+                    run_id: self.run.run_id.clone(),
+                    node,
+                    status: NodeStatus::Cancelled,
+                    attempts,
+                    error: None,
+                    reason: Some("the run was cancelled".into()),
+                });
+            }
+            _ => self.finish(rec, result),
         }
     }
 

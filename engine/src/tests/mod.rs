@@ -130,9 +130,35 @@ impl Step for Waiter {
     }
 }
 
+/// `panics`: a plugin bug, at once or after waiting.
+pub struct Panics;
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PanicsConfig {
+    #[serde(default)]
+    pub after_ms: u64,
+}
+
+#[async_trait]
+impl Step for Panics {
+    const NAME: &'static str = "panics";
+    const SUMMARY: &'static str = "panics";
+    type Config = PanicsConfig;
+
+    async fn run(&self, c: PanicsConfig, _ctx: StepContext) -> Result<Value, StepError> {
+        if c.after_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(c.after_ms)).await;
+        }
+        panic!("index out of bounds (after {} ms)", c.after_ms)
+    }
+}
+
 pub fn registry(probe: &Arc<Probe>) -> Registry {
     let mut r = Registry::new();
-    r.register(TestStep(Arc::clone(probe))).register(Waiter);
+    r.register(TestStep(Arc::clone(probe)))
+        .register(Waiter)
+        .register(Panics);
     r
 }
 

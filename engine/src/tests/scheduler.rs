@@ -493,3 +493,44 @@ async fn waiting_times_out_and_annotations_are_kept() {
     assert_eq!(a["slack"]["ts"], "1.2");
     assert_eq!(a.len(), 2);
 }
+
+/// A plugin bug fails its node, whether it panics in the first poll (which runs in the
+/// scheduler's task) or later in a task of its own; the run ends instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_plugin_fails_its_node_not_the_scheduler() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = workflow(
+        r#"
+name: t
+steps:
+  - { id: at_once, uses: panics }
+  - { id: later, uses: panics, with: { after_ms: 20 } }
+  - { id: fine, uses: test }
+  - { id: after, uses: test, needs: [at_once] }
+  - { id: handler, uses: test, needs: [at_once, later], when: failure() }
+"#,
+        &reg,
+    );
+    let (out, _) = tokio::time::timeout(Duration::from_secs(10), run_to_end(&eng, wf, 4))
+        .await
+        .expect("the run ends");
+    assert_eq!(out.status, RunStatus::Failed);
+    let nodes = store.nodes(&out.run_id).unwrap();
+    let get = |id: &str| nodes.iter().find(|n| n.node_id == id).unwrap();
+    for (id, ms) in [("at_once", 0), ("later", 20)] {
+        let n = get(id);
+        assert_eq!(n.status, NodeStatus::Failed, "{id}");
+        assert_eq!(n.attempts, 1, "a panic is not retried");
+        let e = n.error.as_ref().unwrap();
+        assert_eq!(e.class, ErrorClass::Permanent);
+        assert_eq!(
+            e.message,
+            format!("the `panics` plugin panicked: index out of bounds (after {ms} ms)")
+        );
+    }
+    assert_eq!(get("fine").status, NodeStatus::Succeeded);
+    assert_eq!(get("after").status, NodeStatus::Skipped);
+    assert_eq!(get("handler").status, NodeStatus::Succeeded);
+    assert_eq!(verify_chain(&store.audit(&out.run_id).unwrap()), None);
+}
