@@ -744,7 +744,8 @@ impl App {
                     "",
                     "data_key_rotated",
                     json!({ "secrets": names }),
-                )],
+                )
+                .into()],
                 ..Default::default()
             })
             .map_err(|e| Failure::env(e.to_string()))?;

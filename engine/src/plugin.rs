@@ -49,9 +49,8 @@ pub struct StepContext {
     pub step_id: String,
     /// Attempt number, from 1.
     pub attempt: u32,
-    /// Stable across retries and resumes of this node: use it to make side effects idempotent
-    /// (AWS `ClientRequestToken`, names of created things).
-    pub idempotency_key: String,
+    /// See [`Self::idempotency_key`]; computed on first use (most steps never ask).
+    idempotency_key: std::sync::OnceLock<String>,
     /// Cancelled when the run is cancelled, fails critically, or the attempt times out.
     pub cancel: CancellationToken,
     /// When the engine will cut this attempt off (attempt or step time-out), if ever. Steps
@@ -84,7 +83,7 @@ impl StepContext {
         let run_id = run_id.into();
         let node_id = node_id.into();
         StepContext {
-            idempotency_key: crate::state::idempotency_key(&run_id, &node_id),
+            idempotency_key: std::sync::OnceLock::new(),
             run_id,
             node_id,
             step_id: step_id.into(),
@@ -94,6 +93,13 @@ impl StepContext {
             signals,
             store: None,
         }
+    }
+
+    /// Stable across retries and resumes of this node: use it to make side effects idempotent
+    /// (AWS `ClientRequestToken`, names of created things).
+    pub fn idempotency_key(&self) -> &str {
+        self.idempotency_key
+            .get_or_init(|| crate::state::idempotency_key(&self.run_id, &self.node_id))
     }
 
     /// Sets when the engine will cut this attempt off.

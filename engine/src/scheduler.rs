@@ -21,13 +21,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::breaker::{Breakers, Outcome as BreakerOutcome};
+use crate::breaker::{Breaker, Breakers, Outcome as BreakerOutcome};
 use crate::error::{ErrorClass, StepError};
 use crate::events::{Observer, RunEvent};
 use crate::expr;
-use crate::plugin::{Registry, StepContext, StepSignal};
+use crate::plugin::{Plugin, Registry, StepContext, StepSignal};
 use crate::state::{NodeRecord, NodeStatus, RunRecord, RunStatus, Signal, SkipReason, Trigger};
-use crate::store::{AuditDraft, Batch, Store, StoreError};
+use crate::store::{AuditDraft, Batch, Store, StoreError, TransitionDraft};
 use crate::workflow::{RunsOn, Workflow};
 
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +169,7 @@ impl Engine {
         );
         self.store.commit(Batch {
             runs: vec![record.clone()],
-            audit: vec![audit],
+            audit: vec![audit.into()],
             ..Batch::default()
         })?;
         Ok(record)
@@ -203,7 +203,7 @@ impl Engine {
         audit.node = Some(node_id.to_string());
         self.store.commit(Batch {
             signals: vec![(run_id.to_string(), node_id.to_string(), signal)],
-            audit: vec![audit],
+            audit: vec![audit.into()],
             ..Batch::default()
         })?;
         Ok(())
@@ -259,6 +259,9 @@ enum Msg {
     },
 }
 
+/// A step's plugin and its circuit breaker.
+type Resolved = (Arc<dyn Plugin>, Arc<Breaker>);
+
 struct Execution<'a> {
     engine: &'a Engine,
     wf: Arc<Workflow>,
@@ -300,6 +303,11 @@ struct Execution<'a> {
     resumed: bool,
     /// Durable commits made by this execution.
     commits: u64,
+    /// Each step's plugin and breaker, once an attempt needed them.
+    resolved: Vec<Option<Resolved>>,
+    /// The run's id and actor, shared by its audit entries.
+    run_id: Arc<str>,
+    actor: Arc<str>,
 }
 
 fn aggregate_status(recs: &[&NodeRecord]) -> NodeStatus {
@@ -329,6 +337,8 @@ impl<'a> Execution<'a> {
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let (sig_tx, sig_rx) = mpsc::unbounded_channel();
+        let run_id: Arc<str> = run.run_id.as_str().into();
+        let actor: Arc<str> = run.trigger.actor.as_str().into();
         let resumed = !existing.is_empty() || run.status == RunStatus::Interrupted;
         let n = wf.steps.len();
         let mut step_nodes: Vec<Option<Vec<String>>> = vec![None; n];
@@ -403,13 +413,16 @@ impl<'a> Execution<'a> {
             failed: false,
             resumed,
             commits: 0,
+            resolved: vec![None; n],
+            run_id,
+            actor,
         }
     }
 
     fn audit(&mut self, node: Option<&str>, kind: &str, details: Value) {
         let mut d = AuditDraft::new(&self.run.trigger.actor, &self.run.run_id, kind, details);
         d.node = node.map(str::to_string);
-        self.batch.audit.push(d);
+        self.batch.audit.push(d.into());
     }
 
     fn step_of(&self, rec: &NodeRecord) -> usize {
@@ -452,20 +465,6 @@ impl<'a> Execution<'a> {
             "illegal transition {from:?} -> {to} of {id}"
         );
         rec.status = to;
-        let mut details = json!({ "from": from.map_or("new", |f| f.as_str()), "to": to, "attempt": rec.attempts });
-        if to == NodeStatus::Failed {
-            if let Some(e) = &rec.error {
-                details["error"] = json!({ "class": e.class, "message": e.message });
-                // The cause a plugin attached (failed stack events, request ids) belongs in
-                // the audit log, not only in the node record.
-                if !e.context.is_null() {
-                    details["error"]["context"] = e.context.clone();
-                }
-            }
-        }
-        if let Some(r) = rec.skip_reason {
-            details["reason"] = json!(r);
-        }
         match (&rec.error, to) {
             (Some(e), NodeStatus::Failed) => tracing::warn!(
                 run = %self.run.run_id, node = %id, attempt = rec.attempts,
@@ -477,7 +476,36 @@ impl<'a> Execution<'a> {
             ),
         }
         let step = self.wf.step_index(&rec.step_id).unwrap_or(0);
-        self.audit(Some(id), "node_transition", details);
+        let plain = rec.skip_reason.is_none() && (to != NodeStatus::Failed || rec.error.is_none());
+        if plain {
+            // The common case, typed: no JSON map, no copies of the actor and run id.
+            let t = TransitionDraft {
+                at: Utc::now(),
+                actor: Arc::clone(&self.actor),
+                run_id: Arc::clone(&self.run_id),
+                node: id.to_string(),
+                from,
+                to,
+                attempt: rec.attempts,
+            };
+            self.batch.audit.push(t.into());
+        } else {
+            let mut details = json!({ "from": from.map_or("new", |f| f.as_str()), "to": to, "attempt": rec.attempts });
+            if to == NodeStatus::Failed {
+                if let Some(e) = &rec.error {
+                    details["error"] = json!({ "class": e.class, "message": e.message });
+                    // The cause a plugin attached (failed stack events, request ids) belongs
+                    // in the audit log, not only in the node record.
+                    if !e.context.is_null() {
+                        details["error"]["context"] = e.context.clone();
+                    }
+                }
+            }
+            if let Some(r) = rec.skip_reason {
+                details["reason"] = json!(r);
+            }
+            self.audit(Some(id), TransitionDraft::KIND, details);
+        }
         if from.is_some_and(|f| !f.is_terminal()) && to.is_terminal() {
             self.open[step] = self.open[step].saturating_sub(1);
             if self.open[step] == 0 {
@@ -1055,14 +1083,27 @@ impl<'a> Execution<'a> {
         out
     }
 
+    /// A step's plugin and circuit breaker, looked up once per run rather than per attempt.
+    fn resolve(&mut self, step: usize) -> Option<Resolved> {
+        if let Some(r) = &self.resolved[step] {
+            return Some(r.clone());
+        }
+        let s = &self.wf.steps[step];
+        let plugin = self.engine.registry.get(&s.uses).cloned()?;
+        let breaker = self.engine.breakers.get(&s.circuit, self.wf.breaker);
+        self.resolved[step] = Some((Arc::clone(&plugin), Arc::clone(&breaker)));
+        Some((plugin, breaker))
+    }
+
     fn spawn_attempt(&mut self, node: String, with: Value) {
         let Some(rec) = self.nodes.get(&node) else {
             return;
         };
         let attempts = rec.attempts;
         let wf = Arc::clone(&self.wf);
-        let step = &wf.steps[self.step_of(rec)];
-        let Some(plugin) = self.engine.registry.get(&step.uses).cloned() else {
+        let step_i = self.step_of(rec);
+        let step = &wf.steps[step_i];
+        let Some((plugin, breaker)) = self.resolve(step_i) else {
             let err = StepError::permanent(format!("no plugin named `{}`", step.uses));
             if let Some(rec) = self.nodes.get(&node).cloned() {
                 self.finish(rec, Err(err));
@@ -1085,7 +1126,6 @@ impl<'a> Execution<'a> {
         )
         .with_store(Arc::clone(&self.engine.store))
         .with_deadline(limit.map(|l| tokio::time::Instant::now() + l));
-        let breaker = self.engine.breakers.get(&step.circuit, self.wf.breaker);
         let key = step.circuit.clone();
         let tx = self.tx.clone();
         let token = cancel.clone();

@@ -2,7 +2,6 @@
 //! known, policies merged. Built only by [`crate::compile::compile`], which checks everything a
 //! run could trip over before it starts.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use indexmap::IndexMap;
@@ -66,7 +65,9 @@ pub struct Workflow {
     /// Step indices in a topological order (stable: file order among independent steps).
     pub order: Vec<usize>,
     pub breaker: BreakerConfig,
-    index: HashMap<String, usize>,
+    // Fx: looked up per transition by the scheduler; step ids are the author's, not an
+    // attacker's.
+    index: rustc_hash::FxHashMap<String, usize>,
 }
 
 impl Workflow {

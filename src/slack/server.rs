@@ -185,7 +185,7 @@ impl FrontDoor {
 
     fn audit(&self, actor: &str, kind: &str, details: Value) {
         let r = self.store.commit(Batch {
-            audit: vec![AuditDraft::new(actor, "", kind, details)],
+            audit: vec![AuditDraft::new(actor, "", kind, details).into()],
             ..Batch::default()
         });
         if let Err(e) = r {

@@ -256,7 +256,8 @@ async fn run_thread(
                 &run_id,
                 "slack_delivery_failed",
                 json!({ "what": what, "error": err }),
-            )],
+            )
+            .into()],
             ..Batch::default()
         });
     };

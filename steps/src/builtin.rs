@@ -166,7 +166,7 @@ impl Step for Exec {
             .env("LANDFALL_RUN_ID", &ctx.run_id)
             .env("LANDFALL_NODE_ID", &ctx.node_id)
             .env("LANDFALL_ATTEMPT", ctx.attempt.to_string())
-            .env("LANDFALL_IDEMPOTENCY_KEY", &ctx.idempotency_key)
+            .env("LANDFALL_IDEMPOTENCY_KEY", ctx.idempotency_key())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -1,10 +1,12 @@
 //! An in-memory store with the same semantics as the redb one, minus durability. For
 //! benchmarks of the scheduler alone and for tests of pure logic.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 use std::sync::Mutex;
 
-use super::{AuditEntry, Batch, Store, StoreError};
+use super::{AuditEntry, Batch, Draft, Store, StoreError};
 use crate::lock::RunLease;
 use crate::package::{Package, PackageContent, Published};
 use crate::state::{NodeRecord, RunRecord, Signal};
@@ -15,9 +17,10 @@ struct Inner {
     runs: BTreeMap<String, RunRecord>,
     // Per run, so that a commit of a big run neither compares run ids nor moves big entries
     // around a tree (this store is what the scheduler benchmark measures).
-    nodes: HashMap<String, HashMap<String, NodeRecord>>,
-    /// Each run's chain; an entry's `seq` is its index.
-    audit: HashMap<String, Vec<AuditEntry>>,
+    nodes: FxHashMap<String, FxHashMap<String, NodeRecord>>,
+    /// Each run's chain, as drafts and raw hashes (an entry's `seq` is its index, its `prev`
+    /// the hash before it): entries are built when read, not at every commit.
+    audit: FxHashMap<String, Vec<(Draft, [u8; 32])>>,
     signals: BTreeMap<(String, String), Signal>,
     annotations: BTreeMap<(String, String), Value>,
     secrets: BTreeMap<String, Vec<u8>>,
@@ -63,14 +66,29 @@ impl Store for MemStore {
         for (name, sealed) in batch.secrets {
             g.secrets.insert(name, sealed);
         }
+        let audit = &mut g.audit;
+        // Hex of the chain's last hash: what the next entry's hash covers.
+        let mut prev = [0u8; 64];
+        let mut chain_of: Option<String> = None;
         for draft in batch.audit {
-            let chain = match g.audit.get_mut(&draft.run_id) {
+            let chain = match audit.get_mut(draft.run_id()) {
                 Some(c) => c,
-                None => g.audit.entry(draft.run_id.clone()).or_default(),
+                None => audit.entry(draft.run_id().to_string()).or_default(),
             };
-            let prev = chain.last().map(|e| e.hash.clone()).unwrap_or_default();
-            let seq = chain.len() as u64;
-            chain.push(AuditEntry::chain(seq, draft, prev));
+            if chain_of.as_deref() != Some(draft.run_id()) {
+                if let Some((_, h)) = chain.last() {
+                    // Hex of 32 bytes always fills 64.
+                    let _ = const_hex::encode_to_slice(h, &mut prev);
+                }
+                chain_of = Some(draft.run_id().to_string());
+            }
+            let prev_hex = match chain.last() {
+                Some(_) => std::str::from_utf8(&prev).unwrap_or_default(),
+                None => "",
+            };
+            let hash = draft.digest(chain.len() as u64, prev_hex);
+            let _ = const_hex::encode_to_slice(hash, &mut prev);
+            chain.push((draft, hash));
         }
         Ok(())
     }
@@ -200,6 +218,23 @@ impl Store for MemStore {
     }
 
     fn audit(&self, run_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
-        Ok(self.lock().audit.get(run_id).cloned().unwrap_or_default())
+        let g = self.lock();
+        let Some(chain) = g.audit.get(run_id) else {
+            return Ok(Vec::new());
+        };
+        let mut prev = String::new();
+        Ok(chain
+            .iter()
+            .enumerate()
+            .map(|(seq, (draft, hash))| {
+                let hash = const_hex::encode(hash);
+                AuditEntry {
+                    seq: seq as u64,
+                    draft: draft.to_draft(),
+                    prev: std::mem::replace(&mut prev, hash.clone()),
+                    hash,
+                }
+            })
+            .collect())
     }
 }

@@ -17,8 +17,9 @@ pub use redb_store::RedbStore;
 
 use crate::lock::RunLease;
 use crate::package::{Package, PackageContent, Published};
-use crate::state::{NodeRecord, RunRecord, Signal};
+use crate::state::{NodeRecord, NodeStatus, RunRecord, Signal};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The on-disk schema version this build writes. Bump it with a migration in
 /// `redb_store::MIGRATIONS`.
@@ -92,6 +93,142 @@ impl AuditDraft {
     }
 }
 
+/// A node's transition: the entry a run writes most (two per node at least). Kept typed
+/// until it is stored, so the scheduler builds neither a JSON map nor owned copies of the
+/// actor and run id per entry. It is the same entry, with the same hash, as the
+/// [`AuditDraft`] that [`TransitionDraft::to_draft`] gives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransitionDraft {
+    pub at: DateTime<Utc>,
+    pub actor: Arc<str>,
+    pub run_id: Arc<str>,
+    pub node: String,
+    /// `None`: the node was created in this state.
+    pub from: Option<NodeStatus>,
+    pub to: NodeStatus,
+    pub attempt: u32,
+}
+
+impl TransitionDraft {
+    pub const KIND: &'static str = "node_transition";
+
+    fn old_state(&self) -> &'static str {
+        self.from.map_or("new", NodeStatus::as_str)
+    }
+
+    pub fn to_draft(&self) -> AuditDraft {
+        AuditDraft {
+            at: self.at,
+            actor: self.actor.to_string(),
+            run_id: self.run_id.to_string(),
+            node: Some(self.node.clone()),
+            kind: Self::KIND.to_string(),
+            details: serde_json::json!({ "from": self.old_state(), "to": self.to, "attempt": self.attempt }),
+        }
+    }
+}
+
+/// An audit entry as a batch carries it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Draft {
+    Entry(AuditDraft),
+    Transition(TransitionDraft),
+}
+
+impl From<AuditDraft> for Draft {
+    fn from(d: AuditDraft) -> Self {
+        Draft::Entry(d)
+    }
+}
+
+impl From<TransitionDraft> for Draft {
+    fn from(t: TransitionDraft) -> Self {
+        Draft::Transition(t)
+    }
+}
+
+impl Draft {
+    pub fn run_id(&self) -> &str {
+        match self {
+            Draft::Entry(d) => &d.run_id,
+            Draft::Transition(t) => &t.run_id,
+        }
+    }
+
+    pub fn to_draft(&self) -> AuditDraft {
+        match self {
+            Draft::Entry(d) => d.clone(),
+            Draft::Transition(t) => t.to_draft(),
+        }
+    }
+
+    pub fn into_draft(self) -> AuditDraft {
+        match self {
+            Draft::Entry(d) => d,
+            Draft::Transition(t) => t.to_draft(),
+        }
+    }
+
+    /// The entry's hash at `seq` after `prev`: [`AuditEntry::chain`]'s, without building the
+    /// entry.
+    pub fn digest(&self, seq: u64, prev: &str) -> [u8; 32] {
+        match self {
+            Draft::Entry(d) => AuditEntry::digest(seq, d, prev),
+            Draft::Transition(t) => HashStream::with(|s| {
+                s.head(
+                    prev,
+                    seq,
+                    t.at,
+                    &t.actor,
+                    &t.run_id,
+                    Some(&t.node),
+                    TransitionDraft::KIND,
+                );
+                // The details map `{attempt, from, to}`, keys in order, as `value` walks it.
+                s.raw(b"{");
+                s.raw(&3u64.to_le_bytes());
+                s.field("attempt");
+                s.raw(b"#");
+                let n = itoa_buf(t.attempt);
+                s.field(n.as_str());
+                s.field("from");
+                s.raw(b"s");
+                s.field(t.old_state());
+                s.field("to");
+                s.raw(b"s");
+                s.field(t.to.as_str());
+            }),
+        }
+    }
+}
+
+/// A u32 in decimal, on the stack.
+struct SmallDec {
+    buf: [u8; 10],
+    start: usize,
+}
+
+impl SmallDec {
+    fn as_str(&self) -> &str {
+        // Only ASCII digits are ever written.
+        std::str::from_utf8(&self.buf[self.start..]).unwrap_or("0")
+    }
+}
+
+fn itoa_buf(mut v: u32) -> SmallDec {
+    let mut buf = [b'0'; 10];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    SmallDec { buf, start: i }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub seq: u64,
@@ -119,81 +256,173 @@ impl AuditEntry {
     /// (a dependency may switch serde_json to insertion order), and cheap: no intermediate
     /// JSON is built.
     fn compute_hash(seq: u64, draft: &AuditDraft, prev: &str) -> String {
-        use sha2::{Digest, Sha256};
-        fn field(h: &mut Sha256, s: &str) {
-            h.update((s.len() as u64).to_le_bytes());
-            h.update(s.as_bytes());
-        }
-        fn value(h: &mut Sha256, v: &Value) {
-            match v {
-                Value::Null => h.update(b"n"),
-                Value::Bool(b) => h.update(if *b { b"t" } else { b"f" }),
-                Value::Number(n) => {
-                    h.update(b"#");
-                    // Formatted on the stack: a number is at most a few dozen bytes.
-                    let mut buf = [0u8; 64];
-                    let mut w = std::io::Cursor::new(&mut buf[..]);
-                    match std::io::Write::write_fmt(&mut w, format_args!("{n}")) {
-                        Ok(()) => {
-                            let len = w.position() as usize;
-                            h.update((len as u64).to_le_bytes());
-                            h.update(&buf[..len]);
-                        }
-                        Err(_) => field(h, &n.to_string()),
-                    }
-                }
-                Value::String(s) => {
-                    h.update(b"s");
-                    field(h, s);
-                }
-                Value::Array(items) => {
-                    h.update(b"[");
-                    h.update((items.len() as u64).to_le_bytes());
-                    for i in items {
-                        value(h, i);
-                    }
-                }
-                Value::Object(map) => {
-                    h.update(b"{");
-                    h.update((map.len() as u64).to_le_bytes());
-                    // serde_json's map is sorted already unless a dependency turns on
-                    // `preserve_order`; only then is a sorted copy of the keys needed.
-                    if map.keys().is_sorted() {
-                        for (k, v) in map {
-                            field(h, k);
-                            value(h, v);
-                        }
-                    } else {
-                        let mut keys: Vec<&String> = map.keys().collect();
-                        keys.sort();
-                        for k in keys {
-                            field(h, k);
-                            value(h, &map[k]);
-                        }
-                    }
-                }
-            }
-        }
-        let mut h = Sha256::new();
-        field(&mut h, prev);
-        h.update(seq.to_le_bytes());
-        field(
-            &mut h,
-            &draft.at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-        );
-        field(&mut h, &draft.actor);
-        field(&mut h, &draft.run_id);
-        match &draft.node {
-            Some(n) => {
-                h.update(b"1");
-                field(&mut h, n);
-            }
-            None => h.update(b"0"),
-        }
-        field(&mut h, &draft.kind);
-        value(&mut h, &draft.details);
-        const_hex::encode(h.finalize())
+        const_hex::encode(Self::digest(seq, draft, prev))
     }
+
+    /// The hash's bytes. The hashed stream is laid out in one buffer and hashed in one call:
+    /// many small updates cost as much as the compression itself.
+    pub fn digest(seq: u64, draft: &AuditDraft, prev: &str) -> [u8; 32] {
+        HashStream::with(|s| {
+            s.head(
+                prev,
+                seq,
+                draft.at,
+                &draft.actor,
+                &draft.run_id,
+                draft.node.as_deref(),
+                &draft.kind,
+            );
+            s.value(&draft.details);
+        })
+    }
+}
+
+/// The byte stream an audit entry's hash covers (format 1, pinned by
+/// `tests::the_hash_format_is_stable`): length-prefixed strings, tagged JSON values.
+struct HashStream(Vec<u8>);
+
+thread_local! {
+    static HASH_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512));
+}
+
+impl HashStream {
+    /// Fills a reused buffer with `fill` and hashes it.
+    fn with(fill: impl FnOnce(&mut HashStream)) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        HASH_BUF.with(|cell| {
+            let mut buf = cell.take();
+            buf.clear();
+            let mut s = HashStream(buf);
+            fill(&mut s);
+            let out: [u8; 32] = Sha256::digest(&s.0).into();
+            cell.replace(s.0);
+            out
+        })
+    }
+
+    fn raw(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(b);
+    }
+
+    fn field(&mut self, s: &str) {
+        self.raw(&(s.len() as u64).to_le_bytes());
+        self.raw(s.as_bytes());
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn head(
+        &mut self,
+        prev: &str,
+        seq: u64,
+        at: DateTime<Utc>,
+        actor: &str,
+        run_id: &str,
+        node: Option<&str>,
+        kind: &str,
+    ) {
+        self.field(prev);
+        self.raw(&seq.to_le_bytes());
+        // `at` as RFC 3339 with nanoseconds: 30 bytes for every year this tool will see.
+        self.raw(&30u64.to_le_bytes());
+        let start = self.0.len();
+        if !rfc3339_nanos(at, &mut self.0) {
+            self.0.truncate(start - 8);
+            self.field(&at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
+        }
+        self.field(actor);
+        self.field(run_id);
+        match node {
+            Some(n) => {
+                self.raw(b"1");
+                self.field(n);
+            }
+            None => self.raw(b"0"),
+        }
+        self.field(kind);
+    }
+
+    fn value(&mut self, v: &Value) {
+        match v {
+            Value::Null => self.raw(b"n"),
+            Value::Bool(b) => self.raw(if *b { b"t" } else { b"f" }),
+            Value::Number(n) => {
+                self.raw(b"#");
+                let len_at = self.0.len();
+                self.raw(&[0; 8]);
+                let start = self.0.len();
+                // Writing into a Vec cannot fail.
+                let _ = std::io::Write::write_fmt(&mut self.0, format_args!("{n}"));
+                let len = (self.0.len() - start) as u64;
+                self.0[len_at..start].copy_from_slice(&len.to_le_bytes());
+            }
+            Value::String(s) => {
+                self.raw(b"s");
+                self.field(s);
+            }
+            Value::Array(items) => {
+                self.raw(b"[");
+                self.raw(&(items.len() as u64).to_le_bytes());
+                for i in items {
+                    self.value(i);
+                }
+            }
+            Value::Object(map) => {
+                self.raw(b"{");
+                self.raw(&(map.len() as u64).to_le_bytes());
+                // serde_json's map is sorted already unless a dependency turns on
+                // `preserve_order`; only then is a sorted copy of the keys needed.
+                if map.keys().is_sorted() {
+                    for (k, v) in map {
+                        self.field(k);
+                        self.value(v);
+                    }
+                } else {
+                    let mut keys: Vec<&String> = map.keys().collect();
+                    keys.sort();
+                    for k in keys {
+                        self.field(k);
+                        self.value(&map[k]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes `at` exactly as `to_rfc3339_opts(Nanos, true)` does (`2026-11-25T04:18:47.123456789Z`)
+/// without chrono's formatter, which was a fifth of an entry's hashing. `false` (nothing
+/// written) outside years 0000–9999 or inside a leap second: the caller formats those.
+fn rfc3339_nanos(at: DateTime<Utc>, out: &mut Vec<u8>) -> bool {
+    use chrono::{Datelike, Timelike};
+    let (date, time) = (at.date_naive(), at.time());
+    let nanos = time.nanosecond();
+    if !(0..=9999).contains(&date.year()) || nanos >= 1_000_000_000 {
+        return false;
+    }
+    fn digits(out: &mut Vec<u8>, v: u32, width: usize) {
+        let mut buf = [b'0'; 9];
+        let mut v = v;
+        for slot in buf[..width].iter_mut().rev() {
+            *slot = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        out.extend_from_slice(&buf[..width]);
+    }
+    digits(out, date.year() as u32, 4);
+    out.push(b'-');
+    digits(out, date.month(), 2);
+    out.push(b'-');
+    digits(out, date.day(), 2);
+    out.push(b'T');
+    digits(out, time.hour(), 2);
+    out.push(b':');
+    digits(out, time.minute(), 2);
+    out.push(b':');
+    digits(out, time.second(), 2);
+    out.push(b'.');
+    digits(out, nanos, 9);
+    out.push(b'Z');
+    true
 }
 
 /// Checks a stored package against its digest.
@@ -253,7 +482,7 @@ pub fn verify_chain(entries: &[AuditEntry]) -> Option<ChainBreak> {
 pub struct Batch {
     pub runs: Vec<RunRecord>,
     pub nodes: Vec<(String, NodeRecord)>,
-    pub audit: Vec<AuditDraft>,
+    pub audit: Vec<Draft>,
     /// (run, node, signal): replaces an earlier signal of the same node.
     pub signals: Vec<(String, String, Signal)>,
     /// (run, key, value): data observers keep with a run (the Slack thread), by key.
@@ -335,6 +564,60 @@ mod tests {
         let mut relinked = entries.clone();
         relinked[3].prev = "x".into();
         assert_eq!(verify_chain(&relinked).unwrap().seq, 3);
+    }
+
+    proptest::proptest! {
+        /// The hand-written timestamp writer is byte-for-byte chrono's RFC 3339 (the hash
+        /// format depends on it), and declines what it does not cover.
+        #[test]
+        fn timestamps_are_written_as_chrono_writes_them(
+            secs in -70_000_000_000i64..300_000_000_000i64,
+            nanos in 0u32..1_999_999_999u32,
+        ) {
+            if let Some(at) = chrono::DateTime::from_timestamp(secs, nanos) {
+                let mut out = Vec::new();
+                let chrono = at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+                if rfc3339_nanos(at, &mut out) {
+                    proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), chrono);
+                } else {
+                    proptest::prop_assert!(out.is_empty());
+                    proptest::prop_assert!(chrono.len() != 30 || nanos >= 1_000_000_000, "{}", chrono);
+                }
+            }
+        }
+    }
+
+    /// A typed transition hashes, stores and reads back as the draft it stands for.
+    #[test]
+    fn a_typed_transition_is_the_entry_it_stands_for() {
+        use NodeStatus::*;
+        let all = [
+            Pending, Running, Waiting, Succeeded, Failed, Skipped, Cancelled,
+        ];
+        for (i, to) in all.into_iter().enumerate() {
+            for from in std::iter::once(None).chain(all.map(Some)) {
+                let t = TransitionDraft {
+                    at: chrono::DateTime::from_timestamp(1_764_000_000 + i as i64, 7).unwrap(),
+                    actor: "U1".into(),
+                    run_id: "01JRUN".into(),
+                    node: "deploy[2]".into(),
+                    from,
+                    to,
+                    attempt: [0, 1, 9, 10, 4_000_000_000][i % 5],
+                };
+                let typed = Draft::from(t.clone());
+                let plain = Draft::from(t.to_draft());
+                assert_eq!(
+                    typed.digest(3, "ab"),
+                    plain.digest(3, "ab"),
+                    "{from:?} -> {to:?}"
+                );
+                assert_eq!(
+                    AuditEntry::chain(3, t.to_draft(), "ab".into()).hash,
+                    const_hex::encode(typed.digest(3, "ab"))
+                );
+            }
+        }
     }
 
     /// Stored chains must keep verifying: the hash of a fixed entry never changes, however

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{AuditEntry, Batch, Store, StoreError, SCHEMA_VERSION};
+use super::{
+    AuditDraft, AuditEntry, Batch, Draft, Store, StoreError, TransitionDraft, SCHEMA_VERSION,
+};
 use crate::lock::{RunLease, RunLocks};
 use crate::package::{Package, PackageContent, Published};
 use crate::state::{NodeRecord, RunRecord, Signal};
@@ -146,6 +148,38 @@ fn encode_into<'b, T: serde::Serialize>(
     Ok(buf.as_slice())
 }
 
+/// An [`AuditEntry`]'s JSON, written from borrowed parts.
+#[derive(serde::Serialize)]
+struct EntryJson<'a> {
+    seq: u64,
+    #[serde(flatten)]
+    draft: &'a AuditDraft,
+    prev: &'a str,
+    hash: &'a str,
+}
+
+/// The JSON of a transition's [`AuditEntry`], written without building it (same fields, same
+/// `details`).
+#[derive(serde::Serialize)]
+struct TransitionJson<'a> {
+    seq: u64,
+    at: &'a chrono::DateTime<chrono::Utc>,
+    actor: &'a str,
+    run_id: &'a str,
+    node: &'a str,
+    kind: &'static str,
+    details: TransitionDetails<'a>,
+    prev: &'a str,
+    hash: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct TransitionDetails<'a> {
+    attempt: u32,
+    from: &'a str,
+    to: crate::state::NodeStatus,
+}
+
 impl Store for RedbStore {
     fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         if batch.is_empty() {
@@ -181,10 +215,10 @@ impl Store for RedbStore {
             // The chain head of each run touched by this batch, read once per batch.
             let mut heads: std::collections::HashMap<String, (u64, String)> = Default::default();
             for draft in batch.audit {
-                let (seq, prev) = match heads.get(&draft.run_id) {
+                let (seq, prev) = match heads.get(draft.run_id()) {
                     Some((seq, hash)) => (seq + 1, hash.clone()),
                     None => {
-                        let run = draft.run_id.as_str();
+                        let run = draft.run_id();
                         let last: Option<Vec<u8>> = audit
                             .range((run, 0)..=(run, u64::MAX))?
                             .next_back()
@@ -200,16 +234,41 @@ impl Store for RedbStore {
                         }
                     }
                 };
-                let entry = AuditEntry::chain(seq, draft, prev);
-                audit.insert(
-                    (entry.draft.run_id.as_str(), seq),
-                    encode_into(&mut buf, &entry)?,
-                )?;
-                let AuditEntry { draft, hash, .. } = entry;
-                match heads.get_mut(&draft.run_id) {
+                let hash = const_hex::encode(draft.digest(seq, &prev));
+                let bytes = match &draft {
+                    Draft::Entry(d) => encode_into(
+                        &mut buf,
+                        &EntryJson {
+                            seq,
+                            draft: d,
+                            prev: &prev,
+                            hash: &hash,
+                        },
+                    )?,
+                    Draft::Transition(t) => encode_into(
+                        &mut buf,
+                        &TransitionJson {
+                            seq,
+                            at: &t.at,
+                            actor: &t.actor,
+                            run_id: &t.run_id,
+                            node: &t.node,
+                            kind: TransitionDraft::KIND,
+                            details: TransitionDetails {
+                                attempt: t.attempt,
+                                from: t.from.map_or("new", |f| f.as_str()),
+                                to: t.to,
+                            },
+                            prev: &prev,
+                            hash: &hash,
+                        },
+                    )?,
+                };
+                audit.insert((draft.run_id(), seq), bytes)?;
+                match heads.get_mut(draft.run_id()) {
                     Some(head) => *head = (seq, hash),
                     None => {
-                        heads.insert(draft.run_id, (seq, hash));
+                        heads.insert(draft.run_id().to_string(), (seq, hash));
                     }
                 }
             }

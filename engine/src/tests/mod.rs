@@ -78,7 +78,7 @@ impl Step for TestStep {
             .unwrap()
             .entry(ctx.node_id.clone())
             .or_default()
-            .push(ctx.idempotency_key.clone());
+            .push(ctx.idempotency_key().to_string());
         if let Some(f) = p.on_start.lock().unwrap().as_ref() {
             f(&ctx);
         }

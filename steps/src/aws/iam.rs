@@ -387,7 +387,7 @@ impl Step for IamRoles {
         for account in &c.accounts {
             let iam = self
                 .aws
-                .iam_in(&account.id, &c.member_role_name, &ctx.idempotency_key)
+                .iam_in(&account.id, &c.member_role_name, ctx.idempotency_key())
                 .await?;
             let deployer = ensure_role(
                 &iam,

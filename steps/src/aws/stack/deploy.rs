@@ -218,7 +218,7 @@ pub(crate) async fn prepare(
             &target.account_id,
             &roles,
             &target.region,
-            &ctx.idempotency_key,
+            ctx.idempotency_key(),
         )
         .await?;
     Ok(Prepared {
@@ -504,7 +504,7 @@ impl Job {
         params: &BTreeMap<String, String>,
         slot: usize,
     ) -> Result<StackResult, StepError> {
-        let token = client_token(&self.ctx.idempotency_key, &p.stack_name, "create");
+        let token = client_token(self.ctx.idempotency_key(), &p.stack_name, "create");
         self.ctx.milestone(
             "stack_started",
             json!({ "stack": p.stack_name, "account": self.target.account, "region": self.target.region, "action": "create" }),
@@ -556,7 +556,7 @@ impl Job {
         kind: ChangeSetType,
         slot: usize,
     ) -> Result<StackResult, StepError> {
-        let idem = &self.ctx.idempotency_key;
+        let idem = self.ctx.idempotency_key();
         let name = client_token(idem, &p.stack_name, "change-set");
         let stack_id = stack.stack_id().unwrap_or(&p.stack_name).to_string();
         let existing = self

@@ -405,7 +405,7 @@ async fn a_create_is_followed_through_throttling_to_complete_with_rising_progres
         t.writes,
         vec![(
             "CreateStack".to_string(),
-            Some(client_token(&ctx.idempotency_key, STACK, "create"))
+            Some(client_token(ctx.idempotency_key(), STACK, "create"))
         )],
         "one CreateStack, with the node's token"
     );
@@ -719,7 +719,7 @@ async fn a_changed_stack_is_updated_through_a_change_set() {
     assert_eq!(ops, ["CreateChangeSet", "ExecuteChangeSet"]);
     assert_eq!(
         t.writes[1].1.as_deref(),
-        Some(client_token(&ctx.idempotency_key, STACK, "execute").as_str())
+        Some(client_token(ctx.idempotency_key(), STACK, "execute").as_str())
     );
     // The stack keeps who created it; the run tag names this run.
     let tag = |k: &str| {

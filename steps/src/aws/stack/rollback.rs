@@ -296,7 +296,7 @@ pub(crate) async fn roll_back_stack(
                 cfn.delete_stack()
                     .stack_name(&id)
                     .client_request_token(super::deploy::client_token(
-                        &ctx.idempotency_key,
+                        ctx.idempotency_key(),
                         &p.stack_name,
                         "delete",
                     ))
@@ -328,7 +328,7 @@ pub(crate) async fn roll_back_stack(
                 cfn.cancel_update_stack()
                     .stack_name(&id)
                     .client_request_token(super::deploy::client_token(
-                        &ctx.idempotency_key,
+                        ctx.idempotency_key(),
                         &p.stack_name,
                         "cancel",
                     ))
@@ -351,7 +351,7 @@ pub(crate) async fn roll_back_stack(
                 cfn.continue_update_rollback()
                     .stack_name(&id)
                     .client_request_token(super::deploy::client_token(
-                        &ctx.idempotency_key,
+                        ctx.idempotency_key(),
                         &p.stack_name,
                         "continue",
                     ))
