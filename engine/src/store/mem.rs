@@ -20,11 +20,25 @@ struct Inner {
     nodes: FxHashMap<String, FxHashMap<String, NodeRecord>>,
     /// Each run's chain, as drafts and raw hashes (an entry's `seq` is its index, its `prev`
     /// the hash before it): entries are built when read, not at every commit.
-    audit: FxHashMap<String, Vec<(Draft, [u8; 32])>>,
+    audit: FxHashMap<String, Chain>,
     signals: BTreeMap<(String, String), Signal>,
     annotations: BTreeMap<(String, String), Value>,
     secrets: BTreeMap<String, Vec<u8>>,
     packages: BTreeMap<(String, u64), Package>,
+}
+
+/// A run's chain: each commit's drafts stay in the vector the batch brought (appending never
+/// moves earlier entries), with their hashes.
+#[derive(Default)]
+struct Chain {
+    segments: Vec<(Vec<Draft>, Vec<[u8; 32]>)>,
+    len: u64,
+}
+
+impl Chain {
+    fn last_hash(&self) -> Option<&[u8; 32]> {
+        self.segments.last().and_then(|(_, h)| h.last())
+    }
 }
 
 #[derive(Default)]
@@ -66,29 +80,39 @@ impl Store for MemStore {
         for (name, sealed) in batch.secrets {
             g.secrets.insert(name, sealed);
         }
-        let audit = &mut g.audit;
-        // Hex of the chain's last hash: what the next entry's hash covers.
-        let mut prev = [0u8; 64];
-        let mut chain_of: Option<String> = None;
-        for draft in batch.audit {
-            let chain = match audit.get_mut(draft.run_id()) {
-                Some(c) => c,
-                None => audit.entry(draft.run_id().to_string()).or_default(),
-            };
-            if chain_of.as_deref() != Some(draft.run_id()) {
-                if let Some((_, h)) = chain.last() {
-                    // Hex of 32 bytes always fills 64.
-                    let _ = const_hex::encode_to_slice(h, &mut prev);
-                }
-                chain_of = Some(draft.run_id().to_string());
+        // Drafts of one run arrive together: each run's share of the batch becomes a segment.
+        let mut rest = batch.audit;
+        while !rest.is_empty() {
+            let run = rest[0].run_id().to_string();
+            let split = rest
+                .iter()
+                .position(|d| d.run_id() != run)
+                .unwrap_or(rest.len());
+            let tail = rest.split_off(split);
+            let drafts = std::mem::replace(&mut rest, tail);
+            let chain = g.audit.entry(run).or_default();
+            // Hex of the chain's last hash: what the next entry's hash covers.
+            let mut prev = [0u8; 64];
+            let mut has_prev = false;
+            if let Some(h) = chain.last_hash() {
+                // Hex of 32 bytes always fills 64.
+                let _ = const_hex::encode_to_slice(h, &mut prev);
+                has_prev = true;
             }
-            let prev_hex = match chain.last() {
-                Some(_) => std::str::from_utf8(&prev).unwrap_or_default(),
-                None => "",
-            };
-            let hash = draft.digest(chain.len() as u64, prev_hex);
-            let _ = const_hex::encode_to_slice(hash, &mut prev);
-            chain.push((draft, hash));
+            let mut hashes = Vec::with_capacity(drafts.len());
+            for d in &drafts {
+                let prev_hex = if has_prev {
+                    std::str::from_utf8(&prev).unwrap_or_default()
+                } else {
+                    ""
+                };
+                let hash = d.digest(chain.len, prev_hex);
+                let _ = const_hex::encode_to_slice(hash, &mut prev);
+                has_prev = true;
+                chain.len += 1;
+                hashes.push(hash);
+            }
+            chain.segments.push((drafts, hashes));
         }
         Ok(())
     }
@@ -224,7 +248,9 @@ impl Store for MemStore {
         };
         let mut prev = String::new();
         Ok(chain
+            .segments
             .iter()
+            .flat_map(|(drafts, hashes)| drafts.iter().zip(hashes))
             .enumerate()
             .map(|(seq, (draft, hash))| {
                 let hash = const_hex::encode(hash);

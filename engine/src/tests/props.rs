@@ -64,7 +64,9 @@ fn dag(max_steps: usize, failures: bool) -> impl Strategy<Value = Dag> {
 impl Dag {
     fn yaml(&self) -> String {
         let mut y = String::from(
-            "name: p\ndefaults: { retry: { max_attempts: 2, initial_delay: 1ms, max_delay: 1ms } }\nsteps:\n",
+            // The breaker opens now and then (3 transient failures in a row) and must stay out
+            // of the way: a short cool-down, not the default 30 s.
+            "name: p\ndefaults: { retry: { max_attempts: 2, initial_delay: 1ms, max_delay: 1ms }, circuit_breaker: { failure_threshold: 3, cool_down: 2ms } }\nsteps:\n",
         );
         for (i, s) in self.steps.iter().enumerate() {
             let needs: Vec<String> = s.needs.iter().map(|k| format!("s{k}")).collect();
