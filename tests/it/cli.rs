@@ -739,3 +739,60 @@ fn rotate_key_reseals_every_secret_or_changes_nothing() {
         .to_string();
     assert!(!entry.contains(&old_hex) && !entry.contains(&new_hex) && !entry.contains("xoxe"));
 }
+
+/// A state file of schema 1 (JSON rows) opens with this build: its runs read as they were,
+/// their chains verify, and its interrupted run resumes, the chain going on in version 2 rows.
+/// The fixture (`tests/fixtures/state-v1/`) was written by the last schema 1 build: `run` of
+/// examples/hello.yaml for two regions, then `run` of pause.yaml killed with SIGKILL mid-wait.
+#[test]
+fn a_schema_1_state_file_upgrades_and_its_interrupted_run_resumes() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.path(".landfall")).unwrap();
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v1/state.redb");
+    let bytes = std::fs::read(&fixture).unwrap();
+    let json_row = br#"{"node_id":"per_region[1]""#;
+    assert!(
+        bytes.windows(json_row.len()).any(|w| w == json_row),
+        "the fixture holds version 1 (JSON) rows"
+    );
+    std::fs::copy(fixture, sb.path(".landfall/state.redb")).unwrap();
+    let (hello, pause) = ("01V1FIXTUREHELLO00000000000", "01V1FIXTUREPAUSE00000000000");
+
+    let doc = sb.json(&["status", hello, "--json"]);
+    assert_eq!(doc["status"], "succeeded");
+    assert_eq!(
+        node(&doc, "per_region[1]")["outputs"],
+        json!({"stdout": "eu-west-1\n"})
+    );
+    assert_eq!(node(&doc, "on_error")["status"], "skipped");
+    let doc = sb.json(&["status", pause, "--json"]);
+    assert_eq!(doc["status"], "interrupted");
+    assert_eq!(node(&doc, "pause")["status"], "running");
+    let before = sb.json(&["audit", pause, "--json"]);
+    let before = before.as_array().map_or(0, Vec::len);
+    assert!(before > 0, "the fixture's chain reads");
+
+    let out = sb.run(&["resume", pause, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["status"], "succeeded");
+    assert_eq!(
+        node(&doc, "first")["attempts"],
+        1,
+        "a success is not run again"
+    );
+    assert_eq!(
+        node(&doc, "pause")["attempts"],
+        2,
+        "the cut-off attempt runs again"
+    );
+    assert_eq!(node(&doc, "last")["status"], "succeeded");
+
+    for run in [hello, pause] {
+        let audit = sb.run(&["audit", run, "--verify"]);
+        assert_eq!(audit.status.code(), Some(0), "{run}: {}", stdout(&audit));
+    }
+    let after = sb.json(&["audit", pause, "--json"]);
+    assert!(after.as_array().map_or(0, Vec::len) > before);
+}

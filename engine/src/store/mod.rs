@@ -7,6 +7,7 @@
 
 mod mem;
 mod redb_store;
+mod rows;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -23,7 +24,7 @@ use std::sync::Arc;
 
 /// The on-disk schema version this build writes. Bump it with a migration in
 /// `redb_store::MIGRATIONS`.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

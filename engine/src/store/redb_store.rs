@@ -1,16 +1,16 @@
 //! The redb-backed store: one file, shared by every `landfall` process on the machine.
 //!
 //! Opened in redb's `MultiWriter` mode so that two runs in two processes can write, and
-//! `status`/`audit` can read while a run is going. Records are JSON so that adding a field is
-//! not a migration; the schema version covers changes of keys and tables.
+//! `status`/`audit` can read while a run is going. Node records and audit entries are written
+//! as version 2 rows (MessagePack, see [`super::rows`]), the rest as JSON; both are
+//! self-describing, so adding a field is not a migration. The schema version covers changes of
+//! keys, tables and row formats.
 
 use std::path::{Path, PathBuf};
 
 use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{
-    AuditDraft, AuditEntry, Batch, Draft, Store, StoreError, TransitionDraft, SCHEMA_VERSION,
-};
+use super::{rows, AuditEntry, Batch, Store, StoreError, SCHEMA_VERSION};
 use crate::lock::{RunLease, RunLocks};
 use crate::package::{Package, PackageContent, Published};
 use crate::state::{NodeRecord, RunRecord, Signal};
@@ -31,8 +31,15 @@ const PACKAGE_DIGESTS: TableDefinition<(&str, &str), u64> = TableDefinition::new
 /// One migration: from `version - 1` to `version`.
 type Migration = fn(&redb::WriteTransaction) -> Result<(), StoreError>;
 
-/// Migrations by the version they produce. Version 1 is the first layout: nothing to do.
-const MIGRATIONS: &[(u64, Migration)] = &[];
+/// Migrations by the version they produce. Version 1 is the first layout.
+const MIGRATIONS: &[(u64, Migration)] = &[(2, rows_v2)];
+
+/// Schema 2 writes node records and audit entries as version 2 rows (see [`rows`]). Version 1
+/// rows stay readable where they are, so nothing is rewritten: the version only keeps older
+/// builds, which cannot read the new rows, away from the file.
+fn rows_v2(_tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    Ok(())
+}
 
 pub struct RedbStore {
     db: Database,
@@ -148,38 +155,6 @@ fn encode_into<'b, T: serde::Serialize>(
     Ok(buf.as_slice())
 }
 
-/// An [`AuditEntry`]'s JSON, written from borrowed parts.
-#[derive(serde::Serialize)]
-struct EntryJson<'a> {
-    seq: u64,
-    #[serde(flatten)]
-    draft: &'a AuditDraft,
-    prev: &'a str,
-    hash: &'a str,
-}
-
-/// The JSON of a transition's [`AuditEntry`], written without building it (same fields, same
-/// `details`).
-#[derive(serde::Serialize)]
-struct TransitionJson<'a> {
-    seq: u64,
-    at: &'a chrono::DateTime<chrono::Utc>,
-    actor: &'a str,
-    run_id: &'a str,
-    node: &'a str,
-    kind: &'static str,
-    details: TransitionDetails<'a>,
-    prev: &'a str,
-    hash: &'a str,
-}
-
-#[derive(serde::Serialize)]
-struct TransitionDetails<'a> {
-    attempt: u32,
-    from: &'a str,
-    to: crate::state::NodeStatus,
-}
-
 impl Store for RedbStore {
     fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         if batch.is_empty() {
@@ -194,10 +169,8 @@ impl Store for RedbStore {
             }
             let mut nodes = tx.open_table(NODES)?;
             for (run, n) in &batch.nodes {
-                nodes.insert(
-                    (run.as_str(), n.node_id.as_str()),
-                    encode_into(&mut buf, n)?,
-                )?;
+                rows::encode_node(&mut buf, n)?;
+                nodes.insert((run.as_str(), n.node_id.as_str()), buf.as_slice())?;
             }
             let mut signals = tx.open_table(SIGNALS)?;
             for (run, node, sig) in &batch.signals {
@@ -212,61 +185,47 @@ impl Store for RedbStore {
                 secrets.insert(name.as_str(), sealed.as_slice())?;
             }
             let mut audit = tx.open_table(AUDIT)?;
-            // The chain head of each run touched by this batch, read once per batch.
-            let mut heads: std::collections::HashMap<String, (u64, String)> = Default::default();
+            // The chain head (seq, raw hash) of each run touched by this batch, read once
+            // per batch.
+            let mut heads: std::collections::HashMap<String, (u64, [u8; 32])> = Default::default();
             for draft in batch.audit {
-                let (seq, prev) = match heads.get(draft.run_id()) {
-                    Some((seq, hash)) => (seq + 1, hash.clone()),
+                let head = match heads.get(draft.run_id()) {
+                    Some(h) => Some(*h),
                     None => {
                         let run = draft.run_id();
-                        let last: Option<Vec<u8>> = audit
+                        let last = audit
                             .range((run, 0)..=(run, u64::MAX))?
                             .next_back()
-                            .transpose()?
-                            .map(|(_, v)| v.value().to_vec());
+                            .transpose()?;
                         match last {
-                            Some(bytes) => {
-                                let e: AuditEntry =
-                                    decode(|| format!("last audit entry of {run}"), &bytes)?;
-                                (e.seq + 1, e.hash)
+                            Some((_, v)) => {
+                                let what = || format!("last audit entry of {run}");
+                                let e = rows::decode_entry(&what, v.value())?;
+                                let raw = const_hex::decode_to_array::<_, 32>(&e.hash)
+                                    .map_err(|err| corrupt(what(), err))?;
+                                Some((e.seq, raw))
                             }
-                            None => (0, String::new()),
+                            None => None,
                         }
                     }
                 };
-                let hash = const_hex::encode(draft.digest(seq, &prev));
-                let bytes = match &draft {
-                    Draft::Entry(d) => encode_into(
-                        &mut buf,
-                        &EntryJson {
-                            seq,
-                            draft: d,
-                            prev: &prev,
-                            hash: &hash,
-                        },
-                    )?,
-                    Draft::Transition(t) => encode_into(
-                        &mut buf,
-                        &TransitionJson {
-                            seq,
-                            at: &t.at,
-                            actor: &t.actor,
-                            run_id: &t.run_id,
-                            node: &t.node,
-                            kind: TransitionDraft::KIND,
-                            details: TransitionDetails {
-                                attempt: t.attempt,
-                                from: t.from.map_or("new", |f| f.as_str()),
-                                to: t.to,
-                            },
-                            prev: &prev,
-                            hash: &hash,
-                        },
-                    )?,
+                let (seq, prev_raw): (u64, &[u8]) = match &head {
+                    Some((seq, raw)) => (seq + 1, raw),
+                    None => (0, &[]),
                 };
-                audit.insert((draft.run_id(), seq), bytes)?;
+                let mut prev_hex = [0u8; 64];
+                let prev = if prev_raw.is_empty() {
+                    ""
+                } else {
+                    // Hex of 32 bytes always fills 64.
+                    let _ = const_hex::encode_to_slice(prev_raw, &mut prev_hex);
+                    std::str::from_utf8(&prev_hex).unwrap_or_default()
+                };
+                let hash = draft.digest(seq, prev);
+                rows::encode_entry(&mut buf, seq, &draft, prev_raw, &hash)?;
+                audit.insert((draft.run_id(), seq), buf.as_slice())?;
                 match heads.get_mut(draft.run_id()) {
-                    Some(head) => *head = (seq, hash),
+                    Some(h) => *h = (seq, hash),
                     None => {
                         heads.insert(draft.run_id().to_string(), (seq, hash));
                     }
@@ -311,8 +270,8 @@ impl Store for RedbStore {
         let mut out = Vec::new();
         for item in t.range((run_id, "")..=(run_id, "\u{10FFFF}"))? {
             let (k, v) = item?;
-            out.push(decode::<NodeRecord>(
-                || format!("node {run_id}/{}", k.value().1),
+            out.push(rows::decode_node(
+                &|| format!("node {run_id}/{}", k.value().1),
                 v.value(),
             )?);
         }
@@ -464,8 +423,8 @@ impl Store for RedbStore {
         let mut out = Vec::new();
         for item in t.range((run_id, 0)..=(run_id, u64::MAX))? {
             let (k, v) = item?;
-            out.push(decode::<AuditEntry>(
-                || format!("audit entry {run_id}#{}", k.value().1),
+            out.push(rows::decode_entry(
+                &|| format!("audit entry {run_id}#{}", k.value().1),
                 v.value(),
             )?);
         }

@@ -1,0 +1,461 @@
+//! How node records and audit entries are laid out in the state file.
+//!
+//! Version 1 rows (schema 1) are JSON. Version 2 rows (written since schema 2) are MessagePack
+//! maps with named fields, so adding a field with a default is still not a migration, with
+//! timestamps as (seconds, nanoseconds) and hashes as raw bytes: JSON's text timestamps, hex
+//! hashes and string escaping were most of a durable commit's CPU time. A JSON row starts with
+//! `{`, a MessagePack map never does, so both are read without a migration of old rows.
+//!
+//! The encoders destructure the public structs and the decoders build them with struct
+//! literals, so a field added to [`NodeRecord`] or [`AuditDraft`] fails to compile here until
+//! it is stored too.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+use super::{AuditDraft, AuditEntry, Draft, StoreError, TransitionDraft};
+use crate::error::StepError;
+use crate::state::{NodeRecord, NodeStatus, SkipReason};
+
+/// Seconds and nanoseconds since the epoch: exact, and cheap to write.
+type Stamp = (i64, u32);
+
+fn stamp(t: &DateTime<Utc>) -> Stamp {
+    (t.timestamp(), t.timestamp_subsec_nanos())
+}
+
+fn unstamp(what: &dyn Fn() -> String, (secs, nanos): Stamp) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp(secs, nanos).ok_or_else(|| StoreError::Corrupt {
+        what: what(),
+        message: format!("timestamp {secs}.{nanos:09} is out of range"),
+    })
+}
+
+fn is_json(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&b'{')
+}
+
+fn encode_into<T: Serialize>(buf: &mut Vec<u8>, v: &T) -> Result<(), StoreError> {
+    buf.clear();
+    rmp_serde::encode::write_named(buf, v).map_err(|e| StoreError::Backend(e.to_string()))
+}
+
+fn corrupt(what: &dyn Fn() -> String, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        what: what(),
+        message: e.to_string(),
+    }
+}
+
+/// 32 raw bytes (a hash), or none (the link of a chain's first entry).
+struct Raw<'a>(&'a [u8]);
+
+impl Serialize for Raw<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+struct RawOwned(Vec<u8>);
+
+impl<'de> Deserialize<'de> for RawOwned {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RawOwned;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<RawOwned, E> {
+                Ok(RawOwned(v.to_vec()))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+/// A key that is present is `Some`, even when its value is nil (a step may output null).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+#[derive(Serialize)]
+struct NodeOut<'a> {
+    node_id: &'a str,
+    step_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    item: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fan_out: Option<usize>,
+    status: NodeStatus,
+    attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started_at: Option<Stamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finished_at: Option<Stamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outputs: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a StepError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skip_reason: Option<SkipReason>,
+}
+
+#[derive(Deserialize)]
+struct NodeIn {
+    node_id: String,
+    step_id: String,
+    #[serde(default)]
+    index: Option<usize>,
+    #[serde(default, deserialize_with = "present")]
+    item: Option<Value>,
+    #[serde(default)]
+    fan_out: Option<usize>,
+    status: NodeStatus,
+    attempts: u32,
+    #[serde(default)]
+    started_at: Option<Stamp>,
+    #[serde(default)]
+    finished_at: Option<Stamp>,
+    #[serde(default, deserialize_with = "present")]
+    outputs: Option<Value>,
+    #[serde(default)]
+    error: Option<StepError>,
+    #[serde(default)]
+    skip_reason: Option<SkipReason>,
+}
+
+/// A node record as a version 2 row, in `buf`.
+pub fn encode_node(buf: &mut Vec<u8>, n: &NodeRecord) -> Result<(), StoreError> {
+    let NodeRecord {
+        node_id,
+        step_id,
+        index,
+        item,
+        fan_out,
+        status,
+        attempts,
+        started_at,
+        finished_at,
+        outputs,
+        error,
+        skip_reason,
+    } = n;
+    encode_into(
+        buf,
+        &NodeOut {
+            node_id,
+            step_id,
+            index: *index,
+            item: item.as_ref(),
+            fan_out: *fan_out,
+            status: *status,
+            attempts: *attempts,
+            started_at: started_at.as_ref().map(stamp),
+            finished_at: finished_at.as_ref().map(stamp),
+            outputs: outputs.as_ref(),
+            error: error.as_ref(),
+            skip_reason: *skip_reason,
+        },
+    )
+}
+
+/// A node record from a row of either version.
+pub fn decode_node(what: &dyn Fn() -> String, bytes: &[u8]) -> Result<NodeRecord, StoreError> {
+    if is_json(bytes) {
+        return serde_json::from_slice(bytes).map_err(|e| corrupt(what, e));
+    }
+    let n: NodeIn = rmp_serde::from_slice(bytes).map_err(|e| corrupt(what, e))?;
+    Ok(NodeRecord {
+        node_id: n.node_id,
+        step_id: n.step_id,
+        index: n.index,
+        item: n.item,
+        fan_out: n.fan_out,
+        status: n.status,
+        attempts: n.attempts,
+        started_at: n.started_at.map(|s| unstamp(what, s)).transpose()?,
+        finished_at: n.finished_at.map(|s| unstamp(what, s)).transpose()?,
+        outputs: n.outputs,
+        error: n.error,
+        skip_reason: n.skip_reason,
+    })
+}
+
+/// A transition's details, written without building a JSON map.
+#[derive(Serialize)]
+struct TransitionDetails<'a> {
+    attempt: u32,
+    from: &'a str,
+    to: NodeStatus,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum DetailsOut<'a> {
+    Value(&'a Value),
+    Transition(TransitionDetails<'a>),
+}
+
+#[derive(Serialize)]
+struct EntryOut<'a> {
+    seq: u64,
+    at: Stamp,
+    actor: &'a str,
+    run_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<&'a str>,
+    kind: &'a str,
+    details: DetailsOut<'a>,
+    prev: Raw<'a>,
+    hash: Raw<'a>,
+}
+
+#[derive(Deserialize)]
+struct EntryIn {
+    seq: u64,
+    at: Stamp,
+    actor: String,
+    run_id: String,
+    #[serde(default)]
+    node: Option<String>,
+    kind: String,
+    #[serde(default)]
+    details: Value,
+    prev: RawOwned,
+    hash: RawOwned,
+}
+
+/// An audit entry (drafted, placed at `seq` after `prev`, hashed to `hash`) as a version 2
+/// row, in `buf`. `prev` is empty for a chain's first entry.
+pub fn encode_entry(
+    buf: &mut Vec<u8>,
+    seq: u64,
+    draft: &Draft,
+    prev: &[u8],
+    hash: &[u8; 32],
+) -> Result<(), StoreError> {
+    let row = match draft {
+        Draft::Entry(d) => {
+            let AuditDraft {
+                at,
+                actor,
+                run_id,
+                node,
+                kind,
+                details,
+            } = d;
+            EntryOut {
+                seq,
+                at: stamp(at),
+                actor,
+                run_id,
+                node: node.as_deref(),
+                kind,
+                details: DetailsOut::Value(details),
+                prev: Raw(prev),
+                hash: Raw(hash),
+            }
+        }
+        Draft::Transition(t) => {
+            let TransitionDraft {
+                at,
+                actor,
+                run_id,
+                node,
+                from,
+                to,
+                attempt,
+            } = t;
+            EntryOut {
+                seq,
+                at: stamp(at),
+                actor,
+                run_id,
+                node: Some(node),
+                kind: TransitionDraft::KIND,
+                details: DetailsOut::Transition(TransitionDetails {
+                    attempt: *attempt,
+                    from: from.map_or("new", NodeStatus::as_str),
+                    to: *to,
+                }),
+                prev: Raw(prev),
+                hash: Raw(hash),
+            }
+        }
+    };
+    encode_into(buf, &row)
+}
+
+/// An audit entry from a row of either version.
+pub fn decode_entry(what: &dyn Fn() -> String, bytes: &[u8]) -> Result<AuditEntry, StoreError> {
+    if is_json(bytes) {
+        return serde_json::from_slice(bytes).map_err(|e| corrupt(what, e));
+    }
+    let e: EntryIn = rmp_serde::from_slice(bytes).map_err(|e| corrupt(what, e))?;
+    Ok(AuditEntry {
+        seq: e.seq,
+        draft: AuditDraft {
+            at: unstamp(what, e.at)?,
+            actor: e.actor,
+            run_id: e.run_id,
+            node: e.node,
+            kind: e.kind,
+            details: e.details,
+        },
+        prev: const_hex::encode(e.prev.0),
+        hash: const_hex::encode(e.hash.0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorClass;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            (-1e9f64..1e9).prop_map(Value::from),
+            "[a-z\"\\\\{ é]{0,8}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z]{1,4}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn stamp_strategy() -> impl Strategy<Value = DateTime<Utc>> {
+        (0i64..4_000_000_000, 0u32..1_000_000_000)
+            .prop_map(|(s, n)| DateTime::from_timestamp(s, n).unwrap_or_default())
+    }
+
+    fn node_record() -> impl Strategy<Value = NodeRecord> {
+        (
+            ("[a-z_]{1,8}(\\[[0-9]\\])?", "[a-z_]{1,8}"),
+            (
+                proptest::option::of(0usize..50),
+                proptest::option::of(json_value()),
+            ),
+            (
+                0u32..9,
+                proptest::option::of(stamp_strategy()),
+                proptest::option::of(stamp_strategy()),
+            ),
+            proptest::option::of(json_value()),
+            proptest::option::of(("[ -~]{0,20}", json_value())),
+            prop::sample::select(vec![
+                NodeStatus::Pending,
+                NodeStatus::Running,
+                NodeStatus::Failed,
+                NodeStatus::Skipped,
+            ]),
+            proptest::option::of(prop::sample::select(vec![
+                SkipReason::Condition,
+                SkipReason::UpstreamFailed,
+            ])),
+        )
+            .prop_map(
+                |(
+                    (node_id, step_id),
+                    (index, item),
+                    (attempts, started_at, finished_at),
+                    outputs,
+                    error,
+                    status,
+                    skip_reason,
+                )| NodeRecord {
+                    node_id,
+                    step_id,
+                    index,
+                    item,
+                    fan_out: index.map(|i| i + 1),
+                    status,
+                    attempts,
+                    started_at,
+                    finished_at,
+                    outputs,
+                    error: error.map(|(m, context)| StepError {
+                        class: ErrorClass::Transient,
+                        message: m,
+                        causes: vec!["because".into()],
+                        context,
+                    }),
+                    skip_reason,
+                },
+            )
+    }
+
+    proptest! {
+        /// Every node record reads back as it was written, `null` outputs and items included
+        /// (present-but-null is not absent).
+        #[test]
+        fn node_rows_round_trip(n in node_record()) {
+            let mut buf = Vec::new();
+            encode_node(&mut buf, &n).unwrap();
+            prop_assert!(!is_json(&buf));
+            prop_assert_eq!(decode_node(&|| "n".into(), &buf).unwrap(), n);
+        }
+
+        /// Every audit entry reads back as the entry the store chained, typed transitions
+        /// included, and its hash still verifies.
+        #[test]
+        fn entry_rows_round_trip(
+            details in json_value(),
+            at in stamp_strategy(),
+            seq in 0u64..1000,
+            first in any::<bool>(),
+            typed in any::<bool>(),
+        ) {
+            let draft = if typed {
+                Draft::Transition(TransitionDraft {
+                    at,
+                    actor: "U1".into(),
+                    run_id: "01JRUN".into(),
+                    node: "deploy[2]".into(),
+                    from: Some(NodeStatus::Running),
+                    to: NodeStatus::Succeeded,
+                    attempt: seq as u32,
+                })
+            } else {
+                let mut d = AuditDraft::new("U1", "01JRUN", "milestone", details);
+                d.at = at;
+                d.node = first.then(|| "x".to_string());
+                Draft::Entry(d)
+            };
+            let prev_raw = if first { Vec::new() } else { vec![7u8; 32] };
+            let prev = const_hex::encode(&prev_raw);
+            let hash = draft.digest(seq, &prev);
+            let mut buf = Vec::new();
+            encode_entry(&mut buf, seq, &draft, &prev_raw, &hash).unwrap();
+            let back = decode_entry(&|| "e".into(), &buf).unwrap();
+            let expected = AuditEntry::chain(seq, draft.into_draft(), prev);
+            prop_assert_eq!(&back.hash, &expected.hash);
+            prop_assert_eq!(back.draft.details.clone(), expected.draft.details.clone());
+            prop_assert_eq!(back, expected);
+        }
+    }
+
+    #[test]
+    fn version_1_rows_still_read() {
+        let node = br#"{"node_id":"a","step_id":"a","status":"succeeded","attempts":1,"started_at":"2026-11-25T04:57:57.123Z","finished_at":null,"outputs":null}"#;
+        let n = decode_node(&|| "n".into(), node).unwrap();
+        assert_eq!(n.outputs, Some(Value::Null));
+        assert_eq!(n.started_at.unwrap().timestamp_subsec_millis(), 123);
+        let entry = br#"{"seq":0,"at":"2026-11-25T04:57:57Z","actor":"me","run_id":"r","kind":"run_started","prev":"","hash":"ab"}"#;
+        let e = decode_entry(&|| "e".into(), entry).unwrap();
+        assert_eq!(
+            (e.seq, e.draft.kind.as_str(), e.hash.as_str()),
+            (0, "run_started", "ab")
+        );
+    }
+}
