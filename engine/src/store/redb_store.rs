@@ -20,7 +20,14 @@ use std::collections::BTreeMap;
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
 const NODES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("nodes");
+/// Audit entries one per row: schema 1's layout, still read.
 const AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("audit");
+/// Audit entries since schema 2: one chunk per run and commit, keyed by its first entry's
+/// `seq` (see [`rows::push_row`]). A commit of a hundred transitions is one insert, not two
+/// hundred.
+const AUDIT_CHUNKS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("audit_chunks");
+/// Each run's chain head: its last `seq` (u64, little-endian) and that entry's hash (32 bytes).
+const AUDIT_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_heads");
 const SIGNALS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("signals");
 const ANNOTATIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("annotations");
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
@@ -34,9 +41,10 @@ type Migration = fn(&redb::WriteTransaction) -> Result<(), StoreError>;
 /// Migrations by the version they produce. Version 1 is the first layout.
 const MIGRATIONS: &[(u64, Migration)] = &[(2, rows_v2)];
 
-/// Schema 2 writes node records and audit entries as version 2 rows (see [`rows`]). Version 1
-/// rows stay readable where they are, so nothing is rewritten: the version only keeps older
-/// builds, which cannot read the new rows, away from the file.
+/// Schema 2 writes node records and audit entries as version 2 rows (see [`rows`]), audit
+/// entries in chunks with a chain head per run. Schema 1's rows stay readable where they are
+/// (a run's head is found in them until it has one of its own), so nothing is rewritten: the
+/// version only keeps older builds, which cannot read the new layout, away from the file.
 fn rows_v2(_tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
@@ -113,6 +121,8 @@ impl RedbStore {
             tx.open_table(RUNS)?;
             tx.open_table(NODES)?;
             tx.open_table(AUDIT)?;
+            tx.open_table(AUDIT_CHUNKS)?;
+            tx.open_table(AUDIT_HEADS)?;
             tx.open_table(SIGNALS)?;
             tx.open_table(ANNOTATIONS)?;
             tx.open_table(SECRETS)?;
@@ -155,6 +165,38 @@ fn encode_into<'b, T: serde::Serialize>(
     Ok(buf.as_slice())
 }
 
+/// A run's chain head (last seq, raw hash): from its head record, or, for a run of schema 1
+/// that has none yet, from its last single row.
+fn chain_head(
+    heads: &redb::Table<&str, &[u8]>,
+    audit: &redb::Table<(&str, u64), &[u8]>,
+    run: &str,
+) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+    let what = || format!("audit chain head of {run}");
+    if let Some(v) = heads.get(run)? {
+        let v = v.value();
+        let (Some(seq), Some(hash)) = (v.first_chunk::<8>(), v.get(8..40)) else {
+            return Err(corrupt(what(), "it is not 40 bytes long"));
+        };
+        let mut raw = [0u8; 32];
+        raw.copy_from_slice(hash);
+        return Ok(Some((u64::from_le_bytes(*seq), raw)));
+    }
+    let last = audit
+        .range((run, 0)..=(run, u64::MAX))?
+        .next_back()
+        .transpose()?;
+    match last {
+        Some((_, v)) => {
+            let e = rows::decode_entry(&what, v.value())?;
+            let raw =
+                const_hex::decode_to_array::<_, 32>(&e.hash).map_err(|err| corrupt(what(), err))?;
+            Ok(Some((e.seq, raw)))
+        }
+        None => Ok(None),
+    }
+}
+
 impl Store for RedbStore {
     fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         if batch.is_empty() {
@@ -184,52 +226,54 @@ impl Store for RedbStore {
             for (name, sealed) in &batch.secrets {
                 secrets.insert(name.as_str(), sealed.as_slice())?;
             }
-            let mut audit = tx.open_table(AUDIT)?;
-            // The chain head (seq, raw hash) of each run touched by this batch, read once
-            // per batch.
+            let audit = tx.open_table(AUDIT)?;
+            let mut chunks = tx.open_table(AUDIT_CHUNKS)?;
+            let mut heads_table = tx.open_table(AUDIT_HEADS)?;
+            // Chain heads (seq, raw hash) of the runs this batch touches, read once.
             let mut heads: std::collections::HashMap<String, (u64, [u8; 32])> = Default::default();
-            for draft in batch.audit {
-                let head = match heads.get(draft.run_id()) {
+            let mut chunk = Vec::with_capacity(256 * batch.audit.len().min(1024));
+            let mut i = 0;
+            while i < batch.audit.len() {
+                // Consecutive drafts of one run make one chunk.
+                let run = batch.audit[i].run_id();
+                let end = batch.audit[i..]
+                    .iter()
+                    .position(|d| d.run_id() != run)
+                    .map_or(batch.audit.len(), |k| i + k);
+                let mut head = match heads.get(run) {
                     Some(h) => Some(*h),
-                    None => {
-                        let run = draft.run_id();
-                        let last = audit
-                            .range((run, 0)..=(run, u64::MAX))?
-                            .next_back()
-                            .transpose()?;
-                        match last {
-                            Some((_, v)) => {
-                                let what = || format!("last audit entry of {run}");
-                                let e = rows::decode_entry(&what, v.value())?;
-                                let raw = const_hex::decode_to_array::<_, 32>(&e.hash)
-                                    .map_err(|err| corrupt(what(), err))?;
-                                Some((e.seq, raw))
-                            }
-                            None => None,
-                        }
-                    }
+                    None => chain_head(&heads_table, &audit, run)?,
                 };
-                let (seq, prev_raw): (u64, &[u8]) = match &head {
-                    Some((seq, raw)) => (seq + 1, raw),
-                    None => (0, &[]),
-                };
-                let mut prev_hex = [0u8; 64];
-                let prev = if prev_raw.is_empty() {
-                    ""
-                } else {
-                    // Hex of 32 bytes always fills 64.
-                    let _ = const_hex::encode_to_slice(prev_raw, &mut prev_hex);
-                    std::str::from_utf8(&prev_hex).unwrap_or_default()
-                };
-                let hash = draft.digest(seq, prev);
-                rows::encode_entry(&mut buf, seq, &draft, prev_raw, &hash)?;
-                audit.insert((draft.run_id(), seq), buf.as_slice())?;
-                match heads.get_mut(draft.run_id()) {
-                    Some(h) => *h = (seq, hash),
-                    None => {
-                        heads.insert(draft.run_id().to_string(), (seq, hash));
-                    }
+                let first = head.map_or(0, |(seq, _)| seq + 1);
+                chunk.clear();
+                for draft in &batch.audit[i..end] {
+                    let (seq, prev_raw): (u64, &[u8]) = match &head {
+                        Some((seq, raw)) => (seq + 1, raw),
+                        None => (0, &[]),
+                    };
+                    let mut prev_hex = [0u8; 64];
+                    let prev = if prev_raw.is_empty() {
+                        ""
+                    } else {
+                        // Hex of 32 bytes always fills 64.
+                        let _ = const_hex::encode_to_slice(prev_raw, &mut prev_hex);
+                        std::str::from_utf8(&prev_hex).unwrap_or_default()
+                    };
+                    let hash = draft.digest(seq, prev);
+                    rows::push_row(&mut chunk, |b| {
+                        rows::encode_entry(b, seq, draft, prev_raw, &hash)
+                    })?;
+                    head = Some((seq, hash));
                 }
+                chunks.insert((run, first), chunk.as_slice())?;
+                if let Some((seq, hash)) = head {
+                    let mut v = [0u8; 40];
+                    v[..8].copy_from_slice(&seq.to_le_bytes());
+                    v[8..].copy_from_slice(&hash);
+                    heads_table.insert(run, &v[..])?;
+                    heads.insert(run.to_string(), (seq, hash));
+                }
+                i = end;
             }
         }
         tx.commit()?;
@@ -419,14 +463,24 @@ impl Store for RedbStore {
 
     fn audit(&self, run_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
         let tx = self.db.begin_read()?;
-        let t = tx.open_table(AUDIT)?;
         let mut out = Vec::new();
+        // Schema 1's rows come first: a run's later entries are in chunks.
+        let t = tx.open_table(AUDIT)?;
         for item in t.range((run_id, 0)..=(run_id, u64::MAX))? {
             let (k, v) = item?;
             out.push(rows::decode_entry(
                 &|| format!("audit entry {run_id}#{}", k.value().1),
                 v.value(),
             )?);
+        }
+        let t = tx.open_table(AUDIT_CHUNKS)?;
+        for item in t.range((run_id, 0)..=(run_id, u64::MAX))? {
+            let (k, v) = item?;
+            let first = k.value().1;
+            let what = || format!("audit chunk {run_id}#{first}");
+            for row in rows::chunk_rows(&what, v.value()) {
+                out.push(rows::decode_entry(&what, row?)?);
+            }
         }
         Ok(out)
     }
@@ -445,7 +499,8 @@ impl RedbStore {
         Ok(())
     }
 
-    /// Overwrites one audit entry's bytes. Only for tests of `audit --verify`.
+    /// Overwrites one audit entry's bytes (with its JSON, wherever it lies). Only for tests
+    /// of `audit --verify`.
     #[doc(hidden)]
     pub fn tamper_audit(
         &self,
@@ -455,8 +510,34 @@ impl RedbStore {
     ) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
         {
-            let mut t = tx.open_table(AUDIT)?;
-            t.insert((run_id, seq), encode(entry)?.as_slice())?;
+            let mut chunks = tx.open_table(AUDIT_CHUNKS)?;
+            let found = chunks
+                .range((run_id, 0)..=(run_id, seq))?
+                .next_back()
+                .transpose()?
+                .map(|(k, v)| (k.value().1, v.value().to_vec()));
+            match found {
+                Some((first, bytes)) => {
+                    let what = || format!("audit chunk {run_id}#{first}");
+                    let mut chunk = Vec::new();
+                    for (k, row) in rows::chunk_rows(&what, &bytes).enumerate() {
+                        let row = row?;
+                        rows::push_row(&mut chunk, |b| {
+                            if first + k as u64 == seq {
+                                b.extend_from_slice(&encode(entry)?);
+                            } else {
+                                b.extend_from_slice(row);
+                            }
+                            Ok(())
+                        })?;
+                    }
+                    chunks.insert((run_id, first), chunk.as_slice())?;
+                }
+                None => {
+                    let mut t = tx.open_table(AUDIT)?;
+                    t.insert((run_id, seq), encode(entry)?.as_slice())?;
+                }
+            }
         }
         tx.commit()?;
         Ok(())

@@ -36,8 +36,8 @@ fn is_json(bytes: &[u8]) -> bool {
     bytes.first() == Some(&b'{')
 }
 
+/// Appends `v` to `buf`.
 fn encode_into<T: Serialize>(buf: &mut Vec<u8>, v: &T) -> Result<(), StoreError> {
-    buf.clear();
     rmp_serde::encode::write_named(buf, v).map_err(|e| StoreError::Backend(e.to_string()))
 }
 
@@ -128,8 +128,9 @@ struct NodeIn {
     skip_reason: Option<SkipReason>,
 }
 
-/// A node record as a version 2 row, in `buf`.
+/// A node record as a version 2 row, in `buf` (cleared first).
 pub fn encode_node(buf: &mut Vec<u8>, n: &NodeRecord) -> Result<(), StoreError> {
+    buf.clear();
     let NodeRecord {
         node_id,
         step_id,
@@ -230,7 +231,7 @@ struct EntryIn {
 }
 
 /// An audit entry (drafted, placed at `seq` after `prev`, hashed to `hash`) as a version 2
-/// row, in `buf`. `prev` is empty for a chain's first entry.
+/// row, appended to `buf`. `prev` is empty for a chain's first entry.
 pub fn encode_entry(
     buf: &mut Vec<u8>,
     seq: u64,
@@ -288,6 +289,45 @@ pub fn encode_entry(
         }
     };
     encode_into(buf, &row)
+}
+
+/// Appends one row to a chunk: its length (u32, little-endian), then its bytes, written by
+/// `row` at the end of `chunk`.
+pub fn push_row(
+    chunk: &mut Vec<u8>,
+    row: impl FnOnce(&mut Vec<u8>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let at = chunk.len();
+    chunk.extend_from_slice(&[0; 4]);
+    row(chunk)?;
+    let len = u32::try_from(chunk.len() - at - 4)
+        .map_err(|_| StoreError::Backend("an audit entry is over 4 GiB".into()))?;
+    chunk[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    Ok(())
+}
+
+/// The rows of a chunk, in order.
+pub fn chunk_rows<'a>(
+    what: &'a dyn Fn() -> String,
+    mut chunk: &'a [u8],
+) -> impl Iterator<Item = Result<&'a [u8], StoreError>> + 'a {
+    std::iter::from_fn(move || {
+        if chunk.is_empty() {
+            return None;
+        }
+        let Some((len, rest)) = chunk.split_first_chunk::<4>() else {
+            chunk = &[];
+            return Some(Err(corrupt(what, "a chunk ends inside a row's length")));
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            chunk = &[];
+            return Some(Err(corrupt(what, "a chunk ends inside a row")));
+        }
+        let (row, rest) = rest.split_at(len);
+        chunk = rest;
+        Some(Ok(row))
+    })
 }
 
 /// An audit entry from a row of either version.
@@ -442,6 +482,29 @@ mod tests {
             prop_assert_eq!(&back.hash, &expected.hash);
             prop_assert_eq!(back.draft.details.clone(), expected.draft.details.clone());
             prop_assert_eq!(back, expected);
+        }
+    }
+
+    #[test]
+    fn chunks_split_into_their_rows_and_truncation_is_corruption() {
+        let mut chunk = Vec::new();
+        for row in [&b"{}"[..], b"", b"\x81\xa1a\x01"] {
+            push_row(&mut chunk, |b| {
+                b.extend_from_slice(row);
+                Ok(())
+            })
+            .unwrap();
+        }
+        let rows: Vec<&[u8]> = chunk_rows(&|| "c".into(), &chunk)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, [&b"{}"[..], b"", b"\x81\xa1a\x01"]);
+        for cut in 1..chunk.len() {
+            let ok: Result<Vec<&[u8]>, _> = chunk_rows(&|| "c".into(), &chunk[..cut]).collect();
+            if ok.is_ok() {
+                // Only a cut between rows still splits cleanly.
+                assert!([6, 10].contains(&cut), "cut at {cut}");
+            }
         }
     }
 
