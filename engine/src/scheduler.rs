@@ -278,13 +278,14 @@ struct Execution<'a> {
     waiting_on: Vec<usize>,
     dependents: Vec<Vec<usize>>,
     activatable: VecDeque<usize>,
-    ready: VecDeque<String>,
+    /// Nodes ready to start, with their step's index.
+    ready: VecDeque<(String, usize)>,
     /// Attempts in flight, with their cancellation tokens.
     live: FxHashMap<String, CancellationToken>,
     /// Live nodes waiting for a signal: they hold no parallelism slot.
     waiting: FxHashSet<String>,
     /// Nodes that start an attempt once this turn's batch is durable.
-    to_spawn: Vec<String>,
+    to_spawn: Vec<(String, usize)>,
     /// Attempts that ended in their first poll: (node, cancelled, result).
     finished_inline: Vec<(String, bool, Result<Value, StepError>)>,
     /// Nodes between two attempts.
@@ -475,7 +476,6 @@ impl<'a> Execution<'a> {
                 from = from.map_or("new", |f| f.as_str()), to = to.as_str(), "Node transition"
             ),
         }
-        let step = self.wf.step_index(&rec.step_id).unwrap_or(0);
         let plain = rec.skip_reason.is_none() && (to != NodeStatus::Failed || rec.error.is_none());
         if plain {
             // The common case, typed: no JSON map, no copies of the actor and run id.
@@ -507,6 +507,7 @@ impl<'a> Execution<'a> {
             self.audit(Some(id), TransitionDraft::KIND, details);
         }
         if from.is_some_and(|f| !f.is_terminal()) && to.is_terminal() {
+            let step = self.nodes.get(id).map_or(0, |r| self.step_of(r));
             self.open[step] = self.open[step].saturating_sub(1);
             if self.open[step] == 0 {
                 self.step_done(step);
@@ -560,7 +561,8 @@ impl<'a> Execution<'a> {
             .map(|n| (self.step_of(n), n.index.unwrap_or(0), n.node_id.clone()))
             .collect();
         pending.sort();
-        self.ready.extend(pending.into_iter().map(|(_, _, id)| id));
+        self.ready
+            .extend(pending.into_iter().map(|(step, _, id)| (id, step)));
         self.failed = self.nodes.values().any(|n| n.status == NodeStatus::Failed);
 
         self.run.status = RunStatus::Running;
@@ -593,8 +595,8 @@ impl<'a> Execution<'a> {
             }
             let spawns = self.prepare_spawns();
             self.flush().await?;
-            for (node, with) in spawns {
-                self.spawn_attempt(node, with);
+            for (node, step, with) in spawns {
+                self.spawn_attempt(node, step, with);
             }
             if !self.finished_inline.is_empty() {
                 // A step's messages were sent before its result: show them first.
@@ -748,7 +750,7 @@ impl<'a> Execution<'a> {
         let mut batch = std::mem::take(&mut self.batch);
         for id in self.dirty.drain() {
             if let Some(rec) = self.nodes.get(&id) {
-                batch.nodes.push((self.run.run_id.clone(), rec.clone()));
+                batch.nodes.push((Arc::clone(&self.run_id), rec.clone()));
             }
         }
         if !batch.is_empty() {
@@ -885,7 +887,7 @@ impl<'a> Execution<'a> {
         let Some(fe) = &step.for_each else {
             let rec = NodeRecord::new(step.id.clone(), step.id.clone());
             self.transition(rec, NodeStatus::Pending);
-            self.ready.push_back(step.id.clone());
+            self.ready.push_back((step.id.clone(), i));
             return self.set_step_nodes(i, vec![step.id.clone()]);
         };
         let ctx = expr::ctx_value(ctx.unwrap_or(Value::Null));
@@ -923,7 +925,7 @@ impl<'a> Execution<'a> {
             rec.item = Some(item);
             rec.fan_out = Some(n);
             self.transition(rec, NodeStatus::Pending);
-            self.ready.push_back(id.clone());
+            self.ready.push_back((id.clone(), i));
             ids.push(id);
         }
         self.set_step_nodes(i, ids);
@@ -1010,14 +1012,14 @@ impl<'a> Execution<'a> {
     fn start_nodes(&mut self) {
         let max = self.run.max_parallel.max(1);
         while self.busy() + self.to_spawn.len() < max {
-            let Some(id) = self.ready.pop_front() else {
+            let Some((id, step)) = self.ready.pop_front() else {
                 break;
             };
             let Some(rec) = self.nodes.get(&id) else {
                 continue;
             };
             if matches!(rec.status, NodeStatus::Pending | NodeStatus::Running) {
-                self.begin_attempt(id);
+                self.begin_attempt(id, step);
             }
         }
     }
@@ -1027,12 +1029,12 @@ impl<'a> Execution<'a> {
         self.live.len().saturating_sub(self.waiting.len())
     }
 
-    fn begin_attempt(&mut self, node: String) {
+    fn begin_attempt(&mut self, node: String, step_i: usize) {
         let wf = Arc::clone(&self.wf);
         let Some(rec) = self.nodes.get_mut(&node) else {
             return;
         };
-        let step = &wf.steps[wf.step_index(&rec.step_id).unwrap_or(0)];
+        let step = &wf.steps[step_i];
         rec.attempts += 1;
         rec.started_at.get_or_insert_with(Utc::now);
         rec.error = None;
@@ -1050,19 +1052,19 @@ impl<'a> Execution<'a> {
                 attempt,
             });
         }
-        self.to_spawn.push(node);
+        self.to_spawn.push((node, step_i));
     }
 
     /// Renders the `with:` of every node about to start. A render error fails the node
     /// before any attempt runs.
-    fn prepare_spawns(&mut self) -> Vec<(String, Value)> {
+    fn prepare_spawns(&mut self) -> Vec<(String, usize, Value)> {
         let mut out = Vec::new();
-        for node in std::mem::take(&mut self.to_spawn) {
+        for (node, step_i) in std::mem::take(&mut self.to_spawn) {
             let Some(rec) = self.nodes.get(&node) else {
                 continue;
             };
             let wf = Arc::clone(&self.wf);
-            let step = &wf.steps[self.step_of(rec)];
+            let step = &wf.steps[step_i];
             let with = if step.with_has_templates {
                 let ctx = self.context(rec.item.as_ref(), rec.index);
                 match expr::render_value(&step.with, &expr::ctx_value(&ctx)) {
@@ -1078,7 +1080,7 @@ impl<'a> Execution<'a> {
             } else {
                 step.with.clone()
             };
-            out.push((node, with));
+            out.push((node, step_i, with));
         }
         out
     }
@@ -1095,13 +1097,12 @@ impl<'a> Execution<'a> {
         Some((plugin, breaker))
     }
 
-    fn spawn_attempt(&mut self, node: String, with: Value) {
+    fn spawn_attempt(&mut self, node: String, step_i: usize, with: Value) {
         let Some(rec) = self.nodes.get(&node) else {
             return;
         };
         let attempts = rec.attempts;
         let wf = Arc::clone(&self.wf);
-        let step_i = self.step_of(rec);
         let step = &wf.steps[step_i];
         let Some((plugin, breaker)) = self.resolve(step_i) else {
             let err = StepError::permanent(format!("no plugin named `{}`", step.uses));
@@ -1126,10 +1127,12 @@ impl<'a> Execution<'a> {
         )
         .with_store(Arc::clone(&self.engine.store))
         .with_deadline(limit.map(|l| tokio::time::Instant::now() + l));
-        let key = step.circuit.clone();
         let tx = self.tx.clone();
         let token = cancel.clone();
         let breaker_node = node.clone();
+        // The step's circuit key and plugin name, read only when a breaker changes or the
+        // plugin panics: the workflow travels with the attempt instead of copies of both.
+        let (wf_key, wf_uses) = (Arc::clone(&self.wf), Arc::clone(&self.wf));
         let attempt = async move {
             let permit = tokio::select! {
                 p = breaker.acquire() => p,
@@ -1137,10 +1140,11 @@ impl<'a> Execution<'a> {
                     return Err(StepError::transient("cancelled before it started"));
                 }
             };
+            let key = || wf_key.steps[step_i].circuit.clone();
             if let Some(t) = permit.transition {
                 let _ = tx.send(Msg::Breaker {
                     node: breaker_node.clone(),
-                    key: key.clone(),
+                    key: key(),
                     from: format!("{:?}", t.from),
                     to: format!("{:?}", t.to),
                 });
@@ -1170,7 +1174,7 @@ impl<'a> Execution<'a> {
             if let Some(t) = permit.record(outcome) {
                 let _ = tx.send(Msg::Breaker {
                     node: breaker_node,
-                    key,
+                    key: key(),
                     from: format!("{:?}", t.from),
                     to: format!("{:?}", t.to),
                 });
@@ -1179,7 +1183,6 @@ impl<'a> Execution<'a> {
         };
         // A panicking plugin fails its node (permanently: it is a bug, not weather); without
         // this its task would end without a word and the run would wait for it forever.
-        let uses = step.uses.clone();
         let mut attempt = Box::pin(AssertUnwindSafe(attempt).catch_unwind().map(move |r| {
             r.unwrap_or_else(|panic| {
                 let why = panic
@@ -1188,7 +1191,8 @@ impl<'a> Execution<'a> {
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "no message".into());
                 Err(StepError::permanent(format!(
-                    "the `{uses}` plugin panicked: {why}"
+                    "the `{}` plugin panicked: {why}",
+                    wf_uses.steps[step_i].uses
                 )))
             })
         }));
@@ -1223,7 +1227,8 @@ impl<'a> Execution<'a> {
                 self.retrying.remove(&node);
                 if let Some(rec) = self.nodes.get(&node).cloned() {
                     if self.stopping.is_none() {
-                        self.ready.push_front(rec.node_id.clone());
+                        let step = self.step_of(&rec);
+                        self.ready.push_front((rec.node_id.clone(), step));
                     } else if self.stopping == Some(RunStatus::Interrupted) {
                         self.transition(rec, NodeStatus::Pending);
                     }

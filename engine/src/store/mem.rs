@@ -62,13 +62,21 @@ impl Store for MemStore {
         for r in batch.runs {
             g.runs.insert(r.run_id.clone(), r);
         }
-        for (run, n) in batch.nodes {
-            let run_nodes = g.nodes.entry(run).or_default();
-            match run_nodes.get_mut(&n.node_id) {
+        fn put(map: &mut FxHashMap<String, NodeRecord>, n: NodeRecord) {
+            match map.get_mut(&n.node_id) {
                 Some(slot) => *slot = n,
                 None => {
-                    run_nodes.insert(n.node_id.clone(), n);
+                    map.insert(n.node_id.clone(), n);
                 }
+            }
+        }
+        // A batch's records come in stretches of one run: its map is looked up once each.
+        let mut nodes = batch.nodes.into_iter().peekable();
+        while let Some((run, n)) = nodes.next() {
+            let map = g.nodes.entry(run.to_string()).or_default();
+            put(map, n);
+            while let Some((_, n)) = nodes.next_if(|(r, _)| *r == run) {
+                put(map, n);
             }
         }
         for (run, node, sig) in batch.signals {

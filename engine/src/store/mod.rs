@@ -482,7 +482,8 @@ pub fn verify_chain(entries: &[AuditEntry]) -> Option<ChainBreak> {
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     pub runs: Vec<RunRecord>,
-    pub nodes: Vec<(String, NodeRecord)>,
+    /// (run, record): the run id is shared, a turn writes hundreds of records of one run.
+    pub nodes: Vec<(Arc<str>, NodeRecord)>,
     pub audit: Vec<Draft>,
     /// (run, node, signal): replaces an earlier signal of the same node.
     pub signals: Vec<(String, String, Signal)>,

@@ -212,7 +212,7 @@ impl Store for RedbStore {
             let mut nodes = tx.open_table(NODES)?;
             for (run, n) in &batch.nodes {
                 rows::encode_node(&mut buf, n)?;
-                nodes.insert((run.as_str(), n.node_id.as_str()), buf.as_slice())?;
+                nodes.insert((&**run, n.node_id.as_str()), buf.as_slice())?;
             }
             let mut signals = tx.open_table(SIGNALS)?;
             for (run, node, sig) in &batch.signals {

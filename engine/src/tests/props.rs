@@ -377,7 +377,7 @@ proptest! {
             let s = RedbStore::open(&path).unwrap();
             s.commit(Batch {
                 runs: vec![run.clone()],
-                nodes: nodes.iter().map(|n| (run_id.clone(), n.clone())).collect(),
+                nodes: nodes.iter().map(|n| (run_id.as_str().into(), n.clone())).collect(),
                 ..Batch::default()
             }).unwrap();
             prop_assert_eq!(s.run(&run_id).unwrap(), Some(run.clone()));
