@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use landfall_engine::compile::compile;
 use landfall_engine::source::Source;
 use landfall_engine::state::{RunStatus, Trigger};
-use landfall_engine::store::{MemStore, RedbStore, Store};
+use landfall_engine::store::{Batch, MemStore, RedbStore, Store};
 use landfall_engine::workflow::Workflow;
 use landfall_engine::{Engine, NewRun, Registry, RunControl, Step, StepContext, StepError};
 use schemars::JsonSchema;
@@ -183,103 +183,153 @@ fn fsync_latency(dir: &std::path::Path) -> Duration {
     start.elapsed() / rounds
 }
 
+/// The cost of a durable commit that writes almost nothing, in the mode `landfall` uses
+/// (redb `MultiWriter`): the price of each scheduler turn that must be on disk.
+fn empty_commit_latency(dir: &std::path::Path) -> Duration {
+    let store = RedbStore::open(&dir.join("commit-probe.redb")).expect("open redb");
+    let rounds = 100;
+    let start = Instant::now();
+    for i in 0..rounds {
+        let mut b = Batch::default();
+        b.annotations
+            .push((format!("probe-{i}"), "k".into(), json!(i)));
+        store.commit(b).expect("commit");
+    }
+    start.elapsed() / rounds
+}
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// One DAG shape: `layers` × `width` no-op steps, at most `max_parallel` at once.
+struct Shape {
+    name: &'static str,
+    layers: usize,
+    width: usize,
+    max_parallel: usize,
+}
+
 fn main() {
-    let layers: usize = std::env::var("BENCH_LAYERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
-    let width: usize = std::env::var("BENCH_WIDTH")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
-    let max_parallel: usize = std::env::var("BENCH_MAX_PARALLEL")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(width);
     COUNT.store(
         std::env::var_os("BENCH_ALLOCS").is_some(),
         std::sync::atomic::Ordering::Relaxed,
     );
-    let yaml = layered(layers, width);
-    let t = Instant::now();
-    let mut reg = Registry::new();
-    reg.register(Noop);
-    let reg = Arc::new(reg);
-    let c = compile(&Source::new("bench.yaml", yaml.clone()), &reg);
-    // Compiled once: each round runs the same workflow, as a server runs a file many times.
-    let wf = Arc::new(c.workflow.expect("bench workflow compiles"));
-    println!(
-        "compile {} steps: {:.1} ms",
-        layers * width,
-        t.elapsed().as_secs_f64() * 1e3
-    );
-
+    // Two shapes of 10,000 nodes: square (100 layers, so 100 turns that must each be durable)
+    // and wide (10 layers of 1,000: group commit amortizes each durable turn over 1,000
+    // nodes). `BENCH_LAYERS` / `BENCH_WIDTH` / `BENCH_MAX_PARALLEL` measure one other shape.
+    let shapes = match (env_usize("BENCH_LAYERS"), env_usize("BENCH_WIDTH")) {
+        (None, None) => vec![
+            Shape {
+                name: "square",
+                layers: 100,
+                width: 100,
+                max_parallel: 100,
+            },
+            Shape {
+                name: "wide",
+                layers: 10,
+                width: 1000,
+                max_parallel: 1000,
+            },
+        ],
+        (layers, width) => {
+            let (layers, width) = (layers.unwrap_or(100), width.unwrap_or(100));
+            vec![Shape {
+                name: "custom",
+                layers,
+                width,
+                max_parallel: env_usize("BENCH_MAX_PARALLEL").unwrap_or(width),
+            }]
+        }
+    };
+    let which = std::env::var("BENCH_STORE").unwrap_or_default();
+    let rounds = env_usize("BENCH_ROUNDS").unwrap_or(5).max(1);
     let dir = tempfile::tempdir().expect("temp dir");
     println!(
         "raw fsync latency (4 KiB write + fdatasync): {:.0} µs",
         fsync_latency(dir.path()).as_secs_f64() * 1e6
     );
-
-    let floor: Vec<f64> = (0..5).map(|_| spawn_floor(layers, width)).collect();
-    println!(
-        "floor: one tokio task per node + a channel, no scheduler: {:.2} µs/node (best of 5)",
-        floor.iter().copied().fold(f64::INFINITY, f64::min)
-    );
-
-    let which = std::env::var("BENCH_STORE").unwrap_or_default();
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5)
-        .max(1);
+    if which != "mem" {
+        println!(
+            "durable redb commit of one small row (MultiWriter): {:.0} µs",
+            empty_commit_latency(dir.path()).as_secs_f64() * 1e6
+        );
+    }
     // The VM's neighbours make single rounds noisy: each round is printed, and the median
     // is the figure BENCHMARKS.md records.
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let mut mem = Vec::new();
-    for round in 0..rounds {
-        if which == "redb" {
-            break;
+    for shape in shapes {
+        let Shape {
+            name,
+            layers,
+            width,
+            max_parallel,
+        } = shape;
+        println!("== {name}: {layers} layers x {width} steps, max_parallel {max_parallel}");
+        let yaml = layered(layers, width);
+        let t = Instant::now();
+        let mut reg = Registry::new();
+        reg.register(Noop);
+        let reg = Arc::new(reg);
+        let c = compile(&Source::new("bench.yaml", yaml), &reg);
+        // Compiled once: each round runs the same workflow, as a server runs a file many
+        // times.
+        let wf = Arc::new(c.workflow.expect("bench workflow compiles"));
+        println!(
+            "compile {} steps: {:.1} ms",
+            layers * width,
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        let floor: Vec<f64> = (0..5).map(|_| spawn_floor(layers, width)).collect();
+        println!(
+            "floor: one tokio task per node + a channel, no scheduler: {:.2} µs/node (best of 5)",
+            floor.iter().copied().fold(f64::INFINITY, f64::min)
+        );
+        let mut mem = Vec::new();
+        for round in 0..rounds {
+            if which == "redb" {
+                break;
+            }
+            let (d, n, commits) = run(Arc::new(MemStore::new()), &reg, &wf, max_parallel);
+            mem.push(d.as_secs_f64() * 1e6 / n as f64);
+            println!(
+                "(a) {name}, in-memory store, round {round}: {n} nodes in {:.1} ms = {:.2} µs/node ({commits} commits)",
+                d.as_secs_f64() * 1e3,
+                d.as_secs_f64() * 1e6 / n as f64
+            );
         }
-        let (d, n, commits) = run(Arc::new(MemStore::new()), &reg, &wf, max_parallel);
-        mem.push(d.as_secs_f64() * 1e6 / n as f64);
-        println!(
-            "(a) in-memory store, round {round}: {n} nodes in {:.1} ms = {:.2} µs/node ({commits} commits)",
-            d.as_secs_f64() * 1e3,
-            d.as_secs_f64() * 1e6 / n as f64
-        );
-    }
-    if !mem.is_empty() {
-        println!(
-            "(a) in-memory store: median {:.2} µs/node over {} rounds",
-            median(mem),
-            rounds
-        );
-    }
-    let mut durable = Vec::new();
-    for round in 0..rounds {
-        if which == "mem" {
-            break;
+        if !mem.is_empty() {
+            println!(
+                "(a) {name}, in-memory store: median {:.2} µs/node over {rounds} rounds",
+                median(mem)
+            );
         }
-        let db = dir.path().join(format!("bench-{round}.redb"));
-        let store = Arc::new(RedbStore::open(&db).expect("open redb"));
-        let (d, n, commits) = run(store, &reg, &wf, max_parallel);
-        let size = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
-        durable.push(d.as_secs_f64() * 1e6 / n as f64);
-        println!(
-            "(b) redb store, durable, round {round}: {n} nodes in {:.1} ms = {:.2} µs/node ({commits} commits, file {:.1} MiB)",
-            d.as_secs_f64() * 1e3,
-            d.as_secs_f64() * 1e6 / n as f64,
-            size as f64 / 1048576.0
-        );
-    }
-    if !durable.is_empty() {
-        println!(
-            "(b) redb store, durable: median {:.2} µs/node over {} rounds",
-            median(durable),
-            rounds
-        );
+        let mut durable = Vec::new();
+        for round in 0..rounds {
+            if which == "mem" {
+                break;
+            }
+            let db = dir.path().join(format!("bench-{name}-{round}.redb"));
+            let store = Arc::new(RedbStore::open(&db).expect("open redb"));
+            let (d, n, commits) = run(store, &reg, &wf, max_parallel);
+            let size = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+            durable.push(d.as_secs_f64() * 1e6 / n as f64);
+            println!(
+                "(b) {name}, redb store, durable, round {round}: {n} nodes in {:.1} ms = {:.2} µs/node ({commits} commits, file {:.1} MiB)",
+                d.as_secs_f64() * 1e3,
+                d.as_secs_f64() * 1e6 / n as f64,
+                size as f64 / 1048576.0
+            );
+        }
+        if !durable.is_empty() {
+            println!(
+                "(b) {name}, redb store, durable: median {:.2} µs/node over {rounds} rounds",
+                median(durable)
+            );
+        }
     }
 }
