@@ -336,18 +336,21 @@ impl<S: Step> Plugin for Typed<S> {
     }
 
     async fn run(&self, with: Value, ctx: StepContext) -> Result<Value, StepError> {
-        let cfg = decode::<S::Config>(&with).map_err(|p| {
-            StepError::permanent(format!(
-                "invalid `with` for `{}` after rendering: {}{}",
-                S::NAME,
-                if p.path.is_root() {
-                    String::new()
-                } else {
-                    format!("{}: ", p.path)
-                },
-                p.message
-            ))
-        })?;
+        // Plain serde first; only a config that fails is decoded again to name the path.
+        let cfg = <S::Config as serde::Deserialize>::deserialize(&with)
+            .or_else(|_| decode::<S::Config>(&with))
+            .map_err(|p| {
+                StepError::permanent(format!(
+                    "invalid `with` for `{}` after rendering: {}{}",
+                    S::NAME,
+                    if p.path.is_root() {
+                        String::new()
+                    } else {
+                        format!("{}: ", p.path)
+                    },
+                    p.message
+                ))
+            })?;
         let problems = S::validate(&cfg);
         if let Some(p) = problems.first() {
             return Err(StepError::permanent(format!(

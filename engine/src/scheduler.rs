@@ -1134,12 +1134,18 @@ impl<'a> Execution<'a> {
         // plugin panics: the workflow travels with the attempt instead of copies of both.
         let (wf_key, wf_uses) = (Arc::clone(&self.wf), Arc::clone(&self.wf));
         let attempt = async move {
+            // Biased, the ready branch first: a closed breaker and a finished step then
+            // never register with the cancellation token (a lock and a list insert each).
             let permit = tokio::select! {
+                biased;
                 p = breaker.acquire() => p,
                 _ = token.cancelled() => {
                     return Err(StepError::transient("cancelled before it started"));
                 }
             };
+            if token.is_cancelled() {
+                return Err(StepError::transient("cancelled before it started"));
+            }
             let key = || wf_key.steps[step_i].circuit.clone();
             if let Some(t) = permit.transition {
                 let _ = tx.send(Msg::Breaker {
@@ -1151,6 +1157,7 @@ impl<'a> Execution<'a> {
             }
             let run = plugin.run(with, ctx);
             let result = tokio::select! {
+                biased;
                 r = async {
                     match limit {
                         Some(l) => tokio::time::timeout(l, run).await.unwrap_or_else(|_| {
