@@ -1,8 +1,8 @@
 //! The redb-backed store: one file, shared by every `landfall` process on the machine.
 //!
 //! Opened in redb's `MultiWriter` mode so that two runs in two processes can write, and
-//! `status`/`audit` can read while a run is going. Node records and audit entries are written
-//! as version 2 rows (MessagePack, see [`super::rows`]), the rest as JSON; both are
+//! `status`/`audit` can read while a run is going. Runs, node records and audit entries are
+//! written as version 2 rows (MessagePack, see [`super::rows`]), the rest as JSON; both are
 //! self-describing, so adding a field is not a migration. The schema version covers changes of
 //! keys, tables and row formats.
 
@@ -155,16 +155,6 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(v).map_err(|e| StoreError::Backend(e.to_string()))
 }
 
-/// Encodes into a buffer reused for a whole commit (a commit writes hundreds of records).
-fn encode_into<'b, T: serde::Serialize>(
-    buf: &'b mut Vec<u8>,
-    v: &T,
-) -> Result<&'b [u8], StoreError> {
-    buf.clear();
-    serde_json::to_writer(&mut *buf, v).map_err(|e| StoreError::Backend(e.to_string()))?;
-    Ok(buf.as_slice())
-}
-
 /// A run's chain head (last seq, raw hash): from its head record, or, for a run of schema 1
 /// that has none yet, from its last single row.
 fn chain_head(
@@ -207,7 +197,8 @@ impl Store for RedbStore {
         {
             let mut runs = tx.open_table(RUNS)?;
             for r in &batch.runs {
-                runs.insert(r.run_id.as_str(), encode_into(&mut buf, r)?)?;
+                rows::encode_run(&mut buf, r)?;
+                runs.insert(r.run_id.as_str(), buf.as_slice())?;
             }
             let mut nodes = tx.open_table(NODES)?;
             for (run, n) in &batch.nodes {
@@ -284,7 +275,10 @@ impl Store for RedbStore {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(RUNS)?;
         match t.get(run_id)? {
-            Some(v) => Ok(Some(decode(|| format!("run {run_id}"), v.value())?)),
+            Some(v) => Ok(Some(rows::decode_run(
+                &|| format!("run {run_id}"),
+                v.value(),
+            )?)),
             None => Ok(None),
         }
     }
@@ -295,8 +289,8 @@ impl Store for RedbStore {
         let mut out = Vec::new();
         for item in t.iter()? {
             let (k, v) = item?;
-            out.push(decode::<RunRecord>(
-                || format!("run {}", k.value()),
+            out.push(rows::decode_run(
+                &|| format!("run {}", k.value()),
                 v.value(),
             )?);
         }

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::{AuditDraft, AuditEntry, Draft, StoreError, TransitionDraft};
 use crate::error::StepError;
-use crate::state::{NodeRecord, NodeStatus, SkipReason};
+use crate::state::{NodeRecord, NodeStatus, RunRecord, SkipReason};
 
 /// Seconds and nanoseconds since the epoch: exact, and cheap to write.
 type Stamp = (i64, u32);
@@ -126,6 +126,22 @@ struct NodeIn {
     error: Option<StepError>,
     #[serde(default)]
     skip_reason: Option<SkipReason>,
+}
+
+/// A run record as a version 2 row, in `buf` (cleared first). It keeps its own field types
+/// (timestamps as text: two per run); what it gains is its workflow text stored without JSON
+/// escaping, twice per run.
+pub fn encode_run(buf: &mut Vec<u8>, r: &RunRecord) -> Result<(), StoreError> {
+    buf.clear();
+    encode_into(buf, r)
+}
+
+/// A run record from a row of either version.
+pub fn decode_run(what: &dyn Fn() -> String, bytes: &[u8]) -> Result<RunRecord, StoreError> {
+    if is_json(bytes) {
+        return serde_json::from_slice(bytes).map_err(|e| corrupt(what, e));
+    }
+    rmp_serde::from_slice(bytes).map_err(|e| corrupt(what, e))
 }
 
 /// A node record as a version 2 row, in `buf` (cleared first).
@@ -506,6 +522,34 @@ mod tests {
                 assert!([6, 10].contains(&cut), "cut at {cut}");
             }
         }
+    }
+
+    #[test]
+    fn run_rows_round_trip() {
+        let r = RunRecord {
+            run_id: "01JRUN".into(),
+            workflow: "w".into(),
+            workflow_file: "w.yaml".into(),
+            workflow_text: "name: w\nsteps: [] # \"quoted\" é\n".into(),
+            workflow_digest: "ab".into(),
+            inputs: serde_json::json!({ "customer": "acme", "n": [1, 2.5, null] }),
+            inputs_digest: "cd".into(),
+            trigger: crate::state::Trigger {
+                source: "slack".into(),
+                actor: "U1".into(),
+                details: serde_json::json!({ "channel": "C1" }),
+            },
+            status: crate::state::RunStatus::Interrupted,
+            max_parallel: 8,
+            started_at: DateTime::from_timestamp(1_764_000_000, 5).unwrap(),
+            finished_at: None,
+        };
+        let mut buf = Vec::new();
+        encode_run(&mut buf, &r).unwrap();
+        assert!(!is_json(&buf));
+        assert_eq!(decode_run(&|| "r".into(), &buf).unwrap(), r);
+        let json = serde_json::to_vec(&r).unwrap();
+        assert_eq!(decode_run(&|| "r".into(), &json).unwrap(), r);
     }
 
     #[test]
