@@ -537,3 +537,32 @@ impl RedbStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file written by a newer build is refused with what to do, never misread.
+    #[test]
+    fn a_file_from_a_newer_build_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let store = RedbStore::open(&path).unwrap();
+            assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+            let tx = store.db.begin_write().unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .insert("schema_version", SCHEMA_VERSION + 1)
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        match RedbStore::open(&path) {
+            Err(StoreError::TooNew { found, known, .. }) => {
+                assert_eq!((found, known), (SCHEMA_VERSION + 1, SCHEMA_VERSION))
+            }
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a newer file was opened"),
+        }
+    }
+}
