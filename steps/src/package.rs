@@ -79,7 +79,14 @@ impl Step for PackageStep {
                 manifest,
                 files,
             } => {
-                let p = ctx.publish_package(&id, &PackageContent { manifest, files })?;
+                // A durable commit: off the runtime's threads (an attempt's first poll runs on
+                // the scheduler's).
+                let store = ctx.clone();
+                let p = tokio::task::spawn_blocking(move || {
+                    store.publish_package(&id, &PackageContent { manifest, files })
+                })
+                .await
+                .map_err(|e| StepError::transient(format!("publishing failed: {e}")))??;
                 if p.new {
                     ctx.milestone(
                         "package_published",
@@ -98,7 +105,10 @@ impl Step for PackageStep {
             }
             PackageConfig::Fetch { reference } => {
                 let r: PackageRef = reference.parse().map_err(StepError::permanent)?;
-                let p = ctx.fetch_package(&r)?;
+                let store = ctx.clone();
+                let p = tokio::task::spawn_blocking(move || store.fetch_package(&r))
+                    .await
+                    .map_err(|e| StepError::transient(format!("fetching failed: {e}")))??;
                 Ok(json!({
                     "id": p.id,
                     "version": p.version,

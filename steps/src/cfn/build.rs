@@ -217,13 +217,15 @@ impl Step for CfnBuild {
                     .join("; ")
             ))
         })?;
-        let built = build(
-            &self.templates_dir,
-            &req,
-            c.package_id.as_deref(),
-            c.stacks.as_deref(),
-        )?;
-        serde_json::to_value(built).map_err(|e| StepError::permanent(e.to_string()))
+        // Reading and rendering templates is blocking work: off the runtime's threads (an
+        // attempt's first poll runs on the scheduler's).
+        let dir = self.templates_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let built = build(&dir, &req, c.package_id.as_deref(), c.stacks.as_deref())?;
+            serde_json::to_value(built).map_err(|e| StepError::permanent(e.to_string()))
+        })
+        .await
+        .map_err(|e| StepError::permanent(format!("building the templates failed: {e}")))?
     }
 }
 
