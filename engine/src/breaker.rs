@@ -43,7 +43,7 @@ pub struct Transition {
     pub to: BreakerState,
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 enum State {
     Closed { failures: u32 },
     Open { until: Instant },
@@ -176,6 +176,10 @@ impl Breaker {
             // Results of attempts that started before the circuit opened change nothing.
             _ => return None,
         };
+        if next == *st {
+            // The common case (a success while closed): no waiter can care.
+            return None;
+        }
         *st = next;
         let to = st.public();
         drop(st);
