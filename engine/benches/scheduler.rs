@@ -67,6 +67,34 @@ impl Step for Noop {
     }
 }
 
+/// `echo`: returns its `value` (a rendered template).
+struct Echo;
+
+#[derive(Deserialize, JsonSchema)]
+struct EchoConfig {
+    value: Value,
+}
+
+#[async_trait]
+impl Step for Echo {
+    const NAME: &'static str = "echo";
+    const SUMMARY: &'static str = "returns its value";
+    type Config = EchoConfig;
+    async fn run(&self, c: EchoConfig, _ctx: StepContext) -> Result<Value, StepError> {
+        Ok(json!({ "value": c.value }))
+    }
+}
+
+/// Two `for_each` steps of `n` instances each, the second after the first, both rendering
+/// their `with:` per instance.
+fn fan_out(n: usize) -> String {
+    let items: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    format!(
+        "name: fan\nsteps:\n  - id: first\n    uses: echo\n    for_each: [{items}]\n    with: {{ value: \"{{{{ item }}}}\" }}\n  - id: second\n    uses: echo\n    needs: [first]\n    for_each: [{items}]\n    with: {{ value: \"{{{{ item }}}} of {{{{ index }}}}\" }}\n",
+        items = items.join(", ")
+    )
+}
+
 /// `layers` × `width` steps; each step needs up to 3 steps of the layer before.
 fn layered(layers: usize, width: usize) -> String {
     let mut y = String::from("name: bench\nsteps:\n");
@@ -127,6 +155,8 @@ fn run(
     });
     assert_eq!(out.status, RunStatus::Succeeded);
     let elapsed = start.elapsed();
+    // Nodes, not steps: a `for_each` step is one node per instance.
+    let n = engine.store.nodes(&out.run_id).map_or(n, |v| v.len());
     let allocs = ALLOCS.load(std::sync::atomic::Ordering::Relaxed) - allocs;
     if std::env::var_os("BENCH_ALLOCS").is_some() {
         println!("  {:.1} allocations per node", allocs as f64 / n as f64);
@@ -208,6 +238,8 @@ struct Shape {
     layers: usize,
     width: usize,
     max_parallel: usize,
+    /// Two `for_each` steps of `width` instances with templates, instead of a layered DAG.
+    fan: bool,
 }
 
 fn main() {
@@ -215,9 +247,11 @@ fn main() {
         std::env::var_os("BENCH_ALLOCS").is_some(),
         std::sync::atomic::Ordering::Relaxed,
     );
-    // Two shapes of 10,000 nodes: square (100 layers, so 100 turns that must each be durable)
-    // and wide (10 layers of 1,000: group commit amortizes each durable turn over 1,000
-    // nodes). `BENCH_LAYERS` / `BENCH_WIDTH` / `BENCH_MAX_PARALLEL` measure one other shape.
+    // Three shapes of 10,000 nodes: square (100 layers, so 100 turns that must each be
+    // durable), wide (10 layers of 1,000: group commit amortizes each durable turn over 1,000
+    // nodes), and fan-out (two `for_each` steps of 5,000 instances rendering templates; the
+    // second step's context holds the first's 5,000 outputs). `BENCH_LAYERS` /
+    // `BENCH_WIDTH` / `BENCH_MAX_PARALLEL` measure one other layered shape instead.
     let shapes = match (env_usize("BENCH_LAYERS"), env_usize("BENCH_WIDTH")) {
         (None, None) => vec![
             Shape {
@@ -225,12 +259,21 @@ fn main() {
                 layers: 100,
                 width: 100,
                 max_parallel: 100,
+                fan: false,
             },
             Shape {
                 name: "wide",
                 layers: 10,
                 width: 1000,
                 max_parallel: 1000,
+                fan: false,
+            },
+            Shape {
+                name: "fan-out",
+                layers: 2,
+                width: 5000,
+                max_parallel: 100,
+                fan: true,
             },
         ],
         (layers, width) => {
@@ -240,6 +283,7 @@ fn main() {
                 layers,
                 width,
                 max_parallel: env_usize("BENCH_MAX_PARALLEL").unwrap_or(width),
+                fan: false,
             }]
         }
     };
@@ -268,12 +312,18 @@ fn main() {
             layers,
             width,
             max_parallel,
+            fan,
         } = shape;
-        println!("== {name}: {layers} layers x {width} steps, max_parallel {max_parallel}");
-        let yaml = layered(layers, width);
+        let yaml = if fan {
+            println!("== {name}: {layers} for_each steps x {width} instances, max_parallel {max_parallel}");
+            fan_out(width)
+        } else {
+            println!("== {name}: {layers} layers x {width} steps, max_parallel {max_parallel}");
+            layered(layers, width)
+        };
         let t = Instant::now();
         let mut reg = Registry::new();
-        reg.register(Noop);
+        reg.register(Noop).register(Echo);
         let reg = Arc::new(reg);
         let c = compile(&Source::new("bench.yaml", yaml), &reg);
         // Compiled once: each round runs the same workflow, as a server runs a file many
@@ -281,7 +331,7 @@ fn main() {
         let wf = Arc::new(c.workflow.expect("bench workflow compiles"));
         println!(
             "compile {} steps: {:.1} ms",
-            layers * width,
+            wf.steps.len(),
             t.elapsed().as_secs_f64() * 1e3
         );
         let floor: Vec<f64> = (0..5).map(|_| spawn_floor(layers, width)).collect();

@@ -90,6 +90,12 @@ pub fn ctx_value<T: serde::Serialize>(v: T) -> minijinja::Value {
     minijinja::Value::from(minijinja::value::Serde(v))
 }
 
+/// A `for_each` instance's context: `base` (shared by every instance of the step, built once)
+/// with its `item` and `index` in front. The merge is lazy: nothing of `base` is copied.
+pub fn with_item(base: &minijinja::Value, item: &Value, index: Option<usize>) -> minijinja::Value {
+    minijinja::context! { item => ctx_value(item), index => index, ..base.clone() }
+}
+
 /// The names of the status functions a `when` may use.
 pub const STATUS_FUNCTIONS: [&str; 4] = ["success", "failure", "always", "cancelled"];
 

@@ -304,6 +304,9 @@ struct Execution<'a> {
     resumed: bool,
     /// Durable commits made by this execution.
     commits: u64,
+    /// Bumped whenever the expression context changes (a step finished, a node failed).
+    ctx_gen: u64,
+    ctx_cache: Option<(u64, minijinja::Value)>,
     /// Each step's plugin and breaker, once an attempt needed them.
     resolved: Vec<Option<Resolved>>,
     /// The run's id and actor, shared by its audit entries.
@@ -414,6 +417,8 @@ impl<'a> Execution<'a> {
             failed: false,
             resumed,
             commits: 0,
+            ctx_gen: 0,
+            ctx_cache: None,
             resolved: vec![None; n],
             run_id,
             actor,
@@ -466,6 +471,10 @@ impl<'a> Execution<'a> {
             "illegal transition {from:?} -> {to} of {id}"
         );
         rec.status = to;
+        if to == NodeStatus::Failed {
+            // `run.failures` lists it.
+            self.ctx_gen += 1;
+        }
         match (&rec.error, to) {
             (Some(e), NodeStatus::Failed) => tracing::warn!(
                 run = %self.run.run_id, node = %id, attempt = rec.attempts,
@@ -520,6 +529,7 @@ impl<'a> Execution<'a> {
     }
 
     fn step_done(&mut self, i: usize) {
+        self.ctx_gen += 1;
         for k in 0..self.dependents[i].len() {
             let d = self.dependents[i][k];
             self.waiting_on[d] = self.waiting_on[d].saturating_sub(1);
@@ -856,8 +866,7 @@ impl<'a> Execution<'a> {
                 "an earlier step failed".into(),
             );
         }
-        let ctx =
-            (step.when.expr.is_some() || step.for_each.is_some()).then(|| self.context(None, None));
+        let ctx = (step.when.expr.is_some() || step.for_each.is_some()).then(|| self.context());
         if let (Some(cond), Some(ctx)) = (&step.when.expr, &ctx) {
             let cancelled = self.stopping == Some(RunStatus::Cancelled);
             match expr::eval_condition(cond, ctx, upstream_failed, cancelled) {
@@ -931,8 +940,9 @@ impl<'a> Execution<'a> {
         self.set_step_nodes(i, ids);
     }
 
-    /// The expression context: inputs, run, finished steps, and the node's item.
-    fn context(&self, item: Option<&Value>, index: Option<usize>) -> Value {
+    /// The expression context: inputs, run and finished steps (an instance's `item` and
+    /// `index` are added by [`expr::with_item`]).
+    fn context(&self) -> Value {
         let mut steps = Map::new();
         for (i, s) in self.wf.steps.iter().enumerate() {
             let Some(ids) = &self.step_nodes[i] else {
@@ -991,7 +1001,7 @@ impl<'a> Execution<'a> {
                 })
             })
             .collect();
-        let mut ctx = json!({
+        json!({
             "inputs": self.run.inputs,
             "steps": steps,
             "run": {
@@ -1000,12 +1010,21 @@ impl<'a> Execution<'a> {
                 "workflow": self.wf.name,
                 "failures": failures,
             },
-        });
-        if let Some(item) = item {
-            ctx["item"] = item.clone();
-            ctx["index"] = json!(index);
+        })
+    }
+
+    /// The context every node's `with:` is rendered in, built again only after a step
+    /// finished or a node failed (what it shows). Without this a fan-out of N instances after
+    /// another of N built, and converted, N contexts of N outputs each.
+    fn shared_context(&mut self) -> minijinja::Value {
+        match &self.ctx_cache {
+            Some((gen, ctx)) if *gen == self.ctx_gen => ctx.clone(),
+            _ => {
+                let ctx = expr::ctx_value(self.context());
+                self.ctx_cache = Some((self.ctx_gen, ctx.clone()));
+                ctx
+            }
         }
-        ctx
     }
 
     /// Moves ready nodes to running, up to `max_parallel`.
@@ -1060,14 +1079,18 @@ impl<'a> Execution<'a> {
     fn prepare_spawns(&mut self) -> Vec<(String, usize, Value)> {
         let mut out = Vec::new();
         for (node, step_i) in std::mem::take(&mut self.to_spawn) {
+            let wf = Arc::clone(&self.wf);
+            let step = &wf.steps[step_i];
+            let base = step.with_has_templates.then(|| self.shared_context());
             let Some(rec) = self.nodes.get(&node) else {
                 continue;
             };
-            let wf = Arc::clone(&self.wf);
-            let step = &wf.steps[step_i];
-            let with = if step.with_has_templates {
-                let ctx = self.context(rec.item.as_ref(), rec.index);
-                match expr::render_value(&step.with, &expr::ctx_value(&ctx)) {
+            let with = if let Some(base) = base {
+                let ctx = match &rec.item {
+                    Some(item) => expr::with_item(&base, item, rec.index),
+                    None => base,
+                };
+                match expr::render_value(&step.with, &ctx) {
                     Ok(v) => v,
                     Err(e) => {
                         let err = StepError::permanent(format!("cannot render `with`: {e}"));

@@ -535,3 +535,37 @@ steps:
     assert_eq!(get("handler").status, NodeStatus::Succeeded);
     assert_eq!(verify_chain(&store.audit(&out.run_id).unwrap()), None);
 }
+
+/// Templates render in a context shared between turns: a step that finishes later must be
+/// visible to the nodes that render after it (the shared context is rebuilt, never stale).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_template_context_follows_the_run() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = workflow(
+        r#"
+name: t
+steps:
+  - { id: slow, uses: test, with: { sleep_ms: 50 } }
+  - { id: fast, uses: test }
+  - { id: after_fast, uses: test, needs: [fast], for_each: [1, 2], with: { deps: ["{{ steps.fast.outputs.value }}", "{{ item }}"] } }
+  - { id: after_slow, uses: test, needs: [slow], for_each: [3], with: { deps: ["{{ steps.slow.outputs.value }}", "{{ index }}"] } }
+"#,
+        &reg,
+    );
+    let (out, _) = run_to_end(&eng, wf, 4).await;
+    let nodes = store.nodes(&out.run_id).unwrap();
+    assert_eq!(out.status, RunStatus::Succeeded, "{nodes:#?}");
+    let value = |id: &str| {
+        nodes
+            .iter()
+            .find(|n| n.node_id == id)
+            .unwrap()
+            .outputs
+            .clone()
+            .unwrap()["value"]
+            .clone()
+    };
+    assert_eq!(value("after_fast[1]"), json!("after_fast(\"fast()\",2)"));
+    assert_eq!(value("after_slow[0]"), json!("after_slow(\"slow()\",0)"));
+}
