@@ -2,9 +2,11 @@
 //!
 //! One task owns a run's state. Each loop turn it activates steps whose `needs` are done,
 //! starts nodes up to `max_parallel`, commits every transition of the turn in one durable
-//! transaction (group commit), and only then spawns attempts and tells observers. So a
+//! transaction (group commit), and only then starts attempts and tells observers. So a
 //! dependent never starts before its predecessor's success is on disk, and parallel nodes
-//! share fsyncs. Attempts report back over a channel; the scheduler is the only writer.
+//! share fsyncs. An attempt's first poll runs in this task; one that finishes there is
+//! handled at once, one that has to wait gets a task of its own and reports back over a
+//! channel. The scheduler is the only writer.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
