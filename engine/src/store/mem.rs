@@ -88,36 +88,25 @@ impl Store for MemStore {
         for (name, sealed) in batch.secrets {
             g.secrets.insert(name, sealed);
         }
-        // Drafts of one run arrive together: each run's share of the batch becomes a segment.
+        // Each stretch of one run's drafts becomes a segment of its chain, moved, not copied.
         let mut rest = batch.audit;
-        while !rest.is_empty() {
-            let run = rest[0].run_id().to_string();
-            let split = rest
-                .iter()
-                .position(|d| d.run_id() != run)
-                .unwrap_or(rest.len());
-            let tail = rest.split_off(split);
-            let drafts = std::mem::replace(&mut rest, tail);
+        let mut pieces: Vec<Vec<Draft>> = super::stretches(&rest)
+            .into_iter()
+            .rev()
+            .map(|r| rest.split_off(r.start))
+            .collect();
+        pieces.reverse();
+        for drafts in pieces {
+            let Some(run) = drafts.first().map(|d| d.run_id().to_string()) else {
+                continue;
+            };
             let chain = g.audit.entry(run).or_default();
-            // Hex of the chain's last hash: what the next entry's hash covers.
-            let mut prev = [0u8; 64];
-            let mut has_prev = false;
-            if let Some(h) = chain.last_hash() {
-                // Hex of 32 bytes always fills 64.
-                let _ = const_hex::encode_to_slice(h, &mut prev);
-                has_prev = true;
-            }
+            let mut last = chain.last_hash().copied();
             let mut hashes = Vec::with_capacity(drafts.len());
             for d in &drafts {
-                let prev_hex = if has_prev {
-                    std::str::from_utf8(&prev).unwrap_or_default()
-                } else {
-                    ""
-                };
-                let hash = d.digest(chain.len, prev_hex);
-                let _ = const_hex::encode_to_slice(hash, &mut prev);
-                has_prev = true;
+                let hash = d.digest_after(chain.len, last.as_ref());
                 chain.len += 1;
+                last = Some(hash);
                 hashes.push(hash);
             }
             chain.segments.push((drafts, hashes));

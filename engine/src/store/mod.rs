@@ -170,6 +170,21 @@ impl Draft {
         }
     }
 
+    /// The entry's hash at `seq` after the entry whose raw hash is `prev` (`None` for a
+    /// chain's first entry): what the stores chain with.
+    pub fn digest_after(&self, seq: u64, prev: Option<&[u8; 32]>) -> [u8; 32] {
+        let mut hex = [0u8; 64];
+        let prev = match prev {
+            Some(raw) => {
+                // Hex of 32 bytes always fills 64.
+                let _ = const_hex::encode_to_slice(raw, &mut hex);
+                std::str::from_utf8(&hex).unwrap_or_default()
+            }
+            None => "",
+        };
+        self.digest(seq, prev)
+    }
+
     /// The entry's hash at `seq` after `prev`: [`AuditEntry::chain`]'s, without building the
     /// entry.
     pub fn digest(&self, seq: u64, prev: &str) -> [u8; 32] {
@@ -190,8 +205,7 @@ impl Draft {
                 s.raw(&3u64.to_le_bytes());
                 s.field("attempt");
                 s.raw(b"#");
-                let n = itoa_buf(t.attempt);
-                s.field(n.as_str());
+                s.field(itoa::Buffer::new().format(t.attempt));
                 s.field("from");
                 s.raw(b"s");
                 s.field(t.old_state());
@@ -203,31 +217,17 @@ impl Draft {
     }
 }
 
-/// A u32 in decimal, on the stack.
-struct SmallDec {
-    buf: [u8; 10],
-    start: usize,
-}
-
-impl SmallDec {
-    fn as_str(&self) -> &str {
-        // Only ASCII digits are ever written.
-        std::str::from_utf8(&self.buf[self.start..]).unwrap_or("0")
-    }
-}
-
-fn itoa_buf(mut v: u32) -> SmallDec {
-    let mut buf = [b'0'; 10];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
+/// The stretches of consecutive drafts of one run, in order: each becomes one piece of its
+/// run's chain (a segment, a chunk row) in a commit.
+pub(crate) fn stretches(drafts: &[Draft]) -> Vec<std::ops::Range<usize>> {
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, d) in drafts.iter().enumerate() {
+        match out.last_mut() {
+            Some(r) if drafts[r.start].run_id() == d.run_id() => r.end = i + 1,
+            _ => out.push(i..i + 1),
         }
     }
-    SmallDec { buf, start: i }
+    out
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -586,6 +586,41 @@ mod tests {
                     proptest::prop_assert!(chrono.len() != 30 || nanos >= 1_000_000_000, "{}", chrono);
                 }
             }
+        }
+    }
+
+    /// A batch may interleave runs: each run's chain keeps its own order and verifies, in
+    /// both stores, across commits.
+    #[test]
+    fn interleaved_runs_chain_separately_in_both_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores: Vec<Box<dyn Store>> = vec![
+            Box::new(MemStore::new()),
+            Box::new(RedbStore::open(&dir.path().join("s.redb")).unwrap()),
+        ];
+        for store in stores {
+            for round in 0..2 {
+                let audit = ["a", "b", "a", "a"]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, run)| {
+                        AuditDraft::new("me", run, "k", Value::from(round * 10 + i)).into()
+                    })
+                    .collect();
+                store
+                    .commit(Batch {
+                        audit,
+                        ..Batch::default()
+                    })
+                    .unwrap();
+            }
+            let a = store.audit("a").unwrap();
+            let details: Vec<Value> = a.iter().map(|e| e.draft.details.clone()).collect();
+            assert_eq!(details, [0, 2, 3, 10, 12, 13].map(Value::from));
+            assert_eq!(verify_chain(&a), None);
+            let b = store.audit("b").unwrap();
+            assert_eq!(b.len(), 2);
+            assert_eq!(verify_chain(&b), None);
         }
     }
 

@@ -223,34 +223,22 @@ impl Store for RedbStore {
             // Chain heads (seq, raw hash) of the runs this batch touches, read once.
             let mut heads: std::collections::HashMap<String, (u64, [u8; 32])> = Default::default();
             let mut chunk = Vec::with_capacity(256 * batch.audit.len().min(1024));
-            let mut i = 0;
-            while i < batch.audit.len() {
-                // Consecutive drafts of one run make one chunk.
-                let run = batch.audit[i].run_id();
-                let end = batch.audit[i..]
-                    .iter()
-                    .position(|d| d.run_id() != run)
-                    .map_or(batch.audit.len(), |k| i + k);
+            for stretch in super::stretches(&batch.audit) {
+                let drafts = &batch.audit[stretch];
+                let Some(run) = drafts.first().map(|d| d.run_id()) else {
+                    continue;
+                };
                 let mut head = match heads.get(run) {
                     Some(h) => Some(*h),
                     None => chain_head(&heads_table, &audit, run)?,
                 };
                 let first = head.map_or(0, |(seq, _)| seq + 1);
                 chunk.clear();
-                for draft in &batch.audit[i..end] {
-                    let (seq, prev_raw): (u64, &[u8]) = match &head {
-                        Some((seq, raw)) => (seq + 1, raw),
-                        None => (0, &[]),
-                    };
-                    let mut prev_hex = [0u8; 64];
-                    let prev = if prev_raw.is_empty() {
-                        ""
-                    } else {
-                        // Hex of 32 bytes always fills 64.
-                        let _ = const_hex::encode_to_slice(prev_raw, &mut prev_hex);
-                        std::str::from_utf8(&prev_hex).unwrap_or_default()
-                    };
-                    let hash = draft.digest(seq, prev);
+                for draft in drafts {
+                    let seq = head.map_or(0, |(seq, _)| seq + 1);
+                    let prev = head.as_ref().map(|(_, raw)| raw);
+                    let hash = draft.digest_after(seq, prev);
+                    let prev_raw: &[u8] = prev.map_or(&[], |raw| &raw[..]);
                     rows::push_row(&mut chunk, |b| {
                         rows::encode_entry(b, seq, draft, prev_raw, &hash)
                     })?;
@@ -264,7 +252,6 @@ impl Store for RedbStore {
                     heads_table.insert(run, &v[..])?;
                     heads.insert(run.to_string(), (seq, hash));
                 }
-                i = end;
             }
         }
         tx.commit()?;

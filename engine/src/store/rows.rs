@@ -138,10 +138,24 @@ pub fn encode_run(buf: &mut Vec<u8>, r: &RunRecord) -> Result<(), StoreError> {
 
 /// A run record from a row of either version.
 pub fn decode_run(what: &dyn Fn() -> String, bytes: &[u8]) -> Result<RunRecord, StoreError> {
+    Ok(decode_row::<RunRecord, RunRecord>(what, bytes)?.unwrap_or_else(|r| r))
+}
+
+/// A row of either version: version 1 (JSON) as the public type `T`, version 2 (MessagePack)
+/// as its row type `V2`.
+fn decode_row<T: serde::de::DeserializeOwned, V2: serde::de::DeserializeOwned>(
+    what: &dyn Fn() -> String,
+    bytes: &[u8],
+) -> Result<Result<T, V2>, StoreError> {
     if is_json(bytes) {
-        return serde_json::from_slice(bytes).map_err(|e| corrupt(what, e));
+        serde_json::from_slice(bytes)
+            .map(Ok)
+            .map_err(|e| corrupt(what, e))
+    } else {
+        rmp_serde::from_slice(bytes)
+            .map(Err)
+            .map_err(|e| corrupt(what, e))
     }
-    rmp_serde::from_slice(bytes).map_err(|e| corrupt(what, e))
 }
 
 /// A node record as a version 2 row, in `buf` (cleared first).
@@ -182,10 +196,10 @@ pub fn encode_node(buf: &mut Vec<u8>, n: &NodeRecord) -> Result<(), StoreError> 
 
 /// A node record from a row of either version.
 pub fn decode_node(what: &dyn Fn() -> String, bytes: &[u8]) -> Result<NodeRecord, StoreError> {
-    if is_json(bytes) {
-        return serde_json::from_slice(bytes).map_err(|e| corrupt(what, e));
-    }
-    let n: NodeIn = rmp_serde::from_slice(bytes).map_err(|e| corrupt(what, e))?;
+    let n: NodeIn = match decode_row(what, bytes)? {
+        Ok(v1) => return Ok(v1),
+        Err(v2) => v2,
+    };
     Ok(NodeRecord {
         node_id: n.node_id,
         step_id: n.step_id,
@@ -348,10 +362,10 @@ pub fn chunk_rows<'a>(
 
 /// An audit entry from a row of either version.
 pub fn decode_entry(what: &dyn Fn() -> String, bytes: &[u8]) -> Result<AuditEntry, StoreError> {
-    if is_json(bytes) {
-        return serde_json::from_slice(bytes).map_err(|e| corrupt(what, e));
-    }
-    let e: EntryIn = rmp_serde::from_slice(bytes).map_err(|e| corrupt(what, e))?;
+    let e: EntryIn = match decode_row(what, bytes)? {
+        Ok(v1) => return Ok(v1),
+        Err(v2) => v2,
+    };
     Ok(AuditEntry {
         seq: e.seq,
         draft: AuditDraft {
