@@ -72,6 +72,8 @@ pub enum Outcome {
 
 #[derive(Debug)]
 pub struct Breaker {
+    /// Its key among [`Breakers`] ("" for one made alone).
+    key: Box<str>,
     config: BreakerConfig,
     state: Mutex<State>,
     changed: Notify,
@@ -90,11 +92,20 @@ pub struct Permit {
 
 impl Breaker {
     pub fn new(config: BreakerConfig) -> Arc<Self> {
+        Self::keyed("", config)
+    }
+
+    pub fn keyed(key: &str, config: BreakerConfig) -> Arc<Self> {
         Arc::new(Breaker {
+            key: key.into(),
             config,
             state: Mutex::new(State::Closed { failures: 0 }),
             changed: Notify::new(),
         })
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
     }
 
     pub fn state(&self) -> BreakerState {
@@ -221,7 +232,7 @@ impl Breakers {
         if let Some(b) = map.get(key) {
             return Arc::clone(b);
         }
-        let b = Breaker::new(config);
+        let b = Breaker::keyed(key, config);
         map.insert(key.to_string(), Arc::clone(&b));
         b
     }

@@ -44,9 +44,10 @@ pub enum StepSignal {
 /// Everything a step may know about where it runs.
 #[derive(Clone)]
 pub struct StepContext {
-    pub run_id: String,
-    pub node_id: String,
-    pub step_id: String,
+    // Shared, not owned: the scheduler hands the same ids to every attempt and audit entry.
+    pub run_id: Arc<str>,
+    pub node_id: Arc<str>,
+    pub step_id: Arc<str>,
     /// Attempt number, from 1.
     pub attempt: u32,
     /// See [`Self::idempotency_key`]; computed on first use (most steps never ask).
@@ -57,8 +58,24 @@ pub struct StepContext {
     /// that wait on the outside world stop a little earlier, so they can fail with what they
     /// saw (e.g. a stack's last events) instead of being cut off silently.
     pub deadline: Option<tokio::time::Instant>,
-    signals: Option<mpsc::UnboundedSender<(String, StepSignal)>>,
+    link: Arc<RunLink>,
+}
+
+/// What an attempt reaches of its run besides its ids: the scheduler's channel for a step's
+/// messages, and the store (signals, packages). One per run, shared by its attempts.
+#[derive(Clone, Default)]
+pub struct RunLink {
+    signals: Option<mpsc::UnboundedSender<(Arc<str>, StepSignal)>>,
     store: Option<Arc<dyn Store>>,
+}
+
+impl RunLink {
+    pub fn new(
+        signals: Option<mpsc::UnboundedSender<(Arc<str>, StepSignal)>>,
+        store: Option<Arc<dyn Store>>,
+    ) -> Arc<Self> {
+        Arc::new(RunLink { signals, store })
+    }
 }
 
 impl std::fmt::Debug for StepContext {
@@ -73,25 +90,41 @@ impl std::fmt::Debug for StepContext {
 
 impl StepContext {
     pub fn new(
-        run_id: impl Into<String>,
-        node_id: impl Into<String>,
-        step_id: impl Into<String>,
+        run_id: impl Into<Arc<str>>,
+        node_id: impl Into<Arc<str>>,
+        step_id: impl Into<Arc<str>>,
         attempt: u32,
         cancel: CancellationToken,
-        signals: Option<mpsc::UnboundedSender<(String, StepSignal)>>,
+        signals: Option<mpsc::UnboundedSender<(Arc<str>, StepSignal)>>,
     ) -> Self {
-        let run_id = run_id.into();
-        let node_id = node_id.into();
-        StepContext {
-            idempotency_key: std::sync::OnceLock::new(),
+        Self::linked(
             run_id,
             node_id,
+            step_id,
+            attempt,
+            cancel,
+            RunLink::new(signals, None),
+        )
+    }
+
+    /// A context reaching its run through `link`, as the scheduler makes them.
+    pub fn linked(
+        run_id: impl Into<Arc<str>>,
+        node_id: impl Into<Arc<str>>,
+        step_id: impl Into<Arc<str>>,
+        attempt: u32,
+        cancel: CancellationToken,
+        link: Arc<RunLink>,
+    ) -> Self {
+        StepContext {
+            idempotency_key: std::sync::OnceLock::new(),
+            run_id: run_id.into(),
+            node_id: node_id.into(),
             step_id: step_id.into(),
             attempt,
             cancel,
             deadline: None,
-            signals,
-            store: None,
+            link,
         }
     }
 
@@ -110,7 +143,7 @@ impl StepContext {
 
     /// Gives the step read access to signals delivered to it (see [`Self::wait_signal`]).
     pub fn with_store(mut self, store: Arc<dyn Store>) -> Self {
-        self.store = Some(store);
+        Arc::make_mut(&mut self.link).store = Some(store);
         self
     }
 
@@ -132,10 +165,10 @@ impl StepContext {
         id: &str,
         content: &crate::package::PackageContent,
     ) -> Result<crate::package::Published, StepError> {
-        let store = self
-            .store
-            .as_ref()
-            .ok_or_else(|| StepError::permanent("packages can only be published inside a run"))?;
+        let store =
+            self.link.store.as_ref().ok_or_else(|| {
+                StepError::permanent("packages can only be published inside a run")
+            })?;
         store
             .publish_package(id, content, Some(&self.run_id))
             .map_err(|e| StepError::transient(format!("cannot publish package {id}: {e}")))
@@ -148,6 +181,7 @@ impl StepContext {
         r: &crate::package::PackageRef,
     ) -> Result<crate::package::Package, StepError> {
         let store = self
+            .link
             .store
             .as_ref()
             .ok_or_else(|| StepError::permanent("packages can only be fetched inside a run"))?;
@@ -183,7 +217,7 @@ impl StepContext {
         poll: std::time::Duration,
         after: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<Option<Signal>, StepError> {
-        let store = self.store.as_ref().ok_or_else(|| {
+        let store = self.link.store.as_ref().ok_or_else(|| {
             StepError::permanent("this step can only wait for signals inside a run")
         })?;
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
@@ -219,9 +253,9 @@ impl StepContext {
     }
 
     fn send(&self, s: StepSignal) {
-        if let Some(tx) = &self.signals {
+        if let Some(tx) = &self.link.signals {
             // The receiver is gone only when the run is over; nothing to tell anyone then.
-            let _ = tx.send((self.node_id.clone(), s));
+            let _ = tx.send((Arc::clone(&self.node_id), s));
         }
     }
 
@@ -527,6 +561,11 @@ impl Registry {
 
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Plugin>> {
         self.plugins.get(name)
+    }
+
+    /// A plugin with its registered name, which lives as long as the program.
+    pub fn entry(&self, name: &str) -> Option<(&'static str, &Arc<dyn Plugin>)> {
+        self.plugins.get_key_value(name).map(|(k, v)| (*k, v))
     }
 
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {

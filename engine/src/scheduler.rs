@@ -8,7 +8,8 @@
 //! handled at once, one that has to wait gets a task of its own and reports back over a
 //! channel. The scheduler is the only writer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::ops::Range;
 use std::panic::AssertUnwindSafe;
 
 use futures_util::FutureExt;
@@ -17,7 +18,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -27,7 +28,7 @@ use crate::breaker::{Breaker, Breakers, Outcome as BreakerOutcome};
 use crate::error::{ErrorClass, StepError};
 use crate::events::{Observer, RunEvent};
 use crate::expr;
-use crate::plugin::{Plugin, Registry, StepContext, StepSignal};
+use crate::plugin::{Plugin, Registry, RunLink, StepContext, StepSignal};
 use crate::state::{NodeRecord, NodeStatus, RunRecord, RunStatus, Signal, SkipReason, Trigger};
 use crate::store::{AuditDraft, Batch, Store, StoreError, TransitionDraft};
 use crate::workflow::{RunsOn, Workflow};
@@ -247,22 +248,41 @@ impl Engine {
 
 enum Msg {
     Done {
-        node: String,
+        node: usize,
         result: Result<Value, StepError>,
     },
     RetryDue {
-        node: String,
+        node: usize,
     },
     Breaker {
-        node: String,
+        node: usize,
         key: String,
         from: String,
         to: String,
     },
 }
 
-/// A step's plugin and its circuit breaker.
-type Resolved = (Arc<dyn Plugin>, Arc<Breaker>);
+/// A step's plugin (with its registered name), its circuit breaker, and, for a `for_each`
+/// step, its id as its instances share it (a single node's id is its step's).
+type Resolved = (
+    Arc<dyn Plugin>,
+    &'static str,
+    Arc<Breaker>,
+    Option<Arc<str>>,
+);
+
+/// A node of the run, by its position in [`Execution::nodes`].
+struct Node {
+    id: Arc<str>,
+    /// Its step's index in the workflow.
+    step: usize,
+    /// Copy-on-write: the batch being committed and the store may hold this very record, so
+    /// a node's record is changed only through [`Arc::make_mut`]. A turn's changes to one
+    /// node are made in place; the record is copied at most once per commit that wrote it.
+    rec: Arc<NodeRecord>,
+    /// In [`Execution::dirty`]: changed since the last commit.
+    dirty: bool,
+}
 
 struct Execution<'a> {
     engine: &'a Engine,
@@ -270,37 +290,40 @@ struct Execution<'a> {
     run: RunRecord,
     control: RunControl,
     observers: Vec<Arc<dyn Observer>>,
+    /// Every node of the run. A node is named by its index everywhere inside the scheduler;
+    /// its id string is looked up only for what comes from outside (a plugin's signals).
+    nodes: Vec<Node>,
     // Fx hashing: node ids are ours, not an attacker's, and SipHash showed in profiles.
-    nodes: FxHashMap<String, NodeRecord>,
-    /// Node ids of each step, once activated.
-    step_nodes: Vec<Option<Vec<String>>>,
+    by_id: FxHashMap<Arc<str>, usize>,
+    /// The nodes of each step, once activated: a step's nodes are created together, so they
+    /// are contiguous.
+    step_nodes: Vec<Option<Range<usize>>>,
     /// Non-terminal nodes per activated step; 0 = the step is done.
     open: Vec<usize>,
     /// Needs of each step that are not done yet.
     waiting_on: Vec<usize>,
     dependents: Vec<Vec<usize>>,
     activatable: VecDeque<usize>,
-    /// Nodes ready to start, with their step's index.
-    ready: VecDeque<(String, usize)>,
-    /// Attempts in flight, with their cancellation tokens.
-    live: FxHashMap<String, CancellationToken>,
+    /// Nodes ready to start.
+    ready: VecDeque<usize>,
+    /// Attempts in flight in tasks of their own, with their cancellation tokens.
+    live: FxHashMap<usize, CancellationToken>,
     /// Live nodes waiting for a signal: they hold no parallelism slot.
-    waiting: FxHashSet<String>,
+    waiting: FxHashSet<usize>,
     /// Nodes that start an attempt once this turn's batch is durable.
-    to_spawn: Vec<(String, usize)>,
+    to_spawn: Vec<usize>,
     /// Attempts that ended in their first poll: (node, cancelled, result).
-    finished_inline: Vec<(String, bool, Result<Value, StepError>)>,
+    finished_inline: Vec<(usize, bool, Result<Value, StepError>)>,
     /// Nodes between two attempts.
-    retrying: FxHashMap<String, CancellationToken>,
-    deadlines: FxHashMap<String, Instant>,
+    retrying: FxHashMap<usize, CancellationToken>,
+    deadlines: FxHashMap<usize, Instant>,
     batch: Batch,
     /// Nodes changed since the last commit.
-    dirty: FxHashSet<String>,
+    dirty: Vec<usize>,
     events: Vec<RunEvent>,
     tx: mpsc::UnboundedSender<Msg>,
     rx: mpsc::UnboundedReceiver<Msg>,
-    sig_tx: mpsc::UnboundedSender<(String, StepSignal)>,
-    sig_rx: mpsc::UnboundedReceiver<(String, StepSignal)>,
+    sig_rx: mpsc::UnboundedReceiver<(Arc<str>, StepSignal)>,
     stopping: Option<RunStatus>,
     failed: bool,
     resumed: bool,
@@ -311,21 +334,31 @@ struct Execution<'a> {
     ctx_cache: Option<(u64, minijinja::Value)>,
     /// Each step's plugin and breaker, once an attempt needed them.
     resolved: Vec<Option<Resolved>>,
+    /// The breakers this run used, by circuit key: steps share them, and the process-wide
+    /// map is behind a lock.
+    breakers: FxHashMap<Box<str>, Arc<Breaker>>,
+    /// Given to every attempt's context.
+    link: Arc<RunLink>,
     /// The run's id and actor, shared by its audit entries.
     run_id: Arc<str>,
     actor: Arc<str>,
+    /// The time of this turn: what the scheduler records happened at one moment (one commit's
+    /// transitions) gets one timestamp, read once (see [`Self::tick`]).
+    now: DateTime<Utc>,
 }
 
-fn aggregate_status(recs: &[&NodeRecord]) -> NodeStatus {
-    if recs.iter().any(|r| r.status == NodeStatus::Failed) {
+fn aggregate_status<'r>(recs: impl Iterator<Item = &'r NodeRecord> + Clone) -> NodeStatus {
+    let mut recs = recs;
+    if recs.clone().any(|r| r.status == NodeStatus::Failed) {
         NodeStatus::Failed
-    } else if recs.iter().any(|r| r.status == NodeStatus::Cancelled) {
+    } else if recs.clone().any(|r| r.status == NodeStatus::Cancelled) {
         NodeStatus::Cancelled
-    } else if !recs.is_empty() && recs.iter().all(|r| r.status == NodeStatus::Skipped) {
+    } else if recs.clone().next().is_some() && recs.clone().all(|r| r.status == NodeStatus::Skipped)
+    {
         NodeStatus::Skipped
-    } else if recs.iter().all(|r| r.status.is_terminal()) {
+    } else if recs.clone().all(|r| r.status.is_terminal()) {
         NodeStatus::Succeeded
-    } else if recs.iter().any(|r| r.status == NodeStatus::Running) {
+    } else if recs.any(|r| r.status == NodeStatus::Running) {
         NodeStatus::Running
     } else {
         NodeStatus::Pending
@@ -347,26 +380,42 @@ impl<'a> Execution<'a> {
         let actor: Arc<str> = run.trigger.actor.as_str().into();
         let resumed = !existing.is_empty() || run.status == RunStatus::Interrupted;
         let n = wf.steps.len();
-        let mut step_nodes: Vec<Option<Vec<String>>> = vec![None; n];
-        let mut by_step: HashMap<&str, Vec<&NodeRecord>> = HashMap::new();
-        for r in &existing {
-            by_step.entry(r.step_id.as_str()).or_default().push(r);
-        }
-        for (i, s) in wf.steps.iter().enumerate() {
-            if let Some(list) = by_step.get_mut(s.id.as_str()) {
-                list.sort_by_key(|r| r.index.unwrap_or(0));
-                step_nodes[i] = Some(list.iter().map(|r| r.node_id.clone()).collect());
+        let mut by_step: Vec<Vec<NodeRecord>> = vec![Vec::new(); n];
+        for r in existing {
+            // The workflow is the run's own snapshot: every record belongs to one of its steps.
+            if let Some(i) = wf.step_index(&r.step_id) {
+                by_step[i].push(r);
             }
         }
-        let mut nodes: FxHashMap<String, NodeRecord> =
-            FxHashMap::with_capacity_and_hasher(n.max(existing.len()), Default::default());
-        nodes.extend(existing.into_iter().map(|r| (r.node_id.clone(), r)));
+        let mut nodes: Vec<Node> = Vec::with_capacity(n);
+        let mut by_id: FxHashMap<Arc<str>, usize> =
+            FxHashMap::with_capacity_and_hasher(n, Default::default());
+        let mut step_nodes: Vec<Option<Range<usize>>> = vec![None; n];
+        for (i, mut list) in by_step.into_iter().enumerate() {
+            if list.is_empty() {
+                continue;
+            }
+            list.sort_by_key(|r| r.index.unwrap_or(0));
+            let start = nodes.len();
+            for r in list {
+                let id: Arc<str> = r.node_id.as_str().into();
+                by_id.insert(Arc::clone(&id), nodes.len());
+                nodes.push(Node {
+                    id,
+                    step: i,
+                    rec: Arc::new(r),
+                    dirty: false,
+                });
+            }
+            step_nodes[i] = Some(start..nodes.len());
+        }
         let open: Vec<usize> = step_nodes
             .iter()
-            .map(|ids| {
-                ids.as_ref().map_or(0, |ids| {
-                    ids.iter()
-                        .filter(|id| nodes.get(*id).is_some_and(|r| !r.status.is_terminal()))
+            .map(|r| {
+                r.clone().map_or(0, |r| {
+                    nodes[r]
+                        .iter()
+                        .filter(|n| !n.rec.status.is_terminal())
                         .count()
                 })
             })
@@ -396,6 +445,7 @@ impl<'a> Execution<'a> {
             control,
             observers,
             nodes,
+            by_id,
             step_nodes,
             open,
             waiting_on,
@@ -409,11 +459,10 @@ impl<'a> Execution<'a> {
             retrying: Default::default(),
             deadlines: Default::default(),
             batch: Batch::default(),
-            dirty: Default::default(),
+            dirty: Vec::new(),
             events: Vec::new(),
             tx,
             rx,
-            sig_tx,
             sig_rx,
             stopping: None,
             failed: false,
@@ -422,55 +471,81 @@ impl<'a> Execution<'a> {
             ctx_gen: 0,
             ctx_cache: None,
             resolved: vec![None; n],
+            breakers: Default::default(),
+            link: RunLink::new(Some(sig_tx), Some(Arc::clone(&engine.store))),
             run_id,
             actor,
+            now: Utc::now(),
         }
     }
 
-    fn audit(&mut self, node: Option<&str>, kind: &str, details: Value) {
-        let mut d = AuditDraft::new(&self.run.trigger.actor, &self.run.run_id, kind, details);
-        d.node = node.map(str::to_string);
+    /// Reads the clock for what follows. Called where time has passed: at each turn, after a
+    /// durable commit, after waiting.
+    fn tick(&mut self) {
+        self.now = Utc::now();
+    }
+
+    fn audit(&mut self, node: Option<usize>, kind: &str, details: Value) {
+        let mut d = AuditDraft::new(&self.actor, &self.run_id, kind, details);
+        d.at = self.now;
+        d.node = node.map(|i| self.nodes[i].id.to_string());
         self.batch.audit.push(d.into());
     }
 
-    fn step_of(&self, rec: &NodeRecord) -> usize {
-        // Records are only created for steps of this workflow.
-        self.wf.step_index(&rec.step_id).unwrap_or(0)
+    fn rec(&self, i: usize) -> &NodeRecord {
+        &self.nodes[i].rec
     }
 
-    /// Records a node's new state in this turn's batch, with its audit entry, and keeps the
-    /// step bookkeeping in step. `rec` replaces the stored record (or is a new one).
-    fn transition(&mut self, rec: NodeRecord, to: NodeStatus) {
-        let existed = self.nodes.contains_key(&rec.node_id);
-        if !existed && to == NodeStatus::Pending {
-            // Creating a pending node is not a transition: its first entry is `pending → …`.
-            // (A fan-out is audited once per step, as `step_expanded`.)
-            let mut rec = rec;
-            rec.status = to;
-            self.dirty.insert(rec.node_id.clone());
-            self.nodes.insert(rec.node_id.clone(), rec);
-            return;
-        }
-        let id = rec.node_id.clone();
-        let from = rec.status;
-        match self.nodes.get_mut(&id) {
-            Some(slot) => *slot = rec,
-            None => {
-                self.nodes.insert(id.clone(), rec);
-            }
-        }
-        self.transition_stored(&id, if existed { Some(from) } else { None }, to);
+    /// A node's record, to change: copied first if a batch or the store still holds it.
+    fn rec_mut(&mut self, i: usize) -> &mut NodeRecord {
+        Arc::make_mut(&mut self.nodes[i].rec)
     }
 
-    /// The transition of a stored node, changed where it lies (the hot path: no record is
-    /// copied). `from` is `None` for a node created in its final state.
-    fn transition_stored(&mut self, id: &str, from: Option<NodeStatus>, to: NodeStatus) {
-        let Some(rec) = self.nodes.get_mut(id) else {
-            return;
-        };
+    fn mark_dirty(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        if !n.dirty {
+            n.dirty = true;
+            self.dirty.push(i);
+        }
+    }
+
+    /// Adds a node of step `step` in state `to`. A pending node is not a transition: its
+    /// first entry is `pending → …` (a fan-out is audited once per step, as
+    /// `step_expanded`); a node created in a final state is one (`new → skipped`).
+    fn create(&mut self, step: usize, mut rec: NodeRecord, to: NodeStatus) -> usize {
+        rec.status = to;
+        let i = self.nodes.len();
+        let id: Arc<str> = rec.node_id.as_str().into();
+        self.by_id.insert(Arc::clone(&id), i);
+        self.nodes.push(Node {
+            id,
+            step,
+            rec: Arc::new(rec),
+            dirty: false,
+        });
+        if to == NodeStatus::Pending {
+            self.mark_dirty(i);
+        } else {
+            self.transition_from(i, None, to);
+        }
+        i
+    }
+
+    /// Moves node `i` to `to`, with its audit entry, in this turn's batch.
+    fn transition(&mut self, i: usize, to: NodeStatus) {
+        let from = self.rec(i).status;
+        self.transition_from(i, Some(from), to);
+    }
+
+    /// Records node `i`'s move to `to` in this turn's batch, with its audit entry, and keeps
+    /// the step bookkeeping in step. `from` is `None` for a node created in its final state.
+    fn transition_from(&mut self, i: usize, from: Option<NodeStatus>, to: NodeStatus) {
+        let node = &mut self.nodes[i];
+        let rec = Arc::make_mut(&mut node.rec);
         debug_assert!(
             from.is_none_or(|f| f.can_become(to)),
-            "illegal transition {from:?} -> {to} of {id}"
+            "illegal transition {from:?} -> {to} of {}",
+            node.id
         );
         rec.status = to;
         if to == NodeStatus::Failed {
@@ -479,22 +554,22 @@ impl<'a> Execution<'a> {
         }
         match (&rec.error, to) {
             (Some(e), NodeStatus::Failed) => tracing::warn!(
-                run = %self.run.run_id, node = %id, attempt = rec.attempts,
+                run = %self.run.run_id, node = %node.id, attempt = rec.attempts,
                 class = e.class.as_str(), error = %e.message, "Node failed"
             ),
             _ => tracing::debug!(
-                run = %self.run.run_id, node = %id, attempt = rec.attempts,
+                run = %self.run.run_id, node = %node.id, attempt = rec.attempts,
                 from = from.map_or("new", |f| f.as_str()), to = to.as_str(), "Node transition"
             ),
         }
         let plain = rec.skip_reason.is_none() && (to != NodeStatus::Failed || rec.error.is_none());
         if plain {
-            // The common case, typed: no JSON map, no copies of the actor and run id.
+            // The common case, typed: no JSON map, no copies of the ids.
             let t = TransitionDraft {
-                at: Utc::now(),
+                at: self.now,
                 actor: Arc::clone(&self.actor),
                 run_id: Arc::clone(&self.run_id),
-                node: id.to_string(),
+                node: Arc::clone(&node.id),
                 from,
                 to,
                 attempt: rec.attempts,
@@ -515,19 +590,17 @@ impl<'a> Execution<'a> {
             if let Some(r) = rec.skip_reason {
                 details["reason"] = json!(r);
             }
-            self.audit(Some(id), TransitionDraft::KIND, details);
+            self.audit(Some(i), TransitionDraft::KIND, details);
         }
         if from.is_some_and(|f| !f.is_terminal()) && to.is_terminal() {
-            let step = self.nodes.get(id).map_or(0, |r| self.step_of(r));
+            let step = self.nodes[i].step;
             self.open[step] = self.open[step].saturating_sub(1);
             if self.open[step] == 0 {
                 self.step_done(step);
             }
         }
         // Only the latest state of a node is written; its audit entries keep every step.
-        if !self.dirty.contains(id) {
-            self.dirty.insert(id.to_string());
-        }
+        self.mark_dirty(i);
     }
 
     fn step_done(&mut self, i: usize) {
@@ -542,12 +615,12 @@ impl<'a> Execution<'a> {
     }
 
     /// Sets the nodes of a step being activated and marks it done if none is open.
-    fn set_step_nodes(&mut self, i: usize, ids: Vec<String>) {
-        let open = ids
+    fn set_step_nodes(&mut self, i: usize, nodes: Range<usize>) {
+        let open = self.nodes[nodes.clone()]
             .iter()
-            .filter(|id| self.nodes.get(*id).is_some_and(|r| !r.status.is_terminal()))
+            .filter(|n| !n.rec.status.is_terminal())
             .count();
-        self.step_nodes[i] = Some(ids);
+        self.step_nodes[i] = Some(nodes);
         self.open[i] = open;
         if open == 0 {
             self.step_done(i);
@@ -555,27 +628,29 @@ impl<'a> Execution<'a> {
     }
 
     async fn run(&mut self) -> Result<RunOutcome, EngineError> {
+        self.tick();
         // Attempts cut off by a crash or Ctrl-C run again, with the same idempotency key.
-        let mut cut_off: Vec<NodeRecord> = self
-            .nodes
-            .values()
-            .filter(|n| matches!(n.status, NodeStatus::Running | NodeStatus::Waiting))
-            .cloned()
+        let mut cut_off: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| {
+                matches!(
+                    self.rec(i).status,
+                    NodeStatus::Running | NodeStatus::Waiting
+                )
+            })
             .collect();
-        cut_off.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-        for n in cut_off {
-            self.transition(n, NodeStatus::Pending);
+        cut_off.sort_by(|&a, &b| self.nodes[a].id.cmp(&self.nodes[b].id));
+        for i in cut_off {
+            self.transition(i, NodeStatus::Pending);
         }
-        let mut pending: Vec<(usize, usize, String)> = self
-            .nodes
-            .values()
-            .filter(|n| n.status == NodeStatus::Pending)
-            .map(|n| (self.step_of(n), n.index.unwrap_or(0), n.node_id.clone()))
+        // Nodes are in step order, and each step's in instance order.
+        let ready: VecDeque<usize> = (0..self.nodes.len())
+            .filter(|&i| self.rec(i).status == NodeStatus::Pending)
             .collect();
-        pending.sort();
-        self.ready
-            .extend(pending.into_iter().map(|(step, _, id)| (id, step)));
-        self.failed = self.nodes.values().any(|n| n.status == NodeStatus::Failed);
+        self.ready = ready;
+        self.failed = self
+            .nodes
+            .iter()
+            .any(|n| n.rec.status == NodeStatus::Failed);
 
         self.run.status = RunStatus::Running;
         self.batch.runs.push(self.run.clone());
@@ -599,6 +674,7 @@ impl<'a> Execution<'a> {
 
         let mut grace_deadline: Option<Instant> = None;
         loop {
+            self.tick();
             if self.stopping.is_none() {
                 while let Some(i) = self.activatable.pop_front() {
                     self.activate(i);
@@ -607,14 +683,16 @@ impl<'a> Execution<'a> {
             }
             let spawns = self.prepare_spawns();
             self.flush().await?;
-            for (node, step, with) in spawns {
-                self.spawn_attempt(node, step, with);
+            self.tick();
+            for (node, with) in spawns {
+                self.spawn_attempt(node, with);
             }
             if !self.finished_inline.is_empty() {
                 // A step's messages were sent before its result: show them first.
                 while let Ok((n, s)) = self.sig_rx.try_recv() {
                     self.signal(n, s);
                 }
+                self.tick();
                 for (node, cancelled, result) in std::mem::take(&mut self.finished_inline) {
                     self.attempt_ended(node, cancelled, result);
                 }
@@ -644,6 +722,7 @@ impl<'a> Execution<'a> {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled(), if self.stopping != Some(RunStatus::Cancelled) => {
+                    self.tick();
                     self.stopping = Some(RunStatus::Cancelled);
                     self.audit(None, "run_cancel_requested", Value::Null);
                     for t in self.live.values().chain(self.retrying.values()) {
@@ -651,6 +730,7 @@ impl<'a> Execution<'a> {
                     }
                 }
                 _ = interrupt.cancelled(), if self.stopping.is_none() => {
+                    self.tick();
                     self.stopping = Some(RunStatus::Interrupted);
                     self.audit(None, "run_interrupt_requested", json!({ "grace_ms": self.control.grace.as_millis() as u64 }));
                     grace_deadline = Some(Instant::now() + self.control.grace);
@@ -668,6 +748,7 @@ impl<'a> Execution<'a> {
                     // Let other attempts that are about to finish report too, so that one
                     // commit covers them all (group commit).
                     tokio::task::yield_now().await;
+                    self.tick();
                     // A step's messages were sent before its result: show them first.
                     while let Ok((n, s)) = self.sig_rx.try_recv() {
                         self.signal(n, s);
@@ -678,11 +759,13 @@ impl<'a> Execution<'a> {
                     }
                 }
                 Some((node, sig)) = self.sig_rx.recv() => {
+                    self.tick();
                     self.signal(node, sig);
                 }
             }
         }
 
+        self.tick();
         while let Ok((n, s)) = self.sig_rx.try_recv() {
             self.signal(n, s);
         }
@@ -697,7 +780,7 @@ impl<'a> Execution<'a> {
         };
         self.run.status = status;
         if status.is_terminal() {
-            self.run.finished_at = Some(Utc::now());
+            self.run.finished_at = Some(self.now);
         }
         self.batch.runs.push(self.run.clone());
         let counts = self.counts();
@@ -725,21 +808,19 @@ impl<'a> Execution<'a> {
         if reason == RunStatus::Interrupted {
             return;
         }
-        let mut open: Vec<NodeRecord> = self
-            .nodes
-            .values()
-            .filter(|n| !n.status.is_terminal())
-            .cloned()
+        let mut open: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| !self.rec(i).status.is_terminal())
             .collect();
-        open.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-        for mut n in open {
-            n.finished_at = Some(Utc::now());
-            let id = n.node_id.clone();
-            let attempts = n.attempts;
-            self.transition(n, NodeStatus::Cancelled);
+        open.sort_by(|&a, &b| self.nodes[a].id.cmp(&self.nodes[b].id));
+        for i in open {
+            let now = self.now;
+            let rec = self.rec_mut(i);
+            rec.finished_at = Some(now);
+            let attempts = rec.attempts;
+            self.transition(i, NodeStatus::Cancelled);
             self.emit(RunEvent::NodeFinished {
                 run_id: self.run.run_id.clone(),
-                node: id,
+                node: self.nodes[i].id.to_string(),
                 status: NodeStatus::Cancelled,
                 attempts,
                 error: None,
@@ -751,8 +832,8 @@ impl<'a> Execution<'a> {
 
     fn counts(&self) -> Value {
         let mut m: std::collections::BTreeMap<&str, usize> = Default::default();
-        for n in self.nodes.values() {
-            *m.entry(n.status.as_str()).or_default() += 1;
+        for n in &self.nodes {
+            *m.entry(n.rec.status.as_str()).or_default() += 1;
         }
         json!(m)
     }
@@ -760,10 +841,13 @@ impl<'a> Execution<'a> {
     /// Commits this turn's batch durably, then tells observers.
     async fn flush(&mut self) -> Result<(), EngineError> {
         let mut batch = std::mem::take(&mut self.batch);
-        for id in self.dirty.drain() {
-            if let Some(rec) = self.nodes.get(&id) {
-                batch.nodes.push((Arc::clone(&self.run_id), rec.clone()));
-            }
+        batch.nodes.reserve(self.dirty.len());
+        for i in self.dirty.drain(..) {
+            let n = &mut self.nodes[i];
+            n.dirty = false;
+            batch
+                .nodes
+                .push((Arc::clone(&self.run_id), Arc::clone(&n.rec)));
         }
         if !batch.is_empty() {
             self.commits += 1;
@@ -801,25 +885,27 @@ impl<'a> Execution<'a> {
         }
     }
 
+    /// The records of a step's nodes (none before it is activated).
+    fn step_recs(&self, i: usize) -> impl Iterator<Item = &NodeRecord> + Clone {
+        let range = self.step_nodes[i].clone().unwrap_or(0..0);
+        self.nodes[range].iter().map(|n| &*n.rec)
+    }
+
     /// How a finished step ended for its dependents: true = succeeded or skipped by its own
     /// condition; false = failed, cancelled, or skipped because of a failure.
     fn step_ok(&self, i: usize) -> bool {
-        let Some(ids) = &self.step_nodes[i] else {
-            return false;
-        };
-        ids.iter().all(|id| match self.nodes.get(id) {
-            Some(n) => match n.status {
+        self.step_nodes[i].is_some()
+            && self.step_recs(i).all(|n| match n.status {
                 NodeStatus::Succeeded => true,
                 NodeStatus::Skipped => !matches!(
                     n.skip_reason,
                     Some(SkipReason::UpstreamFailed | SkipReason::RunStopped)
                 ),
                 _ => false,
-            },
-            None => false,
-        })
+            })
     }
 
+    /// Creates step `i`'s single node in a final state (skipped, failed) without running it.
     fn finish_new(
         &mut self,
         i: usize,
@@ -827,22 +913,21 @@ impl<'a> Execution<'a> {
         status: NodeStatus,
         reason: Option<String>,
     ) {
-        rec.finished_at = Some(Utc::now());
-        let id = rec.node_id.clone();
+        rec.finished_at = Some(self.now);
         let error = rec.error.clone();
         if status == NodeStatus::Failed {
             self.failed = true;
         }
-        self.transition(rec, status);
+        let node = self.create(i, rec, status);
         self.emit(RunEvent::NodeFinished {
             run_id: self.run.run_id.clone(),
-            node: id.clone(),
+            node: self.nodes[node].id.to_string(),
             status,
             attempts: 0,
             error,
             reason,
         });
-        self.set_step_nodes(i, vec![id]);
+        self.set_step_nodes(i, node..node + 1);
     }
 
     /// Creates the nodes of a step whose needs are all done: skipped, fanned out, or one node.
@@ -897,9 +982,9 @@ impl<'a> Execution<'a> {
         }
         let Some(fe) = &step.for_each else {
             let rec = NodeRecord::new(step.id.clone(), step.id.clone());
-            self.transition(rec, NodeStatus::Pending);
-            self.ready.push_back((step.id.clone(), i));
-            return self.set_step_nodes(i, vec![step.id.clone()]);
+            let node = self.create(i, rec, NodeStatus::Pending);
+            self.ready.push_back(node);
+            return self.set_step_nodes(i, node..node + 1);
         };
         let ctx = expr::ctx_value(ctx.unwrap_or(Value::Null));
         let items = match expr::render_value(fe, &ctx) {
@@ -921,25 +1006,31 @@ impl<'a> Execution<'a> {
             let mut rec = NodeRecord::new(step.id.clone(), step.id.clone());
             rec.fan_out = Some(0);
             rec.outputs = Some(Value::Array(Vec::new()));
-            rec.finished_at = Some(Utc::now());
-            let id = rec.node_id.clone();
-            self.transition(rec, NodeStatus::Succeeded);
-            return self.set_step_nodes(i, vec![id]);
+            rec.finished_at = Some(self.now);
+            let node = self.create(i, rec, NodeStatus::Succeeded);
+            return self.set_step_nodes(i, node..node + 1);
         }
         let n = items.len();
-        self.audit(Some(&step.id), "step_expanded", json!({ "items": n }));
-        let mut ids = Vec::with_capacity(n);
+        let mut d = AuditDraft::new(
+            &self.actor,
+            &self.run_id,
+            "step_expanded",
+            json!({ "items": n }),
+        );
+        d.at = self.now;
+        d.node = Some(step.id.clone());
+        self.batch.audit.push(d.into());
+        let start = self.nodes.len();
+        self.nodes.reserve(n);
         for (k, item) in items.into_iter().enumerate() {
-            let id = format!("{}[{k}]", step.id);
-            let mut rec = NodeRecord::new(id.clone(), step.id.clone());
+            let mut rec = NodeRecord::new(format!("{}[{k}]", step.id), step.id.clone());
             rec.index = Some(k);
             rec.item = Some(item);
             rec.fan_out = Some(n);
-            self.transition(rec, NodeStatus::Pending);
-            self.ready.push_back((id.clone(), i));
-            ids.push(id);
+            let node = self.create(i, rec, NodeStatus::Pending);
+            self.ready.push_back(node);
         }
-        self.set_step_nodes(i, ids);
+        self.set_step_nodes(i, start..self.nodes.len());
     }
 
     /// The expression context: inputs, run and finished steps (an instance's `item` and
@@ -947,28 +1038,26 @@ impl<'a> Execution<'a> {
     fn context(&self) -> Value {
         let mut steps = Map::new();
         for (i, s) in self.wf.steps.iter().enumerate() {
-            let Some(ids) = &self.step_nodes[i] else {
-                continue;
-            };
-            if self.open[i] > 0 {
+            if self.step_nodes[i].is_none() || self.open[i] > 0 {
                 continue;
             }
-            let recs: Vec<&NodeRecord> = ids.iter().filter_map(|id| self.nodes.get(id)).collect();
-            let fanned = recs.first().and_then(|r| r.fan_out).is_some();
+            let recs = self.step_recs(i);
+            let fanned = recs.clone().next().and_then(|r| r.fan_out).is_some();
             let outputs = if fanned {
                 Value::Array(
-                    recs.iter()
+                    recs.clone()
                         .filter(|r| r.fan_out != Some(0))
                         .map(|r| r.outputs.clone().unwrap_or(Value::Null))
                         .collect(),
                 )
             } else {
-                recs.first()
+                recs.clone()
+                    .next()
                     .and_then(|r| r.outputs.clone())
                     .unwrap_or(Value::Null)
             };
             let error = recs
-                .iter()
+                .clone()
                 .find_map(|r| {
                     r.error.as_ref().map(|e| {
                         json!({ "class": e.class, "message": e.message, "node": r.node_id, "context": e.context })
@@ -977,12 +1066,13 @@ impl<'a> Execution<'a> {
                 .unwrap_or(Value::Null);
             steps.insert(
                 s.id.clone(),
-                json!({ "status": aggregate_status(&recs), "outputs": outputs, "error": error }),
+                json!({ "status": aggregate_status(recs), "outputs": outputs, "error": error }),
             );
         }
         let mut failures: Vec<&NodeRecord> = self
             .nodes
-            .values()
+            .iter()
+            .map(|n| &*n.rec)
             .filter(|n| n.status == NodeStatus::Failed)
             .collect();
         failures.sort_by(|a, b| {
@@ -1033,14 +1123,14 @@ impl<'a> Execution<'a> {
     fn start_nodes(&mut self) {
         let max = self.run.max_parallel.max(1);
         while self.busy() + self.to_spawn.len() < max {
-            let Some((id, step)) = self.ready.pop_front() else {
+            let Some(i) = self.ready.pop_front() else {
                 break;
             };
-            let Some(rec) = self.nodes.get(&id) else {
-                continue;
-            };
-            if matches!(rec.status, NodeStatus::Pending | NodeStatus::Running) {
-                self.begin_attempt(id, step);
+            if matches!(
+                self.rec(i).status,
+                NodeStatus::Pending | NodeStatus::Running
+            ) {
+                self.begin_attempt(i);
             }
         }
     }
@@ -1050,114 +1140,108 @@ impl<'a> Execution<'a> {
         self.live.len().saturating_sub(self.waiting.len())
     }
 
-    fn begin_attempt(&mut self, node: String, step_i: usize) {
-        let wf = Arc::clone(&self.wf);
-        let Some(rec) = self.nodes.get_mut(&node) else {
-            return;
-        };
-        let step = &wf.steps[step_i];
+    fn begin_attempt(&mut self, i: usize) {
+        let now = self.now;
+        let step = self.nodes[i].step;
+        let rec = self.rec_mut(i);
         rec.attempts += 1;
-        rec.started_at.get_or_insert_with(Utc::now);
+        rec.started_at.get_or_insert(now);
         rec.error = None;
         let (from, attempt) = (rec.status, rec.attempts);
-        if let Some(t) = step.timeout {
+        if let Some(t) = self.wf.steps[step].timeout {
             self.deadlines
-                .entry(node.clone())
+                .entry(i)
                 .or_insert_with(|| Instant::now() + t);
         }
-        self.transition_stored(&node, Some(from), NodeStatus::Running);
+        self.transition_from(i, Some(from), NodeStatus::Running);
         if !self.observers.is_empty() {
             self.emit(RunEvent::NodeStarted {
                 run_id: self.run.run_id.clone(),
-                node: node.clone(),
+                node: self.nodes[i].id.to_string(),
                 attempt,
             });
         }
-        self.to_spawn.push((node, step_i));
+        self.to_spawn.push(i);
     }
 
     /// Renders the `with:` of every node about to start. A render error fails the node
     /// before any attempt runs.
-    fn prepare_spawns(&mut self) -> Vec<(String, usize, Value)> {
-        let mut out = Vec::new();
-        for (node, step_i) in std::mem::take(&mut self.to_spawn) {
-            let wf = Arc::clone(&self.wf);
-            let step = &wf.steps[step_i];
-            let base = step.with_has_templates.then(|| self.shared_context());
-            let Some(rec) = self.nodes.get(&node) else {
+    fn prepare_spawns(&mut self) -> Vec<(usize, Value)> {
+        let mut out = Vec::with_capacity(self.to_spawn.len());
+        let wf = Arc::clone(&self.wf);
+        for i in std::mem::take(&mut self.to_spawn) {
+            let step = &wf.steps[self.nodes[i].step];
+            if !step.with_has_templates {
+                out.push((i, step.with.clone()));
                 continue;
+            }
+            let base = self.shared_context();
+            let rec = self.rec(i);
+            let ctx = match &rec.item {
+                Some(item) => expr::with_item(&base, item, rec.index),
+                None => base,
             };
-            let with = if let Some(base) = base {
-                let ctx = match &rec.item {
-                    Some(item) => expr::with_item(&base, item, rec.index),
-                    None => base,
-                };
-                match expr::render_value(&step.with, &ctx) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        let err = StepError::permanent(format!("cannot render `with`: {e}"));
-                        if let Some(rec) = self.nodes.get(&node).cloned() {
-                            self.finish(rec, Err(err));
-                        }
-                        continue;
-                    }
+            match expr::render_value(&step.with, &ctx) {
+                Ok(v) => out.push((i, v)),
+                Err(e) => {
+                    let err = StepError::permanent(format!("cannot render `with`: {e}"));
+                    self.fail_attempt(i, err);
                 }
-            } else {
-                step.with.clone()
-            };
-            out.push((node, step_i, with));
+            }
         }
         out
     }
 
-    /// A step's plugin and circuit breaker, looked up once per run rather than per attempt.
+    /// A step's plugin, circuit breaker and id, looked up once per run rather than per
+    /// attempt.
     fn resolve(&mut self, step: usize) -> Option<Resolved> {
         if let Some(r) = &self.resolved[step] {
             return Some(r.clone());
         }
         let s = &self.wf.steps[step];
-        let plugin = self.engine.registry.get(&s.uses).cloned()?;
-        let breaker = self.engine.breakers.get(&s.circuit, self.wf.breaker);
-        self.resolved[step] = Some((Arc::clone(&plugin), Arc::clone(&breaker)));
-        Some((plugin, breaker))
+        let (name, plugin) = self.engine.registry.entry(&s.uses)?;
+        let breaker = match self.breakers.get(s.circuit.as_str()) {
+            Some(b) => Arc::clone(b),
+            None => {
+                let b = self.engine.breakers.get(&s.circuit, self.wf.breaker);
+                self.breakers
+                    .insert(s.circuit.as_str().into(), Arc::clone(&b));
+                b
+            }
+        };
+        let step_id = s.for_each.is_some().then(|| s.id.as_str().into());
+        let r: Resolved = (Arc::clone(plugin), name, breaker, step_id);
+        self.resolved[step] = Some(r.clone());
+        Some(r)
     }
 
-    fn spawn_attempt(&mut self, node: String, step_i: usize, with: Value) {
-        let Some(rec) = self.nodes.get(&node) else {
-            return;
+    fn spawn_attempt(&mut self, node: usize, with: Value) {
+        let step_i = self.nodes[node].step;
+        let attempts = self.rec(node).attempts;
+        let Some((plugin, name, breaker, step_id)) = self.resolve(step_i) else {
+            let uses = &self.wf.steps[step_i].uses;
+            let err = StepError::permanent(format!("no plugin named `{uses}`"));
+            return self.fail_attempt(node, err);
         };
-        let attempts = rec.attempts;
-        let wf = Arc::clone(&self.wf);
-        let step = &wf.steps[step_i];
-        let Some((plugin, breaker)) = self.resolve(step_i) else {
-            let err = StepError::permanent(format!("no plugin named `{}`", step.uses));
-            if let Some(rec) = self.nodes.get(&node).cloned() {
-                self.finish(rec, Err(err));
-            }
-            return;
-        };
+        // A node that is not a `for_each` instance has its step's id.
+        let step_id = step_id.unwrap_or_else(|| Arc::clone(&self.nodes[node].id));
         let cancel = CancellationToken::new();
-        let mut limit = step.attempt_timeout;
+        let mut limit = self.wf.steps[step_i].attempt_timeout;
         if let Some(d) = self.deadlines.get(&node) {
             let left = d.saturating_duration_since(Instant::now());
             limit = Some(limit.map_or(left, |l| l.min(left)));
         }
-        let ctx = StepContext::new(
-            self.run.run_id.clone(),
-            node.clone(),
-            step.id.clone(),
+        let ctx = StepContext::linked(
+            Arc::clone(&self.run_id),
+            Arc::clone(&self.nodes[node].id),
+            step_id,
             attempts,
             cancel.clone(),
-            Some(self.sig_tx.clone()),
+            Arc::clone(&self.link),
         )
-        .with_store(Arc::clone(&self.engine.store))
         .with_deadline(limit.map(|l| tokio::time::Instant::now() + l));
         let tx = self.tx.clone();
         let token = cancel.clone();
-        let breaker_node = node.clone();
-        // The step's circuit key and plugin name, read only when a breaker changes or the
-        // plugin panics: the workflow travels with the attempt instead of copies of both.
-        let (wf_key, wf_uses) = (Arc::clone(&self.wf), Arc::clone(&self.wf));
         let attempt = async move {
             // Biased, the ready branch first: a closed breaker and a finished step then
             // never register with the cancellation token (a lock and a list insert each).
@@ -1171,10 +1255,10 @@ impl<'a> Execution<'a> {
             if token.is_cancelled() {
                 return Err(StepError::transient("cancelled before it started"));
             }
-            let key = || wf_key.steps[step_i].circuit.clone();
+            let key = || breaker.key().to_string();
             if let Some(t) = permit.transition {
                 let _ = tx.send(Msg::Breaker {
-                    node: breaker_node.clone(),
+                    node,
                     key: key(),
                     from: format!("{:?}", t.from),
                     to: format!("{:?}", t.to),
@@ -1205,7 +1289,7 @@ impl<'a> Execution<'a> {
             };
             if let Some(t) = permit.record(outcome) {
                 let _ = tx.send(Msg::Breaker {
-                    node: breaker_node,
+                    node,
                     key: key(),
                     from: format!("{:?}", t.from),
                     to: format!("{:?}", t.to),
@@ -1223,8 +1307,7 @@ impl<'a> Execution<'a> {
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "no message".into());
                 Err(StepError::permanent(format!(
-                    "the `{}` plugin panicked: {why}",
-                    wf_uses.steps[step_i].uses
+                    "the `{name}` plugin panicked: {why}"
                 )))
             })
         }));
@@ -1238,7 +1321,7 @@ impl<'a> Execution<'a> {
             }
             None => {
                 let tx = self.tx.clone();
-                self.live.insert(node.clone(), cancel);
+                self.live.insert(node, cancel);
                 tokio::spawn(async move {
                     let result = attempt.await;
                     let _ = tx.send(Msg::Done { node, result });
@@ -1257,13 +1340,10 @@ impl<'a> Execution<'a> {
             }
             Msg::RetryDue { node } => {
                 self.retrying.remove(&node);
-                if let Some(rec) = self.nodes.get(&node).cloned() {
-                    if self.stopping.is_none() {
-                        let step = self.step_of(&rec);
-                        self.ready.push_front((rec.node_id.clone(), step));
-                    } else if self.stopping == Some(RunStatus::Interrupted) {
-                        self.transition(rec, NodeStatus::Pending);
-                    }
+                if self.stopping.is_none() {
+                    self.ready.push_front(node);
+                } else if self.stopping == Some(RunStatus::Interrupted) {
+                    self.transition(node, NodeStatus::Pending);
                 }
             }
             Msg::Breaker {
@@ -1273,7 +1353,7 @@ impl<'a> Execution<'a> {
                 to,
             } => {
                 self.audit(
-                    Some(&node),
+                    Some(node),
                     "breaker_changed",
                     json!({ "key": key, "from": from, "to": to }),
                 );
@@ -1285,58 +1365,56 @@ impl<'a> Execution<'a> {
     /// An attempt's end, reported by its task or by its first poll in place.
     fn attempt_ended(
         &mut self,
-        node: String,
+        node: usize,
         was_cancelled: bool,
         result: Result<Value, StepError>,
     ) {
-        let result = match result {
+        let err = match result {
             Ok(outputs) => return self.succeed(node, outputs),
-            Err(e) => Err(e),
+            Err(e) => e,
         };
-        let Some(rec) = self.nodes.get(&node).cloned() else {
-            return;
-        };
-        match (&result, self.stopping) {
+        match self.stopping {
             // Cut off by Ctrl-C after the grace period: runs again on resume.
-            (Err(_), Some(RunStatus::Interrupted)) if was_cancelled => {
+            Some(RunStatus::Interrupted) if was_cancelled => {
+                let attempt = self.rec(node).attempts;
                 self.audit(
-                    Some(&node),
+                    Some(node),
                     "attempt_interrupted",
-                    json!({ "attempt": rec.attempts }),
+                    json!({ "attempt": attempt }),
                 );
-                self.transition(rec, NodeStatus::Pending);
+                self.transition(node, NodeStatus::Pending);
             }
-            (Err(_), Some(RunStatus::Cancelled | RunStatus::Failed)) if was_cancelled => {
-                let mut rec = rec;
-                rec.finished_at = Some(Utc::now());
+            Some(RunStatus::Cancelled | RunStatus::Failed) if was_cancelled => {
+                let now = self.now;
+                let rec = self.rec_mut(node);
+                rec.finished_at = Some(now);
                 let attempts = rec.attempts;
-                self.transition(rec, NodeStatus::Cancelled);
+                self.transition(node, NodeStatus::Cancelled);
                 self.emit(RunEvent::NodeFinished {
                     run_id: self.run.run_id.clone(),
-                    node,
+                    node: self.nodes[node].id.to_string(),
                     status: NodeStatus::Cancelled,
                     attempts,
                     error: None,
                     reason: Some("the run was cancelled".into()),
                 });
             }
-            _ => self.finish(rec, result),
+            _ => self.fail_attempt(node, err),
         }
     }
 
-    /// A successful attempt, recorded where the node lies.
-    fn succeed(&mut self, node: String, outputs: Value) {
-        let Some(rec) = self.nodes.get_mut(&node) else {
-            return;
-        };
+    /// A successful attempt.
+    fn succeed(&mut self, node: usize, outputs: Value) {
+        let now = self.now;
+        let rec = self.rec_mut(node);
         rec.outputs = Some(outputs);
-        rec.finished_at = Some(Utc::now());
+        rec.finished_at = Some(now);
         let (from, attempts) = (rec.status, rec.attempts);
-        self.transition_stored(&node, Some(from), NodeStatus::Succeeded);
+        self.transition_from(node, Some(from), NodeStatus::Succeeded);
         if !self.observers.is_empty() {
             self.emit(RunEvent::NodeFinished {
                 run_id: self.run.run_id.clone(),
-                node,
+                node: self.nodes[node].id.to_string(),
                 status: NodeStatus::Succeeded,
                 attempts,
                 error: None,
@@ -1345,98 +1423,87 @@ impl<'a> Execution<'a> {
         }
     }
 
-    /// Ends an attempt: success, a retry, or failure (critical ones stop the run).
-    fn finish(&mut self, mut rec: NodeRecord, result: Result<Value, StepError>) {
-        let node = rec.node_id.clone();
-        match result {
-            Ok(outputs) => {
-                if let Some(slot) = self.nodes.get_mut(&node) {
-                    *slot = rec;
+    /// A failed attempt (or one that could not start): a retry, or the node's failure
+    /// (critical ones stop the run).
+    fn fail_attempt(&mut self, node: usize, mut err: StepError) {
+        let wf = Arc::clone(&self.wf);
+        let step = &wf.steps[self.nodes[node].step];
+        let attempts = self.rec(node).attempts;
+        let deadline = self.deadlines.get(&node).copied();
+        let retry = if self.stopping.is_none() {
+            step.retry.should_retry(attempts, &err)
+        } else {
+            None
+        };
+        let retry = retry.filter(|d| deadline.is_none_or(|dl| Instant::now() + *d < dl));
+        if let Some(delay) = retry {
+            let id = Arc::clone(&self.nodes[node].id);
+            tracing::info!(
+                run = %self.run.run_id, node = %id, attempt = attempts,
+                delay_ms = delay.as_millis() as u64, error = %err.message, "Retry scheduled"
+            );
+            self.audit(
+                Some(node),
+                "retry_scheduled",
+                json!({ "attempt": attempts, "delay_ms": delay.as_millis() as u64, "error": { "class": err.class, "message": err.message } }),
+            );
+            self.emit(RunEvent::RetryScheduled {
+                run_id: self.run.run_id.clone(),
+                node: id.to_string(),
+                attempt: attempts,
+                delay_ms: delay.as_millis() as u64,
+                error: err,
+            });
+            let token = CancellationToken::new();
+            self.retrying.insert(node, token.clone());
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = token.cancelled() => {}
                 }
-                self.succeed(node, outputs);
+                let _ = tx.send(Msg::RetryDue { node });
+            });
+            return;
+        }
+        if err.class == ErrorClass::Transient && deadline.is_some_and(|dl| Instant::now() >= dl) {
+            err.message = format!("step timed out; last error: {}", err.message);
+        }
+        let critical = err.class == ErrorClass::Critical;
+        let now = self.now;
+        let rec = self.rec_mut(node);
+        rec.error = Some(err.clone());
+        rec.finished_at = Some(now);
+        self.failed = true;
+        self.transition(node, NodeStatus::Failed);
+        self.emit(RunEvent::NodeFinished {
+            run_id: self.run.run_id.clone(),
+            node: self.nodes[node].id.to_string(),
+            status: NodeStatus::Failed,
+            attempts,
+            error: Some(err),
+            reason: None,
+        });
+        if critical {
+            self.audit(Some(node), "run_failed_critically", Value::Null);
+            self.stopping = Some(RunStatus::Failed);
+            for t in self.live.values().chain(self.retrying.values()) {
+                t.cancel();
             }
-            Err(mut err) => {
-                let wf = Arc::clone(&self.wf);
-                let step = &wf.steps[self.step_of(&rec)];
-                let deadline = self.deadlines.get(&node).copied();
-                let retry = if self.stopping.is_none() {
-                    step.retry.should_retry(rec.attempts, &err)
-                } else {
-                    None
-                };
-                let retry = retry.filter(|d| deadline.is_none_or(|dl| Instant::now() + *d < dl));
-                if let Some(delay) = retry {
-                    tracing::info!(
-                        run = %self.run.run_id, node = %node, attempt = rec.attempts,
-                        delay_ms = delay.as_millis() as u64, error = %err.message, "Retry scheduled"
-                    );
-                    self.audit(
-                        Some(&node),
-                        "retry_scheduled",
-                        json!({ "attempt": rec.attempts, "delay_ms": delay.as_millis() as u64, "error": { "class": err.class, "message": err.message } }),
-                    );
-                    self.emit(RunEvent::RetryScheduled {
-                        run_id: self.run.run_id.clone(),
-                        node: node.clone(),
-                        attempt: rec.attempts,
-                        delay_ms: delay.as_millis() as u64,
-                        error: err,
-                    });
-                    let token = CancellationToken::new();
-                    self.retrying.insert(node.clone(), token.clone());
-                    let tx = self.tx.clone();
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = token.cancelled() => {}
-                        }
-                        let _ = tx.send(Msg::RetryDue { node });
-                    });
-                    return;
-                }
-                if err.class == ErrorClass::Transient
-                    && deadline.is_some_and(|dl| Instant::now() >= dl)
-                {
-                    err.message = format!("step timed out; last error: {}", err.message);
-                }
-                let critical = err.class == ErrorClass::Critical;
-                rec.error = Some(err.clone());
-                rec.finished_at = Some(Utc::now());
-                let attempts = rec.attempts;
-                self.failed = true;
-                self.transition(rec, NodeStatus::Failed);
-                self.emit(RunEvent::NodeFinished {
-                    run_id: self.run.run_id.clone(),
-                    node: node.clone(),
-                    status: NodeStatus::Failed,
-                    attempts,
-                    error: Some(err),
-                    reason: None,
-                });
-                if critical {
-                    self.audit(Some(&node), "run_failed_critically", Value::Null);
-                    self.stopping = Some(RunStatus::Failed);
-                    for t in self.live.values().chain(self.retrying.values()) {
-                        t.cancel();
-                    }
-                    self.cancel_unstarted_after_critical();
-                }
-            }
+            self.cancel_unstarted_after_critical();
         }
     }
 
     /// A critical failure: every node not yet finished is cancelled, every step not yet
     /// activated is skipped (no failure handlers: nothing more may touch the outside world).
     fn cancel_unstarted_after_critical(&mut self) {
-        let pending: Vec<NodeRecord> = self
-            .nodes
-            .values()
-            .filter(|n| n.status == NodeStatus::Pending)
-            .cloned()
+        let pending: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.rec(i).status == NodeStatus::Pending)
             .collect();
-        for mut n in pending {
-            n.finished_at = Some(Utc::now());
-            self.transition(n, NodeStatus::Cancelled);
+        for i in pending {
+            let now = self.now;
+            self.rec_mut(i).finished_at = Some(now);
+            self.transition(i, NodeStatus::Cancelled);
         }
         self.ready.clear();
         for i in 0..self.wf.steps.len() {
@@ -1455,48 +1522,52 @@ impl<'a> Execution<'a> {
         self.activatable.clear();
     }
 
-    fn signal(&mut self, node: String, sig: StepSignal) {
+    fn signal(&mut self, node: Arc<str>, sig: StepSignal) {
         let run_id = self.run.run_id.clone();
         let e = match sig {
             StepSignal::Waiting | StepSignal::Resumed => {
-                let Some(rec) = self.nodes.get(&node).cloned() else {
+                let Some(&i) = self.by_id.get(&node) else {
                     return;
                 };
                 let (from, to) = match sig {
                     StepSignal::Waiting => (NodeStatus::Running, NodeStatus::Waiting),
                     _ => (NodeStatus::Waiting, NodeStatus::Running),
                 };
-                if rec.status == from && self.live.contains_key(&node) {
+                if self.rec(i).status == from && self.live.contains_key(&i) {
                     if to == NodeStatus::Waiting {
-                        self.waiting.insert(node.clone());
+                        self.waiting.insert(i);
                     } else {
-                        self.waiting.remove(&node);
+                        self.waiting.remove(&i);
                     }
-                    self.transition(rec, to);
+                    self.transition(i, to);
                 }
                 return;
             }
             StepSignal::Log { level, message } => RunEvent::Log {
                 run_id,
-                node,
+                node: node.to_string(),
                 level,
                 message,
             },
             StepSignal::Progress { percent, message } => RunEvent::Progress {
                 run_id,
-                node,
+                node: node.to_string(),
                 percent,
                 message,
             },
             StepSignal::Milestone { kind, data } => {
-                self.audit(
-                    Some(&node),
+                let mut d = AuditDraft::new(
+                    &self.actor,
+                    &self.run_id,
                     "milestone",
                     json!({ "kind": kind, "data": data }),
                 );
+                d.at = self.now;
+                d.node = Some(node.to_string());
+                self.batch.audit.push(d.into());
                 RunEvent::Milestone {
                     run_id,
-                    node,
+                    node: node.to_string(),
                     kind,
                     data,
                 }

@@ -163,8 +163,8 @@ impl Step for Exec {
         let mut cmd = tokio::process::Command::new(&c.argv[0]);
         cmd.args(&c.argv[1..])
             .envs(&c.env)
-            .env("LANDFALL_RUN_ID", &ctx.run_id)
-            .env("LANDFALL_NODE_ID", &ctx.node_id)
+            .env("LANDFALL_RUN_ID", &*ctx.run_id)
+            .env("LANDFALL_NODE_ID", &*ctx.node_id)
             .env("LANDFALL_ATTEMPT", ctx.attempt.to_string())
             .env("LANDFALL_IDEMPOTENCY_KEY", ctx.idempotency_key())
             .stdin(Stdio::null())

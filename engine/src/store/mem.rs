@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::{AuditEntry, Batch, Draft, Store, StoreError};
 use crate::lock::RunLease;
@@ -17,7 +17,8 @@ struct Inner {
     runs: BTreeMap<String, RunRecord>,
     // Per run, so that a commit of a big run neither compares run ids nor moves big entries
     // around a tree (this store is what the scheduler benchmark measures).
-    nodes: FxHashMap<String, FxHashMap<String, NodeRecord>>,
+    // Records are shared with the scheduler, which copies one only when it changes again.
+    nodes: FxHashMap<String, FxHashMap<String, Arc<NodeRecord>>>,
     /// Each run's chain, as drafts and raw hashes (an entry's `seq` is its index, its `prev`
     /// the hash before it): entries are built when read, not at every commit.
     audit: FxHashMap<String, Chain>,
@@ -62,7 +63,7 @@ impl Store for MemStore {
         for r in batch.runs {
             g.runs.insert(r.run_id.clone(), r);
         }
-        fn put(map: &mut FxHashMap<String, NodeRecord>, n: NodeRecord) {
+        fn put(map: &mut FxHashMap<String, Arc<NodeRecord>>, n: Arc<NodeRecord>) {
             match map.get_mut(&n.node_id) {
                 Some(slot) => *slot = n,
                 None => {
@@ -133,7 +134,7 @@ impl Store for MemStore {
             .lock()
             .nodes
             .get(run_id)
-            .map(|m| m.values().cloned().collect())
+            .map(|m| m.values().map(|r| NodeRecord::clone(r)).collect())
             .unwrap_or_default();
         v.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         Ok(v)

@@ -103,7 +103,7 @@ pub struct TransitionDraft {
     pub at: DateTime<Utc>,
     pub actor: Arc<str>,
     pub run_id: Arc<str>,
-    pub node: String,
+    pub node: Arc<str>,
     /// `None`: the node was created in this state.
     pub from: Option<NodeStatus>,
     pub to: NodeStatus,
@@ -122,7 +122,7 @@ impl TransitionDraft {
             at: self.at,
             actor: self.actor.to_string(),
             run_id: self.run_id.to_string(),
-            node: Some(self.node.clone()),
+            node: Some(self.node.to_string()),
             kind: Self::KIND.to_string(),
             details: serde_json::json!({ "from": self.old_state(), "to": self.to, "attempt": self.attempt }),
         }
@@ -482,8 +482,9 @@ pub fn verify_chain(entries: &[AuditEntry]) -> Option<ChainBreak> {
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     pub runs: Vec<RunRecord>,
-    /// (run, record): the run id is shared, a turn writes hundreds of records of one run.
-    pub nodes: Vec<(Arc<str>, NodeRecord)>,
+    /// (run, record): both shared. A turn writes hundreds of records of one run, and the
+    /// scheduler keeps each record it commits until it changes again (copy-on-write).
+    pub nodes: Vec<(Arc<str>, Arc<NodeRecord>)>,
     pub audit: Vec<Draft>,
     /// (run, node, signal): replaces an earlier signal of the same node.
     pub signals: Vec<(String, String, Signal)>,

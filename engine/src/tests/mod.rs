@@ -69,14 +69,14 @@ impl Step for TestStep {
         let p = &self.0;
         let n = {
             let mut runs = p.runs.lock().unwrap();
-            let e = runs.entry(ctx.node_id.clone()).or_default();
+            let e = runs.entry(ctx.node_id.to_string()).or_default();
             *e += 1;
             *e
         };
         p.keys
             .lock()
             .unwrap()
-            .entry(ctx.node_id.clone())
+            .entry(ctx.node_id.to_string())
             .or_default()
             .push(ctx.idempotency_key().to_string());
         if let Some(f) = p.on_start.lock().unwrap().as_ref() {

@@ -186,7 +186,7 @@ proptest! {
                 let violations = violations.clone();
                 *p.on_start.lock().unwrap() = Some(Box::new(move |ctx: &StepContext| {
                     let nodes = store.nodes(&run_id).unwrap();
-                    for need in &needs[&ctx.step_id] {
+                    for need in &needs[&*ctx.step_id] {
                         let of_need: Vec<&NodeRecord> = nodes.iter().filter(|n| &n.step_id == need).collect();
                         if of_need.is_empty() || of_need.iter().any(|n| n.status != NodeStatus::Succeeded) {
                             violations.lock().unwrap().push(format!("{} started before {need} succeeded durably", ctx.node_id));
@@ -377,7 +377,7 @@ proptest! {
             let s = RedbStore::open(&path).unwrap();
             s.commit(Batch {
                 runs: vec![run.clone()],
-                nodes: nodes.iter().map(|n| (run_id.as_str().into(), n.clone())).collect(),
+                nodes: nodes.iter().map(|n| (run_id.as_str().into(), std::sync::Arc::new(n.clone()))).collect(),
                 ..Batch::default()
             }).unwrap();
             prop_assert_eq!(s.run(&run_id).unwrap(), Some(run.clone()));

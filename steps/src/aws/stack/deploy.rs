@@ -135,7 +135,7 @@ impl Step for Deploy {
                 customer,
                 package: pkg.id.clone(),
                 version: pkg.version.to_string(),
-                run: ctx.run_id.clone(),
+                run: ctx.run_id.to_string(),
             },
             poll: c.poll,
             ctx: ctx.clone(),
@@ -418,7 +418,7 @@ impl Job {
             let stack_id = stack.stack_id().unwrap_or(&p.stack_name).to_string();
             match status.as_str() {
                 s if phase(s) == Phase::InProgress => {
-                    let ours = tag_of(&stack, TAG_RUN) == Some(self.ctx.run_id.as_str());
+                    let ours = tag_of(&stack, TAG_RUN) == Some(&*self.ctx.run_id);
                     self.ctx.log(format!(
                         "{} is {s}{}; following it to its end",
                         p.stack_name,
@@ -456,7 +456,7 @@ impl Job {
                 | "IMPORT_ROLLBACK_COMPLETE" => {
                     // Written by this run already (an attempt cut off by a crash): the
                     // stack is this run's work, adopted rather than "unchanged".
-                    adopted |= tag_of(&stack, TAG_RUN) == Some(self.ctx.run_id.as_str());
+                    adopted |= tag_of(&stack, TAG_RUN) == Some(&*self.ctx.run_id);
                     if self.same(p, &params, &stack).await? {
                         self.finish(slot, true, &format!("{} unchanged", p.name));
                         return Ok(StackResult {

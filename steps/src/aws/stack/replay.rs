@@ -314,7 +314,10 @@ fn stack_plan() -> StackPlan {
 
 fn context(
     deadline: Option<Duration>,
-) -> (StepContext, mpsc::UnboundedReceiver<(String, StepSignal)>) {
+) -> (
+    StepContext,
+    mpsc::UnboundedReceiver<(std::sync::Arc<str>, StepSignal)>,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
     let ctx = StepContext::new(
         RUN,
@@ -347,7 +350,7 @@ fn job(cfn: Client, ctx: &StepContext) -> Job {
     }
 }
 
-fn percents(rx: &mut mpsc::UnboundedReceiver<(String, StepSignal)>) -> Vec<f64> {
+fn percents(rx: &mut mpsc::UnboundedReceiver<(std::sync::Arc<str>, StepSignal)>) -> Vec<f64> {
     let mut out = Vec::new();
     while let Ok((_, s)) = rx.try_recv() {
         if let StepSignal::Progress { percent, .. } = s {

@@ -238,9 +238,9 @@ pub(crate) async fn roll_back_stack(
             .unwrap_or_default();
         let id = stack.stack_id().unwrap_or(&p.stack_name).to_string();
         result.before.get_or_insert(status.clone());
-        let created = tag_of(&stack, TAG_CREATED_BY) == Some(ctx.run_id.as_str())
+        let created = tag_of(&stack, TAG_CREATED_BY) == Some(&*ctx.run_id)
             || create_attempted(&c.failures, &p.stack_name, &c.target);
-        let updated = tag_of(&stack, TAG_RUN) == Some(ctx.run_id.as_str());
+        let updated = tag_of(&stack, TAG_RUN) == Some(&*ctx.run_id);
         let decision = decide(&status, created, updated, c.delete_created);
         result.decision = decision;
         if decision != Decision::Nothing && result.causes.is_empty() {
