@@ -118,6 +118,12 @@ impl Breaker {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A permit at once if the circuit is closed: the common case, with one lock and no
+    /// future.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        matches!(*self.lock(), State::Closed { .. }).then(|| self.permit(false, None))
+    }
+
     /// Waits until an attempt may be made.
     pub async fn acquire(self: &Arc<Self>) -> Permit {
         loop {

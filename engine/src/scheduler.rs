@@ -841,13 +841,14 @@ impl<'a> Execution<'a> {
     /// Commits this turn's batch durably, then tells observers.
     async fn flush(&mut self) -> Result<(), EngineError> {
         let mut batch = std::mem::take(&mut self.batch);
-        batch.nodes.reserve(self.dirty.len());
-        for i in self.dirty.drain(..) {
-            let n = &mut self.nodes[i];
-            n.dirty = false;
-            batch
-                .nodes
-                .push((Arc::clone(&self.run_id), Arc::clone(&n.rec)));
+        if !self.dirty.is_empty() {
+            let mut recs = Vec::with_capacity(self.dirty.len());
+            for i in self.dirty.drain(..) {
+                let n = &mut self.nodes[i];
+                n.dirty = false;
+                recs.push(Arc::clone(&n.rec));
+            }
+            batch.nodes.push((Arc::clone(&self.run_id), recs));
         }
         if !batch.is_empty() {
             self.commits += 1;
@@ -1192,8 +1193,8 @@ impl<'a> Execution<'a> {
         out
     }
 
-    /// A step's plugin, circuit breaker and id, looked up once per run rather than per
-    /// attempt.
+    /// A step's plugin, circuit breaker and (for a fan-out) id: a fan-out's instances look
+    /// them up once.
     fn resolve(&mut self, step: usize) -> Option<Resolved> {
         if let Some(r) = &self.resolved[step] {
             return Some(r.clone());
@@ -1211,7 +1212,10 @@ impl<'a> Execution<'a> {
         };
         let step_id = s.for_each.is_some().then(|| s.id.as_str().into());
         let r: Resolved = (Arc::clone(plugin), name, breaker, step_id);
-        self.resolved[step] = Some(r.clone());
+        // Only a fan-out's instances share it; a single node looks again only to retry.
+        if s.for_each.is_some() {
+            self.resolved[step] = Some(r.clone());
+        }
         Some(r)
     }
 
@@ -1243,18 +1247,24 @@ impl<'a> Execution<'a> {
         let tx = self.tx.clone();
         let token = cancel.clone();
         let attempt = async move {
-            // Biased, the ready branch first: a closed breaker and a finished step then
-            // never register with the cancellation token (a lock and a list insert each).
-            let permit = tokio::select! {
-                biased;
-                p = breaker.acquire() => p,
-                _ = token.cancelled() => {
-                    return Err(StepError::transient("cancelled before it started"));
+            // A closed circuit gives a permit at once: nothing can have cancelled the attempt
+            // yet (its token is new), so neither is asked.
+            let permit = match breaker.try_acquire() {
+                Some(p) => p,
+                None => {
+                    let permit = tokio::select! {
+                        biased;
+                        p = breaker.acquire() => p,
+                        _ = token.cancelled() => {
+                            return Err(StepError::transient("cancelled before it started"));
+                        }
+                    };
+                    if token.is_cancelled() {
+                        return Err(StepError::transient("cancelled before it started"));
+                    }
+                    permit
                 }
             };
-            if token.is_cancelled() {
-                return Err(StepError::transient("cancelled before it started"));
-            }
             let key = || breaker.key().to_string();
             if let Some(t) = permit.transition {
                 let _ = tx.send(Msg::Breaker {
@@ -1316,7 +1326,8 @@ impl<'a> Execution<'a> {
         // task of its own, whose first poll registers its waker again.
         match (&mut attempt).now_or_never() {
             Some(result) => {
-                let cancelled = cancel.is_cancelled();
+                // Only a stopping run cancels attempts (asking takes the token's lock).
+                let cancelled = self.stopping.is_some() && cancel.is_cancelled();
                 self.finished_inline.push((node, cancelled, result));
             }
             None => {

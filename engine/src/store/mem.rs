@@ -71,12 +71,12 @@ impl Store for MemStore {
                 }
             }
         }
-        // A batch's records come in stretches of one run: its map is looked up once each.
-        let mut nodes = batch.nodes.into_iter().peekable();
-        while let Some((run, n)) = nodes.next() {
-            let map = g.nodes.entry(run.to_string()).or_default();
-            put(map, n);
-            while let Some((_, n)) = nodes.next_if(|(r, _)| *r == run) {
+        for (run, recs) in batch.nodes {
+            let map = match g.nodes.get_mut(&*run) {
+                Some(m) => m,
+                None => g.nodes.entry(run.to_string()).or_default(),
+            };
+            for n in recs {
                 put(map, n);
             }
         }

@@ -284,6 +284,9 @@ struct HashStream(Vec<u8>);
 
 thread_local! {
     static HASH_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512));
+    /// The last timestamp written and its text: a commit's entries mostly share one (the
+    /// scheduler stamps a turn's transitions alike).
+    static LAST_AT: std::cell::Cell<Option<(DateTime<Utc>, [u8; 30])>> = const { std::cell::Cell::new(None) };
 }
 
 impl HashStream {
@@ -326,9 +329,17 @@ impl HashStream {
         // `at` as RFC 3339 with nanoseconds: 30 bytes for every year this tool will see.
         self.raw(&30u64.to_le_bytes());
         let start = self.0.len();
-        if !rfc3339_nanos(at, &mut self.0) {
-            self.0.truncate(start - 8);
-            self.field(&at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
+        match LAST_AT.get() {
+            Some((last, text)) if last == at => self.raw(&text),
+            _ if rfc3339_nanos(at, &mut self.0) => {
+                if let Ok(text) = <[u8; 30]>::try_from(&self.0[start..]) {
+                    LAST_AT.set(Some((at, text)));
+                }
+            }
+            _ => {
+                self.0.truncate(start - 8);
+                self.field(&at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
+            }
         }
         self.field(actor);
         self.field(run_id);
@@ -482,9 +493,10 @@ pub fn verify_chain(entries: &[AuditEntry]) -> Option<ChainBreak> {
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     pub runs: Vec<RunRecord>,
-    /// (run, record): both shared. A turn writes hundreds of records of one run, and the
-    /// scheduler keeps each record it commits until it changes again (copy-on-write).
-    pub nodes: Vec<(Arc<str>, Arc<NodeRecord>)>,
+    /// (run, its records): a turn writes hundreds of records of one run. Records are
+    /// shared: the scheduler keeps each one it commits until it changes again
+    /// (copy-on-write).
+    pub nodes: Vec<(Arc<str>, Vec<Arc<NodeRecord>>)>,
     pub audit: Vec<Draft>,
     /// (run, node, signal): replaces an earlier signal of the same node.
     pub signals: Vec<(String, String, Signal)>,

@@ -201,9 +201,11 @@ impl Store for RedbStore {
                 runs.insert(r.run_id.as_str(), buf.as_slice())?;
             }
             let mut nodes = tx.open_table(NODES)?;
-            for (run, n) in &batch.nodes {
-                rows::encode_node(&mut buf, n)?;
-                nodes.insert((&**run, n.node_id.as_str()), buf.as_slice())?;
+            for (run, recs) in &batch.nodes {
+                for n in recs {
+                    rows::encode_node(&mut buf, n)?;
+                    nodes.insert((&**run, n.node_id.as_str()), buf.as_slice())?;
+                }
             }
             let mut signals = tx.open_table(SIGNALS)?;
             for (run, node, sig) in &batch.signals {

@@ -377,7 +377,7 @@ proptest! {
             let s = RedbStore::open(&path).unwrap();
             s.commit(Batch {
                 runs: vec![run.clone()],
-                nodes: nodes.iter().map(|n| (run_id.as_str().into(), std::sync::Arc::new(n.clone()))).collect(),
+                nodes: vec![(run_id.as_str().into(), nodes.iter().map(|n| std::sync::Arc::new(n.clone())).collect())],
                 ..Batch::default()
             }).unwrap();
             prop_assert_eq!(s.run(&run_id).unwrap(), Some(run.clone()));
