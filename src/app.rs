@@ -1311,7 +1311,7 @@ pub fn run_json(store: &dyn Store, run_id: &str, registry: &Registry) -> Res<Val
     list.sort_by_key(|n| (pos(&n.step_id), n.index.unwrap_or(0)));
     let mut out: Vec<Value> = list.iter().map(|n| node_json(n)).collect();
     for step in &order {
-        if !nodes.iter().any(|n| &n.step_id == step) {
+        if !nodes.iter().any(|n| *n.step_id == **step) {
             out.push(json!({ "id": step, "status": NodeStatus::Pending, "attempts": 0, "started_at": null, "finished_at": null, "outputs": null, "error": null }));
         }
     }

@@ -192,7 +192,7 @@ impl Engine {
             .store
             .nodes(run_id)?
             .into_iter()
-            .find(|n| n.node_id == node_id)
+            .find(|n| &*n.node_id == node_id)
             .ok_or_else(|| EngineError::NoSuchNode(run_id.to_string(), node_id.to_string()))?;
         if node.status.is_terminal() {
             return Err(EngineError::NodeFinished(node_id.to_string(), node.status));
@@ -262,14 +262,8 @@ enum Msg {
     },
 }
 
-/// A step's plugin (with its registered name), its circuit breaker, and, for a `for_each`
-/// step, its id as its instances share it (a single node's id is its step's).
-type Resolved = (
-    Arc<dyn Plugin>,
-    &'static str,
-    Arc<Breaker>,
-    Option<Arc<str>>,
-);
+/// A step's plugin (with its registered name) and its circuit breaker.
+type Resolved = (Arc<dyn Plugin>, &'static str, Arc<Breaker>);
 
 /// A node of the run, by its position in [`Execution::nodes`].
 struct Node {
@@ -302,7 +296,6 @@ struct Execution<'a> {
     open: Vec<usize>,
     /// Needs of each step that are not done yet.
     waiting_on: Vec<usize>,
-    dependents: Vec<Vec<usize>>,
     activatable: VecDeque<usize>,
     /// Nodes ready to start.
     ready: VecDeque<usize>,
@@ -345,6 +338,12 @@ struct Execution<'a> {
     /// The time of this turn: what the scheduler records happened at one moment (one commit's
     /// transitions) gets one timestamp, read once (see [`Self::tick`]).
     now: DateTime<Utc>,
+}
+
+/// The record of a step's only node, whose id is the step's (one string for both).
+fn single_node(step_id: &str) -> NodeRecord {
+    let id: Arc<str> = step_id.into();
+    NodeRecord::new(Arc::clone(&id), id)
 }
 
 fn aggregate_status<'r>(recs: impl Iterator<Item = &'r NodeRecord> + Clone) -> NodeStatus {
@@ -398,7 +397,7 @@ impl<'a> Execution<'a> {
             list.sort_by_key(|r| r.index.unwrap_or(0));
             let start = nodes.len();
             for r in list {
-                let id: Arc<str> = r.node_id.as_str().into();
+                let id = Arc::clone(&r.node_id);
                 by_id.insert(Arc::clone(&id), nodes.len());
                 nodes.push(Node {
                     id,
@@ -420,12 +419,6 @@ impl<'a> Execution<'a> {
                 })
             })
             .collect();
-        let mut dependents = vec![Vec::new(); n];
-        for (i, s) in wf.steps.iter().enumerate() {
-            for &k in &s.needs {
-                dependents[k].push(i);
-            }
-        }
         let done = |k: usize| step_nodes[k].is_some() && open[k] == 0;
         let waiting_on: Vec<usize> = wf
             .steps
@@ -449,7 +442,6 @@ impl<'a> Execution<'a> {
             step_nodes,
             open,
             waiting_on,
-            dependents,
             activatable,
             ready: VecDeque::new(),
             live: Default::default(),
@@ -515,7 +507,7 @@ impl<'a> Execution<'a> {
     fn create(&mut self, step: usize, mut rec: NodeRecord, to: NodeStatus) -> usize {
         rec.status = to;
         let i = self.nodes.len();
-        let id: Arc<str> = rec.node_id.as_str().into();
+        let id = Arc::clone(&rec.node_id);
         self.by_id.insert(Arc::clone(&id), i);
         self.nodes.push(Node {
             id,
@@ -605,8 +597,8 @@ impl<'a> Execution<'a> {
 
     fn step_done(&mut self, i: usize) {
         self.ctx_gen += 1;
-        for k in 0..self.dependents[i].len() {
-            let d = self.dependents[i][k];
+        for k in 0..self.wf.dependents(i).len() {
+            let d = self.wf.dependents(i)[k];
             self.waiting_on[d] = self.waiting_on[d].saturating_sub(1);
             if self.waiting_on[d] == 0 && self.step_nodes[d].is_none() {
                 self.activatable.push_back(d);
@@ -937,12 +929,12 @@ impl<'a> Execution<'a> {
         let step = &wf.steps[i];
         let upstream_failed = step.needs.iter().any(|&k| !self.step_ok(k));
         let skip = |this: &mut Self, reason: SkipReason, why: String| {
-            let mut rec = NodeRecord::new(step.id.clone(), step.id.clone());
+            let mut rec = single_node(&step.id);
             rec.skip_reason = Some(reason);
             this.finish_new(i, rec, NodeStatus::Skipped, Some(why));
         };
         let fail = |this: &mut Self, err: StepError| {
-            let mut rec = NodeRecord::new(step.id.clone(), step.id.clone());
+            let mut rec = single_node(&step.id);
             rec.error = Some(err);
             this.finish_new(i, rec, NodeStatus::Failed, None);
         };
@@ -982,7 +974,7 @@ impl<'a> Execution<'a> {
             }
         }
         let Some(fe) = &step.for_each else {
-            let rec = NodeRecord::new(step.id.clone(), step.id.clone());
+            let rec = single_node(&step.id);
             let node = self.create(i, rec, NodeStatus::Pending);
             self.ready.push_back(node);
             return self.set_step_nodes(i, node..node + 1);
@@ -1004,7 +996,7 @@ impl<'a> Execution<'a> {
             }
         };
         if items.is_empty() {
-            let mut rec = NodeRecord::new(step.id.clone(), step.id.clone());
+            let mut rec = single_node(&step.id);
             rec.fan_out = Some(0);
             rec.outputs = Some(Value::Array(Vec::new()));
             rec.finished_at = Some(self.now);
@@ -1023,8 +1015,9 @@ impl<'a> Execution<'a> {
         self.batch.audit.push(d.into());
         let start = self.nodes.len();
         self.nodes.reserve(n);
+        let step_id: Arc<str> = step.id.as_str().into();
         for (k, item) in items.into_iter().enumerate() {
-            let mut rec = NodeRecord::new(format!("{}[{k}]", step.id), step.id.clone());
+            let mut rec = NodeRecord::new(format!("{}[{k}]", step.id), Arc::clone(&step_id));
             rec.index = Some(k);
             rec.item = Some(item);
             rec.fan_out = Some(n);
@@ -1193,8 +1186,7 @@ impl<'a> Execution<'a> {
         out
     }
 
-    /// A step's plugin, circuit breaker and (for a fan-out) id: a fan-out's instances look
-    /// them up once.
+    /// A step's plugin and circuit breaker: a fan-out's instances look them up once.
     fn resolve(&mut self, step: usize) -> Option<Resolved> {
         if let Some(r) = &self.resolved[step] {
             return Some(r.clone());
@@ -1210,8 +1202,7 @@ impl<'a> Execution<'a> {
                 b
             }
         };
-        let step_id = s.for_each.is_some().then(|| s.id.as_str().into());
-        let r: Resolved = (Arc::clone(plugin), name, breaker, step_id);
+        let r: Resolved = (Arc::clone(plugin), name, breaker);
         // Only a fan-out's instances share it; a single node looks again only to retry.
         if s.for_each.is_some() {
             self.resolved[step] = Some(r.clone());
@@ -1222,13 +1213,11 @@ impl<'a> Execution<'a> {
     fn spawn_attempt(&mut self, node: usize, with: Value) {
         let step_i = self.nodes[node].step;
         let attempts = self.rec(node).attempts;
-        let Some((plugin, name, breaker, step_id)) = self.resolve(step_i) else {
+        let Some((plugin, name, breaker)) = self.resolve(step_i) else {
             let uses = &self.wf.steps[step_i].uses;
             let err = StepError::permanent(format!("no plugin named `{uses}`"));
             return self.fail_attempt(node, err);
         };
-        // A node that is not a `for_each` instance has its step's id.
-        let step_id = step_id.unwrap_or_else(|| Arc::clone(&self.nodes[node].id));
         let cancel = CancellationToken::new();
         let mut limit = self.wf.steps[step_i].attempt_timeout;
         if let Some(d) = self.deadlines.get(&node) {
@@ -1238,7 +1227,7 @@ impl<'a> Execution<'a> {
         let ctx = StepContext::linked(
             Arc::clone(&self.run_id),
             Arc::clone(&self.nodes[node].id),
-            step_id,
+            Arc::clone(&self.rec(node).step_id),
             attempts,
             cancel.clone(),
             Arc::clone(&self.link),
@@ -1254,7 +1243,8 @@ impl<'a> Execution<'a> {
                 None => {
                     let permit = tokio::select! {
                         biased;
-                        p = breaker.acquire() => p,
+                        // Boxed: waiting on an open circuit is rare, its future big.
+                        p = Box::pin(breaker.acquire()) => p,
                         _ = token.cancelled() => {
                             return Err(StepError::transient("cancelled before it started"));
                         }
@@ -1279,7 +1269,8 @@ impl<'a> Execution<'a> {
                 biased;
                 r = async {
                     match limit {
-                        Some(l) => tokio::time::timeout(l, run).await.unwrap_or_else(|_| {
+                        // Boxed: a timer is big, and most attempts have none.
+                        Some(l) => Box::pin(tokio::time::timeout(l, run)).await.unwrap_or_else(|_| {
                             Err(StepError::transient(format!(
                                 "attempt timed out after {}",
                                 humantime::format_duration(l)
@@ -1519,8 +1510,7 @@ impl<'a> Execution<'a> {
         self.ready.clear();
         for i in 0..self.wf.steps.len() {
             if self.step_nodes[i].is_none() {
-                let id = self.wf.steps[i].id.clone();
-                let mut rec = NodeRecord::new(id.clone(), id);
+                let mut rec = single_node(&self.wf.steps[i].id);
                 rec.skip_reason = Some(SkipReason::RunStopped);
                 self.finish_new(
                     i,

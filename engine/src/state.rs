@@ -3,6 +3,8 @@
 //! These records are what the store persists (serde JSON, with the schema version kept by the
 //! store). Everything else about a run is derived from them.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -163,9 +165,11 @@ pub struct Signal {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
-    /// `step` or `step[i]` for a `for_each` instance.
-    pub node_id: String,
-    pub step_id: String,
+    /// `step` or `step[i]` for a `for_each` instance. Shared, not owned: the scheduler's
+    /// copies of a record and its audit entries use the same id (a single node's is its
+    /// step's).
+    pub node_id: Arc<str>,
+    pub step_id: Arc<str>,
     /// The instance's position and item, for `for_each` instances.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<usize>,
@@ -203,10 +207,10 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::E
 }
 
 impl NodeRecord {
-    pub fn new(node_id: String, step_id: String) -> Self {
+    pub fn new(node_id: impl Into<Arc<str>>, step_id: impl Into<Arc<str>>) -> Self {
         NodeRecord {
-            node_id,
-            step_id,
+            node_id: node_id.into(),
+            step_id: step_id.into(),
             index: None,
             item: None,
             fan_out: None,

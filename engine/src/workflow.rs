@@ -68,6 +68,9 @@ pub struct Workflow {
     // Fx: looked up per transition by the scheduler; step ids are the author's, not an
     // attacker's.
     index: rustc_hash::FxHashMap<String, usize>,
+    /// Per step, the steps that need it (the scheduler's edges, built once per file rather
+    /// than once per run).
+    dependents: Vec<Vec<usize>>,
 }
 
 impl Workflow {
@@ -88,6 +91,12 @@ impl Workflow {
             .map(|(i, s)| (s.id.clone(), i))
             .collect();
         let digest = crate::digest::sha256_hex(source.text.as_bytes());
+        let mut dependents = vec![Vec::new(); steps.len()];
+        for (i, s) in steps.iter().enumerate() {
+            for &k in &s.needs {
+                dependents[k].push(i);
+            }
+        }
         Workflow {
             name,
             description,
@@ -101,11 +110,17 @@ impl Workflow {
             order,
             breaker,
             index,
+            dependents,
         }
     }
 
     pub fn step_index(&self, id: &str) -> Option<usize> {
         self.index.get(id).copied()
+    }
+
+    /// The steps that need step `i`.
+    pub fn dependents(&self, i: usize) -> &[usize] {
+        &self.dependents[i]
     }
 
     /// Graphviz dot.

@@ -18,7 +18,7 @@ struct Inner {
     // Per run, so that a commit of a big run neither compares run ids nor moves big entries
     // around a tree (this store is what the scheduler benchmark measures).
     // Records are shared with the scheduler, which copies one only when it changes again.
-    nodes: FxHashMap<String, FxHashMap<String, Arc<NodeRecord>>>,
+    nodes: FxHashMap<String, FxHashMap<Arc<str>, Arc<NodeRecord>>>,
     /// Each run's chain, as drafts and raw hashes (an entry's `seq` is its index, its `prev`
     /// the hash before it): entries are built when read, not at every commit.
     audit: FxHashMap<String, Chain>,
@@ -63,7 +63,7 @@ impl Store for MemStore {
         for r in batch.runs {
             g.runs.insert(r.run_id.clone(), r);
         }
-        fn put(map: &mut FxHashMap<String, Arc<NodeRecord>>, n: Arc<NodeRecord>) {
+        fn put(map: &mut FxHashMap<Arc<str>, Arc<NodeRecord>>, n: Arc<NodeRecord>) {
             match map.get_mut(&n.node_id) {
                 Some(slot) => *slot = n,
                 None => {

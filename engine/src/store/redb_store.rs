@@ -204,7 +204,7 @@ impl Store for RedbStore {
             for (run, recs) in &batch.nodes {
                 for n in recs {
                     rows::encode_node(&mut buf, n)?;
-                    nodes.insert((&**run, n.node_id.as_str()), buf.as_slice())?;
+                    nodes.insert((&**run, &*n.node_id), buf.as_slice())?;
                 }
             }
             let mut signals = tx.open_table(SIGNALS)?;

@@ -201,8 +201,8 @@ pub fn decode_node(what: &dyn Fn() -> String, bytes: &[u8]) -> Result<NodeRecord
         Err(v2) => v2,
     };
     Ok(NodeRecord {
-        node_id: n.node_id,
-        step_id: n.step_id,
+        node_id: n.node_id.into(),
+        step_id: n.step_id.into(),
         index: n.index,
         item: n.item,
         fan_out: n.fan_out,
@@ -444,8 +444,8 @@ mod tests {
                     status,
                     skip_reason,
                 )| NodeRecord {
-                    node_id,
-                    step_id,
+                    node_id: node_id.into(),
+                    step_id: step_id.into(),
                     index,
                     item,
                     fan_out: index.map(|i| i + 1),

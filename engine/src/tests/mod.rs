@@ -202,7 +202,7 @@ pub fn statuses(store: &dyn Store, run: &str) -> HashMap<String, NodeStatus> {
         .nodes(run)
         .unwrap()
         .into_iter()
-        .map(|n| (n.node_id, n.status))
+        .map(|n| (n.node_id.to_string(), n.status))
         .collect()
 }
 

@@ -105,7 +105,7 @@ fn outputs(store: &dyn Store, run: &str) -> BTreeMap<String, Option<Value>> {
         .nodes(run)
         .unwrap()
         .into_iter()
-        .map(|n| (n.node_id, n.outputs))
+        .map(|n| (n.node_id.to_string(), n.outputs))
         .collect()
 }
 
@@ -140,7 +140,7 @@ proptest! {
             let _ = e1.execute(Arc::clone(&wf), rec.clone(), RunControl::default(), &[]).await;
 
             let durable: HashSet<String> = inner.nodes(&rec.run_id).unwrap().into_iter()
-                .filter(|n| n.status == NodeStatus::Succeeded).map(|n| n.node_id).collect();
+                .filter(|n| n.status == NodeStatus::Succeeded).map(|n| n.node_id.to_string()).collect();
 
             // A new process resumes from what is on "disk".
             let p2 = Arc::new(Probe::default());
@@ -187,7 +187,7 @@ proptest! {
                 *p.on_start.lock().unwrap() = Some(Box::new(move |ctx: &StepContext| {
                     let nodes = store.nodes(&run_id).unwrap();
                     for need in &needs[&*ctx.step_id] {
-                        let of_need: Vec<&NodeRecord> = nodes.iter().filter(|n| &n.step_id == need).collect();
+                        let of_need: Vec<&NodeRecord> = nodes.iter().filter(|n| *n.step_id == **need).collect();
                         if of_need.is_empty() || of_need.iter().any(|n| n.status != NodeStatus::Succeeded) {
                             violations.lock().unwrap().push(format!("{} started before {need} succeeded durably", ctx.node_id));
                         }
@@ -222,7 +222,7 @@ proptest! {
             prop_assert!(audit.iter().all(|e| e.draft.actor == "tester"));
             for n in store.nodes(&out.run_id).unwrap() {
                 let mine: Vec<&crate::store::AuditEntry> = audit.iter()
-                    .filter(|e| e.draft.kind == "node_transition" && e.draft.node.as_deref() == Some(n.node_id.as_str()))
+                    .filter(|e| e.draft.kind == "node_transition" && e.draft.node.as_deref() == Some(&*n.node_id))
                     .collect();
                 prop_assert!(!mine.is_empty(), "no entry for {}", n.node_id);
                 // A node starts as `pending` (not a transition) or goes straight to a final
@@ -371,7 +371,7 @@ proptest! {
         // Last write wins per node id, as in the store.
         let mut want: BTreeMap<String, NodeRecord> = BTreeMap::new();
         for n in &nodes {
-            want.insert(n.node_id.clone(), n.clone());
+            want.insert(n.node_id.to_string(), n.clone());
         }
         {
             let s = RedbStore::open(&path).unwrap();
@@ -386,7 +386,7 @@ proptest! {
         prop_assert_eq!(s.schema_version().unwrap(), crate::store::SCHEMA_VERSION);
         prop_assert_eq!(s.run(&run_id).unwrap(), Some(run));
         let got: BTreeMap<String, NodeRecord> =
-            s.nodes(&run_id).unwrap().into_iter().map(|n| (n.node_id.clone(), n)).collect();
+            s.nodes(&run_id).unwrap().into_iter().map(|n| (n.node_id.to_string(), n)).collect();
         prop_assert_eq!(got, want);
     }
 }

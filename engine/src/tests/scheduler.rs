@@ -47,12 +47,12 @@ steps:
     assert_eq!(st["on_error"], NodeStatus::Succeeded);
     assert_eq!(st["always_"], NodeStatus::Succeeded);
     let nodes = store.nodes(&out.run_id).unwrap();
-    let on_error = nodes.iter().find(|n| n.node_id == "on_error").unwrap();
+    let on_error = nodes.iter().find(|n| &*n.node_id == "on_error").unwrap();
     assert_eq!(
         on_error.outputs.as_ref().unwrap()["value"],
         json!("on_error(\"planned failure 1\")")
     );
-    let c = nodes.iter().find(|n| n.node_id == "c").unwrap();
+    let c = nodes.iter().find(|n| &*n.node_id == "c").unwrap();
     assert_eq!(c.skip_reason, Some(SkipReason::UpstreamFailed));
 }
 
@@ -99,7 +99,7 @@ steps:
     let (out, _) = run_to_end(&eng, wf, 2).await;
     let nodes = store.nodes(&out.run_id).unwrap();
     assert_eq!(out.status, RunStatus::Succeeded, "{nodes:#?}");
-    let get = |id: &str| nodes.iter().find(|n| n.node_id == id).unwrap().clone();
+    let get = |id: &str| nodes.iter().find(|n| &*n.node_id == id).unwrap().clone();
     assert_eq!(
         get("per[1]").outputs.unwrap()["value"],
         json!("per(\"y\",1)")
@@ -137,7 +137,7 @@ steps:
     assert_eq!(probe.count("broken"), 1);
     assert_eq!(probe.count("hopeless"), 3);
     let nodes = store.nodes(&out.run_id).unwrap();
-    let flaky = nodes.iter().find(|n| n.node_id == "flaky").unwrap();
+    let flaky = nodes.iter().find(|n| &*n.node_id == "flaky").unwrap();
     assert_eq!((flaky.status, flaky.attempts), (NodeStatus::Succeeded, 3));
     // The idempotency key is the same for every attempt of a node.
     let keys = probe.keys.lock().unwrap();
@@ -201,10 +201,10 @@ steps:
     let (out, _) = run_to_end(&eng, wf, 4).await;
     assert_eq!(out.status, RunStatus::Failed);
     let nodes = store.nodes(&out.run_id).unwrap();
-    let pa = nodes.iter().find(|n| n.node_id == "per_attempt").unwrap();
+    let pa = nodes.iter().find(|n| &*n.node_id == "per_attempt").unwrap();
     assert_eq!(pa.attempts, 2);
     assert!(pa.error.as_ref().unwrap().message.contains("timed out"));
-    let ws = nodes.iter().find(|n| n.node_id == "whole_step").unwrap();
+    let ws = nodes.iter().find(|n| &*n.node_id == "whole_step").unwrap();
     assert!(ws.attempts < 100, "{}", ws.attempts);
     assert_eq!(ws.status, NodeStatus::Failed);
 }
@@ -372,7 +372,7 @@ steps:
         .nodes(&out.run_id)
         .unwrap()
         .into_iter()
-        .find(|n| n.node_id == "b")
+        .find(|n| &*n.node_id == "b")
         .unwrap();
     assert!(b.error.unwrap().message.contains("cannot render"));
 }
@@ -427,7 +427,7 @@ steps:
         .nodes(&run_id)
         .unwrap()
         .into_iter()
-        .find(|n| n.node_id == "gate")
+        .find(|n| &*n.node_id == "gate")
         .unwrap();
     assert_eq!(gate.outputs.unwrap()["actor"], "U0123ABCD");
     let audit = store.audit(&run_id).unwrap();
@@ -518,7 +518,7 @@ steps:
         .expect("the run ends");
     assert_eq!(out.status, RunStatus::Failed);
     let nodes = store.nodes(&out.run_id).unwrap();
-    let get = |id: &str| nodes.iter().find(|n| n.node_id == id).unwrap();
+    let get = |id: &str| nodes.iter().find(|n| &*n.node_id == id).unwrap();
     for (id, ms) in [("at_once", 0), ("later", 20)] {
         let n = get(id);
         assert_eq!(n.status, NodeStatus::Failed, "{id}");
@@ -559,7 +559,7 @@ steps:
     let value = |id: &str| {
         nodes
             .iter()
-            .find(|n| n.node_id == id)
+            .find(|n| &*n.node_id == id)
             .unwrap()
             .outputs
             .clone()
