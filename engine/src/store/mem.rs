@@ -257,6 +257,7 @@ impl Store for MemStore {
                     draft: draft.to_draft(),
                     prev: std::mem::replace(&mut prev, hash.clone()),
                     hash,
+                    format: super::HASH_FORMAT,
                 }
             })
             .collect())

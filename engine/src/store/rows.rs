@@ -243,6 +243,7 @@ struct EntryOut<'a> {
     details: DetailsOut<'a>,
     prev: Raw<'a>,
     hash: Raw<'a>,
+    format: u8,
 }
 
 #[derive(Deserialize)]
@@ -258,10 +259,14 @@ struct EntryIn {
     details: Value,
     prev: RawOwned,
     hash: RawOwned,
+    /// Absent in rows written before hash format 2.
+    #[serde(default = "super::format_1")]
+    format: u8,
 }
 
-/// An audit entry (drafted, placed at `seq` after `prev`, hashed to `hash`) as a version 2
-/// row, appended to `buf`. `prev` is empty for a chain's first entry.
+/// An audit entry (drafted, placed at `seq` after `prev`, hashed to `hash` in the current
+/// [`super::HASH_FORMAT`]) as a version 2 row, appended to `buf`. `prev` is empty for a
+/// chain's first entry.
 pub fn encode_entry(
     buf: &mut Vec<u8>,
     seq: u64,
@@ -289,6 +294,7 @@ pub fn encode_entry(
                 details: DetailsOut::Value(details),
                 prev: Raw(prev),
                 hash: Raw(hash),
+                format: super::HASH_FORMAT,
             }
         }
         Draft::Transition(t) => {
@@ -315,6 +321,7 @@ pub fn encode_entry(
                 }),
                 prev: Raw(prev),
                 hash: Raw(hash),
+                format: super::HASH_FORMAT,
             }
         }
     };
@@ -378,6 +385,7 @@ pub fn decode_entry(what: &dyn Fn() -> String, bytes: &[u8]) -> Result<AuditEntr
         },
         prev: const_hex::encode(e.prev.0),
         hash: const_hex::encode(e.hash.0),
+        format: e.format,
     })
 }
 
@@ -504,7 +512,7 @@ mod tests {
             };
             let prev_raw = if first { Vec::new() } else { vec![7u8; 32] };
             let prev = const_hex::encode(&prev_raw);
-            let hash = draft.digest(seq, &prev);
+            let hash = draft.digest_after(seq, (!first).then_some(&[7u8; 32]));
             let mut buf = Vec::new();
             encode_entry(&mut buf, seq, &draft, &prev_raw, &hash).unwrap();
             let back = decode_entry(&|| "e".into(), &buf).unwrap();
