@@ -741,23 +741,44 @@ fn rotate_key_reseals_every_secret_or_changes_nothing() {
 }
 
 /// A state file of schema 1 (JSON rows) opens with this build: its runs read as they were,
-/// their chains verify, and its interrupted run resumes, the chain going on in version 2 rows.
-/// The fixture (`tests/fixtures/state-v1/`) was written by the last schema 1 build: `run` of
-/// examples/hello.yaml for two regions, then `run` of pause.yaml killed with SIGKILL mid-wait.
+/// their chains verify, and its interrupted run resumes, the chain going on in version 2 rows
+/// and hash format 2. The fixture (`tests/fixtures/state-v1/`) was written by the last schema
+/// 1 build: `run` of examples/hello.yaml for two regions, then `run` of pause.yaml killed with
+/// SIGKILL mid-wait.
 #[test]
 fn a_schema_1_state_file_upgrades_and_its_interrupted_run_resumes() {
+    old_state_file_upgrades(
+        "state-v1",
+        br#"{"node_id":"per_region[1]""#,
+        ("01V1FIXTUREHELLO00000000000", "01V1FIXTUREPAUSE00000000000"),
+    );
+}
+
+/// The same for schema 2 (MessagePack rows, audit entries hashed in format 1): the fixture
+/// (`tests/fixtures/state-v2/`) was written the same way by the last schema 2 build.
+#[test]
+fn a_schema_2_state_file_upgrades_and_its_interrupted_run_resumes() {
+    // A MessagePack map key `node_id` (fixstr of 7 bytes), where schema 1 wrote JSON.
+    old_state_file_upgrades(
+        "state-v2",
+        b"\xa7node_id",
+        ("01V2FIXTUREHELLO00000000000", "01V2FIXTUREPAUSE00000000000"),
+    );
+}
+
+fn old_state_file_upgrades(fixture: &str, row_marker: &[u8], (hello, pause): (&str, &str)) {
     let sb = Sandbox::new();
     std::fs::create_dir_all(sb.path(".landfall")).unwrap();
-    let fixture =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v1/state.redb");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(fixture)
+        .join("state.redb");
     let bytes = std::fs::read(&fixture).unwrap();
-    let json_row = br#"{"node_id":"per_region[1]""#;
     assert!(
-        bytes.windows(json_row.len()).any(|w| w == json_row),
-        "the fixture holds version 1 (JSON) rows"
+        bytes.windows(row_marker.len()).any(|w| w == row_marker),
+        "the fixture holds the rows of its version"
     );
     std::fs::copy(fixture, sb.path(".landfall/state.redb")).unwrap();
-    let (hello, pause) = ("01V1FIXTUREHELLO00000000000", "01V1FIXTUREPAUSE00000000000");
 
     let doc = sb.json(&["status", hello, "--json"]);
     assert_eq!(doc["status"], "succeeded");
@@ -794,5 +815,11 @@ fn a_schema_1_state_file_upgrades_and_its_interrupted_run_resumes() {
         assert_eq!(audit.status.code(), Some(0), "{run}: {}", stdout(&audit));
     }
     let after = sb.json(&["audit", pause, "--json"]);
-    assert!(after.as_array().map_or(0, Vec::len) > before);
+    let after = after.as_array().cloned().unwrap_or_default();
+    assert!(after.len() > before);
+    // The resumed run's chain: the old build's entries in hash format 1, this build's in 2.
+    let formats: Vec<u64> = after.iter().filter_map(|e| e["format"].as_u64()).collect();
+    assert_eq!(formats.len(), after.len());
+    assert!(formats[..before].iter().all(|&f| f == 1), "{formats:?}");
+    assert!(formats[before..].iter().all(|&f| f == 2), "{formats:?}");
 }

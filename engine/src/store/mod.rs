@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 /// The on-disk schema version this build writes. Bump it with a migration in
 /// `redb_store::MIGRATIONS`.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -39,13 +39,21 @@ const PACKAGE_DIGESTS: TableDefinition<(&str, &str), u64> = TableDefinition::new
 type Migration = fn(&redb::WriteTransaction) -> Result<(), StoreError>;
 
 /// Migrations by the version they produce. Version 1 is the first layout.
-const MIGRATIONS: &[(u64, Migration)] = &[(2, rows_v2)];
+const MIGRATIONS: &[(u64, Migration)] = &[(2, rows_v2), (3, hash_format_2)];
 
 /// Schema 2 writes node records and audit entries as version 2 rows (see [`rows`]), audit
 /// entries in chunks with a chain head per run. Schema 1's rows stay readable where they are
 /// (a run's head is found in them until it has one of its own), so nothing is rewritten: the
 /// version only keeps older builds, which cannot read the new layout, away from the file.
 fn rows_v2(_tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    Ok(())
+}
+
+/// Schema 3 hashes new audit entries in format 2 and stores each entry's format (see
+/// [`super::HASH_FORMAT_2`]); entries without one are format 1, so nothing is rewritten. A
+/// schema 2 build would check format 2 entries as format 1 and report every one as changed:
+/// the version keeps it away from the file instead.
+fn hash_format_2(_tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
