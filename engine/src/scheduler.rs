@@ -149,7 +149,7 @@ impl Engine {
             run_id: run_id.clone(),
             workflow: wf.name.clone(),
             workflow_file: wf.source.name.clone(),
-            workflow_text: wf.source.text.to_string(),
+            workflow_text: Arc::clone(&wf.source.text),
             workflow_digest: wf.digest.clone(),
             inputs_digest,
             inputs,

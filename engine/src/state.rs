@@ -139,7 +139,9 @@ pub struct RunRecord {
     pub workflow: String,
     /// The workflow file's name and text at start: `resume` runs this, not today's file.
     pub workflow_file: String,
-    pub workflow_text: String,
+    /// Shared with the compiled workflow's source: a run record is copied into every batch
+    /// that changes it, and a workflow of 10,000 steps is ~0.5 MB of text.
+    pub workflow_text: Arc<str>,
     pub workflow_digest: String,
     pub inputs: Value,
     /// Sha-256 of the canonical JSON of `inputs`.
