@@ -478,9 +478,15 @@ impl<'a> Execution<'a> {
     }
 
     fn audit(&mut self, node: Option<usize>, kind: &str, details: Value) {
+        let node = node.map(|i| self.nodes[i].id.to_string());
+        self.audit_as(node, kind, details);
+    }
+
+    /// An audit entry of the turn about `node` by name (a step, or a node a plugin names).
+    fn audit_as(&mut self, node: Option<String>, kind: &str, details: Value) {
         let mut d = AuditDraft::new(&self.actor, &self.run_id, kind, details);
         d.at = self.now;
-        d.node = node.map(|i| self.nodes[i].id.to_string());
+        d.node = node;
         self.batch.audit.push(d.into());
     }
 
@@ -805,19 +811,7 @@ impl<'a> Execution<'a> {
             .collect();
         open.sort_by(|&a, &b| self.nodes[a].id.cmp(&self.nodes[b].id));
         for i in open {
-            let now = self.now;
-            let rec = self.rec_mut(i);
-            rec.finished_at = Some(now);
-            let attempts = rec.attempts;
-            self.transition(i, NodeStatus::Cancelled);
-            self.emit(RunEvent::NodeFinished {
-                run_id: self.run.run_id.clone(),
-                node: self.nodes[i].id.to_string(),
-                status: NodeStatus::Cancelled,
-                attempts,
-                error: None,
-                reason: Some("the run was stopped".into()),
-            });
+            self.end_node(i, NodeStatus::Cancelled, None, Some("the run was stopped"));
         }
         // Steps never activated stay without records: `status` shows them as not run.
     }
@@ -904,7 +898,7 @@ impl<'a> Execution<'a> {
         i: usize,
         mut rec: NodeRecord,
         status: NodeStatus,
-        reason: Option<String>,
+        reason: Option<&str>,
     ) {
         rec.finished_at = Some(self.now);
         let error = rec.error.clone();
@@ -912,14 +906,7 @@ impl<'a> Execution<'a> {
             self.failed = true;
         }
         let node = self.create(i, rec, status);
-        self.emit(RunEvent::NodeFinished {
-            run_id: self.run.run_id.clone(),
-            node: self.nodes[node].id.to_string(),
-            status,
-            attempts: 0,
-            error,
-            reason,
-        });
+        self.emit_finished(node, status, error, reason);
         self.set_step_nodes(i, node..node + 1);
     }
 
@@ -931,7 +918,7 @@ impl<'a> Execution<'a> {
         let skip = |this: &mut Self, reason: SkipReason, why: String| {
             let mut rec = single_node(&step.id);
             rec.skip_reason = Some(reason);
-            this.finish_new(i, rec, NodeStatus::Skipped, Some(why));
+            this.finish_new(i, rec, NodeStatus::Skipped, Some(&why));
         };
         let fail = |this: &mut Self, err: StepError| {
             let mut rec = single_node(&step.id);
@@ -1004,15 +991,11 @@ impl<'a> Execution<'a> {
             return self.set_step_nodes(i, node..node + 1);
         }
         let n = items.len();
-        let mut d = AuditDraft::new(
-            &self.actor,
-            &self.run_id,
+        self.audit_as(
+            Some(step.id.clone()),
             "step_expanded",
             json!({ "items": n }),
         );
-        d.at = self.now;
-        d.node = Some(step.id.clone());
-        self.batch.audit.push(d.into());
         let start = self.nodes.len();
         self.nodes.reserve(n);
         let step_id: Arc<str> = step.id.as_str().into();
@@ -1387,19 +1370,12 @@ impl<'a> Execution<'a> {
                 self.transition(node, NodeStatus::Pending);
             }
             Some(RunStatus::Cancelled | RunStatus::Failed) if was_cancelled => {
-                let now = self.now;
-                let rec = self.rec_mut(node);
-                rec.finished_at = Some(now);
-                let attempts = rec.attempts;
-                self.transition(node, NodeStatus::Cancelled);
-                self.emit(RunEvent::NodeFinished {
-                    run_id: self.run.run_id.clone(),
-                    node: self.nodes[node].id.to_string(),
-                    status: NodeStatus::Cancelled,
-                    attempts,
-                    error: None,
-                    reason: Some("the run was cancelled".into()),
-                });
+                self.end_node(
+                    node,
+                    NodeStatus::Cancelled,
+                    None,
+                    Some("the run was cancelled"),
+                );
             }
             _ => self.fail_attempt(node, err),
         }
@@ -1407,22 +1383,42 @@ impl<'a> Execution<'a> {
 
     /// A successful attempt.
     fn succeed(&mut self, node: usize, outputs: Value) {
+        self.rec_mut(node).outputs = Some(outputs);
+        self.end_node(node, NodeStatus::Succeeded, None, None);
+    }
+
+    /// Ends node `i` in `status`, a final one, and tells observers with the next commit.
+    fn end_node(
+        &mut self,
+        i: usize,
+        status: NodeStatus,
+        error: Option<StepError>,
+        reason: Option<&str>,
+    ) {
         let now = self.now;
-        let rec = self.rec_mut(node);
-        rec.outputs = Some(outputs);
-        rec.finished_at = Some(now);
-        let (from, attempts) = (rec.status, rec.attempts);
-        self.transition_from(node, Some(from), NodeStatus::Succeeded);
-        if !self.observers.is_empty() {
-            self.emit(RunEvent::NodeFinished {
-                run_id: self.run.run_id.clone(),
-                node: self.nodes[node].id.to_string(),
-                status: NodeStatus::Succeeded,
-                attempts,
-                error: None,
-                reason: None,
-            });
+        self.rec_mut(i).finished_at = Some(now);
+        self.transition(i, status);
+        self.emit_finished(i, status, error, reason);
+    }
+
+    fn emit_finished(
+        &mut self,
+        i: usize,
+        status: NodeStatus,
+        error: Option<StepError>,
+        reason: Option<&str>,
+    ) {
+        if self.observers.is_empty() {
+            return;
         }
+        self.events.push(RunEvent::NodeFinished {
+            run_id: self.run.run_id.clone(),
+            node: self.nodes[i].id.to_string(),
+            status,
+            attempts: self.rec(i).attempts,
+            error,
+            reason: reason.map(str::to_string),
+        });
     }
 
     /// A failed attempt (or one that could not start): a retry, or the node's failure
@@ -1472,20 +1468,9 @@ impl<'a> Execution<'a> {
             err.message = format!("step timed out; last error: {}", err.message);
         }
         let critical = err.class == ErrorClass::Critical;
-        let now = self.now;
-        let rec = self.rec_mut(node);
-        rec.error = Some(err.clone());
-        rec.finished_at = Some(now);
+        self.rec_mut(node).error = Some(err.clone());
         self.failed = true;
-        self.transition(node, NodeStatus::Failed);
-        self.emit(RunEvent::NodeFinished {
-            run_id: self.run.run_id.clone(),
-            node: self.nodes[node].id.to_string(),
-            status: NodeStatus::Failed,
-            attempts,
-            error: Some(err),
-            reason: None,
-        });
+        self.end_node(node, NodeStatus::Failed, Some(err), None);
         if critical {
             self.audit(Some(node), "run_failed_critically", Value::Null);
             self.stopping = Some(RunStatus::Failed);
@@ -1516,7 +1501,7 @@ impl<'a> Execution<'a> {
                     i,
                     rec,
                     NodeStatus::Skipped,
-                    Some("the run failed critically".into()),
+                    Some("the run failed critically"),
                 );
             }
         }
@@ -1557,15 +1542,11 @@ impl<'a> Execution<'a> {
                 message,
             },
             StepSignal::Milestone { kind, data } => {
-                let mut d = AuditDraft::new(
-                    &self.actor,
-                    &self.run_id,
+                self.audit_as(
+                    Some(node.to_string()),
                     "milestone",
                     json!({ "kind": kind, "data": data }),
                 );
-                d.at = self.now;
-                d.node = Some(node.to_string());
-                self.batch.audit.push(d.into());
                 RunEvent::Milestone {
                     run_id,
                     node: node.to_string(),

@@ -189,17 +189,18 @@ impl Draft {
                 );
                 // The details map `{attempt, from, to}`, keys in order, as `value_v2` walks
                 // it.
+                let l = Lengths::Varint;
                 s.raw(b"{");
-                s.varint(3);
-                s.field_v2("attempt");
+                s.len(l, 3);
+                s.field(l, "attempt");
                 s.raw(b"#");
-                s.field_v2(itoa::Buffer::new().format(t.attempt));
-                s.field_v2("from");
+                s.field(l, itoa::Buffer::new().format(t.attempt));
+                s.field(l, "from");
                 s.raw(b"s");
-                s.field_v2(t.old_state());
-                s.field_v2("to");
+                s.field(l, t.old_state());
+                s.field(l, "to");
                 s.raw(b"s");
-                s.field_v2(t.to.as_str());
+                s.field(l, t.to.as_str());
             }),
         }
     }
@@ -317,7 +318,7 @@ impl AuditEntry {
                 draft.node.as_deref(),
                 &draft.kind,
             );
-            s.value_v2(&draft.details);
+            s.value(Lengths::Varint, &draft.details);
         })
     }
 
@@ -328,7 +329,7 @@ impl AuditEntry {
     /// much as the compression itself.
     pub fn digest_v1(seq: u64, draft: &AuditDraft, prev: &str) -> [u8; 32] {
         HashStream::with(|s| {
-            s.head(
+            s.head_v1(
                 prev,
                 seq,
                 draft.at,
@@ -337,17 +338,27 @@ impl AuditEntry {
                 draft.node.as_deref(),
                 &draft.kind,
             );
-            s.value(&draft.details);
+            s.value(Lengths::Fixed8, &draft.details);
         })
     }
 }
 
-/// The byte stream an audit entry's hash covers (format 1, pinned by
-/// `tests::the_hash_format_is_stable`): length-prefixed strings, tagged JSON values.
+/// The byte stream an audit entry's hash covers: length-prefixed strings, tagged JSON values.
+/// Both formats write the same fields the same way but for lengths (see [`Lengths`]), `prev`
+/// and the timestamp; golden tests pin each (`tests::the_hash_formats_are_stable`).
 struct HashStream(Vec<u8>);
 
 thread_local! {
     static HASH_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512));
+}
+
+/// How a hash format writes a length or a count.
+#[derive(Clone, Copy)]
+enum Lengths {
+    /// Format 1: 8 bytes, little-endian.
+    Fixed8,
+    /// Format 2: unsigned LEB128.
+    Varint,
 }
 
 impl HashStream {
@@ -369,13 +380,29 @@ impl HashStream {
         self.0.extend_from_slice(b);
     }
 
-    fn field(&mut self, s: &str) {
-        self.raw(&(s.len() as u64).to_le_bytes());
+    fn len(&mut self, lengths: Lengths, mut n: u64) {
+        match lengths {
+            Lengths::Fixed8 => self.raw(&n.to_le_bytes()),
+            Lengths::Varint => loop {
+                let byte = (n & 0x7f) as u8;
+                n >>= 7;
+                if n == 0 {
+                    self.0.push(byte);
+                    return;
+                }
+                self.0.push(byte | 0x80);
+            },
+        }
+    }
+
+    fn field(&mut self, lengths: Lengths, s: &str) {
+        self.len(lengths, s.len() as u64);
         self.raw(s.as_bytes());
     }
 
+    /// Format 1's fields before `details`.
     #[allow(clippy::too_many_arguments)]
-    fn head(
+    fn head_v1(
         &mut self,
         prev: &str,
         seq: u64,
@@ -385,94 +412,22 @@ impl HashStream {
         node: Option<&str>,
         kind: &str,
     ) {
-        self.field(prev);
+        self.field(Lengths::Fixed8, prev);
         self.raw(&seq.to_le_bytes());
         // `at` as RFC 3339 with nanoseconds: 30 bytes for every year this tool will see.
         self.raw(&30u64.to_le_bytes());
         let start = self.0.len();
         if !rfc3339_nanos(at, &mut self.0) {
             self.0.truncate(start - 8);
-            self.field(&at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
+            self.field(
+                Lengths::Fixed8,
+                &at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            );
         }
-        self.field(actor);
-        self.field(run_id);
-        match node {
-            Some(n) => {
-                self.raw(b"1");
-                self.field(n);
-            }
-            None => self.raw(b"0"),
-        }
-        self.field(kind);
+        self.names(Lengths::Fixed8, actor, run_id, node, kind);
     }
 
-    fn value(&mut self, v: &Value) {
-        match v {
-            Value::Null => self.raw(b"n"),
-            Value::Bool(b) => self.raw(if *b { b"t" } else { b"f" }),
-            Value::Number(n) => {
-                self.raw(b"#");
-                let len_at = self.0.len();
-                self.raw(&[0; 8]);
-                let start = self.0.len();
-                // Writing into a Vec cannot fail.
-                let _ = std::io::Write::write_fmt(&mut self.0, format_args!("{n}"));
-                let len = (self.0.len() - start) as u64;
-                self.0[len_at..start].copy_from_slice(&len.to_le_bytes());
-            }
-            Value::String(s) => {
-                self.raw(b"s");
-                self.field(s);
-            }
-            Value::Array(items) => {
-                self.raw(b"[");
-                self.raw(&(items.len() as u64).to_le_bytes());
-                for i in items {
-                    self.value(i);
-                }
-            }
-            Value::Object(map) => {
-                self.raw(b"{");
-                self.raw(&(map.len() as u64).to_le_bytes());
-                // serde_json's map is sorted already unless a dependency turns on
-                // `preserve_order`; only then is a sorted copy of the keys needed.
-                if map.keys().is_sorted() {
-                    for (k, v) in map {
-                        self.field(k);
-                        self.value(v);
-                    }
-                } else {
-                    let mut keys: Vec<&String> = map.keys().collect();
-                    keys.sort();
-                    for k in keys {
-                        self.field(k);
-                        self.value(&map[k]);
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl HashStream {
-    /// An unsigned LEB128 varint.
-    fn varint(&mut self, mut v: u64) {
-        loop {
-            let byte = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                self.0.push(byte);
-                return;
-            }
-            self.0.push(byte | 0x80);
-        }
-    }
-
-    fn field_v2(&mut self, s: &str) {
-        self.varint(s.len() as u64);
-        self.raw(s.as_bytes());
-    }
-
+    /// Format 2's fields before `details` (see [`HASH_FORMAT_2`]).
     #[allow(clippy::too_many_arguments)]
     fn head_v2(
         &mut self,
@@ -486,58 +441,69 @@ impl HashStream {
     ) {
         self.raw(&[0xff; 8]);
         self.raw(&[HASH_FORMAT_2]);
-        self.varint(prev.len() as u64);
+        self.len(Lengths::Varint, prev.len() as u64);
         self.raw(prev);
-        self.varint(seq);
+        self.len(Lengths::Varint, seq);
         self.raw(&at.timestamp().to_le_bytes());
         self.raw(&at.timestamp_subsec_nanos().to_le_bytes());
-        self.field_v2(actor);
-        self.field_v2(run_id);
+        self.names(Lengths::Varint, actor, run_id, node, kind);
+    }
+
+    fn names(
+        &mut self,
+        lengths: Lengths,
+        actor: &str,
+        run_id: &str,
+        node: Option<&str>,
+        kind: &str,
+    ) {
+        self.field(lengths, actor);
+        self.field(lengths, run_id);
         match node {
             Some(n) => {
                 self.raw(b"1");
-                self.field_v2(n);
+                self.field(lengths, n);
             }
             None => self.raw(b"0"),
         }
-        self.field_v2(kind);
+        self.field(lengths, kind);
     }
 
-    /// A JSON value, tagged as in format 1, with varint lengths and counts.
-    fn value_v2(&mut self, v: &Value) {
+    fn value(&mut self, lengths: Lengths, v: &Value) {
         match v {
             Value::Null => self.raw(b"n"),
             Value::Bool(b) => self.raw(if *b { b"t" } else { b"f" }),
             Value::Number(n) => {
                 self.raw(b"#");
-                let text = n.to_string();
-                self.field_v2(&text);
+                self.field(lengths, &n.to_string());
             }
             Value::String(s) => {
                 self.raw(b"s");
-                self.field_v2(s);
+                self.field(lengths, s);
             }
             Value::Array(items) => {
                 self.raw(b"[");
-                self.varint(items.len() as u64);
+                self.len(lengths, items.len() as u64);
                 for i in items {
-                    self.value_v2(i);
+                    self.value(lengths, i);
                 }
             }
             Value::Object(map) => {
                 self.raw(b"{");
-                self.varint(map.len() as u64);
+                self.len(lengths, map.len() as u64);
+                // serde_json's map is sorted already unless a dependency turns on
+                // `preserve_order`; only then is a sorted copy of the keys needed.
                 if map.keys().is_sorted() {
                     for (k, v) in map {
-                        self.field_v2(k);
-                        self.value_v2(v);
+                        self.field(lengths, k);
+                        self.value(lengths, v);
                     }
                 } else {
                     let mut keys: Vec<&String> = map.keys().collect();
                     keys.sort();
                     for k in keys {
-                        self.field_v2(k);
-                        self.value_v2(&map[k]);
+                        self.field(lengths, k);
+                        self.value(lengths, &map[k]);
                     }
                 }
             }
@@ -882,7 +848,7 @@ mod tests {
                 Some(&t.node),
                 TransitionDraft::KIND,
             );
-            s.value_v2(&t.to_draft().details);
+            s.value(Lengths::Varint, &t.to_draft().details);
             len = s.0.len();
         });
         assert!(len <= 3 * 64 - 9, "{len} bytes");
