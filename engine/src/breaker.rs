@@ -274,6 +274,27 @@ mod tests {
         assert_eq!(b.state(), BreakerState::Open);
     }
 
+    /// The fast path gives a permit only while closed: an open or half-open circuit, even
+    /// past its cool-down, is left to `acquire`, which makes the probe and reports it.
+    #[tokio::test(start_paused = true)]
+    async fn try_acquire_only_passes_a_closed_circuit() {
+        let b = breaker();
+        let p = b.try_acquire().expect("closed");
+        assert!(p.transition.is_none());
+        assert_eq!(p.record(Outcome::TransientFailure), None);
+        fail(&b).await;
+        fail(&b).await;
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(b.try_acquire().is_none());
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(b.try_acquire().is_none(), "the probe is `acquire`'s");
+        let probe = b.acquire().await;
+        assert!(probe.transition.is_some());
+        assert!(b.try_acquire().is_none(), "half-open, probing");
+        probe.record(Outcome::Success);
+        assert!(b.try_acquire().is_some());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_success_resets_the_count() {
         let b = breaker();
