@@ -259,6 +259,48 @@ impl StepContext {
         }
     }
 
+    /// Keeps `value` with this node, durably, before the caller goes on: what a retry or a
+    /// resume after a crash must know to find a side effect already started (an AWS request
+    /// id, a child process group). The same node (same run and node id) reads it back with
+    /// [`Self::saved_progress`] in any later attempt or process. Audited. Outside a run (no
+    /// store) nothing is kept.
+    pub async fn save_progress(&self, key: &str, value: Value) -> Result<(), StepError> {
+        let Some(store) = self.link.store.clone() else {
+            return Ok(());
+        };
+        let annotation = progress_key(&self.node_id, key);
+        // The entry speaks for whoever started the run, like its other entries.
+        let actor = store
+            .run(&self.run_id)
+            .ok()
+            .flatten()
+            .map_or_else(|| "landfall".to_string(), |r| r.trigger.actor);
+        let audit = crate::store::AuditDraft::new(
+            &actor,
+            &self.run_id,
+            "progress_saved",
+            serde_json::json!({ "key": key, "value": value }),
+        )
+        .node(&self.node_id);
+        let batch = crate::store::Batch {
+            annotations: vec![(self.run_id.to_string(), annotation, value)],
+            audit: vec![audit.into()],
+            ..Default::default()
+        };
+        // A durable commit blocks: keep it off the runtime's workers.
+        tokio::task::spawn_blocking(move || store.commit(batch))
+            .await
+            .map_err(|e| StepError::transient(format!("cannot save progress: {e}")))?
+            .map_err(|e| StepError::transient(format!("cannot save progress: {e}")))
+    }
+
+    /// What [`Self::save_progress`] kept under `key` for this node, if anything.
+    pub fn saved_progress(&self, key: &str) -> Option<Value> {
+        let store = self.link.store.as_ref()?;
+        let mut all = store.annotations(&self.run_id).ok()?;
+        all.remove(&progress_key(&self.node_id, key))
+    }
+
     pub fn log(&self, message: impl Into<String>) {
         self.send(StepSignal::Log {
             level: LogLevel::Info,
@@ -291,6 +333,11 @@ impl StepContext {
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
     }
+}
+
+/// Where a node's saved progress lives among its run's annotations.
+fn progress_key(node_id: &str, key: &str) -> String {
+    format!("progress/{node_id}/{key}")
 }
 
 /// A problem with a step's `with:` block found before anything runs.

@@ -3,6 +3,7 @@
 mod aws_org;
 mod cli;
 mod diagnostics;
+mod guard_rails;
 mod packages;
 mod props_aws;
 mod props_provisioning;
@@ -10,6 +11,7 @@ mod props_slack;
 mod provisioning;
 mod serve;
 mod slack_api;
+mod strict_aws;
 mod support;
 mod templates;
 mod tidy;

@@ -121,6 +121,14 @@ impl Emulator {
             root.join(".venv/bin/moto_server").exists(),
             "the AWS emulator is not installed: run `scripts/aws-emulator.sh setup` (scripts/test.sh does)"
         );
+        // Built by `setup`; never from here (a cargo build inside `cargo test` waits on its lock).
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        assert!(
+            target.join("debug/landfall-strict-aws").exists(),
+            "the strict AWS layer is not built: run `scripts/aws-emulator.sh setup` (scripts/test.sh does)"
+        );
         let dir = tempfile::tempdir().expect("temp dir");
         let out = Command::new(root.join("scripts/aws-emulator.sh"))
             .arg("start")
@@ -153,6 +161,29 @@ impl Emulator {
             .expect("emulator endpoint")
     }
 
+    /// Clears all emulated AWS state (moto's and the strict layer's bookkeeping).
+    pub fn reset(&self) {
+        ureq::post(&format!("{}/moto-api/reset", self.endpoint()))
+            .call()
+            .expect("reset the emulator");
+    }
+
+    /// Changes the strict layer's knobs (`{"fault_rate": 0.3}`, keys as `GET /strict-aws/knobs`).
+    pub fn set_knobs(&self, knobs: serde_json::Value) {
+        ureq::post(&format!("{}/strict-aws/knobs", self.endpoint()))
+            .send_json(knobs)
+            .expect("set the strict layer's knobs");
+    }
+
+    /// What the strict layer counted: calls per operation, faults injected, refusals per rule.
+    pub fn stats(&self) -> serde_json::Value {
+        ureq::get(&format!("{}/strict-aws/stats", self.endpoint()))
+            .call()
+            .expect("read the strict layer's stats")
+            .into_json()
+            .expect("stats are JSON")
+    }
+
     /// Applies the emulator's environment to a `landfall` command.
     pub fn apply(&self, cmd: &mut Command) {
         cmd.env_remove("AWS_PROFILE");
@@ -175,12 +206,13 @@ impl Emulator {
 }
 
 impl Emulator {
-    /// Landfall's AWS access, pointed at this emulator, for running plugins in-process.
+    /// Landfall's AWS access, pointed at this emulator, for running plugins in-process: the
+    /// production client settings (call retries included), only the endpoint differs.
     pub fn landfall_aws(&self) -> landfall_steps::aws::Aws {
         let conf = self
             .sdk_config()
             .into_builder()
-            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .retry_config(landfall_steps::aws::call_retries())
             .build();
         landfall_steps::aws::Aws::from_config(conf)
     }

@@ -1,4 +1,6 @@
-//! SDK errors → [`ErrorClass`], in one place, each case unit-tested.
+//! SDK errors → [`ErrorClass`], in one place, each case unit-tested; and the answers that
+//! mean "it is already so" ([`Outcome`]), so plugins adopt instead of failing and never match
+//! error codes themselves.
 
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
@@ -63,41 +65,149 @@ pub fn is_throttling(e: &StepError) -> bool {
             == Some(429)
 }
 
-/// Error codes that make continuing anything unsafe or pointless for the whole run.
-const CRITICAL_CODES: &[&str] = &[
-    "ACCOUNT_LIMIT_EXCEEDED",
-    "ACCOUNT_NUMBER_LIMIT_EXCEEDED",
-    "AccountLimitExceeded",
-    "LimitExceededException",
+/// Codes AWS documents as "try again later" that the SDK's retry classifiers do not retry;
+/// [`super::TransientCodes`] retries them at the call.
+pub const CALL_RETRY_CODES: &[&str] = &[
+    "ConcurrentModificationException",
+    "FinalizingOrganizationException",
+    "PolicyChangesInProgressException",
 ];
 
-/// The class of a failure from its kind, service error code and HTTP status.
-pub fn classify(kind: Kind, code: Option<&str>, status: Option<u16>) -> ErrorClass {
+/// `ConstraintViolationException` reasons (and `CreateAccountStatus.FailureReason`s) that are
+/// "not now": the same call later may succeed.
+const TRANSIENT_REASONS: &[&str] = &[
+    "CONCURRENT_ACCOUNT_MODIFICATION",
+    "INTERNAL_FAILURE",
+    "PENDING_BUSINESS_VALIDATION",
+    "WAIT_PERIOD_ACTIVE",
+];
+
+/// The class of a failure from its kind, service error code, `Reason` and HTTP status.
+///
+/// No AWS answer is critical: a quota (`LimitExceededException`, `ConstraintViolationException`
+/// with any limit reason) fails the node permanently, so the run's failure branch (rollback,
+/// notification) still runs. Critical is kept for what makes touching anything unsafe (a
+/// package whose digest does not match), which AWS never tells us.
+pub fn classify(
+    kind: Kind,
+    code: Option<&str>,
+    reason: Option<&str>,
+    status: Option<u16>,
+) -> ErrorClass {
     match kind {
         Kind::Timeout | Kind::Dispatch => return ErrorClass::Transient,
         Kind::Construction => return ErrorClass::Permanent,
         Kind::Response | Kind::Service => {}
     }
+    if let Some(reason) = reason {
+        return if TRANSIENT_REASONS.contains(&reason) {
+            ErrorClass::Transient
+        } else {
+            ErrorClass::Permanent
+        };
+    }
     if let Some(code) = code {
-        if CRITICAL_CODES.contains(&code) {
-            return ErrorClass::Critical;
-        }
-        if THROTTLING_CODES.contains(&code) || OTHER_TRANSIENT_CODES.contains(&code) {
+        if THROTTLING_CODES.contains(&code)
+            || OTHER_TRANSIENT_CODES.contains(&code)
+            || CALL_RETRY_CODES.contains(&code)
+        {
             return ErrorClass::Transient;
         }
     }
     match status {
         Some(429) => ErrorClass::Transient,
         Some(s) if s >= 500 => ErrorClass::Transient,
-        // An unreadable answer without a status is most likely a cut connection.
-        None if kind == Kind::Response => ErrorClass::Transient,
+        // An answer we could not read (a proxy's error page, a cut body) says nothing about
+        // the request: look again later.
+        _ if kind == Kind::Response => ErrorClass::Transient,
         _ => ErrorClass::Permanent,
     }
 }
 
 /// The class of an Organizations `CreateAccountStatus.FailureReason`.
 pub fn classify_failure_reason(reason: &str) -> ErrorClass {
-    classify(Kind::Service, Some(reason), None)
+    classify(Kind::Service, None, Some(reason), None)
+}
+
+/// Codes that mean "the thing you act on is not ready yet" (not a fault, not a refusal):
+/// plugins wait them out like a pending operation.
+const NOT_READY_CODES: &[&str] = &["FinalizingOrganizationException"];
+
+/// Whether a classified error says "not ready yet, wait" (see [`NOT_READY_CODES`]).
+pub fn is_not_ready(e: &StepError) -> bool {
+    e.context
+        .get("code")
+        .and_then(serde_json::Value::as_str)
+        .is_some_and(|c| NOT_READY_CODES.contains(&c))
+}
+
+/// What an error answer says about the thing the call meant to create or remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It exists already (another run made it, or this call's answer was lost): read it again
+    /// and adopt it.
+    AlreadyExists,
+    /// The change is in place already (attached, enabled): nothing to do.
+    AlreadyDone,
+    /// What was to be removed is not there: nothing to do.
+    AlreadyGone,
+    /// Anything else: a failure, classified by [`step_error`].
+    Failed,
+}
+
+const ALREADY_EXISTS_CODES: &[&str] = &[
+    "AlreadyInOrganizationException",
+    "DuplicateOrganizationalUnitException",
+    "DuplicatePolicyException",
+    "EntityAlreadyExists",
+    "AlreadyExistsException",
+];
+const ALREADY_DONE_CODES: &[&str] = &[
+    "DuplicatePolicyAttachmentException",
+    "PolicyTypeAlreadyEnabledException",
+    "DuplicateAccountException",
+];
+const ALREADY_GONE_CODES: &[&str] = &["PolicyNotAttachedException", "NoSuchEntity"];
+
+/// The [`Outcome`] of an error code.
+pub fn outcome_of_code(code: Option<&str>) -> Outcome {
+    match code {
+        Some(c) if ALREADY_EXISTS_CODES.contains(&c) => Outcome::AlreadyExists,
+        Some(c) if ALREADY_DONE_CODES.contains(&c) => Outcome::AlreadyDone,
+        Some(c) if ALREADY_GONE_CODES.contains(&c) => Outcome::AlreadyGone,
+        _ => Outcome::Failed,
+    }
+}
+
+/// The [`Outcome`] of an SDK error.
+pub fn outcome<E>(err: &SdkError<E, HttpResponse>) -> Outcome
+where
+    E: ProvideErrorMetadata,
+{
+    match err {
+        SdkError::ServiceError(_) => outcome_of_code(err.code()),
+        _ => Outcome::Failed,
+    }
+}
+
+/// The error code in a raw error answer: JSON's `__type` (its last `#` part) or Query XML's
+/// `<Code>`; for retry classification, which sees only the HTTP response.
+pub fn code_in_body(body: &[u8]) -> Option<String> {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        let t = v.get("__type").or_else(|| v.get("code"))?.as_str()?;
+        return t.rsplit('#').next().map(str::to_string);
+    }
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("<Code>")? + "<Code>".len();
+    let end = text[start..].find("</Code>")? + start;
+    Some(text[start..end].trim().to_string())
+}
+
+/// `ConstraintViolationException`'s `Reason` (and other services' `Reason` fields) from the raw
+/// JSON answer: the SDK types it per operation, so reading the body is the one generic way.
+fn reason_in_body(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.get("Reason")?.as_str().map(str::to_string)
 }
 
 /// Turns any SDK error into a classified [`StepError`] naming the operation, the code and
@@ -117,8 +227,18 @@ where
     let status = err.raw_response().map(|r| r.status().as_u16());
     let code = err.code().map(str::to_string);
     let message = err.message().map(str::to_string);
-    let class = classify(kind, code.as_deref(), status);
+    let reason = err
+        .raw_response()
+        .and_then(|r| r.body().bytes())
+        .and_then(reason_in_body);
+    let class = classify(kind, code.as_deref(), reason.as_deref(), status);
     let text = match (&code, &message) {
+        (Some(c), Some(m)) if reason.is_some() => {
+            format!(
+                "{operation}: {c} ({}): {m}",
+                reason.as_deref().unwrap_or_default()
+            )
+        }
         (Some(c), Some(m)) => format!("{operation}: {c}: {m}"),
         (Some(c), None) => format!("{operation}: {c}"),
         // A service answer without an error code (e.g. an HTML error page): the status says
@@ -146,6 +266,7 @@ where
     StepError::new(class, text).with_context(json!({
         "operation": operation,
         "code": code,
+        "reason": reason,
         "http_status": status,
     }))
 }
@@ -166,19 +287,31 @@ mod tests {
             "ServiceUnavailable",
         ] {
             assert_eq!(
-                classify(Kind::Service, Some(code), Some(400)),
+                classify(Kind::Service, Some(code), None, Some(400)),
                 Transient,
                 "{code}"
             );
         }
         assert_eq!(
-            classify(Kind::Service, Some("Whatever"), Some(503)),
+            classify(Kind::Service, Some("Whatever"), None, Some(503)),
             Transient
         );
-        assert_eq!(classify(Kind::Service, None, Some(429)), Transient);
-        assert_eq!(classify(Kind::Timeout, None, None), Transient);
-        assert_eq!(classify(Kind::Dispatch, None, None), Transient);
-        assert_eq!(classify(Kind::Response, None, None), Transient);
+        assert_eq!(classify(Kind::Service, None, None, Some(429)), Transient);
+        assert_eq!(classify(Kind::Timeout, None, None, None), Transient);
+        assert_eq!(classify(Kind::Dispatch, None, None, None), Transient);
+        assert_eq!(classify(Kind::Response, None, None, None), Transient);
+        // An unreadable answer is transient whatever its status.
+        assert_eq!(classify(Kind::Response, None, None, Some(400)), Transient);
+        for code in [
+            "FinalizingOrganizationException",
+            "PolicyChangesInProgressException",
+        ] {
+            assert_eq!(
+                classify(Kind::Service, Some(code), None, Some(400)),
+                Transient,
+                "{code}"
+            );
+        }
     }
 
     #[test]
@@ -193,12 +326,12 @@ mod tests {
             "DuplicatePolicyException",
         ] {
             assert_eq!(
-                classify(Kind::Service, Some(code), Some(400)),
+                classify(Kind::Service, Some(code), None, Some(400)),
                 Permanent,
                 "{code}"
             );
         }
-        assert_eq!(classify(Kind::Construction, None, None), Permanent);
+        assert_eq!(classify(Kind::Construction, None, None, None), Permanent);
     }
 
     #[test]
@@ -214,16 +347,95 @@ mod tests {
     }
 
     #[test]
-    fn account_limits_are_critical() {
+    fn quotas_are_permanent_so_failure_branches_still_run() {
+        assert_eq!(classify_failure_reason("ACCOUNT_LIMIT_EXCEEDED"), Permanent);
         assert_eq!(
-            classify(Kind::Service, Some("ACCOUNT_LIMIT_EXCEEDED"), None),
-            Critical
+            classify(
+                Kind::Service,
+                Some("LimitExceededException"),
+                None,
+                Some(400)
+            ),
+            Permanent
         );
-        assert_eq!(classify_failure_reason("ACCOUNT_LIMIT_EXCEEDED"), Critical);
+        for reason in [
+            "ACCOUNT_NUMBER_LIMIT_EXCEEDED",
+            "ACCOUNT_CREATION_RATE_LIMIT_EXCEEDED",
+            "POLICY_NUMBER_LIMIT_EXCEEDED",
+            "MAX_POLICY_TYPE_ATTACHMENT_LIMIT_EXCEEDED",
+            "POLICY_CONTENT_LIMIT_EXCEEDED",
+        ] {
+            assert_eq!(
+                classify(
+                    Kind::Service,
+                    Some("ConstraintViolationException"),
+                    Some(reason),
+                    Some(400)
+                ),
+                Permanent,
+                "{reason}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_reason_decides_over_the_code() {
+        // A constraint that is "not now" is worth another try; the code alone says nothing.
         assert_eq!(
-            classify(Kind::Service, Some("LimitExceededException"), Some(400)),
-            Critical
+            classify(
+                Kind::Service,
+                Some("ConstraintViolationException"),
+                Some("WAIT_PERIOD_ACTIVE"),
+                Some(400)
+            ),
+            Transient
         );
+        assert_eq!(
+            reason_in_body(br#"{"__type":"ConstraintViolationException","Message":"m","Reason":"ACCOUNT_NUMBER_LIMIT_EXCEEDED"}"#).as_deref(),
+            Some("ACCOUNT_NUMBER_LIMIT_EXCEEDED")
+        );
+        assert_eq!(reason_in_body(b"<xml/>"), None);
+    }
+
+    #[test]
+    fn codes_are_read_from_raw_answers_of_both_protocols() {
+        assert_eq!(
+            code_in_body(br#"{"__type":"com.amazonaws.organizations#ConcurrentModificationException","Message":"x"}"#).as_deref(),
+            Some("ConcurrentModificationException")
+        );
+        assert_eq!(
+            code_in_body(b"<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code></Error></ErrorResponse>").as_deref(),
+            Some("Throttling")
+        );
+        assert_eq!(code_in_body(b"<html>bad gateway</html>"), None);
+    }
+
+    #[test]
+    fn a_finalizing_organization_is_not_ready_rather_than_failed() {
+        let e = StepError::transient("x")
+            .with_context(json!({ "code": "FinalizingOrganizationException" }));
+        assert!(is_not_ready(&e));
+        let e = StepError::transient("x").with_context(json!({ "code": "Throttling" }));
+        assert!(!is_not_ready(&e));
+    }
+
+    #[test]
+    fn already_so_answers_are_outcomes_not_failures() {
+        use Outcome::*;
+        for (code, want) in [
+            ("AlreadyInOrganizationException", AlreadyExists),
+            ("DuplicateOrganizationalUnitException", AlreadyExists),
+            ("DuplicatePolicyException", AlreadyExists),
+            ("EntityAlreadyExists", AlreadyExists),
+            ("AlreadyExistsException", AlreadyExists),
+            ("DuplicatePolicyAttachmentException", AlreadyDone),
+            ("PolicyTypeAlreadyEnabledException", AlreadyDone),
+            ("PolicyNotAttachedException", AlreadyGone),
+            ("AccessDenied", Failed),
+        ] {
+            assert_eq!(outcome_of_code(Some(code)), want, "{code}");
+        }
+        assert_eq!(outcome_of_code(None), Failed);
     }
 
     #[test]

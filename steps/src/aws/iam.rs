@@ -15,7 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::errors::step_error;
+use super::errors::{self, step_error};
 use super::Aws;
 
 pub const DEPLOYER_ROLE: &str = "landfall-deployer";
@@ -319,12 +319,13 @@ fn decode_policy(text: &str) -> Result<Value, StepError> {
         .map_err(|e| StepError::permanent(format!("IAM returned a policy that is not JSON: {e}")))
 }
 
+/// (ARN, whether this call created the role).
 async fn ensure_role(
     iam: &Iam,
     name: &str,
     trust: &Value,
     description: &str,
-) -> Result<String, StepError> {
+) -> Result<(String, bool), StepError> {
     let trust_text = trust.to_string();
     match iam.get_role().role_name(name).send().await {
         Ok(r) => {
@@ -343,7 +344,7 @@ async fn ensure_role(
                     .await
                     .map_err(|e| step_error("UpdateAssumeRolePolicy", e))?;
             }
-            Ok(role.arn().to_string())
+            Ok((role.arn().to_string(), false))
         }
         Err(e)
             if e.as_service_error()
@@ -362,12 +363,31 @@ async fn ensure_role(
                 .max_session_duration(3600)
                 .tags(tag)
                 .send()
-                .await
-                .map_err(|e| step_error("CreateRole", e))?;
-            Ok(created
-                .role()
-                .map(|r| r.arn().to_string())
-                .unwrap_or_default())
+                .await;
+            match created {
+                Ok(created) => Ok((
+                    created
+                        .role()
+                        .map(|r| r.arn().to_string())
+                        .unwrap_or_default(),
+                    true,
+                )),
+                // Created meanwhile (another run, or this call's lost answer): adopt it; the
+                // next attempt reads it and corrects its trust policy if needed.
+                Err(e) if errors::outcome(&e) == errors::Outcome::AlreadyExists => {
+                    let r = iam
+                        .get_role()
+                        .role_name(name)
+                        .send()
+                        .await
+                        .map_err(|e| step_error("GetRole", e))?;
+                    Ok((
+                        r.role().map(|r| r.arn().to_string()).unwrap_or_default(),
+                        true,
+                    ))
+                }
+                Err(e) => Err(step_error("CreateRole", e)),
+            }
         }
         Err(e) => Err(step_error("GetRole", e)),
     }
@@ -389,7 +409,7 @@ impl Step for IamRoles {
                 .aws
                 .iam_in(&account.id, &c.member_role_name, ctx.idempotency_key())
                 .await?;
-            let deployer = ensure_role(
+            let (deployer, new_deployer) = ensure_role(
                 &iam,
                 DEPLOYER_ROLE,
                 &trust,
@@ -403,13 +423,23 @@ impl Step for IamRoles {
                 .send()
                 .await
                 .map_err(|e| step_error("PutRolePolicy", e))?;
-            let verifier = ensure_role(
+            let (verifier, new_verifier) = ensure_role(
                 &iam,
                 VERIFIER_ROLE,
                 &trust,
                 "Landfall verifies deployed resources with this read-only role",
             )
             .await?;
+            // IAM is eventually consistent: a role just created cannot be assumed for a few
+            // seconds. The roles are this step's promise to `deploy` and `verify`, so it keeps
+            // it: done means assumable.
+            for (role, new) in [(DEPLOYER_ROLE, new_deployer), (VERIFIER_ROLE, new_verifier)] {
+                if new {
+                    self.aws
+                        .wait_assumable(&account.id, role, ctx.idempotency_key(), &ctx)
+                        .await?;
+                }
+            }
             iam.attach_role_policy()
                 .role_name(VERIFIER_ROLE)
                 .policy_arn(VERIFIER_POLICY_ARN)

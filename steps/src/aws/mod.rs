@@ -1,11 +1,22 @@
 //! AWS access for plugins: SDK configuration from the standard chain, and the one place that
 //! maps SDK errors to the engine's error classes.
 //!
-//! Retries: the SDK's own retries are switched off (`RetryConfig::disabled`). The engine
-//! retries transient failures by the step's policy, visibly (audited, breaker-aware), so
-//! attempts are never multiplied (SDK 3 × engine 4 = 12 calls). Plugins that poll (account
-//! creation, stack status) back off inside their own loop and treat throttling there as "wait
-//! longer", not as a failure.
+//! Retries happen at two grains that never stack on one fault:
+//! - **The call.** A throttled, 5xx, reset or time-out call is retried where it happened by the
+//!   SDK's adaptive retry strategy ([`call_retries`]): exponential backoff with full jitter,
+//!   at most [`CALL_ATTEMPTS`] attempts, drawing on a retry budget (token bucket), and slowing
+//!   the client down while it is throttled. Budget and rate limiter are shared per *retry
+//!   partition*, one per service × account × region ([`partition`]), so one customer's
+//!   throttled account does not slow another's. [`TransientCodes`] adds the Organizations
+//!   answers AWS documents as "try again later" that the SDK does not know.
+//! - **The node.** Only when a call's retries are spent (or its budget is empty) does the error
+//!   reach the engine, which retries the node by the step's policy. A node's plugin re-reads
+//!   what exists and adopts it, so a node retry repeats no write already done.
+//!
+//! A sustained outage empties the budget: each call then makes one attempt, and the engine's
+//! slower node retries and circuit breaker take over; so the grains add, never multiply.
+//! Plugins that poll (account creation, stack status) back off inside their own loop and treat
+//! throttling there as "wait longer", not as a failure.
 
 pub mod errors;
 pub mod iam;
@@ -16,8 +27,15 @@ pub mod targets;
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_organizations::config::retry::RetryPartition;
+use aws_smithy_runtime_api::client::interceptors::context::InterceptorContext;
+use aws_smithy_runtime_api::client::retries::classifiers::{
+    ClassifyRetry, RetryAction, SharedRetryClassifier,
+};
 use landfall_engine::{ErrorClass, StepError};
 use tokio::sync::OnceCell;
 
@@ -43,15 +61,29 @@ impl Aws {
         self.config
             .get_or_init(|| async {
                 aws_config::defaults(BehaviorVersion::latest())
-                    .retry_config(RetryConfig::disabled())
+                    .retry_config(call_retries())
                     .load()
                     .await
             })
             .await
     }
 
+    fn region(conf: &SdkConfig) -> String {
+        conf.region()
+            .map_or_else(|| "no-region".into(), |r| r.to_string())
+    }
+
     pub async fn organizations(&self) -> aws_sdk_organizations::Client {
-        aws_sdk_organizations::Client::new(self.config().await)
+        let conf = self.config().await;
+        let c = aws_sdk_organizations::config::Builder::from(conf)
+            .retry_partition(partition(
+                "organizations",
+                "management",
+                &Self::region(conf),
+            ))
+            .retry_classifier(SharedRetryClassifier::new(TransientCodes))
+            .build();
+        aws_sdk_organizations::Client::from_conf(c)
     }
 
     /// An IAM client acting inside a member account, through `role_name` there (assumed from
@@ -65,6 +97,8 @@ impl Aws {
         let (conf, creds) = self.assume(account_id, role_name, session).await?;
         let c = aws_sdk_iam::config::Builder::from(conf)
             .credentials_provider(creds)
+            .retry_partition(partition("iam", account_id, "global"))
+            .retry_classifier(SharedRetryClassifier::new(TransientCodes))
             .build();
         Ok(aws_sdk_iam::Client::from_conf(c))
     }
@@ -81,6 +115,8 @@ impl Aws {
         let c = aws_sdk_cloudformation::config::Builder::from(conf)
             .credentials_provider(creds)
             .region(aws_config::Region::new(region.to_string()))
+            .retry_partition(partition("cloudformation", account_id, region))
+            .retry_classifier(SharedRetryClassifier::new(TransientCodes))
             .build();
         Ok(aws_sdk_cloudformation::Client::from_conf(c))
     }
@@ -108,6 +144,44 @@ impl Aws {
         Err(last)
     }
 
+    /// Waits until `role_name` in `account_id` can be assumed: IAM takes seconds to make a new
+    /// role usable, and meanwhile AssumeRole answers "access denied". Bounded by
+    /// [`ROLE_PROPAGATION`] and the attempt's deadline; past them the attempt fails transiently.
+    pub async fn wait_assumable(
+        &self,
+        account_id: &str,
+        role_name: &str,
+        session: &str,
+        ctx: &landfall_engine::StepContext,
+    ) -> Result<(), StepError> {
+        let start = tokio::time::Instant::now();
+        let mut limit = start + ROLE_PROPAGATION;
+        if let Some(d) = ctx.deadline {
+            limit = limit.min(d);
+        }
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match self.assume(account_id, role_name, session).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.class == ErrorClass::Permanent => {
+                    if tokio::time::Instant::now() + delay > limit {
+                        return Err(StepError::transient(format!(
+                            "{role_name} in {account_id} was created but still cannot be assumed after {:.0?}: {}",
+                            start.elapsed(),
+                            e.message
+                        )));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = ctx.cancel.cancelled() => return Err(StepError::transient("cancelled")),
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
     /// Temporary credentials for `role_name` in `account_id`.
     async fn assume(
         &self,
@@ -118,7 +192,11 @@ impl Aws {
         let conf = self.config().await;
         let arn = format!("arn:aws:iam::{account_id}:role/{role_name}");
         let session: String = format!("landfall-{}", session.chars().take(32).collect::<String>());
-        let out = aws_sdk_sts::Client::new(conf)
+        let sts = aws_sdk_sts::config::Builder::from(conf)
+            .retry_partition(partition("sts", "management", &Self::region(conf)))
+            .retry_classifier(SharedRetryClassifier::new(TransientCodes))
+            .build();
+        let out = aws_sdk_sts::Client::from_conf(sts)
             .assume_role()
             .role_arn(&arn)
             .role_session_name(session)
@@ -136,5 +214,52 @@ impl Aws {
             "landfall-assume-role",
         );
         Ok((conf, creds))
+    }
+}
+
+/// How long a new role may take to become assumable before the attempt gives up (AWS
+/// documents "a few seconds"; in practice under a minute).
+pub const ROLE_PROPAGATION: Duration = Duration::from_secs(60);
+
+/// Attempts per call, the first included (the SDK's default is 3; Organizations throttles at
+/// low rates in normal use, so a call gets a little more patience before the node fails).
+pub const CALL_ATTEMPTS: u32 = 5;
+
+/// The SDK's adaptive retry mode: standard retries (exponential backoff, full jitter, a retry
+/// budget) plus client-side rate limiting while throttled.
+pub fn call_retries() -> RetryConfig {
+    RetryConfig::adaptive()
+        .with_max_attempts(CALL_ATTEMPTS)
+        .with_initial_backoff(Duration::from_millis(200))
+        .with_max_backoff(Duration::from_secs(20))
+}
+
+/// The retry partition of a client: retry budget and rate limiter are shared by every client
+/// of one service × account × region, and by nothing else.
+pub fn partition(service: &str, account: &str, region: &str) -> RetryPartition {
+    RetryPartition::new(format!("landfall/{service}/{account}/{region}"))
+}
+
+/// Marks as transient the error codes that AWS documents as "try again later" and the SDK's own
+/// classifiers do not retry (they come from [`errors::CALL_RETRY_CODES`]).
+#[derive(Debug, Clone, Copy)]
+pub struct TransientCodes;
+
+impl ClassifyRetry for TransientCodes {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        let Some(resp) = ctx.response() else {
+            return RetryAction::NoActionIndicated;
+        };
+        let code = resp.body().bytes().and_then(errors::code_in_body);
+        match code {
+            Some(c) if errors::CALL_RETRY_CODES.contains(&c.as_str()) => {
+                RetryAction::transient_error()
+            }
+            _ => RetryAction::NoActionIndicated,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "landfall transient codes"
     }
 }

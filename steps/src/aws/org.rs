@@ -1,9 +1,18 @@
 //! `org`: the customer's place in AWS Organizations, ensured idempotently.
 //!
 //! Ensures the organization (all features) with SCPs enabled on the root, the OU
-//! `<parent_ou>/<customer>`, and each account: found by email (AWS accepts a duplicate email at
-//! creation in some emulators, so looking first is ours to do), else created and polled until
-//! done; then moved into the OU and tagged. Running it twice changes nothing.
+//! `<parent_ou>/<customer>`, and each account; then moves each account into the OU and tags it.
+//! Running it twice changes nothing, and neither do races with other runs or lost answers:
+//! every "already exists" answer (organization, OU, policy type) is answered by reading again
+//! and adopting.
+//!
+//! Accounts: AWS creates them asynchronously (`CreateAccount` answers a request id; the account
+//! is listed only once the request has `SUCCEEDED`, minutes later). So an account is, in
+//! order: found by email among the listed accounts; or the request id this node saved (durably,
+//! before waiting) is followed; or a request in progress for the same account name
+//! (`ListCreateAccountStatus`, which names no email) is followed; or a new request is made and
+//! its id saved at once. A request that fails with `EMAIL_ALREADY_EXISTS` (a lost answer made
+//! the SDK ask twice, or another run asked first) sends it back to looking.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,14 +28,16 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::errors::{classify_failure_reason, step_error};
+use super::errors::{classify_failure_reason, outcome, step_error, Outcome};
 use super::Aws;
 use crate::requirements::Environment;
 
 pub struct Org {
     pub aws: Aws,
-    /// How often to look at a pending account creation (AWS recommends seconds, not less).
+    /// The longest wait between two looks at a pending account creation (they start at
+    /// `first_poll` and grow: most creations take a minute or two).
     pub poll_interval: Duration,
+    pub first_poll: Duration,
     /// How long an account creation may take before the attempt fails (transient).
     pub create_timeout: Duration,
 }
@@ -35,7 +46,8 @@ impl Org {
     pub fn new(aws: Aws) -> Self {
         Org {
             aws,
-            poll_interval: Duration::from_secs(5),
+            poll_interval: Duration::from_secs(10),
+            first_poll: Duration::from_secs(1),
             create_timeout: Duration::from_secs(15 * 60),
         }
     }
@@ -158,10 +170,7 @@ impl Step for Org {
                 .map(|(id, _)| id.clone());
             let (id, created) = match found {
                 Some(id) => (id, false),
-                None => (
-                    self.create_account(&client, a, &account_tags, &ctx).await?,
-                    true,
-                ),
+                None => self.ensure_account(&client, a, &account_tags, &ctx).await?,
             };
             move_into(&client, &id, &ou_id).await?;
             client
@@ -197,34 +206,88 @@ impl Step for Org {
     }
 }
 
+/// How a creation request ended.
+enum Creation {
+    Succeeded(String),
+    Failed(String),
+}
+
 impl Org {
-    async fn create_account(
+    /// (account id, whether a request of this node made it), for an account not listed yet.
+    async fn ensure_account(
         &self,
         client: &Client,
         a: &OrgAccount,
         tags: &[Tag],
         ctx: &StepContext,
-    ) -> Result<String, StepError> {
-        let started = client
-            .create_account()
-            .email(&a.email)
-            .account_name(&a.name)
-            .set_tags(Some(tags.to_vec()))
-            .send()
-            .await
-            .map_err(|e| step_error("CreateAccount", e))?;
-        let request_id = started
-            .create_account_status()
-            .and_then(|s| s.id())
-            .ok_or_else(|| StepError::transient("CreateAccount returned no request id"))?
-            .to_string();
-        ctx.log(format!("creating account {} ({})", a.name, a.email));
+    ) -> Result<(String, bool), StepError> {
+        let key = format!("create-account/{}", a.email.to_ascii_lowercase());
+        let mut request = ctx
+            .saved_progress(&key)
+            .and_then(|v| v["request_id"].as_str().map(str::to_string));
+        let mut ours = request.is_some();
+        // Each round follows one request; a request refused for its email sends us back to
+        // looking, which finds the account or the request that holds the email. Three rounds
+        // are enough for "lost answer, then asked again" with room to spare.
+        for round in 0..3 {
+            if round > 0 {
+                if let Some(id) = find_by_email(client, &a.email).await? {
+                    return Ok((id, ours));
+                }
+            }
+            let id = match request.take() {
+                Some(id) => id,
+                None => match in_progress(client, &a.name).await? {
+                    Some(id) => {
+                        ctx.log(format!(
+                            "following the creation of {} already under way ({id})",
+                            a.name
+                        ));
+                        id
+                    }
+                    None => {
+                        let id = self.start_creation(client, a, tags, ctx).await?;
+                        ctx.save_progress(&key, json!({ "request_id": id })).await?;
+                        ctx.log(format!(
+                            "creating account {} ({}), request {id}",
+                            a.name, a.email
+                        ));
+                        ours = true;
+                        id
+                    }
+                },
+            };
+            match self.wait_for(client, &id, a, ctx).await? {
+                Creation::Succeeded(account) => return Ok((account, ours)),
+                Creation::Failed(reason) if reason == "EMAIL_ALREADY_EXISTS" => continue,
+                Creation::Failed(reason) => {
+                    return Err(StepError::new(
+                        classify_failure_reason(&reason),
+                        format!("creating account {} failed: {reason}", a.name),
+                    ))
+                }
+            }
+        }
+        Err(StepError::permanent(format!(
+            "the email {} of account {} belongs to an AWS account that is not in this organization: invite that account, or choose another email",
+            a.email, a.name
+        )))
+    }
+
+    /// Follows a creation request until it ends (or the attempt's time is up: transient).
+    async fn wait_for(
+        &self,
+        client: &Client,
+        request_id: &str,
+        a: &OrgAccount,
+        ctx: &StepContext,
+    ) -> Result<Creation, StepError> {
         let deadline = tokio::time::Instant::now() + self.create_timeout;
-        let mut delay = self.poll_interval;
+        let mut delay = self.first_poll;
         loop {
             let status = client
                 .describe_create_account_status()
-                .create_account_request_id(&request_id)
+                .create_account_request_id(request_id)
                 .send()
                 .await;
             match status {
@@ -234,7 +297,7 @@ impl Org {
                         Some(CreateAccountState::Succeeded) => {
                             return s
                                 .and_then(|s| s.account_id())
-                                .map(str::to_string)
+                                .map(|id| Creation::Succeeded(id.to_string()))
                                 .ok_or_else(|| {
                                     StepError::transient("account created without an id")
                                 });
@@ -244,12 +307,9 @@ impl Org {
                                 .and_then(|s| s.failure_reason())
                                 .map(|r| r.as_str().to_string())
                                 .unwrap_or_else(|| "UNKNOWN".into());
-                            return Err(StepError::new(
-                                classify_failure_reason(&reason),
-                                format!("creating account {} failed: {reason}", a.name),
-                            ));
+                            return Ok(Creation::Failed(reason));
                         }
-                        _ => {}
+                        _ => delay = (delay * 3 / 2).min(self.poll_interval),
                     }
                 }
                 Err(e) => {
@@ -257,13 +317,13 @@ impl Org {
                     if err.class != landfall_engine::ErrorClass::Transient {
                         return Err(err);
                     }
-                    // Throttled while polling: wait longer, do not fail.
+                    // Throttled while polling (after the SDK's own retries): wait longer.
                     delay = (delay * 2).min(Duration::from_secs(60));
                 }
             }
             if tokio::time::Instant::now() + delay > deadline {
                 return Err(StepError::transient(format!(
-                    "account {} still being created after {}",
+                    "account {} still being created after {} (request {request_id}; the next attempt follows it)",
                     a.name,
                     humantime::format_duration(self.create_timeout)
                 )));
@@ -276,20 +336,108 @@ impl Org {
     }
 }
 
+impl Org {
+    /// Asks for an account. A new organization refuses account creation while it finalizes
+    /// (`FinalizingOrganizationException`, "can take up to an hour"): that is waited out
+    /// here, like a pending creation, within the attempt's time.
+    async fn start_creation(
+        &self,
+        client: &Client,
+        a: &OrgAccount,
+        tags: &[Tag],
+        ctx: &StepContext,
+    ) -> Result<String, StepError> {
+        let deadline = tokio::time::Instant::now() + self.create_timeout;
+        let mut delay = self.first_poll;
+        loop {
+            let started = client
+                .create_account()
+                .email(&a.email)
+                .account_name(&a.name)
+                .set_tags(Some(tags.to_vec()))
+                .send()
+                .await;
+            match started {
+                Ok(started) => {
+                    return started
+                        .create_account_status()
+                        .and_then(|s| s.id())
+                        .map(str::to_string)
+                        .ok_or_else(|| {
+                            StepError::transient("CreateAccount returned no request id")
+                        })
+                }
+                Err(e) => {
+                    let err = step_error("CreateAccount", e);
+                    if !super::errors::is_not_ready(&err)
+                        || tokio::time::Instant::now() + delay > deadline
+                    {
+                        return Err(err);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = ctx.cancel.cancelled() => return Err(StepError::transient("cancelled")),
+            }
+            delay = (delay * 2).min(self.poll_interval);
+        }
+    }
+}
+
+/// The request id of a creation in progress for an account of this name, if any.
+async fn in_progress(client: &Client, name: &str) -> Result<Option<String>, StepError> {
+    let mut pages = client
+        .list_create_account_status()
+        .states(CreateAccountState::InProgress)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| step_error("ListCreateAccountStatus", e))?;
+        if let Some(s) = page
+            .create_account_statuses()
+            .iter()
+            .find(|s| s.account_name() == Some(name))
+        {
+            return Ok(s.id().map(str::to_string));
+        }
+    }
+    Ok(None)
+}
+
+async fn find_by_email(client: &Client, email: &str) -> Result<Option<String>, StepError> {
+    Ok(list_accounts(client)
+        .await?
+        .into_iter()
+        .find(|(_, e)| e.eq_ignore_ascii_case(email))
+        .map(|(id, _)| id))
+}
+
 /// (organization id, management account id), creating the organization if there is none.
 async fn ensure_organization(client: &Client) -> Result<(String, String), StepError> {
     use aws_sdk_organizations::operation::describe_organization::DescribeOrganizationError;
     let described = match client.describe_organization().send().await {
         Ok(o) => o.organization().cloned(),
         Err(e) => match e.as_service_error() {
-            Some(DescribeOrganizationError::AwsOrganizationsNotInUseException(_)) => client
-                .create_organization()
-                .feature_set(OrganizationFeatureSet::All)
-                .send()
-                .await
-                .map_err(|e| step_error("CreateOrganization", e))?
-                .organization()
-                .cloned(),
+            Some(DescribeOrganizationError::AwsOrganizationsNotInUseException(_)) => {
+                match client
+                    .create_organization()
+                    .feature_set(OrganizationFeatureSet::All)
+                    .send()
+                    .await
+                {
+                    Ok(o) => o.organization().cloned(),
+                    // Another run created it meanwhile: adopt it.
+                    Err(e) if outcome(&e) == Outcome::AlreadyExists => client
+                        .describe_organization()
+                        .send()
+                        .await
+                        .map_err(|e| step_error("DescribeOrganization", e))?
+                        .organization()
+                        .cloned(),
+                    Err(e) => return Err(step_error("CreateOrganization", e)),
+                }
+            }
             _ => return Err(step_error("DescribeOrganization", e)),
         },
     };
@@ -322,24 +470,57 @@ async fn ensure_root_with_scps(client: &Client) -> Result<String, StepError> {
             && p.status() == Some(&PolicyTypeStatus::Enabled)
     });
     if !enabled {
-        client
+        let enabled = client
             .enable_policy_type()
             .root_id(&root_id)
             .policy_type(PolicyType::ServiceControlPolicy)
             .send()
-            .await
-            .map_err(|e| step_error("EnablePolicyType", e))?;
+            .await;
+        match enabled {
+            Ok(_) => {}
+            Err(e) if outcome(&e) == Outcome::AlreadyDone => {}
+            Err(e) => return Err(step_error("EnablePolicyType", e)),
+        }
     }
     Ok(root_id)
 }
 
-/// The id of the OU named `name` under `parent`, created if missing (never duplicated).
+/// The id of the OU named `name` under `parent`, created if missing (never duplicated: AWS
+/// refuses a second OU of one name under one parent, and that answer is taken as "adopt").
 async fn ensure_ou(
     client: &Client,
     parent: &str,
     name: &str,
     tags: &[Tag],
 ) -> Result<String, StepError> {
+    if let Some(id) = find_ou(client, parent, name).await? {
+        return Ok(id);
+    }
+    let created = client
+        .create_organizational_unit()
+        .parent_id(parent)
+        .name(name)
+        .set_tags(Some(tags.to_vec()))
+        .send()
+        .await;
+    match created {
+        Ok(out) => out
+            .organizational_unit()
+            .and_then(|ou| ou.id())
+            .map(str::to_string)
+            .ok_or_else(|| StepError::transient("CreateOrganizationalUnit returned no id")),
+        Err(e) if outcome(&e) == Outcome::AlreadyExists => {
+            find_ou(client, parent, name).await?.ok_or_else(|| {
+                StepError::transient(format!(
+                    "CreateOrganizationalUnit said {name} exists under {parent}, but it is not listed yet"
+                ))
+            })
+        }
+        Err(e) => Err(step_error("CreateOrganizationalUnit", e)),
+    }
+}
+
+async fn find_ou(client: &Client, parent: &str, name: &str) -> Result<Option<String>, StepError> {
     let mut pages = client
         .list_organizational_units_for_parent()
         .parent_id(parent)
@@ -354,22 +535,11 @@ async fn ensure_ou(
         {
             return ou
                 .id()
-                .map(str::to_string)
+                .map(|id| Some(id.to_string()))
                 .ok_or_else(|| StepError::transient("an OU without an id"));
         }
     }
-    client
-        .create_organizational_unit()
-        .parent_id(parent)
-        .name(name)
-        .set_tags(Some(tags.to_vec()))
-        .send()
-        .await
-        .map_err(|e| step_error("CreateOrganizationalUnit", e))?
-        .organizational_unit()
-        .and_then(|ou| ou.id())
-        .map(str::to_string)
-        .ok_or_else(|| StepError::transient("CreateOrganizationalUnit returned no id"))
+    Ok(None)
 }
 
 /// (id, email) of every account of the organization.
@@ -401,14 +571,18 @@ async fn move_into(client: &Client, account: &str, ou: &str) -> Result<(), StepE
         .ok_or_else(|| StepError::transient(format!("account {account} has no parent")))?
         .to_string();
     if current != ou {
-        client
+        let moved = client
             .move_account()
             .account_id(account)
             .source_parent_id(&current)
             .destination_parent_id(ou)
             .send()
-            .await
-            .map_err(|e| step_error("MoveAccount", e))?;
+            .await;
+        match moved {
+            Ok(_) => {}
+            Err(e) if outcome(&e) == Outcome::AlreadyDone => {}
+            Err(e) => return Err(step_error("MoveAccount", e)),
+        }
     }
     Ok(())
 }

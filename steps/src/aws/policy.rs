@@ -1,12 +1,16 @@
 //! `policy`: guard-rail service control policies for a customer's OU.
 //!
 //! Every `templates/scp/*.json.j2` is rendered for the customer (values JSON-escaped), parsed
-//! as JSON and minified; each must fit the 5,120-character SCP limit *before* any API call.
-//! Policies are named `landfall-<customer>-<template>`, created or updated by name, attached
-//! to the target, and then verified with `ListPoliciesForTarget` + `DescribePolicy`: every
-//! intended policy attached with exactly the intended content, and no stale `landfall-<customer>-`
-//! policy left attached. Policies not managed by Landfall (e.g. `FullAWSAccess`) are left alone
-//! and reported.
+//! as JSON and minified. AWS's quotas are checked *before* any API call: each document at most
+//! 5,120 characters, and at most [`MAX_LANDFALL_SCPS`] policies, because AWS attaches at most
+//! five SCPs to one root, OU or account and `FullAWSAccess` keeps one of the five (the guard
+//! rails are deny statements: without an allow-all policy beside them, everything would be
+//! denied). Policies are named `landfall-<customer>-<template>`, created or updated by name
+//! ("already exists" is answered by reading again and adopting), attached to the target (a
+//! stale `landfall-<customer>-` policy is detached first when the target is full), and then
+//! verified with `ListPoliciesForTarget` + `DescribePolicy`: every intended policy attached
+//! with exactly the intended content, and no stale policy left attached. Policies not managed
+//! by Landfall (e.g. `FullAWSAccess`) are left alone and reported.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,12 +23,16 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::errors::step_error;
+use super::errors::{self, step_error, Outcome};
 use super::Aws;
 use crate::templates::{stem, TemplateSet};
 
 /// AWS's limit for one SCP document, in characters.
 pub const SCP_MAX_CHARS: usize = 5120;
+/// AWS attaches at most this many SCPs to one root, OU or account.
+pub const SCPS_PER_TARGET: usize = 5;
+/// How many guard-rail SCPs Landfall may attach: one of the five places is `FullAWSAccess`'s.
+pub const MAX_LANDFALL_SCPS: usize = SCPS_PER_TARGET - 1;
 
 pub struct Policy {
     pub aws: Aws,
@@ -99,6 +107,13 @@ pub fn render(templates_dir: &std::path::Path, c: &PolicyConfig) -> Result<Vec<S
         "admin_principals": c.admin_principals,
         "protected_roles": c.protected_roles,
     });
+    if wanted.len() > MAX_LANDFALL_SCPS {
+        return Err(StepError::permanent(format!(
+            "{} SCP templates are selected ({}), but AWS attaches at most {SCPS_PER_TARGET} SCPs to one OU and FullAWSAccess takes one place: merge them into at most {MAX_LANDFALL_SCPS} templates",
+            wanted.len(),
+            wanted.join(", ")
+        )));
+    }
     let mut out = Vec::new();
     for t in wanted {
         let file = format!("{t}.json.j2");
@@ -150,13 +165,7 @@ impl Step for Policy {
                 Some(id) => {
                     let current = describe(&client, id).await?;
                     if current != scp.document {
-                        client
-                            .update_policy()
-                            .policy_id(id)
-                            .content(&scp.content)
-                            .send()
-                            .await
-                            .map_err(|e| step_error("UpdatePolicy", e))?;
+                        update(&client, id, &scp.content).await?;
                         ctx.log(format!("updated SCP {}", scp.name));
                     }
                     id.clone()
@@ -178,49 +187,84 @@ impl Step for Policy {
                         .r#type(PolicyType::ServiceControlPolicy)
                         .set_tags(Some(tags))
                         .send()
-                        .await
-                        .map_err(|e| step_error("CreatePolicy", e))?;
-                    let id = created
-                        .policy()
-                        .and_then(|p| p.policy_summary())
-                        .and_then(|s| s.id())
-                        .ok_or_else(|| StepError::transient("CreatePolicy returned no id"))?
-                        .to_string();
-                    ctx.log(format!("created SCP {}", scp.name));
-                    id
+                        .await;
+                    match created {
+                        Ok(created) => {
+                            let id = created
+                                .policy()
+                                .and_then(|p| p.policy_summary())
+                                .and_then(|s| s.id())
+                                .ok_or_else(|| StepError::transient("CreatePolicy returned no id"))?
+                                .to_string();
+                            ctx.log(format!("created SCP {}", scp.name));
+                            id
+                        }
+                        // Another run (or this call's lost answer) created it: adopt it, and
+                        // make its content ours.
+                        Err(e) if errors::outcome(&e) == Outcome::AlreadyExists => {
+                            let id =
+                                list_scps(&client).await?.remove(&scp.name).ok_or_else(|| {
+                                    StepError::transient(format!(
+                                        "CreatePolicy said {} exists, but it is not listed yet",
+                                        scp.name
+                                    ))
+                                })?;
+                            if describe(&client, &id).await? != scp.document {
+                                update(&client, &id, &scp.content).await?;
+                            }
+                            ctx.log(format!("adopted SCP {}", scp.name));
+                            id
+                        }
+                        Err(e) => return Err(step_error("CreatePolicy", e)),
+                    }
                 }
             };
             ids.insert(scp.name.clone(), id);
         }
 
-        let attached = attached_scps(&client, &c.target_id).await?;
-        for (name, id) in &ids {
-            if !attached.contains_key(name) {
-                client
-                    .attach_policy()
-                    .policy_id(id)
-                    .target_id(&c.target_id)
-                    .send()
-                    .await
-                    .map_err(|e| step_error("AttachPolicy", e))?;
-                ctx.milestone(
-                    "policy_attached",
-                    json!({ "policy": name, "target": c.target_id }),
-                );
-            }
-        }
         let prefix = format!("landfall-{}-", c.customer);
-        for (name, id) in &attached {
-            if name.starts_with(&prefix) && !ids.contains_key(name) {
-                client
-                    .detach_policy()
-                    .policy_id(id)
-                    .target_id(&c.target_id)
-                    .send()
-                    .await
-                    .map_err(|e| step_error("DetachPolicy", e))?;
-                ctx.log(format!("detached stale SCP {name}"));
+        let attached = attached_scps(&client, &c.target_id).await?;
+        let foreign: Vec<&String> = attached
+            .keys()
+            .filter(|n| !n.starts_with(&prefix))
+            .collect();
+        if foreign.len() + ids.len() > SCPS_PER_TARGET {
+            return Err(StepError::permanent(format!(
+                "{} has {} SCPs that Landfall does not manage ({}); with Landfall's {} that is more than the {SCPS_PER_TARGET} AWS allows on one target. Detach what is not needed, or select fewer templates.",
+                c.target_id,
+                foreign.len(),
+                foreign.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                ids.len()
+            )));
+        }
+        let mut stale: Vec<(&String, &String)> = attached
+            .iter()
+            .filter(|(name, _)| name.starts_with(&prefix) && !ids.contains_key(*name))
+            .collect();
+        let mut count = attached.len();
+        for (name, id) in &ids {
+            if attached.contains_key(name) {
+                continue;
             }
+            // A full target makes room first, one stale guard rail for one new one, so the
+            // gap in protection is as short as AWS's quota allows.
+            if count >= SCPS_PER_TARGET {
+                if let Some((old, old_id)) = stale.pop() {
+                    detach(&client, old_id, &c.target_id).await?;
+                    ctx.log(format!("detached stale SCP {old}"));
+                    count -= 1;
+                }
+            }
+            attach(&client, id, &c.target_id).await?;
+            count += 1;
+            ctx.milestone(
+                "policy_attached",
+                json!({ "policy": name, "target": c.target_id }),
+            );
+        }
+        for (name, id) in stale {
+            detach(&client, id, &c.target_id).await?;
+            ctx.log(format!("detached stale SCP {name}"));
         }
 
         // Verify from AWS's point of view.
@@ -259,6 +303,47 @@ impl Step for Policy {
             })).collect::<Vec<_>>(),
             "other_attached": others,
         }))
+    }
+}
+
+async fn update(client: &Client, id: &str, content: &str) -> Result<(), StepError> {
+    client
+        .update_policy()
+        .policy_id(id)
+        .content(content)
+        .send()
+        .await
+        .map_err(|e| step_error("UpdatePolicy", e))?;
+    Ok(())
+}
+
+/// Attaches, taking "already attached" (a concurrent run, or this call's lost answer) as done.
+async fn attach(client: &Client, id: &str, target: &str) -> Result<(), StepError> {
+    match client
+        .attach_policy()
+        .policy_id(id)
+        .target_id(target)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if errors::outcome(&e) == Outcome::AlreadyDone => Ok(()),
+        Err(e) => Err(step_error("AttachPolicy", e)),
+    }
+}
+
+/// Detaches, taking "not attached" as done.
+async fn detach(client: &Client, id: &str, target: &str) -> Result<(), StepError> {
+    match client
+        .detach_policy()
+        .policy_id(id)
+        .target_id(target)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if errors::outcome(&e) == Outcome::AlreadyGone => Ok(()),
+        Err(e) => Err(step_error("DetachPolicy", e)),
     }
 }
 
@@ -342,20 +427,18 @@ mod tests {
     fn the_shipped_scps_render_to_valid_small_policies() {
         let scps = render(&dir(), &cfg()).unwrap();
         let names: Vec<&str> = scps.iter().map(|s| s.template.as_str()).collect();
-        for want in [
-            "deny-leave-organization",
-            "deny-root-user",
-            "region-guard",
-            "protect-security-services",
-            "protect-account-settings",
-            "require-imdsv2",
-            "deny-non-tls-s3",
-            "protect-landfall-roles",
-        ] {
-            assert!(names.contains(&want), "missing {want}");
-        }
+        assert_eq!(
+            names,
+            [
+                "data-protection",
+                "organization-integrity",
+                "region-guard",
+                "security-baseline"
+            ]
+        );
+        assert!(scps.len() < 5, "FullAWSAccess needs one of the five places");
         for s in &scps {
-            assert!(s.content.len() <= SCP_MAX_CHARS);
+            assert!(s.content.chars().count() <= 5120);
             assert!(s.name.starts_with("landfall-acme-"));
         }
         let guard = scps.iter().find(|s| s.template == "region-guard").unwrap();
@@ -378,5 +461,25 @@ mod tests {
         c.templates = Some(vec!["region-guard".into()]);
         let e = render(&dir(), &c).unwrap_err();
         assert!(e.message.contains("5120"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_template_set_beyond_the_attachment_quota_is_refused_naming_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let scp = tmp.path().join("scp");
+        std::fs::create_dir_all(&scp).unwrap();
+        for i in 0..5 {
+            std::fs::write(
+                scp.join(format!("rail-{i}.json.j2")),
+                r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"x:Y","Resource":"*"}]}"#,
+            )
+            .unwrap();
+        }
+        let e = render(tmp.path(), &cfg()).unwrap_err();
+        assert!(e.message.contains("at most 5 SCPs"), "{}", e.message);
+        assert!(e.message.contains("FullAWSAccess"), "{}", e.message);
+        let mut c = cfg();
+        c.templates = Some((0..4).map(|i| format!("rail-{i}")).collect());
+        assert_eq!(render(tmp.path(), &c).unwrap().len(), 4);
     }
 }
