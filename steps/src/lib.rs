@@ -5,6 +5,7 @@ pub mod approval;
 pub mod aws;
 pub mod builtin;
 pub mod cfn;
+pub mod exec;
 pub mod notify;
 pub mod package;
 pub mod requirements;
@@ -37,7 +38,7 @@ pub fn registry(settings: &Settings) -> Registry {
     r.register(builtin::Log)
         .register(builtin::Wait)
         .register(builtin::Assert)
-        .register(builtin::Exec)
+        .register(exec::Exec)
         .register(package::PackageStep)
         .register(approval::Approval::default())
         .register(notify::Notify {

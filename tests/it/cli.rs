@@ -215,6 +215,14 @@ fn the_same_run_id_resumes_instead_of_duplicating() {
     );
 }
 
+/// Whether a process lives (a zombie waiting to be reaped does not count).
+fn process_alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
 fn crashy(sb: &Sandbox) {
     sb.write(
         "crashy.yaml",
@@ -227,7 +235,7 @@ steps:
   - id: b
     uses: exec
     needs: [a]
-    with: { argv: [sh, -c, 'echo "$LANDFALL_IDEMPOTENCY_KEY" >> b.log; [ -e b.go ] || sleep 30; echo "{\"done\": \"$LANDFALL_ATTEMPT\"}"'] }
+    with: { argv: [sh, -c, 'echo $$ > b.sh.pid; [ -e b.go ] || { sleep 30 & echo $! > b.sleep.pid; }; echo "$LANDFALL_IDEMPOTENCY_KEY" >> b.log; wait; echo "{\"done\": \"$LANDFALL_ATTEMPT\"}"'] }
   - id: c
     uses: exec
     needs: [b]
@@ -247,6 +255,24 @@ fn kill_9_mid_step_then_resume_finishes_like_an_uninterrupted_run() {
     });
     child.kill().unwrap(); // SIGKILL: no cleanup of any kind
     child.wait().unwrap();
+    // The step's program dies with the engine (its parent-death signal); its own child has
+    // no such signal and lives on until the resumed run ends it before b starts again.
+    let pid = |f: &str| {
+        std::fs::read_to_string(sb.path(f))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let (sh, sleep) = (pid("b.sh.pid"), pid("b.sleep.pid"));
+    wait_until(
+        "b's program to die with the engine",
+        Duration::from_secs(10),
+        || !process_alive(&sh),
+    );
+    assert!(
+        process_alive(&sleep),
+        "the premise: a grandchild outlives kill -9"
+    );
 
     let doc = sb.json(&["status", "crash-1", "--json"]);
     assert_eq!(doc["status"], "interrupted", "{doc}");
@@ -271,6 +297,10 @@ fn kill_9_mid_step_then_resume_finishes_like_an_uninterrupted_run() {
     assert_eq!(b[0], b[1], "with the same idempotency key");
     assert_eq!(lines(&sb.path("c.log")).len(), 1);
     assert_eq!(node(&doc, "b")["attempts"], 2);
+    assert!(
+        !process_alive(&sleep),
+        "the first attempt's grandchild was left running"
+    );
     let audit = sb.run(&["audit", "crash-1", "--verify"]);
     assert_eq!(audit.status.code(), Some(0), "{}", stdout(&audit));
 }
