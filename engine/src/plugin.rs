@@ -365,6 +365,12 @@ pub trait Plugin: Send + Sync + 'static {
     fn check(&self, with: &Value) -> Vec<ConfigProblem>;
     /// Runs one attempt with the rendered `with:` block.
     async fn run(&self, with: Value, ctx: StepContext) -> Result<Value, StepError>;
+    /// What one attempt with this rendered `with:` talks to, when its failures say nothing
+    /// about other targets (an AWS account and region): the circuit breaker is then kept per
+    /// scope, so one customer's throttled account does not stop the plugin for everyone.
+    fn circuit_scope(&self, _with: &Value) -> Option<String> {
+        None
+    }
 }
 
 /// A step plugin, written against its own typed config.
@@ -383,6 +389,12 @@ pub trait Step: Send + Sync + 'static {
 
     /// Outputs are plain data (serde), documented like the inputs.
     async fn run(&self, config: Self::Config, ctx: StepContext) -> Result<Value, StepError>;
+
+    /// See [`Plugin::circuit_scope`]. Reads the rendered `with:` as it is (an attempt's config
+    /// is decoded once, by `run`), e.g. `"{account_id}/{region}"` of its target.
+    fn circuit_scope(_with: &Value) -> Option<String> {
+        None
+    }
 }
 
 struct Typed<S>(S);
@@ -441,6 +453,10 @@ impl<S: Step> Plugin for Typed<S> {
             )));
         }
         self.0.run(cfg, ctx).await
+    }
+
+    fn circuit_scope(&self, with: &Value) -> Option<String> {
+        S::circuit_scope(with)
     }
 }
 

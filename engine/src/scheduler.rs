@@ -262,8 +262,8 @@ enum Msg {
     },
 }
 
-/// A step's plugin (with its registered name) and its circuit breaker.
-type Resolved = (Arc<dyn Plugin>, &'static str, Arc<Breaker>);
+/// A step's plugin, with its registered name.
+type Resolved = (Arc<dyn Plugin>, &'static str);
 
 /// A node of the run, by its position in [`Execution::nodes`].
 struct Node {
@@ -325,10 +325,10 @@ struct Execution<'a> {
     /// Bumped whenever the expression context changes (a step finished, a node failed).
     ctx_gen: u64,
     ctx_cache: Option<(u64, minijinja::Value)>,
-    /// Each step's plugin and breaker, once an attempt needed them.
+    /// Each step's plugin, once an attempt needed it.
     resolved: Vec<Option<Resolved>>,
-    /// The breakers this run used, by circuit key: steps share them, and the process-wide
-    /// map is behind a lock.
+    /// The breakers this run used, by circuit key and scope: steps share them, and the
+    /// process-wide map is behind a lock.
     breakers: FxHashMap<Box<str>, Arc<Breaker>>,
     /// Given to every attempt's context.
     link: Arc<RunLink>,
@@ -1169,23 +1169,14 @@ impl<'a> Execution<'a> {
         out
     }
 
-    /// A step's plugin and circuit breaker: a fan-out's instances look them up once.
+    /// A step's plugin: a fan-out's instances look it up once.
     fn resolve(&mut self, step: usize) -> Option<Resolved> {
         if let Some(r) = &self.resolved[step] {
             return Some(r.clone());
         }
         let s = &self.wf.steps[step];
         let (name, plugin) = self.engine.registry.entry(&s.uses)?;
-        let breaker = match self.breakers.get(s.circuit.as_str()) {
-            Some(b) => Arc::clone(b),
-            None => {
-                let b = self.engine.breakers.get(&s.circuit, self.wf.breaker);
-                self.breakers
-                    .insert(s.circuit.as_str().into(), Arc::clone(&b));
-                b
-            }
-        };
-        let r: Resolved = (Arc::clone(plugin), name, breaker);
+        let r: Resolved = (Arc::clone(plugin), name);
         // Only a fan-out's instances share it; a single node looks again only to retry.
         if s.for_each.is_some() {
             self.resolved[step] = Some(r.clone());
@@ -1193,14 +1184,31 @@ impl<'a> Execution<'a> {
         Some(r)
     }
 
+    /// The breaker of a step's circuit (its `circuit`, by default the plugin's name) in the
+    /// scope the plugin names for this `with:` (`deploy@123456789012/eu-west-1`).
+    fn breaker(&mut self, step: usize, plugin: &dyn Plugin, with: &Value) -> Arc<Breaker> {
+        let circuit = &self.wf.steps[step].circuit;
+        let key = match plugin.circuit_scope(with) {
+            Some(scope) => format!("{circuit}@{scope}"),
+            None => circuit.clone(),
+        };
+        if let Some(b) = self.breakers.get(key.as_str()) {
+            return Arc::clone(b);
+        }
+        let b = self.engine.breakers.get(&key, self.wf.breaker);
+        self.breakers.insert(key.into(), Arc::clone(&b));
+        b
+    }
+
     fn spawn_attempt(&mut self, node: usize, with: Value) {
         let step_i = self.nodes[node].step;
         let attempts = self.rec(node).attempts;
-        let Some((plugin, name, breaker)) = self.resolve(step_i) else {
+        let Some((plugin, name)) = self.resolve(step_i) else {
             let uses = &self.wf.steps[step_i].uses;
             let err = StepError::permanent(format!("no plugin named `{uses}`"));
             return self.fail_attempt(node, err);
         };
+        let breaker = self.breaker(step_i, &*plugin, &with);
         let cancel = CancellationToken::new();
         let mut limit = self.wf.steps[step_i].attempt_timeout;
         if let Some(d) = self.deadlines.get(&node) {
@@ -1214,8 +1222,10 @@ impl<'a> Execution<'a> {
             attempts,
             cancel.clone(),
             Arc::clone(&self.link),
-        )
-        .with_deadline(limit.map(|l| tokio::time::Instant::now() + l));
+        );
+        // The attempt's time limit covers a wait on an open circuit too.
+        let deadline = limit.map(|l| tokio::time::Instant::now() + l);
+        let ctx = ctx.with_deadline(deadline);
         let tx = self.tx.clone();
         let token = cancel.clone();
         let attempt = async move {
@@ -1224,12 +1234,25 @@ impl<'a> Execution<'a> {
             let permit = match breaker.try_acquire() {
                 Some(p) => p,
                 None => {
+                    let until = async {
+                        match deadline {
+                            Some(d) => tokio::time::sleep_until(d).await,
+                            None => std::future::pending().await,
+                        }
+                    };
                     let permit = tokio::select! {
                         biased;
                         // Boxed: waiting on an open circuit is rare, its future big.
                         p = Box::pin(breaker.acquire()) => p,
                         _ = token.cancelled() => {
                             return Err(StepError::transient("cancelled before it started"));
+                        }
+                        _ = Box::pin(until) => {
+                            return Err(StepError::transient(format!(
+                                "the `{}` circuit stayed open past the attempt's time limit ({})",
+                                breaker.key(),
+                                humantime::format_duration(limit.unwrap_or_default())
+                            )));
                         }
                     };
                     if token.is_cancelled() {
@@ -1251,9 +1274,9 @@ impl<'a> Execution<'a> {
             let result = tokio::select! {
                 biased;
                 r = async {
-                    match limit {
+                    match limit.zip(deadline) {
                         // Boxed: a timer is big, and most attempts have none.
-                        Some(l) => Box::pin(tokio::time::timeout(l, run)).await.unwrap_or_else(|_| {
+                        Some((l, d)) => Box::pin(tokio::time::timeout_at(d, run)).await.unwrap_or_else(|_| {
                             Err(StepError::transient(format!(
                                 "attempt timed out after {}",
                                 humantime::format_duration(l)

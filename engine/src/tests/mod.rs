@@ -57,6 +57,11 @@ pub struct TestConfig {
     pub class: Option<ErrorClass>,
     #[serde(default)]
     pub sleep_ms: u64,
+    /// The circuit scope it names (an account and region, for a real plugin); only
+    /// `circuit_scope` reads it, from the raw `with:`.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub scope: Option<String>,
 }
 
 #[async_trait]
@@ -64,6 +69,10 @@ impl Step for TestStep {
     const NAME: &'static str = "test";
     const SUMMARY: &'static str = "test plugin";
     type Config = TestConfig;
+
+    fn circuit_scope(with: &Value) -> Option<String> {
+        with["scope"].as_str().map(String::from)
+    }
 
     async fn run(&self, c: TestConfig, ctx: StepContext) -> Result<Value, StepError> {
         let p = &self.0;

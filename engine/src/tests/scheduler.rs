@@ -353,6 +353,58 @@ steps:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breakers_are_kept_per_scope_and_their_wait_ends_at_the_attempt_limit() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    // `a`'s account opens its circuit for a minute; `b`, the same plugin in another account,
+    // fails too but never meets an open circuit; `a`'s third attempt gives up waiting when its
+    // 300 ms are spent instead of sleeping out the cool-down.
+    let wf = workflow(
+        r#"
+name: t
+defaults:
+  retry: { max_attempts: 3, initial_delay: 1ms, max_delay: 1ms, jitter: none }
+  circuit_breaker: { failure_threshold: 2, cool_down: 60s }
+steps:
+  - { id: a, uses: test, attempt_timeout: 300ms, with: { scope: "111111111111/eu-west-1", fail_times: 5 } }
+  - { id: b, uses: test, with: { scope: "222222222222/eu-west-1", fail_times: 1 } }
+"#,
+        &reg,
+    );
+    let started = std::time::Instant::now();
+    let (out, _) = run_to_end(&eng, wf, 2).await;
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(out.status, RunStatus::Failed);
+    let nodes = store.nodes(&out.run_id).unwrap();
+    let get = |id: &str| nodes.iter().find(|n| &*n.node_id == id).unwrap();
+    assert_eq!(get("b").status, NodeStatus::Succeeded);
+    assert_eq!(get("a").status, NodeStatus::Failed);
+    assert_eq!(
+        probe.count("a"),
+        2,
+        "the third attempt never ran: the circuit was open"
+    );
+    let why = &get("a").error.as_ref().unwrap().message;
+    assert!(
+        why.contains("`test@111111111111/eu-west-1` circuit stayed open past the attempt's time limit (300ms)"),
+        "{why}"
+    );
+    let opened: Vec<String> = store
+        .audit(&out.run_id)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.draft.kind == "breaker_changed" && e.draft.details["to"] == "Open")
+        .map(|e| {
+            e.draft.details["key"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(opened, ["test@111111111111/eu-west-1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_render_error_fails_the_node_without_an_attempt() {
     let probe = Arc::new(Probe::default());
     let (eng, store, reg) = engine(&probe);

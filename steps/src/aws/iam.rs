@@ -400,6 +400,16 @@ impl Step for IamRoles {
         "Ensure Landfall's deployer (permissions derived from the package) and verifier roles in each account";
     type Config = IamConfig;
 
+    /// IAM is global: the accounts the node visits are its scope.
+    fn circuit_scope(with: &Value) -> Option<String> {
+        let ids: Vec<&str> = with["accounts"]
+            .as_array()?
+            .iter()
+            .filter_map(|a| a["id"].as_str())
+            .collect();
+        (!ids.is_empty()).then(|| ids.join("+"))
+    }
+
     async fn run(&self, c: IamConfig, ctx: StepContext) -> Result<Value, StepError> {
         let policy = deployer_policy(&c.resource_types, &c.stack_prefix)?;
         let trust = trust_policy(&c.management_account_id);

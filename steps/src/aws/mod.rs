@@ -240,6 +240,19 @@ pub fn partition(service: &str, account: &str, region: &str) -> RetryPartition {
     RetryPartition::new(format!("landfall/{service}/{account}/{region}"))
 }
 
+/// The circuit-breaker scope of a step that works in one target (`with.target`): its account
+/// and region, so the breaker, like the retry partition, is per account × region. `org` and
+/// `policy` name none: every customer's calls go to the one organization's API, whose
+/// throttling is indeed shared.
+pub fn target_scope(with: &serde_json::Value) -> Option<String> {
+    let t = &with["target"];
+    Some(format!(
+        "{}/{}",
+        t["account_id"].as_str()?,
+        t["region"].as_str()?
+    ))
+}
+
 /// Marks as transient the error codes that AWS documents as "try again later" and the SDK's own
 /// classifiers do not retry (they come from [`errors::CALL_RETRY_CODES`]).
 #[derive(Debug, Clone, Copy)]
@@ -261,5 +274,32 @@ impl ClassifyRetry for TransientCodes {
 
     fn name(&self) -> &'static str {
         "landfall transient codes"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn breakers_are_scoped_by_the_account_and_region_a_node_works_in() {
+        let reg = crate::registry(&crate::Settings::default());
+        let scope = |plugin: &str, with| reg.get(plugin).unwrap().circuit_scope(&with);
+        let target = json!({ "target": { "account": "prod", "account_id": "111122223333", "region": "eu-west-1" } });
+        for p in ["deploy", "verify", "rollback"] {
+            assert_eq!(
+                scope(p, target.clone()).as_deref(),
+                Some("111122223333/eu-west-1"),
+                "{p}"
+            );
+        }
+        let accounts = json!({ "accounts": [{ "name": "a", "id": "111122223333" }, { "name": "b", "id": "444455556666" }] });
+        assert_eq!(
+            scope("iam", accounts).as_deref(),
+            Some("111122223333+444455556666")
+        );
+        // The organization's API is one for every customer.
+        assert_eq!(scope("org", json!({ "customer": "acme" })), None);
+        assert_eq!(scope("deploy", json!({})), None);
     }
 }

@@ -94,6 +94,10 @@ impl Step for Deploy {
         "Deploy a package's stacks into one account and region: create, or update by change set, and follow them to the end";
     type Config = DeployConfig;
 
+    fn circuit_scope(with: &Value) -> Option<String> {
+        crate::aws::target_scope(with)
+    }
+
     fn validate(c: &DeployConfig) -> Vec<ConfigProblem> {
         common_problems(&c.package, &c.poll)
     }

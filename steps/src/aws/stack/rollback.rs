@@ -130,6 +130,10 @@ impl Step for Rollback {
         "Undo a failed deployment in one account and region: delete failed or new stacks, cancel updates, report what is left";
     type Config = RollbackConfig;
 
+    fn circuit_scope(with: &Value) -> Option<String> {
+        crate::aws::target_scope(with)
+    }
+
     fn validate(c: &RollbackConfig) -> Vec<ConfigProblem> {
         common_problems(&c.package, &c.poll)
     }

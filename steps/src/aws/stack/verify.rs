@@ -143,6 +143,10 @@ impl Step for Verify {
         "Check that every declared resource and output of a package's stacks exists, complete and of the declared type";
     type Config = VerifyConfig;
 
+    fn circuit_scope(with: &Value) -> Option<String> {
+        crate::aws::target_scope(with)
+    }
+
     fn validate(c: &VerifyConfig) -> Vec<ConfigProblem> {
         common_problems(&c.package, &Poll::default())
     }
