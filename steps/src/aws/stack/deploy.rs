@@ -281,6 +281,16 @@ impl TagSet {
     }
 }
 
+/// Whether a `DescribeChangeSet` error means "there is no such change set": AWS answers
+/// `ChangeSetNotFound` (404); moto a `ValidationError` saying it does not exist.
+fn change_set_absent(err: &StepError) -> bool {
+    let code = err.context.get("code").and_then(Value::as_str);
+    matches!(
+        code,
+        Some("ChangeSetNotFoundException" | "ChangeSetNotFound")
+    ) || (code == Some("ValidationError") && err.message.contains("does not exist"))
+}
+
 /// A `ClientRequestToken` (and change set name) for one operation on one stack by one node:
 /// the same across retries and resumes, different for every operation.
 pub fn client_token(idempotency_key: &str, stack: &str, op: &str) -> String {
@@ -449,6 +459,7 @@ impl Job {
                     }
                 }
                 "REVIEW_IN_PROGRESS" => {
+                    let stack = stack.complete("deployed")?;
                     return self
                         .change_set(p, &params, &stack, ChangeSetType::Create, slot)
                         .await
@@ -458,6 +469,7 @@ impl Job {
                 | "UPDATE_ROLLBACK_COMPLETE"
                 | "IMPORT_COMPLETE"
                 | "IMPORT_ROLLBACK_COMPLETE" => {
+                    let stack = stack.complete("updated")?;
                     // Written by this run already (an attempt cut off by a crash): the
                     // stack is this run's work, adopted rather than "unchanged".
                     adopted |= tag_of(&stack, TAG_RUN) == Some(&*self.ctx.run_id);
@@ -563,14 +575,25 @@ impl Job {
         let idem = self.ctx.idempotency_key();
         let name = client_token(idem, &p.stack_name, "change-set");
         let stack_id = stack.stack_id().unwrap_or(&p.stack_name).to_string();
-        let existing = self
+        // Absent only when CloudFormation says so: a throttled or failed look taken for "absent"
+        // made the create that follows fail with AlreadyExists.
+        let existing = match self
             .cfn
             .describe_change_set()
             .stack_name(&stack_id)
             .change_set_name(&name)
             .send()
             .await
-            .ok();
+        {
+            Ok(d) => Some(d),
+            Err(e) => {
+                let err = step_error("DescribeChangeSet", e);
+                if !change_set_absent(&err) {
+                    return Err(err);
+                }
+                None
+            }
+        };
         if existing.is_none() {
             let created = self
                 .cfn
@@ -590,7 +613,12 @@ impl Job {
                 if no_changes(&err.message) {
                     return Ok(self.unchanged(p, stack, slot));
                 }
-                return Err(self.api_failure(p, err).await);
+                // Made by a call whose answer was lost: it is ours (the name comes from this
+                // node's idempotency key), so it is described below and adopted.
+                if err.context.get("code").and_then(Value::as_str) != Some("AlreadyExistsException")
+                {
+                    return Err(self.api_failure(p, err).await);
+                }
             }
         }
         // Wait for the change set to be computed (seconds, usually).
@@ -722,12 +750,15 @@ impl Job {
             return Err(self.failure(p, &out));
         }
         self.finish(slot, true, &format!("{} {}", p.name, out.status));
-        let stack = describe(&self.cfn, &out.stack_id).await?.ok_or_else(|| {
-            StepError::transient(format!(
-                "stack {} vanished after it succeeded",
-                p.stack_name
-            ))
-        })?;
+        let stack = describe(&self.cfn, &out.stack_id)
+            .await?
+            .ok_or_else(|| {
+                StepError::transient(format!(
+                    "stack {} vanished after it succeeded",
+                    p.stack_name
+                ))
+            })?
+            .complete("reported")?;
         self.ctx.milestone(
             "stack_finished",
             json!({ "stack": p.stack_name, "account": self.target.account, "region": self.target.region, "status": out.status, "action": action }),

@@ -250,17 +250,59 @@ pub struct Outcome {
     pub recent: Vec<Ev>,
 }
 
+/// A stack as `DescribeStacks` gave it, or its `ListStacks` summary standing in.
+#[derive(Debug, Clone)]
+pub struct Described {
+    stack: Stack,
+    /// `false` for a summary: status and id only, no tags and no outputs. Whatever decides by
+    /// tags (who created the stack) or reads outputs must not take the missing ones for "none".
+    pub complete: bool,
+}
+
+impl std::ops::Deref for Described {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        &self.stack
+    }
+}
+
+impl Described {
+    /// The whole description, or a transient failure saying why there is none yet: writing to
+    /// a stack whose tags cannot be read would re-stamp who created it.
+    pub fn complete(self, why: &str) -> Result<Stack, StepError> {
+        if self.complete {
+            return Ok(self.stack);
+        }
+        Err(StepError::transient(format!(
+            "stack {} is {}, but DescribeStacks fails for it, so its tags and outputs cannot be read; not {why} until it answers",
+            self.stack.stack_name().unwrap_or_default(),
+            self.stack
+                .stack_status()
+                .map(|s| s.as_str())
+                .unwrap_or("of unknown status"),
+        )))
+    }
+}
+
 /// `DescribeStacks` for one stack; `None` when it does not exist (or was deleted).
 ///
 /// When `DescribeStacks` answers with a server error for this stack (seen with a stack whose
 /// creation broke half-way, whose outputs cannot be computed), the stack's summary from
-/// `ListStacks` stands in: status and id, without tags or outputs.
-pub async fn describe(cfn: &Client, stack: &str) -> Result<Option<Stack>, StepError> {
+/// `ListStacks` stands in (`complete: false`).
+pub async fn describe(cfn: &Client, stack: &str) -> Result<Option<Described>, StepError> {
     match cfn.describe_stacks().stack_name(stack).send().await {
-        Ok(out) => Ok(out.stacks().first().cloned().filter(|s| {
-            // Deleted stacks are found by id, not by name; for us they are gone.
-            s.stack_status().map(|st| st.as_str()) != Some("DELETE_COMPLETE")
-        })),
+        Ok(out) => Ok(out
+            .stacks()
+            .first()
+            .cloned()
+            .filter(|s| {
+                // Deleted stacks are found by id, not by name; for us they are gone.
+                s.stack_status().map(|st| st.as_str()) != Some("DELETE_COMPLETE")
+            })
+            .map(|stack| Described {
+                stack,
+                complete: true,
+            })),
         Err(e) => {
             let err = step_error("DescribeStacks", e);
             if err.message.contains("does not exist") {
@@ -275,7 +317,10 @@ pub async fn describe(cfn: &Client, stack: &str) -> Result<Option<Stack>, StepEr
                 if let Some(found) = summary(cfn, stack).await {
                     let deleted =
                         found.stack_status().map(|st| st.as_str()) == Some("DELETE_COMPLETE");
-                    return Ok((!deleted).then_some(found));
+                    return Ok((!deleted).then_some(Described {
+                        stack: found,
+                        complete: false,
+                    }));
                 }
             }
             Err(err)
@@ -492,6 +537,31 @@ pub fn cause(failed: &[Ev]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_summary_standing_in_for_a_stack_is_never_taken_for_its_tags() {
+        let stack = Stack::builder()
+            .stack_name("acme-baseline")
+            .stack_status(aws_sdk_cloudformation::types::StackStatus::UpdateComplete)
+            .build();
+        let summary = Described {
+            stack: stack.clone(),
+            complete: false,
+        };
+        let e = summary.complete("updated").unwrap_err();
+        assert_eq!(e.class, landfall_engine::ErrorClass::Transient);
+        assert!(
+            e.message
+                .contains("acme-baseline is UPDATE_COMPLETE, but DescribeStacks fails"),
+            "{}",
+            e.message
+        );
+        let full = Described {
+            stack,
+            complete: true,
+        };
+        assert!(full.complete("updated").is_ok());
+    }
 
     fn ev(id: &str, logical: &str, status: &str) -> Ev {
         Ev {

@@ -337,7 +337,8 @@ proptest! {
     /// Feature: agent-onboarding-provisioning, Property 14: Rollback Initiation on Failure.
     /// Whatever state a failed deployment left a stack in, the rollback acts on it (deletes,
     /// cancels, continues, or waits for it first) when this run started it or it is broken;
-    /// it never deletes a healthy stack another run created.
+    /// it never deletes a healthy stack another run created, nor cancels or deletes another
+    /// run's work in progress.
     #[test]
     fn every_failed_state_gets_a_rollback_action(
         status in prop::sample::select(vec![
@@ -352,10 +353,18 @@ proptest! {
         delete_created in any::<bool>(),
     ) {
         let d = decide(status, created, updated || created, delete_created);
-        let broken = matches!(status, "CREATE_FAILED" | "ROLLBACK_FAILED" | "ROLLBACK_COMPLETE" | "DELETE_FAILED" | "UPDATE_ROLLBACK_FAILED" | "REVIEW_IN_PROGRESS");
-        let running = status.ends_with("_IN_PROGRESS") && status != "REVIEW_IN_PROGRESS";
+        // From AWS's stack status list: a failed creation or a failed update rollback.
+        let broken = status.ends_with("_FAILED") || status == "ROLLBACK_COMPLETE";
+        // An operation CloudFormation is carrying out (a change set under review is not one).
+        let running = status.ends_with("_IN_PROGRESS") && !status.starts_with("REVIEW");
         if broken || running {
             prop_assert!(d != Decision::Nothing && d != Decision::LeaveUpdated, "{} → {:?}", status, d);
+        }
+        if !(updated || created) {
+            prop_assert!(d != Decision::CancelUpdate, "cancelled another run's update ({})", status);
+        }
+        if !created && status == "REVIEW_IN_PROGRESS" {
+            prop_assert!(d != Decision::Delete, "deleted another run's change set under review");
         }
         if created && delete_created && status.ends_with("_COMPLETE") && !status.contains("ROLLBACK") {
             prop_assert_eq!(d, Decision::Delete);

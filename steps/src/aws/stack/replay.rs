@@ -32,7 +32,7 @@ use aws_sdk_cloudformation::Client;
 use aws_smithy_mocks::{mock, mock_client, MockResponse, RuleMode};
 use aws_smithy_types::error::ErrorMetadata;
 use landfall_engine::plugin::StepSignal;
-use landfall_engine::StepContext;
+use landfall_engine::{ErrorClass, StepContext};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -75,6 +75,9 @@ struct Timeline {
     tags: Vec<Tag>,
     parameters: Vec<Parameter>,
     template: String,
+    /// How many `DescribeChangeSet` calls are throttled before any is answered.
+    change_set_throttles: usize,
+    change_set_calls: usize,
 }
 
 impl Timeline {
@@ -214,40 +217,57 @@ fn client(tl: &Arc<Mutex<Timeline>>) -> Client {
         t.tags = req.tags().to_vec();
         MockResponse::Output(CreateChangeSetOutput::builder().id("cs-1").build())
     });
-    let describe_cs = mock!(Client::describe_change_set)
-        .sequence()
-        .error(|| {
-            DescribeChangeSetError::ChangeSetNotFoundException(
+    let t = tl.clone();
+    let describe_cs = mock!(Client::describe_change_set).then_compute_response(move |_| {
+        let mut t = t.lock().unwrap();
+        if t.change_set_throttles > 0 {
+            t.change_set_throttles -= 1;
+            return MockResponse::Error(DescribeChangeSetError::generic(
+                ErrorMetadata::builder()
+                    .code("Throttling")
+                    .message("Rate exceeded")
+                    .build(),
+            ));
+        }
+        t.change_set_calls += 1;
+        match t.change_set_calls {
+            // As AWS answers (the query protocol's code for ChangeSetNotFoundException).
+            1 => MockResponse::Error(DescribeChangeSetError::ChangeSetNotFoundException(
                 ChangeSetNotFoundException::builder()
                     .message("ChangeSet does not exist")
+                    .meta(
+                        ErrorMetadata::builder()
+                            .code("ChangeSetNotFound")
+                            .message("ChangeSet does not exist")
+                            .build(),
+                    )
                     .build(),
-            )
-        })
-        .output(|| {
-            DescribeChangeSetOutput::builder()
-                .status(ChangeSetStatus::CreateInProgress)
-                .build()
-        })
-        .output(|| {
-            DescribeChangeSetOutput::builder()
-                .status(ChangeSetStatus::CreateComplete)
-                .execution_status(ExecutionStatus::Available)
-                .changes(
-                    Change::builder()
-                        .resource_change(
-                            ResourceChange::builder()
-                                .action(ChangeAction::Modify)
-                                .logical_resource_id("Topic")
-                                .resource_type("AWS::SNS::Topic")
-                                .replacement(Replacement::False)
-                                .build(),
-                        )
-                        .build(),
-                )
-                .build()
-        })
-        .repeatedly()
-        .build();
+            )),
+            2 => MockResponse::Output(
+                DescribeChangeSetOutput::builder()
+                    .status(ChangeSetStatus::CreateInProgress)
+                    .build(),
+            ),
+            _ => MockResponse::Output(
+                DescribeChangeSetOutput::builder()
+                    .status(ChangeSetStatus::CreateComplete)
+                    .execution_status(ExecutionStatus::Available)
+                    .changes(
+                        Change::builder()
+                            .resource_change(
+                                ResourceChange::builder()
+                                    .action(ChangeAction::Modify)
+                                    .logical_resource_id("Topic")
+                                    .resource_type("AWS::SNS::Topic")
+                                    .replacement(Replacement::False)
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .build(),
+            ),
+        }
+    });
     let t = tl.clone();
     let execute = mock!(Client::execute_change_set).then_compute_response(move |req| {
         t.lock().unwrap().writes.push((
@@ -566,6 +586,84 @@ async fn an_update_in_progress_is_cancelled_and_followed_to_its_rollback() {
     assert_eq!(r.decision, Decision::CancelUpdate);
     assert_eq!(r.after.as_deref(), Some("UPDATE_ROLLBACK_COMPLETE"));
     assert_eq!(tl.lock().unwrap().writes[0].0, "CancelUpdateStack");
+}
+
+#[tokio::test(start_paused = true)]
+async fn another_runs_update_in_progress_is_waited_for_never_cancelled() {
+    let tl = timeline(vec![
+        Status("UPDATE_IN_PROGRESS"),
+        Status("UPDATE_IN_PROGRESS"),
+        Status("UPDATE_COMPLETE"),
+    ]);
+    {
+        let mut t = tl.lock().unwrap();
+        t.tags = vec![
+            Tag::builder().key(TAG_RUN).value("r-other").build(),
+            Tag::builder().key(TAG_CREATED_BY).value("r-other").build(),
+        ];
+    }
+    let (ctx, _rx) = context(None);
+    let r = roll_back_stack(&client(&tl), &stack_plan(), &rollback_config(), &ctx)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.decision,
+        Decision::Nothing,
+        "the other run's stack is its own"
+    );
+    assert_eq!(r.before.as_deref(), Some("UPDATE_IN_PROGRESS"));
+    assert!(tl.lock().unwrap().writes.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_change_set_lookup_fails_the_attempt_and_the_retry_creates_it_once() {
+    let p = stack_plan();
+    let tl = timeline(vec![
+        Status("UPDATE_COMPLETE"),
+        Status("UPDATE_COMPLETE"),
+        Event(
+            STACK,
+            "AWS::CloudFormation::Stack",
+            "UPDATE_IN_PROGRESS",
+            Some("User Initiated"),
+        ),
+        Status("UPDATE_IN_PROGRESS"),
+        Event(STACK, "AWS::CloudFormation::Stack", "UPDATE_COMPLETE", None),
+        Status("UPDATE_COMPLETE"),
+    ]);
+    let (ctx, _rx) = context(None);
+    let j = job(client(&tl), &ctx);
+    {
+        let mut t = tl.lock().unwrap();
+        t.tags = TagSet {
+            run: "r-earlier".into(),
+            ..j.tags.clone()
+        }
+        .tags(Some("r-earlier"));
+        t.parameters = super::deploy::cfn_parameters(
+            &[("Environment".to_string(), "staging".to_string())].into(),
+        );
+        t.change_set_throttles = 1;
+    }
+    j.board
+        .lock()
+        .unwrap()
+        .add(&p.name, p.facts.resources.clone());
+    let params = p.resolve(&BTreeMap::new()).unwrap();
+    // Throttled is not absent: no create on a guess.
+    let e = j.deploy_one(&p, params.clone(), 0).await.unwrap_err();
+    assert_eq!(e.class, ErrorClass::Transient, "{}", e.message);
+    assert!(tl.lock().unwrap().writes.is_empty());
+    let r = j.deploy_one(&p, params, 0).await.unwrap();
+    assert_eq!(r.action, Action::Updated);
+    let ops: Vec<String> = tl
+        .lock()
+        .unwrap()
+        .writes
+        .iter()
+        .map(|w| w.0.clone())
+        .collect();
+    assert_eq!(ops, ["CreateChangeSet", "ExecuteChangeSet"]);
 }
 
 #[tokio::test(start_paused = true)]

@@ -97,9 +97,19 @@ pub fn decide(
     delete_created: bool,
 ) -> Decision {
     match status {
-        // A creation that failed or never finished: nothing worth keeping.
-        "CREATE_FAILED" | "ROLLBACK_COMPLETE" | "ROLLBACK_FAILED" | "DELETE_FAILED"
-        | "REVIEW_IN_PROGRESS" => Decision::Delete,
+        // A creation that failed: nothing worth keeping, whoever started it.
+        "CREATE_FAILED" | "ROLLBACK_COMPLETE" | "ROLLBACK_FAILED" | "DELETE_FAILED" => {
+            Decision::Delete
+        }
+        // A stack whose creating change set waits to be executed: another run's may be about
+        // to execute it.
+        "REVIEW_IN_PROGRESS" => {
+            if created_by_run {
+                Decision::Delete
+            } else {
+                Decision::Nothing
+            }
+        }
         "CREATE_IN_PROGRESS" => {
             if created_by_run {
                 Decision::Delete
@@ -107,7 +117,16 @@ pub fn decide(
                 Decision::Wait
             }
         }
-        "UPDATE_IN_PROGRESS" | "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS" => Decision::CancelUpdate,
+        // Only this run's update is cancelled; another run's ends by itself, and the stack is
+        // then that run's to keep or roll back. (Clean-up cannot be cancelled: AWS's
+        // CancelUpdateStack takes only UPDATE_IN_PROGRESS.)
+        "UPDATE_IN_PROGRESS" => {
+            if updated_by_run {
+                Decision::CancelUpdate
+            } else {
+                Decision::Wait
+            }
+        }
         "UPDATE_ROLLBACK_FAILED" => Decision::ContinueRollback,
         "CREATE_COMPLETE" | "UPDATE_COMPLETE" | "IMPORT_COMPLETE" => {
             if created_by_run && delete_created {
@@ -448,5 +467,13 @@ mod tests {
         assert_eq!(decide("UPDATE_COMPLETE", false, true, true), LeaveUpdated);
         assert_eq!(decide("UPDATE_COMPLETE", false, false, true), Nothing);
         assert_eq!(decide("ROLLBACK_IN_PROGRESS", false, false, true), Wait);
+        // Another run's work in progress is left to it.
+        assert_eq!(decide("UPDATE_IN_PROGRESS", false, false, true), Wait);
+        assert_eq!(decide("REVIEW_IN_PROGRESS", false, false, true), Nothing);
+        assert_eq!(decide("REVIEW_IN_PROGRESS", true, true, true), Delete);
+        assert_eq!(
+            decide("UPDATE_COMPLETE_CLEANUP_IN_PROGRESS", false, true, true),
+            Wait
+        );
     }
 }

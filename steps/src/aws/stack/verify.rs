@@ -174,6 +174,7 @@ impl Step for Verify {
                 });
                 continue;
             };
+            let stack = stack.complete("verified")?;
             let actual = list_resources(&cfn, &p.stack_name).await?;
             let outputs = outputs_of(&stack);
             let (found, skipped) = discrepancies(&p.stack_name, &p.facts, &actual, &outputs);
