@@ -181,6 +181,17 @@ impl App {
         }
     }
 
+    /// For commands that never write (`status`, `audit`, `packages`): the file is opened
+    /// read-only, so they work on a read-only copy and cannot change a damaged file.
+    fn readable_store(&self) -> Res<Option<Arc<RedbStore>>> {
+        if !self.loaded.config.db.exists() {
+            return Ok(None);
+        }
+        RedbStore::open_read_only(&self.loaded.config.db)
+            .map(|s| Some(Arc::new(s)))
+            .map_err(|e| Failure::env(e.to_string()))
+    }
+
     /// A listing when there is no state file yet: `[]` or a sentence.
     fn empty_listing(&self, what: &str, json: bool) -> i32 {
         if json {
@@ -414,7 +425,14 @@ impl App {
         if let Some(t) = &thread {
             observers.push(Arc::clone(t) as Arc<dyn Observer>);
         }
-        let outcome = engine.execute(wf, record, control, &observers).await?;
+        let outcome = match engine.execute(wf, record, control, &observers).await {
+            Err(EngineError::Finished(id, status)) => {
+                // Another process finished it between our look and our lock.
+                eprintln!("run {id} already finished ({status}); nothing to do");
+                return self.finish_output(&store, &run_id, json);
+            }
+            other => other?,
+        };
         progress.finish();
         if let Some(t) = thread {
             t.flush(std::time::Duration::from_secs(15)).await;
@@ -450,7 +468,7 @@ impl App {
     }
 
     fn status(&self, run_id: Option<&str>, json: bool, limit: usize) -> Res<i32> {
-        let Some(store) = self.existing_store()? else {
+        let Some(store) = self.readable_store()? else {
             if let Some(id) = run_id {
                 return Err(self.no_state(&format!("run `{id}`")));
             }
@@ -807,7 +825,7 @@ impl App {
 
     fn audit(&self, run_id: &str, verify: bool, json: bool) -> Res<i32> {
         let store = self
-            .existing_store()?
+            .readable_store()?
             .ok_or_else(|| self.no_state(&format!("run `{run_id}`")))?;
         // `-`: the entries that belong to no run (refused Slack requests, …).
         let run_id = if run_id == "-" { "" } else { run_id };
@@ -1034,7 +1052,7 @@ impl App {
     }
 
     fn packages(&self, command: PackagesCommand) -> Res<i32> {
-        let Some(store) = self.existing_store()? else {
+        let Some(store) = self.readable_store()? else {
             if let PackagesCommand::List { json } = command {
                 return Ok(self.empty_listing("packages", json));
             }

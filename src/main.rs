@@ -55,9 +55,49 @@ fn main() {
             std::process::exit(landfall::app::EXIT_ENV);
         }
     };
-    let code = runtime.block_on(landfall::app::run(cli));
-    // Attempts still running in the background (a cancelled run's stragglers) must not keep
-    // the process alive.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    // redb stops with a panic on some inconsistencies of a damaged file (seen when closing
+    // one): that is the state file's fault, not a bug, and must end as exit 3 with a sentence,
+    // never as a panic's exit 101.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let in_redb = info
+            .location()
+            .is_some_and(|l| l.file().contains("/redb-") || l.file().contains("\\redb-"));
+        if in_redb {
+            let payload = info.payload();
+            let why = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            let _ = STORE_PANIC.set(why);
+        } else {
+            default_hook(info);
+        }
+    }));
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let code = runtime.block_on(landfall::app::run(cli));
+        // Attempts still running in the background (a cancelled run's stragglers) must not
+        // keep the process alive.
+        runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+        code
+    }));
+    let code = match ran {
+        Ok(code) => code,
+        Err(_) => match STORE_PANIC.get() {
+            Some(why) => {
+                eprintln!(
+                    "error: the state file is damaged: its storage library (redb) stopped: {why}. \
+                     Nothing more was written; restore the file from a backup \
+                     (`landfall config show` names it)"
+                );
+                landfall::app::EXIT_ENV
+            }
+            None => 101,
+        },
+    };
     std::process::exit(code);
 }
+
+/// What redb said when it panicked, if it did.
+static STORE_PANIC: std::sync::OnceLock<String> = std::sync::OnceLock::new();

@@ -69,7 +69,7 @@ impl RunLocks {
     /// Whether some live process holds the run's lock.
     pub fn is_held(&self, run_id: &str) -> bool {
         let path = self.dir.join(lock_file_name(run_id));
-        let Ok(file) = OpenOptions::new().write(true).open(path) else {
+        let Ok(file) = OpenOptions::new().read(true).open(path) else {
             return false;
         };
         matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))

@@ -236,6 +236,15 @@ impl Engine {
             .store
             .lease(&run.run_id)?
             .ok_or_else(|| EngineError::Busy(run.run_id.clone()))?;
+        // The caller read the run before it held the lock: another process may have finished
+        // it in between. Only the record read under the lock counts.
+        let run = match self.store.run(&run.run_id)? {
+            Some(now) if now.status.is_terminal() => {
+                return Err(EngineError::Finished(now.run_id.clone(), now.status));
+            }
+            Some(now) => now,
+            None => run,
+        };
         let mut obs: Vec<Arc<dyn Observer>> = self.observers.clone();
         obs.extend(observers.iter().cloned());
         let existing = self.store.nodes(&run.run_id)?;

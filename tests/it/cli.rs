@@ -853,3 +853,111 @@ fn old_state_file_upgrades(fixture: &str, row_marker: &[u8], (hello, pause): (&s
     assert!(formats[..before].iter().all(|&f| f == 1), "{formats:?}");
     assert!(formats[before..].iter().all(|&f| f == 2), "{formats:?}");
 }
+
+#[test]
+fn an_empty_state_file_is_refused_not_replaced() {
+    let sb = Sandbox::new();
+    sb.copy("examples/hello.yaml");
+    std::fs::create_dir_all(sb.path(".landfall")).unwrap();
+    std::fs::write(sb.path(".landfall/state.redb"), "").unwrap();
+    for args in [
+        &["status"][..],
+        &["run", "hello.yaml", "--set", "customer=acme"],
+    ] {
+        let out = sb.run(args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("is not a Landfall state file: it is empty (0 bytes)"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let len = std::fs::metadata(sb.path(".landfall/state.redb"))
+        .unwrap()
+        .len();
+    assert_eq!(len, 0, "the empty file was turned into a new store");
+}
+
+#[test]
+fn status_and_audit_never_write_to_the_state_file() {
+    let sb = Sandbox::new();
+    sb.copy("examples/hello.yaml");
+    let out = sb.run(&[
+        "run",
+        "hello.yaml",
+        "--set",
+        "customer=acme",
+        "--run-id",
+        "ro",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let db = sb.path(".landfall/state.redb");
+    let before = std::fs::read(&db).unwrap();
+    for args in [
+        &["status", "ro", "--json"][..],
+        &["status"],
+        &["audit", "ro", "--verify"],
+        &["packages", "list"],
+    ] {
+        let out = sb.run(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+    }
+    assert!(
+        std::fs::read(&db).unwrap() == before,
+        "a read-only command changed the file"
+    );
+}
+
+/// Damage anywhere in the state file ends in a sentence and exit 3 (or, where the damage
+/// misses what is read, a normal answer), never in a panic's exit 101.
+#[test]
+fn a_damaged_state_file_never_ends_in_a_panic() {
+    let sb = Sandbox::new();
+    sb.copy("examples/hello.yaml");
+    let out = sb.run(&[
+        "run",
+        "hello.yaml",
+        "--set",
+        "customer=acme",
+        "--run-id",
+        "dmg",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let db = sb.path(".landfall/state.redb");
+    let good = std::fs::read(&db).unwrap();
+    // Seeded positions over the whole file, denser in the header and the first pages.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut codes = std::collections::BTreeMap::new();
+    for i in 0..40 {
+        let mut bad = good.clone();
+        let span = if i % 2 == 0 {
+            4096.min(bad.len())
+        } else {
+            bad.len()
+        };
+        for _ in 0..8 {
+            let at = (next() as usize) % span;
+            bad[at] ^= (next() as u8) | 1;
+        }
+        std::fs::write(&db, &bad).unwrap();
+        for args in [&["status", "dmg"][..], &["audit", "dmg", "--verify"]] {
+            let out = sb.run(args);
+            let code = out.status.code();
+            assert!(
+                matches!(code, Some(0..=3)),
+                "{args:?} on damaged copy {i} ended with {code:?}: {}",
+                stderr(&out)
+            );
+            assert!(!stderr(&out).contains("panicked at"), "{}", stderr(&out));
+            *codes.entry(code).or_insert(0) += 1;
+        }
+    }
+    // The damage was real: some copies were refused.
+    assert!(codes.get(&Some(3)).copied().unwrap_or(0) > 0, "{codes:?}");
+}

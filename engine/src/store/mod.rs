@@ -30,6 +30,10 @@ pub const SCHEMA_VERSION: u64 = 3;
 pub enum StoreError {
     #[error("cannot open the state file {path}: {message}")]
     Open { path: String, message: String },
+    #[error("{path} is not a Landfall state file: {why}. Nothing was changed; point --db (or LANDFALL_DB) at the state file, restore it from a backup, or move this file away to start an empty store")]
+    NotAStateFile { path: String, why: String },
+    #[error("the state file was opened read-only; this command cannot write to it")]
+    ReadOnly,
     #[error("the state file {path} was written by a newer Landfall (schema {found}, this build knows up to {known}); upgrade landfall")]
     TooNew {
         path: String,

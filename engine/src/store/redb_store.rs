@@ -8,7 +8,10 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    ConcurrencyMode, Database, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableDefinition,
+    TableHandle,
+};
 
 use super::{rows, AuditEntry, Batch, Store, StoreError, SCHEMA_VERSION};
 use crate::lock::{RunLease, RunLocks};
@@ -58,9 +61,79 @@ fn hash_format_2(_tx: &redb::WriteTransaction) -> Result<(), StoreError> {
 }
 
 pub struct RedbStore {
-    db: Database,
+    db: Db,
     path: PathBuf,
     locks: RunLocks,
+}
+
+/// The database, opened for writing, or only for reading (`status`, `audit`: they never
+/// change the file, so they work on a read-only copy and cannot make a damaged one worse).
+enum Db {
+    Write(Database),
+    Read(ReadOnlyDatabase),
+}
+
+impl Db {
+    fn begin_read(&self) -> Result<redb::ReadTransaction, redb::TransactionError> {
+        match self {
+            Db::Write(d) => d.begin_read(),
+            Db::Read(d) => d.begin_read(),
+        }
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        match self {
+            Db::Write(d) => Ok(d.begin_write()?),
+            Db::Read(_) => Err(StoreError::ReadOnly),
+        }
+    }
+}
+
+/// The first bytes of every redb file.
+const REDB_MAGIC: &[u8] = b"redb\x1A\x0A\xA9\x0D\x0A";
+
+/// Whether a state file is at `path`; an existing file that cannot be one (empty, or not a redb
+/// database) is refused before redb sees it: redb would take an empty file for a new database
+/// and every run would seem to have vanished.
+fn existing(path: &Path) -> Result<bool, StoreError> {
+    let shown = || path.display().to_string();
+    let not_ours = |why: &str| StoreError::NotAStateFile {
+        path: shown(),
+        why: why.to_string(),
+    };
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => {
+            return Err(StoreError::Open {
+                path: shown(),
+                message: e.to_string(),
+            })
+        }
+    };
+    let mut head = [0u8; 9];
+    let mut read = 0;
+    while read < head.len() {
+        match std::io::Read::read(&mut file, &mut head[read..]) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(e) => {
+                return Err(StoreError::Open {
+                    path: shown(),
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+    match read {
+        0 => Err(not_ours(
+            "it is empty (0 bytes), as a full disk or an interrupted copy leaves a file",
+        )),
+        _ if head[..read] != REDB_MAGIC[..read] || read < REDB_MAGIC.len() => {
+            Err(not_ours("it is not a redb database"))
+        }
+        _ => Ok(true),
+    }
 }
 
 fn corrupt(what: String, e: impl std::fmt::Display) -> StoreError {
@@ -81,6 +154,23 @@ impl RedbStore {
                 message: e.to_string(),
             })?;
         }
+        if existing(path)? {
+            // Looked at without writing first: opening for writing changes the file's header,
+            // and another program's database must be left exactly as it was. (A file that
+            // needs recovery cannot be read so; opening it for writing recovers it, and it is
+            // checked below.)
+            if let Ok(ro) = Database::builder()
+                .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+                .open_read_only(path)
+            {
+                RedbStore {
+                    db: Db::Read(ro),
+                    path: path.to_path_buf(),
+                    locks: RunLocks::beside(path),
+                }
+                .check_ours()?;
+            }
+        }
         let db = Database::builder()
             .set_concurrency_mode(ConcurrencyMode::MultiWriter)
             .create(path)
@@ -89,12 +179,75 @@ impl RedbStore {
                 message: e.to_string(),
             })?;
         let store = RedbStore {
-            db,
+            db: Db::Write(db),
             path: path.to_path_buf(),
             locks: RunLocks::beside(path),
         };
+        store.check_ours()?;
         store.migrate()?;
         Ok(store)
+    }
+
+    /// Opens an existing state file without ever writing to it. A file left by a process that
+    /// was killed needs redb's recovery, which writes: that one file is opened for writing
+    /// (recovery is the normal aftermath of a crash, not damage). Its schema must be one this
+    /// build reads.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let shown = path.display().to_string();
+        if !existing(path)? {
+            return Err(StoreError::Open {
+                path: shown,
+                message: "there is no such file".into(),
+            });
+        }
+        let db = match Database::builder()
+            .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+            .open_read_only(path)
+        {
+            Ok(db) => db,
+            Err(redb::DatabaseError::RepairAborted) => {
+                tracing::info!(path = %shown, "the state file needs recovery after a crash; opening it for writing to recover it");
+                return Self::open(path);
+            }
+            Err(e) => {
+                return Err(StoreError::Open {
+                    path: shown,
+                    message: e.to_string(),
+                })
+            }
+        };
+        let store = RedbStore {
+            db: Db::Read(db),
+            path: path.to_path_buf(),
+            locks: RunLocks::beside(path),
+        };
+        store.check_ours()?;
+        let version = store.schema_version()?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: shown,
+                found: version,
+                known: SCHEMA_VERSION,
+            });
+        }
+        Ok(store)
+    }
+
+    /// A redb file with tables but without Landfall's schema version belongs to another
+    /// program. (One without any table is a state file whose creation was cut off.)
+    fn check_ours(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_read()?;
+        let tables: Vec<String> = tx.list_tables()?.map(|t| t.name().to_string()).collect();
+        if tables.is_empty() || tables.iter().any(|t| t == META.name()) {
+            return Ok(());
+        }
+        Err(StoreError::NotAStateFile {
+            path: self.path.display().to_string(),
+            why: format!(
+                "it is a redb database of another program (tables {}, no Landfall schema version)",
+                tables.join(", ")
+            ),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -538,6 +691,69 @@ impl RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn refused(r: Result<RedbStore, StoreError>) -> String {
+        match r {
+            Err(e @ StoreError::NotAStateFile { .. }) => e.to_string(),
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("opened"),
+        }
+    }
+
+    #[test]
+    fn an_empty_or_foreign_file_is_refused_and_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.redb");
+        std::fs::write(&empty, b"").unwrap();
+        let why = refused(RedbStore::open(&empty));
+        assert!(why.contains("it is empty (0 bytes)"), "{why}");
+        refused(RedbStore::open_read_only(&empty));
+        assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
+
+        let text = dir.path().join("notes.redb");
+        std::fs::write(&text, b"runs: none\n").unwrap();
+        let why = refused(RedbStore::open(&text));
+        assert!(why.contains("not a redb database"), "{why}");
+        assert_eq!(std::fs::read(&text).unwrap(), b"runs: none\n");
+
+        // A redb database of another program.
+        let other = dir.path().join("other.redb");
+        {
+            let db = Database::create(&other).unwrap();
+            let tx = db.begin_write().unwrap();
+            let t: TableDefinition<&str, u64> = TableDefinition::new("inventory");
+            tx.open_table(t).unwrap().insert("apples", 3).unwrap();
+            tx.commit().unwrap();
+        }
+        let before = std::fs::read(&other).unwrap();
+        let why = refused(RedbStore::open(&other));
+        assert!(why.contains("another program (tables inventory"), "{why}");
+        refused(RedbStore::open_read_only(&other));
+        assert!(std::fs::read(&other).unwrap() == before, "the file changed");
+
+        // A state file whose creation was cut off before its first commit is fine.
+        let cut = dir.path().join("cut.redb");
+        drop(Database::create(&cut).unwrap());
+        assert!(RedbStore::open(&cut).is_ok());
+    }
+
+    #[test]
+    fn a_read_only_store_reads_and_never_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        drop(RedbStore::open(&path).unwrap());
+        let before = std::fs::read(&path).unwrap();
+        let ro = RedbStore::open_read_only(&path).unwrap();
+        assert!(ro.runs().unwrap().is_empty());
+        assert!(matches!(ro.commit(Batch::default()), Ok(())));
+        let mut batch = Batch::default();
+        batch
+            .annotations
+            .push(("r".into(), "k".into(), serde_json::json!(1)));
+        assert!(matches!(ro.commit(batch), Err(StoreError::ReadOnly)));
+        drop(ro);
+        assert!(std::fs::read(&path).unwrap() == before, "the file changed");
+    }
 
     /// A file written by a newer build is refused with what to do, never misread.
     #[test]

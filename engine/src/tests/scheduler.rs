@@ -621,3 +621,38 @@ steps:
     assert_eq!(value("after_fast[1]"), json!("after_fast(\"fast()\",2)"));
     assert_eq!(value("after_slow[0]"), json!("after_slow(\"slow()\",0)"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_finished_by_another_process_after_the_callers_look_is_not_run_again() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = Arc::new(workflow(
+        "name: t\nsteps: [ { id: a, uses: test } ]\n",
+        &reg,
+    ));
+    let stale = eng.create_run(&wf, new_run(1)).unwrap();
+    // Another process runs it to its end between this caller's read and its lock.
+    let done = eng
+        .execute(Arc::clone(&wf), stale.clone(), RunControl::default(), &[])
+        .await
+        .unwrap();
+    assert_eq!(done.status, RunStatus::Succeeded);
+    assert_eq!(
+        stale.status,
+        RunStatus::Running,
+        "the caller's copy is stale"
+    );
+    let again = eng.execute(wf, stale, RunControl::default(), &[]).await;
+    assert!(
+        matches!(
+            again,
+            Err(crate::EngineError::Finished(_, RunStatus::Succeeded))
+        ),
+        "{again:?}"
+    );
+    assert_eq!(probe.count("a"), 1, "a finished step ran again");
+    assert_eq!(
+        statuses(store.as_ref(), &done.run_id)["a"],
+        NodeStatus::Succeeded
+    );
+}
