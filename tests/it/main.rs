@@ -15,3 +15,4 @@ mod strict_aws;
 mod support;
 mod templates;
 mod tidy;
+mod torture;

@@ -284,3 +284,45 @@ async fn org_and_policy_ride_out_thirty_percent_faults_at_the_call() {
         3
     );
 }
+
+/// An email that belongs to another customer's account is refused, never a reason to move
+/// that account into this customer's OU: both while it waits at the root (told by its tags)
+/// and once it sits in its own OU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_customers_account_is_never_adopted_by_its_email() {
+    let emu = Emulator::start_with(false);
+    let org = quick_org(&emu);
+    let acme = org
+        .run(org_config("acme", 1), StepContext::detached("org"))
+        .await
+        .unwrap();
+    let acme_id = acme["accounts"][0]["id"].as_str().unwrap().to_string();
+    let acme_ou = acme["ou_id"].as_str().unwrap().to_string();
+    let mut thief = org_config("globex", 1);
+    thief.accounts[0].email = "aws+0@acme.example".into();
+    let e = org
+        .run(thief, StepContext::detached("org"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.class, ErrorClass::Permanent, "{}", e.message);
+    assert!(e.message.contains("of customer acme"), "{}", e.message);
+
+    // The same without the tag: an account in another OU is left where it is.
+    let orgs = emu.organizations().await;
+    orgs.untag_resource()
+        .resource_id(&acme_id)
+        .tag_keys("customer")
+        .send()
+        .await
+        .unwrap();
+    let mut thief = org_config("initech", 1);
+    thief.accounts[0].email = "aws+0@acme.example".into();
+    let e = org
+        .run(thief, StepContext::detached("org"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.class, ErrorClass::Permanent, "{}", e.message);
+    assert!(e.message.contains("which is in the OU acme"), "{}", e.message);
+    let parents = orgs.list_parents().child_id(&acme_id).send().await.unwrap();
+    assert_eq!(parents.parents()[0].id(), Some(acme_ou.as_str()));
+}

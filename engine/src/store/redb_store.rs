@@ -188,10 +188,9 @@ impl RedbStore {
         Ok(store)
     }
 
-    /// Opens an existing state file without ever writing to it. A file left by a process that
-    /// was killed needs redb's recovery, which writes: that one file is opened for writing
-    /// (recovery is the normal aftermath of a crash, not damage). Its schema must be one this
-    /// build reads.
+    /// Opens an existing state file without ever writing to it. Two exceptions are opened for
+    /// writing: a file left by a process that was killed needs redb's recovery (the normal
+    /// aftermath of a crash, not damage), and a file of an older schema its upgrade.
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
         let shown = path.display().to_string();
         if !existing(path)? {
@@ -229,6 +228,13 @@ impl RedbStore {
                 found: version,
                 known: SCHEMA_VERSION,
             });
+        }
+        if version < SCHEMA_VERSION {
+            // An older layout lacks tables this build reads; it is upgraded once, as any
+            // command of this build would (the version keeps older builds away afterwards).
+            drop(store);
+            tracing::info!(path = %shown, from = version, to = SCHEMA_VERSION, "upgrading the state file's schema");
+            return Self::open(path);
         }
         Ok(store)
     }

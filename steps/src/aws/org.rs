@@ -172,7 +172,7 @@ impl Step for Org {
                 Some(id) => (id, false),
                 None => self.ensure_account(&client, a, &account_tags, &ctx).await?,
             };
-            move_into(&client, &id, &ou_id).await?;
+            move_into(&client, &id, &ou_id, &root_id, a, &c.customer).await?;
             client
                 .tag_resource()
                 .resource_id(&id)
@@ -557,7 +557,39 @@ async fn list_accounts(client: &Client) -> Result<Vec<(String, String)>, StepErr
     Ok(out)
 }
 
-async fn move_into(client: &Client, account: &str, ou: &str) -> Result<(), StepError> {
+/// Moves an account into the customer's OU, from the root only: an account that sits in another
+/// OU belongs to someone else (another customer, a team's own OU), and taking it because an
+/// email matched would hand one customer's account to another. AWS's `MoveAccount` accepts it;
+/// Landfall refuses, naming where the account is.
+async fn move_into(
+    client: &Client,
+    account: &str,
+    ou: &str,
+    root: &str,
+    a: &OrgAccount,
+    customer: &str,
+) -> Result<(), StepError> {
+    // Tagged with its customer when it was created: another customer's account is refused even
+    // while it still waits at the root to be moved by that customer's run.
+    let tags = client
+        .list_tags_for_resource()
+        .resource_id(account)
+        .send()
+        .await
+        .map_err(|e| step_error("ListTagsForResource", e))?;
+    if let Some(owner) = tags
+        .tags()
+        .iter()
+        .find(|t| t.key() == "customer")
+        .map(|t| t.value())
+        .filter(|owner| *owner != customer)
+    {
+        return Err(StepError::permanent(format!(
+            "the email {} of account {} belongs to account {account} of customer {owner}: an account serves one customer; choose another email",
+            a.email, a.name
+        ))
+        .with_context(json!({ "account_id": account, "email": a.email, "customer": owner })));
+    }
     let parents = client
         .list_parents()
         .child_id(account)
@@ -570,6 +602,21 @@ async fn move_into(client: &Client, account: &str, ou: &str) -> Result<(), StepE
         .and_then(|p| p.id())
         .ok_or_else(|| StepError::transient(format!("account {account} has no parent")))?
         .to_string();
+    if current != ou && current != root {
+        let name = client
+            .describe_organizational_unit()
+            .organizational_unit_id(&current)
+            .send()
+            .await
+            .ok()
+            .and_then(|d| d.organizational_unit().and_then(|u| u.name().map(str::to_string)))
+            .unwrap_or_else(|| current.clone());
+        return Err(StepError::permanent(format!(
+            "the email {} of account {} belongs to account {account}, which is in the OU {name}, not this customer's: an account serves one customer. Choose another email, or move the account to the root yourself if it really is this customer's",
+            a.email, a.name
+        ))
+        .with_context(json!({ "account_id": account, "email": a.email, "ou": name })));
+    }
     if current != ou {
         let moved = client
             .move_account()
