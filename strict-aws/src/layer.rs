@@ -29,7 +29,8 @@ use crate::wire::{xml_text, AwsError, Call, Protocol};
 #[error("connection reset by the strict AWS layer")]
 pub struct Reset;
 
-type Answer = Response<Full<Bytes>>;
+/// An answer, its body whole: rules read and rewrite moto's answers before they are sent.
+pub type Answer = Response<Bytes>;
 
 pub struct Layer {
     upstream: String,
@@ -160,6 +161,13 @@ impl Layer {
         let now = Instant::now();
         let hidden = lock(&self.accounts).hidden(now);
         let h = &parts.headers;
+        if call.service == "organizations" {
+            if let Some((param, e)) = rules::unready_account(&call.operation) {
+                if call.param(param).is_some_and(|a| hidden.contains(a)) {
+                    return self.refuse(call, "AccountNotReady", e);
+                }
+            }
+        }
         match (call.service.as_str(), call.operation.as_str()) {
             ("organizations", "CreateOrganization") => {
                 let answer = self.forward(parts, body).await;
@@ -168,7 +176,9 @@ impl Layer {
                 }
                 answer
             }
-            ("organizations", "CreateAccount") => self.create_account(parts, call, body, knobs).await,
+            ("organizations", "CreateAccount") => {
+                self.create_account(parts, call, body, knobs).await
+            }
             ("organizations", "DescribeCreateAccountStatus") => {
                 let id = call.param("CreateAccountRequestId").unwrap_or_default();
                 match lock(&self.accounts).status(id, now) {
@@ -182,9 +192,15 @@ impl Layer {
             ("organizations", "ListCreateAccountStatus") => {
                 let states: Vec<String> = call.params["States"]
                     .as_array()
-                    .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|s| s.as_str().map(str::to_string))
+                            .collect()
+                    })
                     .unwrap_or_default();
-                json_answer(json!({ "CreateAccountStatuses": lock(&self.accounts).list(&states, now) }))
+                json_answer(
+                    json!({ "CreateAccountStatuses": lock(&self.accounts).list(&states, now) }),
+                )
             }
             ("organizations", "ListAccounts" | "ListAccountsForParent") => {
                 let answer = self.forward(parts, body).await;
@@ -194,24 +210,16 @@ impl Layer {
                 let answer = self.forward(parts, body).await;
                 filter_list(answer, "Children", "Id", &hidden)
             }
-            ("organizations", "DescribeAccount" | "MoveAccount")
-                if call.param("AccountId").is_some_and(|a| hidden.contains(a)) =>
-            {
-                self.refuse(call, "AccountNotReady", AwsError::new(400, "AccountNotFoundException", "You specified an account that doesn't exist."))
-            }
-            ("organizations", "ListParents") if call.param("ChildId").is_some_and(|a| hidden.contains(a)) => {
-                self.refuse(call, "AccountNotReady", AwsError::new(400, "ChildNotFoundException", "We can't find an organizational unit (OU) or AWS account with the ChildId that you specified."))
-            }
-            ("organizations", "TagResource" | "UntagResource")
-                if call.param("ResourceId").is_some_and(|a| hidden.contains(a)) =>
-            {
-                self.refuse(call, "AccountNotReady", AwsError::new(400, "TargetNotFoundException", "We can't find a root, OU, account, or policy with the TargetId that you specified."))
-            }
             ("organizations", "CreateOrganizationalUnit") => {
                 let _held = self.org_lock.lock().await;
                 let parent = call.param("ParentId").unwrap_or_default();
                 let siblings = match self
-                    .moto_list(h, "ListOrganizationalUnitsForParent", json!({ "ParentId": parent }), "OrganizationalUnits")
+                    .moto_list(
+                        h,
+                        "ListOrganizationalUnitsForParent",
+                        json!({ "ParentId": parent }),
+                        "OrganizationalUnits",
+                    )
                     .await
                 {
                     Ok(list) => names(&list, "Name"),
@@ -233,19 +241,23 @@ impl Layer {
                 let _held = self.org_lock.lock().await;
                 let policy = call.param("PolicyId").unwrap_or_default().to_string();
                 let target = call.param("TargetId").unwrap_or_default().to_string();
-                if call.operation == "AttachPolicy" && hidden.contains(&target) {
-                    return self.refuse(call, "AccountNotReady", AwsError::new(400, "TargetNotFoundException", "We can't find a root, OU, account, or policy with the TargetId that you specified."));
-                }
                 let is_scp = self
                     .moto(h, "DescribePolicy", json!({ "PolicyId": policy }))
                     .await
                     .ok()
-                    .is_some_and(|d| d["Policy"]["PolicySummary"]["Type"] == "SERVICE_CONTROL_POLICY");
+                    .is_some_and(|d| {
+                        d["Policy"]["PolicySummary"]["Type"] == "SERVICE_CONTROL_POLICY"
+                    });
                 if !is_scp {
                     return self.forward(parts, body).await;
                 }
                 let attached = match self
-                    .moto_list(h, "ListPoliciesForTarget", json!({ "TargetId": target, "Filter": "SERVICE_CONTROL_POLICY" }), "Policies")
+                    .moto_list(
+                        h,
+                        "ListPoliciesForTarget",
+                        json!({ "TargetId": target, "Filter": "SERVICE_CONTROL_POLICY" }),
+                        "Policies",
+                    )
                     .await
                 {
                     Ok(list) => names(&list, "Id"),
@@ -411,7 +423,7 @@ impl Layer {
                     .await
                     .map(|b| b.to_bytes())
                     .unwrap_or_default();
-                let mut out = Response::from_parts(parts, Full::new(bytes));
+                let mut out = Response::from_parts(parts, bytes);
                 out.headers_mut().remove(CONTENT_LENGTH);
                 out
             }
@@ -499,22 +511,7 @@ fn names(list: &[Value], field: &str) -> Vec<String> {
 }
 
 fn answer_text(a: &Answer) -> String {
-    // `Full` holds the whole body; reading it back does not consume it.
-    let body: &Full<Bytes> = a.body();
-    let bytes = futures_now(body.clone());
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-/// The bytes of a `Full` body (ready at once, no I/O).
-fn futures_now(body: Full<Bytes>) -> Bytes {
-    use hyper::body::Body;
-    let mut body = std::pin::pin!(body);
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
-    match body.as_mut().poll_frame(&mut cx) {
-        std::task::Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
-        _ => Bytes::new(),
-    }
+    String::from_utf8_lossy(a.body()).into_owned()
 }
 
 /// Drops the hidden items from a JSON list answer.
@@ -532,7 +529,7 @@ fn filter_list(answer: Answer, key: &str, id: &str, hidden: &HashSet<String>) ->
 }
 
 fn json_answer(v: Value) -> Answer {
-    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    let mut r = Response::new(Bytes::from(v.to_string()));
     r.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("application/x-amz-json-1.1"),
@@ -541,14 +538,14 @@ fn json_answer(v: Value) -> Answer {
 }
 
 fn plain(status: StatusCode, text: &str) -> Answer {
-    let mut r = Response::new(Full::new(Bytes::from(text.to_string())));
+    let mut r = Response::new(Bytes::from(text.to_string()));
     *r.status_mut() = status;
     r
 }
 
 pub fn error_answer(e: &AwsError, protocol: Protocol) -> Answer {
     let (ctype, body) = e.render(protocol);
-    let mut r = Response::new(Full::new(body));
+    let mut r = Response::new(body);
     *r.status_mut() = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(ctype));

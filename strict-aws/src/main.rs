@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -74,7 +75,7 @@ async fn serve(addr: SocketAddr, upstream: String, knobs: Knobs) -> Result<(), S
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let layer = Arc::clone(&layer);
-                async move { layer.handle(req).await }
+                async move { layer.handle(req).await.map(|a| a.map(Full::new)) }
             });
             // A reset (injected) ends the connection without an answer; nothing to report.
             let _ = http1::Builder::new()

@@ -327,6 +327,31 @@ pub fn duplicate_ou(siblings: &[String], name: &str) -> Option<AwsError> {
     })
 }
 
+/// For an Organizations call that names an account: the parameter holding it, and what AWS
+/// answers while that account is still being created (as for an account that does not exist).
+pub fn unready_account(operation: &str) -> Option<(&'static str, AwsError)> {
+    const TARGET: &str =
+        "We can't find a root, OU, account, or policy with the TargetId that you specified.";
+    let (param, code, message) = match operation {
+        "DescribeAccount" | "MoveAccount" => (
+            "AccountId",
+            "AccountNotFoundException",
+            "You specified an account that doesn't exist.",
+        ),
+        "ListParents" => (
+            "ChildId",
+            "ChildNotFoundException",
+            "We can't find an organizational unit (OU) or AWS account with the ChildId that you specified.",
+        ),
+        "TagResource" | "UntagResource" | "ListTagsForResource" => {
+            ("ResourceId", "TargetNotFoundException", TARGET)
+        }
+        "AttachPolicy" => ("TargetId", "TargetNotFoundException", TARGET),
+        _ => return None,
+    };
+    Some((param, AwsError::new(400, code, message)))
+}
+
 /// A role that cannot be assumed yet: AWS says access denied, not "wait".
 pub fn not_assumable(arn: &str) -> AwsError {
     AwsError::new(
@@ -507,6 +532,28 @@ mod tests {
             scp_attach(&ids(2), "p-1").unwrap().code,
             "DuplicatePolicyAttachmentException"
         );
+    }
+
+    #[test]
+    fn calls_naming_an_account_being_created_answer_as_for_an_unknown_one() {
+        let found = |op| unready_account(op).map(|(param, e)| (param, e.code));
+        assert_eq!(
+            found("MoveAccount"),
+            Some(("AccountId", "AccountNotFoundException".to_string()))
+        );
+        assert_eq!(
+            found("ListParents"),
+            Some(("ChildId", "ChildNotFoundException".to_string()))
+        );
+        assert_eq!(
+            found("ListTagsForResource"),
+            Some(("ResourceId", "TargetNotFoundException".to_string()))
+        );
+        assert_eq!(
+            found("AttachPolicy"),
+            Some(("TargetId", "TargetNotFoundException".to_string()))
+        );
+        assert_eq!(found("ListAccounts"), None);
     }
 
     #[test]

@@ -322,7 +322,11 @@ async fn another_customers_account_is_never_adopted_by_its_email() {
         .await
         .unwrap_err();
     assert_eq!(e.class, ErrorClass::Permanent, "{}", e.message);
-    assert!(e.message.contains("which is in the OU acme"), "{}", e.message);
+    assert!(
+        e.message.contains("which is in the OU acme"),
+        "{}",
+        e.message
+    );
     let parents = orgs.list_parents().child_id(&acme_id).send().await.unwrap();
     assert_eq!(parents.parents()[0].id(), Some(acme_ou.as_str()));
 }

@@ -51,7 +51,22 @@ impl Rng {
 struct Job {
     run_id: String,
     args: Vec<String>,
+    /// The exit code it must end with.
+    expect: i32,
 }
+
+/// A customer whose account email is acme's: its onboarding must fail at `org` with a
+/// permanent error, once, however often it is killed and started again.
+const DOOMED: &str = r#"
+customer: doomed
+display_name: Doomed
+contact_email: it@doomed.example
+accounts:
+  - { name: doomed-prod, email: aws+acme-prod@acme.example, environment: production }
+regions: [us-west-2]
+network: { cidr: 192.168.32.0/24, availability_zones: 1, nat_gateways: none }
+compliance: [baseline]
+"#;
 
 const CUSTOMERS: [(&str, &str); 3] = [
     ("acme", "examples/customers/acme.yaml"),
@@ -86,11 +101,17 @@ fn onboarding(customer: &str, input: &str) -> Job {
                 .display()
                 .to_string(),
             "--input".into(),
-            root().join(input).display().to_string(),
+            // Inputs of the repository by their path in it; the doomed one is the sandbox's.
+            if input.starts_with("examples/") {
+                root().join(input).display().to_string()
+            } else {
+                input.to_string()
+            },
             "--run-id".into(),
             format!("onboard-{customer}"),
             "--quiet".into(),
         ],
+        expect: 0,
     }
 }
 
@@ -113,6 +134,7 @@ fn provisioning(customer: &str) -> Job {
             format!("provision-{customer}"),
             "--quiet".into(),
         ],
+        expect: 0,
     }
 }
 
@@ -133,9 +155,17 @@ fn waves() -> Vec<Vec<Job>> {
                     "children".into(),
                     "--quiet".into(),
                 ],
+                expect: 0,
             },
         ],
-        vec![provisioning(b.0), provisioning(c.0)],
+        vec![
+            provisioning(b.0),
+            provisioning(c.0),
+            Job {
+                expect: 1,
+                ..onboarding("doomed", "doomed.yaml")
+            },
+        ],
     ]
 }
 
@@ -197,6 +227,7 @@ fn carry(sb: &Sandbox, emu: &Emulator, job: &Job, kills: u32, seed: u64) -> (Opt
 /// Runs every wave; with `kills > 0` they are spread over the jobs.
 fn work(sb: &Sandbox, emu: &Emulator, kills: u32, seed: u64) -> BTreeMap<String, Carried> {
     sb.write("children.yaml", CHILDREN);
+    sb.write("doomed.yaml", DOOMED);
     let jobs: usize = waves().iter().map(Vec::len).sum();
     let per_job = kills.div_ceil(jobs as u32);
     let mut all = BTreeMap::new();
@@ -221,7 +252,7 @@ fn work(sb: &Sandbox, emu: &Emulator, kills: u32, seed: u64) -> BTreeMap<String,
                 .unwrap_or_default();
             assert_eq!(
                 code,
-                Some(0),
+                Some(job.expect),
                 "{} ended with {code:?} after {c:?}; its log:\n{}",
                 job.run_id,
                 tail(&log)
@@ -359,14 +390,16 @@ fn duplicates(facts: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Per run: (chain verifies, succeeded nodes started again, permanent errors retried).
-fn audit_findings(sb: &Sandbox, run_id: &str) -> (bool, Vec<String>, Vec<String>) {
+/// Per run: (chain verifies, succeeded nodes started again, permanent errors retried or
+/// repeated, nodes that failed).
+fn audit_findings(sb: &Sandbox, run_id: &str) -> (bool, Vec<String>, Vec<String>, Vec<String>) {
     let verify = sb.run(&["audit", run_id, "--verify"]);
     let entries: Value =
         serde_json::from_slice(&sb.run(&["audit", run_id, "--json"]).stdout).unwrap();
     let mut succeeded = std::collections::BTreeSet::new();
     let mut again = Vec::new();
     let mut retried = Vec::new();
+    let mut failed = Vec::new();
     for e in entries.as_array().unwrap() {
         let node = e["node"].as_str().unwrap_or_default().to_string();
         match e["kind"].as_str() {
@@ -377,6 +410,17 @@ fn audit_findings(sb: &Sandbox, run_id: &str) -> (bool, Vec<String>, Vec<String>
                 Some("running") if succeeded.contains(&node) => {
                     again.push(format!("{run_id}/{node}"))
                 }
+                // A node fails once, for good: a second failure (or a start after the
+                // first) is a permanent error that took more than one attempt.
+                Some("running") if failed.contains(&node) => {
+                    retried.push(format!("{run_id}/{node} started again after it failed"))
+                }
+                Some("failed") => {
+                    if failed.contains(&node) {
+                        retried.push(format!("{run_id}/{node} failed twice"));
+                    }
+                    failed.push(node);
+                }
                 _ => {}
             },
             Some("retry_scheduled") if e["details"]["error"]["class"] != "transient" => {
@@ -385,7 +429,7 @@ fn audit_findings(sb: &Sandbox, run_id: &str) -> (bool, Vec<String>, Vec<String>
             _ => {}
         }
     }
-    (verify.status.code() == Some(0), again, retried)
+    (verify.status.code() == Some(0), again, retried, failed)
 }
 
 /// Processes still carrying one of these runs in their environment.
@@ -443,14 +487,18 @@ async fn kill_9_at_random_instants_under_faults_leaves_the_state_of_an_uninterru
     let mut broken_chains = Vec::new();
     let mut again = Vec::new();
     let mut retried = Vec::new();
+    let mut failed_nodes = Vec::new();
     for id in &run_ids {
-        let (ok, a, r) = audit_findings(&sb, id);
+        let (ok, a, r, f) = audit_findings(&sb, id);
         if !ok {
             broken_chains.push(id.clone());
         }
         again.extend(a);
         retried.extend(r);
+        failed_nodes.extend(f.into_iter().map(|n| format!("{id}/{n}")));
     }
+    // The doomed onboarding failed where it must, and only there (the failure branch ran).
+    assert_eq!(failed_nodes, ["onboard-doomed/org"], "failed nodes");
     // The exec workflow's steps each wrote once, with one key.
     for step in ["a", "b", "c"] {
         let lines = std::fs::read_to_string(sb.path(&format!("{step}.log"))).unwrap();

@@ -159,12 +159,12 @@ impl Aws {
         if let Some(d) = ctx.deadline {
             limit = limit.min(d);
         }
-        let mut delay = Duration::from_millis(250);
+        let mut patience = Patience::new(Duration::from_millis(250), Some(limit));
         loop {
             match self.assume(account_id, role_name, session).await {
                 Ok(_) => return Ok(()),
                 Err(e) if e.class == ErrorClass::Permanent => {
-                    if tokio::time::Instant::now() + delay > limit {
+                    if !patience.has_time() {
                         return Err(StepError::transient(format!(
                             "{role_name} in {account_id} was created but still cannot be assumed after {:.0?}: {}",
                             start.elapsed(),
@@ -174,11 +174,8 @@ impl Aws {
                 }
                 Err(e) => return Err(e),
             }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = ctx.cancel.cancelled() => return Err(StepError::transient("cancelled")),
-            }
-            delay = (delay * 2).min(Duration::from_secs(5));
+            patience.sleep(ctx).await?;
+            patience.grow(2.0, Duration::from_secs(5));
         }
     }
 
@@ -238,6 +235,42 @@ pub fn call_retries() -> RetryConfig {
 /// of one service × account × region, and by nothing else.
 pub fn partition(service: &str, account: &str, region: &str) -> RetryPartition {
     RetryPartition::new(format!("landfall/{service}/{account}/{region}"))
+}
+
+/// The waits between looks at something AWS finishes on its own (an account being created, a
+/// new role becoming assumable, a change set being computed): the delay grows to a cap, the
+/// waiting ends at a deadline, and a cancelled attempt stops at once.
+pub(crate) struct Patience {
+    delay: Duration,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Patience {
+    pub fn new(first: Duration, deadline: Option<tokio::time::Instant>) -> Self {
+        Patience {
+            delay: first,
+            deadline,
+        }
+    }
+
+    /// Whether the next wait ends before the deadline.
+    pub fn has_time(&self) -> bool {
+        self.deadline
+            .is_none_or(|d| tokio::time::Instant::now() + self.delay <= d)
+    }
+
+    /// The next delay: `factor` times this one, at most `cap`.
+    pub fn grow(&mut self, factor: f64, cap: Duration) {
+        self.delay = self.delay.mul_f64(factor).min(cap);
+    }
+
+    /// Sleeps the current delay, or until the attempt is cancelled.
+    pub async fn sleep(&self, ctx: &landfall_engine::StepContext) -> Result<(), StepError> {
+        tokio::select! {
+            _ = tokio::time::sleep(self.delay) => Ok(()),
+            _ = ctx.cancel.cancelled() => Err(StepError::transient("cancelled")),
+        }
+    }
 }
 
 /// The circuit-breaker scope of a step that works in one target (`with.target`): its account

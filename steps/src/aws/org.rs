@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::errors::{classify_failure_reason, outcome, step_error, Outcome};
-use super::Aws;
+use super::{Aws, Patience};
 use crate::requirements::Environment;
 
 pub struct Org {
@@ -283,7 +283,7 @@ impl Org {
         ctx: &StepContext,
     ) -> Result<Creation, StepError> {
         let deadline = tokio::time::Instant::now() + self.create_timeout;
-        let mut delay = self.first_poll;
+        let mut patience = Patience::new(self.first_poll, Some(deadline));
         loop {
             let status = client
                 .describe_create_account_status()
@@ -309,7 +309,7 @@ impl Org {
                                 .unwrap_or_else(|| "UNKNOWN".into());
                             return Ok(Creation::Failed(reason));
                         }
-                        _ => delay = (delay * 3 / 2).min(self.poll_interval),
+                        _ => patience.grow(1.5, self.poll_interval),
                     }
                 }
                 Err(e) => {
@@ -318,20 +318,17 @@ impl Org {
                         return Err(err);
                     }
                     // Throttled while polling (after the SDK's own retries): wait longer.
-                    delay = (delay * 2).min(Duration::from_secs(60));
+                    patience.grow(2.0, Duration::from_secs(60));
                 }
             }
-            if tokio::time::Instant::now() + delay > deadline {
+            if !patience.has_time() {
                 return Err(StepError::transient(format!(
                     "account {} still being created after {} (request {request_id}; the next attempt follows it)",
                     a.name,
                     humantime::format_duration(self.create_timeout)
                 )));
             }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = ctx.cancel.cancelled() => return Err(StepError::transient("cancelled")),
-            }
+            patience.sleep(ctx).await?;
         }
     }
 }
@@ -348,7 +345,7 @@ impl Org {
         ctx: &StepContext,
     ) -> Result<String, StepError> {
         let deadline = tokio::time::Instant::now() + self.create_timeout;
-        let mut delay = self.first_poll;
+        let mut patience = Patience::new(self.first_poll, Some(deadline));
         loop {
             let started = client
                 .create_account()
@@ -369,18 +366,13 @@ impl Org {
                 }
                 Err(e) => {
                     let err = step_error("CreateAccount", e);
-                    if !super::errors::is_not_ready(&err)
-                        || tokio::time::Instant::now() + delay > deadline
-                    {
+                    if !super::errors::is_not_ready(&err) || !patience.has_time() {
                         return Err(err);
                     }
                 }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = ctx.cancel.cancelled() => return Err(StepError::transient("cancelled")),
-            }
-            delay = (delay * 2).min(self.poll_interval);
+            patience.sleep(ctx).await?;
+            patience.grow(2.0, self.poll_interval);
         }
     }
 }
@@ -609,7 +601,10 @@ async fn move_into(
             .send()
             .await
             .ok()
-            .and_then(|d| d.organizational_unit().and_then(|u| u.name().map(str::to_string)))
+            .and_then(|d| {
+                d.organizational_unit()
+                    .and_then(|u| u.name().map(str::to_string))
+            })
             .unwrap_or_else(|| current.clone());
         return Err(StepError::permanent(format!(
             "the email {} of account {} belongs to account {account}, which is in the OU {name}, not this customer's: an account serves one customer. Choose another email, or move the account to the root yourself if it really is this customer's",

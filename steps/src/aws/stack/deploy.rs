@@ -622,7 +622,7 @@ impl Job {
             }
         }
         // Wait for the change set to be computed (seconds, usually).
-        let mut delay = Duration::from_secs(1);
+        let mut patience = crate::aws::Patience::new(Duration::from_secs(1), None);
         let described = loop {
             let d = self
                 .cfn
@@ -638,11 +638,8 @@ impl Job {
                 .unwrap_or_default();
             match status.as_str() {
                 "CREATE_PENDING" | "CREATE_IN_PROGRESS" => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.ctx.cancel.cancelled() => return Err(StepError::transient("cancelled")),
-                    }
-                    delay = (delay * 2).min(self.poll.max);
+                    patience.sleep(&self.ctx).await?;
+                    patience.grow(2.0, self.poll.max);
                 }
                 "FAILED" => {
                     let reason = d.status_reason().unwrap_or_default().to_string();
