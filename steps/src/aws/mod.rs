@@ -314,6 +314,34 @@ impl ClassifyRetry for TransientCodes {
 mod tests {
     use serde_json::json;
 
+    #[tokio::test(start_paused = true)]
+    async fn patience_grows_to_its_cap_and_ends_before_the_deadline() {
+        use std::time::Duration;
+        let start = tokio::time::Instant::now();
+        let mut p = super::Patience::new(
+            Duration::from_secs(1),
+            Some(start + Duration::from_secs(10)),
+        );
+        let ctx = landfall_engine::StepContext::detached("x");
+        let mut slept = Vec::new();
+        while p.has_time() {
+            let before = tokio::time::Instant::now();
+            p.sleep(&ctx).await.unwrap();
+            slept.push(before.elapsed().as_secs());
+            p.grow(2.0, Duration::from_secs(3));
+            if tokio::time::Instant::now() - start > Duration::from_secs(60) {
+                panic!("never stopped");
+            }
+        }
+        // 1 + 2 + 3 + 3 = 9 s; a fifth wait of 3 s would end past the 10 s deadline.
+        assert_eq!(slept, [1, 2, 3, 3]);
+        ctx.cancel.cancel();
+        assert!(
+            p.sleep(&ctx).await.is_err(),
+            "a cancelled attempt stops waiting"
+        );
+    }
+
     #[test]
     fn breakers_are_scoped_by_the_account_and_region_a_node_works_in() {
         let reg = crate::registry(&crate::Settings::default());
