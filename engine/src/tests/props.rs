@@ -62,6 +62,15 @@ fn dag(max_steps: usize, failures: bool) -> impl Strategy<Value = Dag> {
 }
 
 impl Dag {
+    /// Steps on the longest chain of `needs`.
+    fn longest_chain(&self) -> usize {
+        let mut depth = vec![0usize; self.steps.len()];
+        for (i, s) in self.steps.iter().enumerate() {
+            depth[i] = 1 + s.needs.iter().map(|k| depth[*k]).max().unwrap_or(0);
+        }
+        depth.into_iter().max().unwrap_or(0)
+    }
+
     fn yaml(&self) -> String {
         let mut y = String::from(
             // The breaker opens now and then (3 transient failures in a row) and must stay out
@@ -117,7 +126,7 @@ proptest! {
     /// resuming completes the run; every node whose success was recorded is not run again,
     /// every other node runs exactly once more, and the outputs equal an uninterrupted run's.
     #[test]
-    fn prop17_checkpoint_recovery(d in dag(8, false), crash_after in 1usize..30) {
+    fn prop17_checkpoint_recovery(d in dag(8, false), crash_at in 0.0f64..1.0) {
         rt().block_on(async {
             let yaml = d.yaml();
             // Uninterrupted baseline.
@@ -129,7 +138,12 @@ proptest! {
             prop_assert_eq!(base.status, RunStatus::Succeeded);
             let want = outputs(s0.as_ref(), &base.run_id);
 
-            // A run whose process "dies" at commit number `crash_after`.
+            // A run whose process "dies" at commit number `crash_after`, always inside the
+            // run: a run makes at least one commit to create it, one to start, and one per
+            // step of its longest chain of needs (a node starts only after the commit that
+            // records its predecessor's success), so a crash at or before that is certain.
+            let chain = d.longest_chain();
+            let crash_after = 1 + (crash_at * (chain + 1) as f64) as usize;
             let inner = Arc::new(MemStore::new());
             let crashing = Arc::new(CrashingStore { inner: inner.clone(), budget: AtomicUsize::new(crash_after) });
             let p1 = Arc::new(Probe::default());
@@ -137,7 +151,8 @@ proptest! {
             let e1 = Engine::new(Arc::new(reg1.clone()), crashing);
             let wf = Arc::new(workflow(&yaml, &reg1));
             let rec = e1.create_run(&wf, new_run(3)).unwrap();
-            let _ = e1.execute(Arc::clone(&wf), rec.clone(), RunControl::default(), &[]).await;
+            let crashed = e1.execute(Arc::clone(&wf), rec.clone(), RunControl::default(), &[]).await;
+            prop_assert!(crashed.is_err(), "no crash at commit {} of a chain of {}: {:?}", crash_after, chain, crashed.map(|o| o.status));
 
             let durable: HashSet<String> = inner.nodes(&rec.run_id).unwrap().into_iter()
                 .filter(|n| n.status == NodeStatus::Succeeded).map(|n| n.node_id.to_string()).collect();
@@ -264,9 +279,22 @@ proptest! {
         };
         let delays: Vec<Duration> = p.delays().collect();
         prop_assert_eq!(delays.len() as u32, max_attempts - 1);
-        prop_assert!(delays.iter().all(|d| *d <= p.max_delay));
-        if jitter == Jitter::None {
-            prop_assert!(delays.windows(2).all(|w| w[0] <= w[1]));
+        // The oracle, by hand: delay k (from 0) is initial × multiplierᵏ, capped at max_delay,
+        // then jittered: none keeps it, full takes [0, it], equal takes [it/2, it].
+        for (k, d) in delays.iter().enumerate() {
+            let uncapped = initial_ms as f64 * multiplier.powi(k as i32);
+            let cap_ms = uncapped.min(max_ms as f64);
+            let got_ms = d.as_secs_f64() * 1000.0;
+            let (lo, hi) = match jitter {
+                Jitter::None => (cap_ms, cap_ms),
+                Jitter::Full => (0.0, cap_ms),
+                Jitter::Equal => (cap_ms / 2.0, cap_ms),
+            };
+            // A microsecond of slack for float and Duration rounding.
+            prop_assert!(
+                got_ms >= lo - 1e-3 && got_ms <= hi + 1e-3,
+                "delay {} is {} ms, not in [{}, {}] ({:?})", k, got_ms, lo, hi, jitter
+            );
         }
         let transient = StepError::transient("x");
         match p.should_retry(attempt, &transient) {
