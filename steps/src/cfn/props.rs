@@ -1,6 +1,6 @@
 //! Property tests of package building and validation (seed properties 7, 8, 20).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
@@ -91,32 +91,57 @@ fn defects() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
-fn inject(defect: &str, files: &mut BTreeMap<String, String>) {
-    let net = files.get_mut("stacks/network.yaml").expect("network stack");
+/// Injects `defect` into the stack `stack` (edits of the network stack's own text go to it);
+/// `variant` picks one of the forms the defect takes. Returns the stack it went into.
+fn inject(
+    defect: &str,
+    stack: &str,
+    variant: usize,
+    files: &mut BTreeMap<String, String>,
+) -> String {
     // New resources go at the end of `Resources:`, right before `Outputs:`.
-    let add = |net: &mut String, text: &str| {
-        let at = net.find("\nOutputs:").expect("an Outputs section") + 1;
-        net.insert_str(at, text);
+    let add = |files: &mut BTreeMap<String, String>, text: &str| {
+        let t = files
+            .get_mut(&format!("stacks/{stack}.yaml"))
+            .expect("the stack");
+        let at = t.find("\nOutputs:").expect("an Outputs section") + 1;
+        t.insert_str(at, text);
+        stack.to_string()
     };
+    let net = || "network".to_string();
     match defect {
-        "dangling-ref" => *net = net.replacen("{\"Ref\": \"Vpc\"}", "{\"Ref\": \"Vcp\"}", 1),
-        "broken-default" => {
-            let at = net.find("Default:").expect("a default");
-            let end = at + net[at..].find('\n').expect("line end");
-            net.replace_range(at..end, "Default: \"999.1.1.0/33\"");
+        "dangling-ref" => {
+            let t = files.get_mut("stacks/network.yaml").expect("network stack");
+            *t = t.replacen("{\"Ref\": \"Vpc\"}", "{\"Ref\": \"Vcp\"}", 1);
+            net()
         }
-        "open-ssh" => add(
-            net,
-            "  OpenSsh:\n    Type: AWS::EC2::SecurityGroup\n    Properties:\n      GroupDescription: ssh\n      VpcId: {\"Ref\": \"Vpc\"}\n      SecurityGroupIngress:\n        - { IpProtocol: tcp, FromPort: 22, ToPort: 22, CidrIp: \"0.0.0.0/0\" }\n",
-        ),
+        "broken-default" => {
+            let t = files.get_mut("stacks/network.yaml").expect("network stack");
+            let at = t.find("Default:").expect("a default");
+            let end = at + t[at..].find('\n').expect("line end");
+            // The first default is the customer name's (`^[a-z][a-z0-9-]{1,30}$`).
+            let bad = ["999.1.1.0/33", "Upper Case", "x"][variant % 3];
+            t.replace_range(at..end, &format!("Default: \"{bad}\""));
+            net()
+        }
+        "open-ssh" => {
+            let (from, to) = [(22, 22), (3389, 3389), (0, 65535)][variant % 3];
+            add(
+                files,
+                &format!("  OpenAdmin:\n    Type: AWS::EC2::SecurityGroup\n    Properties:\n      GroupDescription: admin\n      SecurityGroupIngress:\n        - {{ IpProtocol: tcp, FromPort: {from}, ToPort: {to}, CidrIp: \"0.0.0.0/0\" }}\n"),
+            )
+        }
         "unencrypted-bucket" => add(
-            net,
+            files,
             "  PlainBucket:\n    Type: AWS::S3::Bucket\n    Properties:\n      VersioningConfiguration: { Status: Enabled }\n      PublicAccessBlockConfiguration: { BlockPublicAcls: true, BlockPublicPolicy: true, IgnorePublicAcls: true, RestrictPublicBuckets: true }\n",
         ),
-        "wildcard-iam" => add(
-            net,
-            "  AdminPolicy:\n    Type: AWS::IAM::ManagedPolicy\n    Properties:\n      PolicyDocument:\n        Version: \"2012-10-17\"\n        Statement:\n          - { Effect: Allow, Action: \"*\", Resource: \"*\" }\n",
-        ),
+        "wildcard-iam" => {
+            let action = ["\"*\"", "[\"*\"]", "[\"s3:GetObject\", \"*\"]"][variant % 3];
+            add(
+                files,
+                &format!("  AdminPolicy:\n    Type: AWS::IAM::ManagedPolicy\n    Properties:\n      PolicyDocument:\n        Version: \"2012-10-17\"\n        Statement:\n          - {{ Effect: Allow, Action: {action}, Resource: \"*\" }}\n"),
+            )
+        }
         other => panic!("unknown defect {other}"),
     }
 }
@@ -175,21 +200,38 @@ proptest! {
     }
 
     /// Feature: agent-onboarding-provisioning, Property 8: Package Validation Accuracy.
-    /// Each injected defect (dangling Ref, broken parameter default, open SSH ingress,
-    /// unencrypted bucket, wildcard IAM) is caught by the rule made for it, naming the stack;
-    /// the same package without the defect has no findings.
+    /// Any mix of defects (dangling Ref, broken parameter default, open admin port, unencrypted
+    /// bucket, wildcard IAM), in any of their forms and in any stack, is caught: each by the
+    /// rule made for it, naming the stack it is in, and no rule fires for a defect that is not
+    /// there; the same package without defects has no findings.
     #[test]
-    fn prop8_validation_accuracy(req in requirements(), which in 0usize..5) {
+    fn prop8_validation_accuracy(
+        req in requirements(),
+        mix in 1u32..32,
+        placement in any::<u64>(),
+    ) {
         let built = build(&templates(), &req, None, None).unwrap();
         prop_assert!(check_package(&built.files, &built.manifest, &baseline()).is_empty());
-        let (defect, rule) = defects()[which];
+        let stacks: Vec<String> = built
+            .files
+            .keys()
+            .filter_map(|k| k.strip_prefix("stacks/")?.strip_suffix(".yaml"))
+            .map(str::to_string)
+            .collect();
         let mut files = built.files.clone();
-        inject(defect, &mut files);
+        let mut want = BTreeSet::new();
+        for (i, (defect, rule)) in defects().into_iter().enumerate() {
+            if mix & (1 << i) == 0 {
+                continue;
+            }
+            let pick = (placement >> (i * 8)) as usize;
+            let stack = inject(defect, &stacks[pick % stacks.len()], pick / 7, &mut files);
+            want.insert((rule.to_string(), stack));
+        }
         let f = check_package(&files, &built.manifest, &baseline());
-        prop_assert!(
-            f.iter().any(|x| x.rule == rule && x.stack == "network"),
-            "{} not caught: {:#?}", defect, errors(&f)
-        );
+        let got: BTreeSet<(String, String)> =
+            f.iter().map(|x| (x.rule.to_string(), x.stack.clone())).collect();
+        prop_assert_eq!(&got, &want, "{:#?}", errors(&f));
         prop_assert!(f.iter().all(|x| !x.fix.is_empty()));
     }
 }
