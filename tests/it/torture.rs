@@ -503,9 +503,24 @@ async fn kill_9_at_random_instants_under_faults_leaves_the_state_of_an_uninterru
 
     emu.reset();
     emu.set_knobs(knobs);
+    let before = emu.stats();
     let sb = Sandbox::new();
     let carried = tokio::task::block_in_place(|| work(&sb, &emu, kills, seed));
-    let faults_injected = emu.stats()["faults"].clone();
+    let after = emu.stats();
+    // The layer counts since it started: this phase's share is the difference.
+    let since = |what: &str| -> BTreeMap<String, u64> {
+        let count = |v: &Value, k: &str| v[what][k].as_u64().unwrap_or(0);
+        after[what]
+            .as_object()
+            .map(|m| {
+                m.keys()
+                    .map(|k| (k.clone(), count(&after, k) - count(&before, k)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let faults_injected = since("faults");
+    let calls: u64 = since("calls").values().sum();
     emu.set_knobs(json!({ "fault_rate": 0.0 }));
     let got = aws_state(&emu).await;
 
@@ -541,7 +556,7 @@ async fn kill_9_at_random_instants_under_faults_leaves_the_state_of_an_uninterru
     let report = json!({
         "kills": total_kills, "starts": starts, "runs": run_ids.len(),
         "fault_rate": faults, "account_delay_s": delay, "seed": seed,
-        "faults_injected": faults_injected,
+        "aws_calls": calls, "faults_injected": faults_injected,
         "aws_facts": got.len(), "duplicates": dups.len(),
         "succeeded_steps_run_again": again.len(), "audit_chains_broken": broken_chains.len(),
         "permanent_errors_retried": retried.len(), "orphans": left.len(),
