@@ -384,8 +384,13 @@ mod group {
             if round == 0 {
                 killed = found.len();
             }
+            // Never our own group: a leftover that joined it (or a process caught between
+            // fork and its own `setsid`) would take the engine down with it.
+            let own = rustix::process::getpgid(None).ok();
             for (pid, pgid) in found {
-                let _ = kill_process_group(pgid, Signal::KILL);
+                if Some(pgid) != own {
+                    let _ = kill_process_group(pgid, Signal::KILL);
+                }
                 let _ = kill_process(pid, Signal::KILL);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -566,6 +571,22 @@ mod tests {
         false
     }
 
+    /// The pid a script wrote to `path`, once it is there whole.
+    #[cfg(target_os = "linux")]
+    async fn pid_in(path: &std::path::Path) -> u32 {
+        for _ in 0..500 {
+            if let Some(pid) = std::fs::read_to_string(path)
+                .ok()
+                .filter(|s| s.ends_with('\n'))
+                .and_then(|s| s.trim().parse().ok())
+            {
+                return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no pid in {}", path.display());
+    }
+
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_time_out_kills_the_programs_children_too() {
@@ -576,11 +597,7 @@ mod tests {
         c.timeout = Some(Duration::from_millis(500));
         let e = Exec.run(c, StepContext::detached("x")).await.unwrap_err();
         assert_eq!(e.class, ErrorClass::Transient);
-        let pid: u32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let pid = pid_in(&pidfile).await;
         assert!(
             gone(pid).await,
             "the grandchild {pid} outlived the time-out"
@@ -597,17 +614,10 @@ mod tests {
         let ctx = StepContext::detached("x");
         let cancel = ctx.cancel.clone();
         let run = tokio::spawn(Exec.run(exec(&["sh", "-c", &script]), ctx));
-        while !pidfile.exists() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let pid = pid_in(&pidfile).await;
         cancel.cancel();
         let e = run.await.unwrap().unwrap_err();
         assert_eq!(e.message, "cancelled");
-        let pid: u32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
         assert!(gone(pid).await, "the cancelled step's child {pid} lives on");
         // Exits at once, leaving a background child that holds stdout open.
         let pidfile = dir.path().join("left");
@@ -617,11 +627,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out, json!({"stdout": "done\n"}));
-        let pid: u32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let pid = pid_in(&pidfile).await;
         assert!(
             gone(pid).await,
             "the background child {pid} outlived its step"
@@ -640,11 +646,34 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = p.id();
+        // Once it has its own session, as a leftover of an attempt would have its own group.
+        let raw = rustix::process::Pid::from_raw(pid as i32).unwrap();
+        for _ in 0..500 {
+            if rustix::process::getpgid(Some(raw)).ok() == Some(raw) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         assert_eq!(group::end_leftovers("run-leftover-test", "node-b").await, 0);
         assert_eq!(group::end_leftovers("run-leftover-test", "node-a").await, 1);
         let _ = p.wait();
         assert!(!alive(pid));
         assert_eq!(group::end_leftovers("run-leftover-test", "node-a").await, 0);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_leftover_in_the_engines_own_group_is_killed_alone() {
+        // Without the guard, killing its group would kill this test (and cargo) too.
+        let mut p = std::process::Command::new("sleep")
+            .arg("30")
+            .env("LANDFALL_RUN_ID", "run-own-group-test")
+            .env("LANDFALL_NODE_ID", "n")
+            .spawn()
+            .unwrap();
+        assert_eq!(group::end_leftovers("run-own-group-test", "n").await, 1);
+        let _ = p.wait();
+        assert!(!alive(p.id()));
     }
 
     #[tokio::test]

@@ -496,7 +496,21 @@ async fn kill_9_at_random_instants_under_faults_leaves_the_state_of_an_uninterru
     emu.reset();
     emu.set_knobs(knobs.clone());
     let calm = Sandbox::new();
-    tokio::task::block_in_place(|| work(&calm, &emu, 0, seed));
+    let calm_runs = tokio::task::block_in_place(|| work(&calm, &emu, 0, seed));
+    // Faults are meant to be absorbed at the call: how often a whole node had to be retried.
+    let node_retries: usize = calm_runs
+        .keys()
+        .map(|id| {
+            let entries: Value =
+                serde_json::from_slice(&calm.run(&["audit", id, "--json"]).stdout).unwrap();
+            entries
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["kind"] == "retry_scheduled")
+                .count()
+        })
+        .sum();
     emu.set_knobs(json!({ "fault_rate": 0.0 }));
     let expected = aws_state(&emu).await;
     let calm_time = started.elapsed();
@@ -561,6 +575,7 @@ async fn kill_9_at_random_instants_under_faults_leaves_the_state_of_an_uninterru
         "succeeded_steps_run_again": again.len(), "audit_chains_broken": broken_chains.len(),
         "permanent_errors_retried": retried.len(), "orphans": left.len(),
         "same_state_as_uninterrupted": got == expected,
+        "uninterrupted_node_retries": node_retries,
         "uninterrupted_s": calm_time.as_secs(), "total_s": started.elapsed().as_secs(),
     });
     println!("TORTURE {report}");

@@ -13,6 +13,9 @@
 //! (`ListCreateAccountStatus`, which names no email) is followed; or a new request is made and
 //! its id saved at once. A request that fails with `EMAIL_ALREADY_EXISTS` (a lost answer made
 //! the SDK ask twice, or another run asked first) sends it back to looking.
+//!
+//! An account found by email is this customer's only if nothing says otherwise: one tagged
+//! with another customer, or sitting in another OU, is refused (permanent), never moved.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
