@@ -656,3 +656,75 @@ async fn a_run_finished_by_another_process_after_the_callers_look_is_not_run_aga
         NodeStatus::Succeeded
     );
 }
+
+/// Observers hear of a transition only once it is durable: whatever an event says, the store
+/// already holds when the observer looks (from inside `on_event`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observers_are_told_only_what_the_store_already_holds() {
+    use crate::events::{Observer, RunEvent};
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = Arc::new(workflow(
+        r#"
+name: t
+defaults: { retry: { max_attempts: 3, initial_delay: 1ms, max_delay: 1ms }, circuit_breaker: { failure_threshold: 100 } }
+steps:
+  - { id: a, uses: test }
+  - { id: b, uses: test, needs: [a], with: { fail_times: 1 }, for_each: [1, 2, 3] }
+  - { id: c, uses: test, needs: [a], with: { fail_times: 1, class: permanent } }
+  - { id: d, uses: test, needs: [b] }
+"#,
+        &reg,
+    ));
+    let seen = Arc::new(std::sync::Mutex::new((0usize, Vec::<String>::new())));
+    let (s, st) = (Arc::clone(&seen), Arc::clone(&store));
+    let observer: Arc<dyn Observer> = Arc::new(move |e: &RunEvent| {
+        let node_now = |run: &str, node: &str| {
+            st.nodes(run)
+                .unwrap()
+                .into_iter()
+                .find(|n| &*n.node_id == node)
+        };
+        let mut s = s.lock().unwrap();
+        s.0 += 1;
+        let wrong = match e {
+            RunEvent::NodeStarted {
+                run_id,
+                node,
+                attempt,
+            } => match node_now(run_id, node) {
+                Some(n) if n.status == NodeStatus::Running && n.attempts == *attempt => None,
+                other => Some(format!(
+                    "{node} started (attempt {attempt}), store: {other:?}"
+                )),
+            },
+            RunEvent::NodeFinished {
+                run_id,
+                node,
+                status,
+                ..
+            } => match node_now(run_id, node) {
+                Some(n) if n.status == *status => None,
+                other => Some(format!(
+                    "{node} {status:?}, store: {:?}",
+                    other.map(|n| n.status)
+                )),
+            },
+            RunEvent::RunFinished { run_id, status } => {
+                let now = st.run(run_id).unwrap().map(|r| r.status);
+                (now != Some(*status)).then(|| format!("run {status:?}, store: {now:?}"))
+            }
+            _ => None,
+        };
+        s.1.extend(wrong);
+    });
+    let rec = eng.create_run(&wf, new_run(4)).unwrap();
+    let out = eng
+        .execute(wf, rec, RunControl::default(), &[observer])
+        .await
+        .unwrap();
+    assert_eq!(out.status, RunStatus::Failed);
+    let (events, wrong) = &*seen.lock().unwrap();
+    assert!(*events > 10, "{events} events");
+    assert!(wrong.is_empty(), "told before the commit: {wrong:#?}");
+}
