@@ -728,3 +728,39 @@ steps:
     assert!(*events > 10, "{events} events");
     assert!(wrong.is_empty(), "told before the commit: {wrong:#?}");
 }
+
+/// Two executors of one run on one state file (two processes, as far as the file locks can
+/// tell: each open of the lock file is its own): the second is refused with `Busy` and runs
+/// nothing; once the first lets go, the run can be executed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_held_by_another_executor_is_busy_and_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(crate::store::RedbStore::open(&dir.path().join("state.redb")).unwrap());
+    let probe = Arc::new(Probe::default());
+    let reg = registry(&probe);
+    let eng = Engine::new(Arc::new(reg.clone()), store.clone());
+    let wf = Arc::new(workflow(
+        "name: t\nsteps: [ { id: a, uses: test } ]\n",
+        &reg,
+    ));
+    let rec = eng.create_run(&wf, new_run(1)).unwrap();
+    let held = store
+        .lease(&rec.run_id)
+        .unwrap()
+        .expect("the first executor's lease");
+    assert!(store.is_live(&rec.run_id));
+    let second = eng
+        .execute(Arc::clone(&wf), rec.clone(), RunControl::default(), &[])
+        .await;
+    assert!(
+        matches!(second, Err(crate::EngineError::Busy(ref id)) if *id == rec.run_id),
+        "{second:?}"
+    );
+    assert_eq!(probe.count("a"), 0, "a busy run ran a step");
+    drop(held);
+    let out = eng
+        .execute(wf, rec, RunControl::default(), &[])
+        .await
+        .unwrap();
+    assert_eq!(out.status, RunStatus::Succeeded);
+}
