@@ -477,5 +477,40 @@ mod tests {
             let status = format!("{prefix}status {}", values[0]);
             prop_assert_eq!(classify(&status, &r), Intent::Status { run: Some(values[0].clone()) });
         }
+
+        /// Totality over messages that come close to commands (command words anywhere, in any
+        /// case, with and without their arguments, `key=value`, fillers, mentions): a workflow
+        /// starts only when the message begins with its command, with every positional
+        /// argument and only inputs it has, each value taken from the message.
+        #[test]
+        fn routing_never_starts_what_was_not_asked(
+            prefix in prop::sample::select(vec!["", "/landfall ", "<@U0BOT> "]),
+            words in prop::collection::vec(prop::sample::select(vec![
+                "onboard", "provision", "Provision", "status", "help", "runs", "cancel",
+                "resume", "approve", "reject", "for", "please", "acme", "globex",
+                "acme-baseline@latest", "customer=acme", "regions=eu-west-1", "nope=1", "=",
+                "r-1", "<@U0BOT>", "&lt;x&gt;",
+            ]), 0..7),
+        ) {
+            let r = routes();
+            let text = format!("{prefix}{}", words.join(" "));
+            if let Intent::Start { workflow, inputs } = classify(&text, &r) {
+                let route = r.iter().find(|x| x.workflow == workflow);
+                prop_assert!(route.is_some(), "{} started unknown {}", text, workflow);
+                let route = route.unwrap();
+                let first = words.iter().find(|w| !w.starts_with("<@")).map(|w| w.to_lowercase());
+                prop_assert_eq!(first.as_deref(), Some(route.trigger.command.as_str()), "{}", text);
+                for a in &route.trigger.args {
+                    prop_assert!(inputs.contains_key(a), "{}: {} missing", text, a);
+                }
+                for (k, v) in &inputs {
+                    prop_assert!(route.inputs.contains_key(k), "{}: unknown input {}", text, k);
+                    prop_assert!(
+                        words.iter().any(|w| w == v || *w == format!("{k}={v}")),
+                        "{}: {}={} is not in the message", text, k, v
+                    );
+                }
+            }
+        }
     }
 }

@@ -384,7 +384,7 @@ fn two_processes_share_the_state_file() {
     let sb = Sandbox::new();
     sb.write(
         "slow.yaml",
-        "name: slow\nsteps:\n  - { id: pause, uses: wait, with: { duration: 1500ms } }\n",
+        "name: slow\nsteps:\n  - { id: pause, uses: wait, with: { duration: 4s } }\n",
     );
     sb.copy("examples/hello.yaml");
     let slow = sb.spawn(&["run", "slow.yaml", "--run-id", "slow-1"]);
@@ -402,14 +402,22 @@ fn two_processes_share_the_state_file() {
         sb.json(&["status", "slow-1", "--json"])["status"],
         "running"
     );
+    // While the first process executes it, another may not.
+    let busy = sb.run(&["resume", "slow-1"]);
+    assert_eq!(busy.status.code(), Some(3), "{}", stderr(&busy));
+    assert!(
+        stderr(&busy).contains("slow-1"),
+        "the refusal names the run: {}",
+        stderr(&busy)
+    );
     let other = sb.run(&["run", "hello.yaml", "--set", "customer=acme"]);
     assert_eq!(other.status.code(), Some(0), "{}", stderr(&other));
     let out = slow.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(sb.json(&["status", "--json"]).as_array().unwrap().len(), 2);
-    let busy = sb.run(&["resume", "slow-1"]);
+    let finished = sb.run(&["resume", "slow-1"]);
     assert_eq!(
-        busy.status.code(),
+        finished.status.code(),
         Some(0),
         "a finished run resumes to nothing"
     );

@@ -9,7 +9,7 @@ use std::time::Duration;
 use aws_sdk_cloudformation::types::StackStatus;
 use serde_json::Value;
 
-use crate::support::{node, stderr, wait_until, Emulator, Sandbox};
+use crate::support::{node, stderr, Emulator, Sandbox};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -306,13 +306,21 @@ async fn kill_9_during_provisioning_then_resume_creates_no_stack_twice() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Wait until a stack creation was started and durably noted, then kill while it is
+    // Wait until a stack exists in AWS (CreateStack was answered), then kill while it is
     // being watched (the first look comes 2 s after CreateStack).
-    wait_until("a stack to be started", Duration::from_secs(120), || {
-        let out = sb.run(&["audit", "prov-1", "--json"]);
-        String::from_utf8_lossy(&out.stdout).contains("stack_started")
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    let started = tokio::time::Instant::now();
+    'created: loop {
+        for id in accounts.values() {
+            if !stacks_in(&emu, id, "us-east-1").await.is_empty() {
+                break 'created;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no stack was created"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let status: Value =

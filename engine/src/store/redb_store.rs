@@ -89,6 +89,77 @@ impl Db {
     }
 }
 
+/// A path beside `path`, its name followed by `suffix` (`state.redb` → `state.redb.new-42`).
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// Makes a new state file at `path`: built and migrated under another name, then renamed into
+/// place, so the state file is either absent or whole. Two processes starting on a machine
+/// without one (two runs at once) take turns through a lock file; the second finds the first's
+/// file and uses it. A creation cut off by a crash leaves only a `.new-*` file, removed by the
+/// next creation.
+fn create(path: &Path) -> Result<(), StoreError> {
+    let failed = |e: std::io::Error| StoreError::Open {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(beside(path, ".create-lock"))
+        .map_err(failed)?;
+    lock.lock().map_err(failed)?;
+    if existing(path)? {
+        return Ok(());
+    }
+    let prefix = beside(path, ".new-")
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    if let Some(dir) = path.parent().map(|d| {
+        if d.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d
+        }
+    }) {
+        for e in std::fs::read_dir(dir).map_err(failed)?.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let fresh = beside(path, &format!(".new-{}", std::process::id()));
+    {
+        let db = Database::builder()
+            .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+            .create(&fresh)
+            .map_err(|e| StoreError::Open {
+                path: fresh.display().to_string(),
+                message: e.to_string(),
+            })?;
+        RedbStore {
+            db: Db::Write(db),
+            path: fresh.clone(),
+            locks: RunLocks::beside(path),
+        }
+        .migrate()?;
+    }
+    std::fs::rename(&fresh, path).map_err(failed)?;
+    // The rename is durable only once the directory is.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
 /// The first bytes of every redb file.
 const REDB_MAGIC: &[u8] = b"redb\x1A\x0A\xA9\x0D\x0A";
 
@@ -154,7 +225,10 @@ impl RedbStore {
                 message: e.to_string(),
             })?;
         }
-        if existing(path)? {
+        if !existing(path)? {
+            create(path)?;
+        }
+        {
             // Looked at without writing first: opening for writing changes the file's header,
             // and another program's database must be left exactly as it was. (A file that
             // needs recovery cannot be read so; opening it for writing recovers it, and it is
@@ -173,7 +247,7 @@ impl RedbStore {
         }
         let db = Database::builder()
             .set_concurrency_mode(ConcurrencyMode::MultiWriter)
-            .create(path)
+            .open(path)
             .map_err(|e| StoreError::Open {
                 path: shown.clone(),
                 message: e.to_string(),
@@ -741,6 +815,33 @@ mod tests {
         let cut = dir.path().join("cut.redb");
         drop(Database::create(&cut).unwrap());
         assert!(RedbStore::open(&cut).is_ok());
+    }
+
+    #[test]
+    fn stores_created_at_once_are_one_file_and_a_cut_off_creation_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        // A creation cut off by a crash, before this build's creations rename into place.
+        std::fs::write(dir.path().join("state.redb.new-999999"), b"redb").unwrap();
+        let barrier = std::sync::Barrier::new(4);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    barrier.wait();
+                    let store = RedbStore::open(&path).unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+                });
+            }
+        });
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".locks"))
+            .collect();
+        let mut names = names;
+        names.sort();
+        assert_eq!(names, ["state.redb", "state.redb.create-lock"]);
     }
 
     #[test]
