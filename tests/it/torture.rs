@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{Emulator, Sandbox};
+use crate::support::{stdout, Emulator, Sandbox};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -278,12 +278,19 @@ fn work(sb: &Sandbox, emu: &Emulator, kills: u32, seed: u64) -> BTreeMap<String,
             left += budget - c.kills;
             let log = std::fs::read_to_string(sb.path(&format!("{}.log", job.run_id)))
                 .unwrap_or_default();
+            // The sandbox goes with the panic: say what the run recorded first.
+            let status = if code != Some(job.expect) {
+                stdout(&sb.run(&["status", &job.run_id, "--json"]))
+            } else {
+                String::new()
+            };
             assert_eq!(
                 code,
                 Some(job.expect),
-                "{} ended with {code:?} after {c:?}; its log:\n{}",
+                "{} ended with {code:?} after {c:?}; its log:\n{}\nits status:\n{}",
                 job.run_id,
-                tail(&log)
+                tail(&log),
+                tail(&status)
             );
             all.insert(job.run_id, c);
         }
