@@ -68,6 +68,27 @@ pub struct SlackConfig {
     /// Channels from which `/landfall` may be used (added to `serve --allow-channel`).
     #[serde(default)]
     pub allow_channels: Vec<String>,
+    /// The Slack app's client id, for OAuth installs (`/slack/install`).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// The Slack app's client secret, for OAuth installs. Prefer `SLACK_CLIENT_SECRET`.
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// Where installs send people to authorise the app (Slack's own page by default).
+    #[serde(default)]
+    pub authorize_url: Option<String>,
+    /// The OAuth redirect URL registered with the app, when it is not the default one.
+    #[serde(default)]
+    pub redirect_url: Option<String>,
+}
+
+impl SlackConfig {
+    /// Slack's Web API: `api_url` when set, else Slack's own.
+    pub fn api_url(&self) -> String {
+        self.api_url
+            .clone()
+            .unwrap_or_else(|| "https://slack.com/api".into())
+    }
 }
 
 impl Default for Config {
@@ -88,7 +109,25 @@ impl Default for Config {
 }
 
 /// Keys whose values are never printed.
-const SECRET_KEYS: &[&str] = &["slack.bot_token", "slack.signing_secret", "slack.app_token"];
+const SECRET_KEYS: &[&str] = &[
+    "slack.bot_token",
+    "slack.signing_secret",
+    "slack.app_token",
+    "slack.client_secret",
+];
+
+/// The `slack.*` keys Slack's own variable names set (`SLACK_BOT_TOKEN` → `slack.bot_token`),
+/// as Slack's documentation and tools name them.
+const SLACK_VARIABLES: &[&str] = &[
+    "bot_token",
+    "signing_secret",
+    "app_token",
+    "api_url",
+    "client_id",
+    "client_secret",
+    "authorize_url",
+    "redirect_url",
+];
 
 /// The file's shape: every field optional, plus `[env.<name>]` overlays.
 #[derive(Debug, Deserialize)]
@@ -140,6 +179,10 @@ struct SlackLayer {
     api_url: Option<String>,
     allow_users: Option<Vec<String>>,
     allow_channels: Option<Vec<String>>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    authorize_url: Option<String>,
+    redirect_url: Option<String>,
 }
 
 /// Values given on the command line (the top layer).
@@ -163,6 +206,33 @@ pub enum ConfigError {
     #[error("invalid configuration: {0}")]
     Merge(String),
 }
+
+/// `SLACK_*` variables (set and not empty) as the `slack.*` keys, always as text: figment's
+/// own `Env` would read a client id such as `1234.5678` as a number.
+struct SlackEnv;
+
+impl Provider for SlackEnv {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(SLACK_ENV)
+    }
+
+    fn data(&self) -> figment::Result<Map<Profile, Dict>> {
+        let mut slack = Dict::new();
+        for key in SLACK_VARIABLES {
+            let var = format!("SLACK_{}", key.to_ascii_uppercase());
+            if let Some(v) = std::env::var(&var).ok().filter(|v| !v.is_empty()) {
+                slack.insert(key.to_string(), v.into());
+            }
+        }
+        let mut top = Dict::new();
+        if !slack.is_empty() {
+            top.insert("slack".into(), slack.into());
+        }
+        Ok(Profile::Default.collect(top))
+    }
+}
+
+const SLACK_ENV: &str = "SLACK_* environment";
 
 /// A named provider, so `config show` can say "landfall.toml [env.prod]".
 struct Layer {
@@ -250,6 +320,7 @@ pub fn load(path: Option<&Path>, env: Option<&str>, flags: Flags) -> Result<Load
         });
     }
     fig = fig
+        .merge(SlackEnv)
         .merge(
             Env::prefixed("LANDFALL_")
                 .ignore(&["env", "config", "data_key", "log"])
@@ -326,6 +397,15 @@ impl Loaded {
                     .find_metadata(&key)
                     .map(|m| match &m.source {
                         Some(figment::Source::File(p)) => p.display().to_string(),
+                        // The variable itself, so it can be found and unset.
+                        _ if m.name == SLACK_ENV => format!(
+                            "env SLACK_{}",
+                            key.trim_start_matches("slack.").to_ascii_uppercase()
+                        ),
+                        _ if m.name.starts_with("`LANDFALL_`") => format!(
+                            "env LANDFALL_{}",
+                            key.replace('.', "__").to_ascii_uppercase()
+                        ),
                         _ => m.name.to_string(),
                     })
                     .unwrap_or_else(|| "default".into());
@@ -426,6 +506,39 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("prod"), "{e}");
+    }
+
+    #[test]
+    fn slack_variables_are_a_layer_that_show_names() {
+        figment::Jail::expect_with(|jail| {
+            let p = write(
+                jail.directory(),
+                "[slack]\nbot_token = \"xoxb-file\"\napi_url = \"http://file\"\n",
+            );
+            jail.set_env("SLACK_BOT_TOKEN", "xoxb-env");
+            jail.set_env("SLACK_CLIENT_ID", "1234.5678");
+            jail.set_env("SLACK_API_URL", "");
+            jail.set_env("LANDFALL_SLACK__DEFAULT_CHANNEL", "C1");
+            let l = load(Some(&p), None, Flags::default()).unwrap();
+            let slack = &l.config.slack;
+            assert_eq!(slack.bot_token.as_deref(), Some("xoxb-env"));
+            // Text, not the number 1234.5678.
+            assert_eq!(slack.client_id.as_deref(), Some("1234.5678"));
+            // An empty variable does not hide the file's value.
+            assert_eq!(slack.api_url(), "http://file");
+            let s = l.settings();
+            let src = |k: &str| s.iter().find(|x| x.key == k).unwrap().source.clone();
+            assert_eq!(src("slack.bot_token"), "env SLACK_BOT_TOKEN");
+            assert_eq!(src("slack.client_id"), "env SLACK_CLIENT_ID");
+            assert_eq!(
+                src("slack.default_channel"),
+                "env LANDFALL_SLACK__DEFAULT_CHANNEL"
+            );
+            assert!(src("slack.api_url").ends_with("landfall.toml"));
+            let tok = s.iter().find(|x| x.key == "slack.bot_token").unwrap();
+            assert_eq!(tok.value, Value::String("***".into()));
+            Ok(())
+        });
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! output. Kept as a library so integration tests can render reports exactly as users see
 //! them.
 
-pub mod app;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod progress;
 pub mod render;

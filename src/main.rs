@@ -52,7 +52,7 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            std::process::exit(landfall::app::EXIT_ENV);
+            std::process::exit(landfall::commands::EXIT_ENV);
         }
     };
     // redb stops with a panic on some inconsistencies of a damaged file (seen when closing
@@ -76,7 +76,7 @@ fn main() {
         }
     }));
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-        let code = runtime.block_on(landfall::app::run(cli));
+        let code = runtime.block_on(landfall::commands::run(cli));
         // Attempts still running in the background (a cancelled run's stragglers) must not
         // keep the process alive.
         runtime.shutdown_timeout(std::time::Duration::from_secs(2));
@@ -91,7 +91,7 @@ fn main() {
                      Nothing more was written; restore the file from a backup \
                      (`landfall config show` names it)"
                 );
-                landfall::app::EXIT_ENV
+                landfall::commands::EXIT_ENV
             }
             None => 101,
         },

@@ -6,6 +6,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use landfall_engine::events::{LogLevel, Observer, RunEvent};
 use landfall_engine::state::NodeStatus;
+use landfall_steps::milestone::Milestone;
 
 pub struct Progress {
     bar: Option<ProgressBar>,
@@ -158,41 +159,46 @@ impl Observer for Progress {
             RunEvent::Milestone {
                 node, kind, data, ..
             } => {
-                let s = |k: &str| data[k].as_str().unwrap_or_default().to_string();
-                let text = match kind.as_str() {
-                    "stack_started" => Some(format!(
-                        "{} {} in {}/{}",
-                        s("action"),
-                        s("stack"),
-                        s("account"),
-                        s("region")
+                let text = match Milestone::parse(kind, data) {
+                    Some(Milestone::StackStarted {
+                        stack,
+                        account,
+                        region,
+                        action,
+                        ..
+                    }) => Some(format!("{action} {stack} in {account}/{region}")),
+                    Some(Milestone::StackFinished {
+                        stack,
+                        account,
+                        region,
+                        status,
+                        ..
+                    }) => Some(format!("{stack} {status} in {account}/{region}")),
+                    Some(Milestone::ApprovalRequested(r)) => Some(format!(
+                        "waiting for approval: {} (digest {})",
+                        r.title,
+                        r.short_digest()
                     )),
-                    "stack_finished" => Some(format!(
-                        "{} {} in {}/{}",
-                        s("stack"),
-                        s("status"),
-                        s("account"),
-                        s("region")
-                    )),
-                    "approval_requested" => {
-                        let d = s("digest");
-                        Some(format!(
-                            "waiting for approval: {} (digest {})",
-                            s("title"),
-                            d.get(..12).unwrap_or(&d)
-                        ))
+                    Some(Milestone::ApprovalDecided {
+                        decision, actor, ..
+                    }) => Some(format!("{decision} by {actor}")),
+                    Some(Milestone::ApprovalIgnored { actor, why, .. }) => {
+                        Some(format!("decision by {actor} ignored: {why}"))
                     }
-                    "approval_decided" => Some(format!("{} by {}", s("decision"), s("actor"))),
-                    "approval_ignored" => {
-                        Some(format!("decision by {} ignored: {}", s("actor"), s("why")))
-                    }
-                    "rollback_started" => Some(format!(
-                        "rolling back {} ({}): {}",
-                        s("stack"),
-                        s("status"),
-                        s("action")
-                    )),
-                    _ => None,
+                    Some(Milestone::RollbackStarted {
+                        stack,
+                        status,
+                        action,
+                    }) => Some(format!("rolling back {stack} ({status}): {action}")),
+                    // Said by the node's own lines, or in Slack only.
+                    Some(
+                        Milestone::AccountCreated { .. }
+                        | Milestone::PolicyAttached { .. }
+                        | Milestone::PackagePublished { .. }
+                        | Milestone::Rollback(_)
+                        | Milestone::Notification { .. },
+                    )
+                    | None => None,
                 };
                 if let Some(t) = text {
                     self.line(format!("    {node}: {t}"));

@@ -41,6 +41,13 @@ pub fn report(r: &Report, color: bool) -> String {
     out
 }
 
+/// A run's input problems, one line each, as `landfall run` prints them.
+pub fn input_errors(errs: &[landfall_engine::inputs::InputError]) -> String {
+    errs.iter()
+        .map(|e| format!("error[{}]: input `{}`: {}\n", e.code, e.field, e.message))
+        .collect()
+}
+
 pub fn stderr_color() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }

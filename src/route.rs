@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use indexmap::IndexMap;
 use landfall_engine::spec::{InputSpec, SlackTrigger};
+use landfall_steps::approval::Verdict;
 
 /// A workflow that can be started from Slack.
 #[derive(Debug, Clone)]
@@ -47,7 +48,7 @@ pub enum Intent {
     Decide {
         run: String,
         node: String,
-        approve: bool,
+        verdict: Verdict,
     },
     /// Understood the command but not its arguments: say how to use it.
     Usage {
@@ -201,7 +202,11 @@ pub fn classify(text: &str, routes: &[Route]) -> Intent {
             [run, node] => Intent::Decide {
                 run: run.clone(),
                 node: node.clone(),
-                approve: command == "approve",
+                verdict: if command == "approve" {
+                    Verdict::Approve
+                } else {
+                    Verdict::Reject
+                },
             },
             _ => usage(
                 &format!("/landfall {command} RUN NODE"),
@@ -357,7 +362,7 @@ mod tests {
             Intent::Decide {
                 run: "r-1".into(),
                 node: "approve".into(),
-                approve: true
+                verdict: Verdict::Approve
             }
         );
         assert!(matches!(
@@ -505,8 +510,9 @@ mod tests {
                 }
                 for (k, v) in &inputs {
                     prop_assert!(route.inputs.contains_key(k), "{}: unknown input {}", text, k);
+                    // Slack markup in a word is undone first (`<@U0BOT>` reads `@U0BOT`).
                     prop_assert!(
-                        words.iter().any(|w| w == v || *w == format!("{k}={v}")),
+                        words.iter().map(|w| normalize(w)).any(|w| w == *v || w == format!("{k}={v}")),
                         "{}: {}={} is not in the message", text, k, v
                     );
                 }

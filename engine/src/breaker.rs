@@ -36,6 +36,17 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+impl std::fmt::Display for BreakerState {
+    /// As stored in the audit (`half_open`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        })
+    }
+}
+
 /// A change of state, reported so the scheduler can audit it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Transition {

@@ -1,9 +1,11 @@
 //! Workflow file → [`Workflow`], returning **every** problem at once.
 //!
-//! Phases: parse (syntax) → unknown fields (from the format's JSON Schema, with suggestions) →
-//! typed deserialization, one step at a time so one bad step does not hide the others →
-//! references (`uses`, `needs`, cycles) → expressions (syntax and what they name) → each
-//! plugin's check of its `with:` block.
+//! Named phases, each reporting what it finds and handing the next only what was sound:
+//! parse (syntax) → unknown fields (from the format's JSON Schema, with suggestions) →
+//! `phase_header` (each bad top-level key reported and dropped) → `phase_inputs` (entry by
+//! entry) → `phase_steps` (one step at a time) → `phase_ids` → `phase_plugins` →
+//! `phase_needs` → cycles (`topo_order`) → expressions (syntax and what they name) and each
+//! plugin's check of its `with:` block, step by step.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -167,155 +169,33 @@ fn build(
         return None;
     };
 
-    // The header, with the steps taken out so each step is checked on its own.
-    let raw_steps: Vec<Value> = match top.get("steps") {
-        Some(Value::Array(s)) => s.clone(),
-        Some(_) => {
-            diags.push(
-                Diagnostic::error(codes::INVALID_VALUE, "`steps` must be a list of steps")
-                    .with_path(Path::root().key("steps"))
-                    .with_help("write each step as `- id: …`"),
-            );
-            Vec::new()
-        }
-        None => Vec::new(),
-    };
-    let mut header = top.clone();
-    header.insert("steps".into(), Value::Array(Vec::new()));
-    let header_missing_steps = !top.contains_key("steps");
-    let spec: Option<WorkflowSpec> =
-        match serde_path_to_error::deserialize::<_, WorkflowSpec>(Value::Object(header)) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                diags.push(serde_problem(e, &Path::root()));
-                None
-            }
-        };
-    if header_missing_steps {
-        diags.push(
-            Diagnostic::error(codes::INVALID_VALUE, "missing field `steps`")
-                .with_path(Path::root())
-                .with_help("add `steps:` with at least one step"),
-        );
-    }
-
-    let steps_path = Path::root().key("steps");
-    let mut specs: Vec<(Path, StepSpec)> = Vec::new();
-    for (i, raw) in raw_steps.iter().enumerate() {
-        let p = steps_path.index(i);
-        match serde_path_to_error::deserialize::<_, StepSpec>(raw.clone()) {
-            Ok(s) => specs.push((p, s)),
-            Err(e) => diags.push(serde_problem(e, &p)),
-        }
-    }
-
-    if let Some(spec) = &spec {
-        check_inputs(&spec.inputs, diags);
-        if spec.max_parallel == Some(0) {
-            diags.push(
-                Diagnostic::error(codes::INVALID_VALUE, "`max_parallel` must be at least 1")
-                    .with_path(Path::root().key("max_parallel"))
-                    .with_help("remove it to use the configured default, or give a number ≥ 1"),
-            );
-        }
-    }
-
-    // Ids.
-    let mut index: HashMap<String, usize> = HashMap::new();
-    for (i, (p, s)) in specs.iter().enumerate() {
-        let id_path = p.key("id");
-        if !valid_id(&s.id) {
-            diags.push(
-                Diagnostic::error(
-                    codes::INVALID_ID,
-                    format!("`{}` is not a valid step id", s.id),
-                )
-                .with_path(id_path.clone())
-                .with_label("invalid id")
-                .with_help(
-                    "use letters, digits and `_`, starting with a letter, so that \
-                         `steps.<id>` works in expressions",
-                ),
-            );
-        }
-        if let Some(&first) = index.get(&s.id) {
-            diags.push(
-                Diagnostic::error(
-                    codes::DUPLICATE_ID,
-                    format!("step id `{}` is used twice", s.id),
-                )
-                .with_path(id_path)
-                .with_label("second step with this id")
-                .with_help(format!(
-                    "the first one is {}; give each step its own id",
-                    specs[first].0
-                )),
-            );
-        } else {
-            index.insert(s.id.clone(), i);
-        }
-    }
-
-    // Plugins.
-    let names: Vec<&str> = registry.names().collect();
-    for (p, s) in &specs {
-        if registry.get(&s.uses).is_none() {
-            let help = match did_you_mean(&s.uses, names.iter().copied()) {
-                Some(n) => format!("did you mean `{n}`? (`landfall steps` lists every plugin)"),
-                None => format!("known plugins: {}", names.join(", ")),
-            };
-            diags.push(
-                Diagnostic::error(
-                    codes::UNKNOWN_PLUGIN,
-                    format!("unknown step kind `{}`", s.uses),
-                )
-                .with_path(p.key("uses"))
-                .with_label("no plugin has this name")
-                .with_help(help),
-            );
-        }
-    }
-
-    // Edges.
-    let n = specs.len();
-    let mut needs: Vec<Vec<usize>> = vec![Vec::new(); n];
-    let ids: Vec<&str> = specs.iter().map(|(_, s)| s.id.as_str()).collect();
-    for (i, (p, s)) in specs.iter().enumerate() {
-        for (j, need) in s.needs.iter().enumerate() {
-            match index.get(need) {
-                Some(&k) => {
-                    if !needs[i].contains(&k) {
-                        needs[i].push(k)
-                    }
-                }
-                None => {
-                    let help = match did_you_mean(need, ids.iter().copied()) {
-                        Some(x) => format!("did you mean `{x}`?"),
-                        None => "`needs` lists ids of steps in this file".to_string(),
-                    };
-                    diags.push(
-                        Diagnostic::error(
-                            codes::UNKNOWN_NEED,
-                            format!("`needs` names `{need}`, which is not a step"),
-                        )
-                        .with_path(p.key("needs").index(j))
-                        .with_label("no step has this id")
-                        .with_help(help),
-                    );
-                }
-            }
-        }
-    }
-
+    // Each phase reports what it finds and hands the next what was sound, so one problem
+    // never hides another.
+    let header = phase_header(top, diags);
+    let inputs = phase_inputs(top.get("inputs"), diags);
+    let specs = phase_steps(top, diags);
+    let index = phase_ids(&specs, diags);
+    phase_plugins(&specs, registry, diags);
+    let needs = phase_needs(&specs, &index, diags);
     // A cycle stops the workflow from compiling, but the other checks still run so every
     // problem is reported at once.
     let order = topo_order(&specs, &needs, diags);
-    let spec = spec?;
+    let n = specs.len();
+    let ids: Vec<&str> = specs.iter().map(|(_, s)| s.id.as_str()).collect();
+    let mut spec = header?;
+    spec.inputs = inputs;
+    if spec.max_parallel == Some(0) {
+        diags.push(
+            Diagnostic::error(codes::INVALID_VALUE, "`max_parallel` must be at least 1")
+                .with_path(Path::root().key("max_parallel"))
+                .with_help("remove it to use the configured default, or give a number ≥ 1"),
+        );
+    }
     let default_retry = RetryPolicy::default().merged(spec.defaults.retry.as_ref());
-    for problem in default_retry.problems() {
+    for (field, problem) in default_retry.problems() {
         diags.push(
             Diagnostic::error(codes::INVALID_VALUE, problem)
-                .with_path(Path::root().key("defaults").key("retry"))
+                .with_path(Path::root().key("defaults").key("retry").key(field))
                 .with_help(
                     "delays start at `initial_delay` and grow by `multiplier` up to `max_delay`",
                 ),
@@ -423,10 +303,10 @@ fn build(
         }
         let retry = default_retry.merged(s.retry.as_ref());
         if s.retry.is_some() {
-            for problem in retry.problems() {
+            for (field, problem) in retry.problems() {
                 diags.push(
                     Diagnostic::error(codes::INVALID_VALUE, problem)
-                        .with_path(p.key("retry"))
+                        .with_path(p.key("retry").key(field))
                         .with_help("delays start at `initial_delay` and grow by `multiplier` up to `max_delay`"),
                 );
             }
@@ -484,6 +364,209 @@ fn build(
     wf.input_check = input_check;
     wf.slack = slack;
     Some(wf)
+}
+
+/// Phase 1, the header: every top-level key but `inputs` and `steps`. A key whose value is
+/// wrong is reported and left out (its default used), and the rest is read again, so each bad
+/// key is reported.
+fn phase_header(
+    top: &serde_json::Map<String, Value>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<WorkflowSpec> {
+    let mut header = top.clone();
+    header.insert("steps".into(), Value::Array(Vec::new()));
+    header.insert("inputs".into(), Value::Object(Default::default()));
+    if !top.contains_key("steps") {
+        diags.push(
+            Diagnostic::error(codes::INVALID_VALUE, "missing field `steps`")
+                .with_path(Path::root())
+                .with_help("add `steps:` with at least one step"),
+        );
+    }
+    // Each round removes one key, so this ends.
+    loop {
+        match serde_path_to_error::deserialize::<_, WorkflowSpec>(Value::Object(header.clone())) {
+            Ok(s) => return Some(s),
+            Err(e) => {
+                let key = match e.path().iter().next() {
+                    Some(serde_path_to_error::Segment::Map { key }) => Some(key.clone()),
+                    _ => None,
+                };
+                diags.push(serde_problem(e, &Path::root()));
+                match key {
+                    // `name` is required: a stand-in lets the other keys be read.
+                    Some(k) if k == "name" => {
+                        header.insert(k, Value::String(String::new()));
+                    }
+                    Some(k) if header.remove(&k).is_some() => {}
+                    // A missing required field, or a problem of the whole: nothing to drop.
+                    _ => return None,
+                }
+            }
+        }
+    }
+}
+
+/// Phase 2, inputs: each entry read on its own, then checked (pattern, default, enum); an
+/// entry that cannot be read is reported and left out.
+fn phase_inputs(
+    raw: Option<&Value>,
+    diags: &mut Vec<Diagnostic>,
+) -> indexmap::IndexMap<String, InputSpec> {
+    let mut out = indexmap::IndexMap::new();
+    let entries = match raw {
+        None | Some(Value::Null) => return out,
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            diags.push(
+                Diagnostic::error(
+                    codes::INVALID_VALUE,
+                    "`inputs` must be a mapping of input names to their types",
+                )
+                .with_path(Path::root().key("inputs"))
+                .with_help("e.g. `inputs: { customer: { type: string } }`"),
+            );
+            return out;
+        }
+    };
+    for (name, v) in entries {
+        let p = Path::root().key("inputs").key(name.clone());
+        match serde_path_to_error::deserialize::<_, InputSpec>(v.clone()) {
+            Ok(spec) => {
+                out.insert(name.clone(), spec);
+            }
+            Err(e) => diags.push(serde_problem(e, &p)),
+        }
+    }
+    check_inputs(&out, diags);
+    out
+}
+
+/// Phase 3, steps: each read on its own, so one bad step does not hide the others.
+fn phase_steps(
+    top: &serde_json::Map<String, Value>,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<(Path, StepSpec)> {
+    let steps_path = Path::root().key("steps");
+    let raw: &[Value] = match top.get("steps") {
+        Some(Value::Array(s)) => s,
+        Some(_) => {
+            diags.push(
+                Diagnostic::error(codes::INVALID_VALUE, "`steps` must be a list of steps")
+                    .with_path(steps_path)
+                    .with_help("write each step as `- id: …`"),
+            );
+            return Vec::new();
+        }
+        None => return Vec::new(),
+    };
+    let mut specs = Vec::new();
+    for (i, raw) in raw.iter().enumerate() {
+        let p = steps_path.index(i);
+        match serde_path_to_error::deserialize::<_, StepSpec>(raw.clone()) {
+            Ok(s) => specs.push((p, s)),
+            Err(e) => diags.push(serde_problem(e, &p)),
+        }
+    }
+    specs
+}
+
+/// Phase 4, ids: valid in expressions, and each used once. Returns id → position.
+fn phase_ids(specs: &[(Path, StepSpec)], diags: &mut Vec<Diagnostic>) -> HashMap<String, usize> {
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for (i, (p, s)) in specs.iter().enumerate() {
+        let id_path = p.key("id");
+        if !valid_id(&s.id) {
+            diags.push(
+                Diagnostic::error(
+                    codes::INVALID_ID,
+                    format!("`{}` is not a valid step id", s.id),
+                )
+                .with_path(id_path.clone())
+                .with_label("invalid id")
+                .with_help(
+                    "use letters, digits and `_`, starting with a letter, so that \
+                         `steps.<id>` works in expressions",
+                ),
+            );
+        }
+        if let Some(&first) = index.get(&s.id) {
+            diags.push(
+                Diagnostic::error(
+                    codes::DUPLICATE_ID,
+                    format!("step id `{}` is used twice", s.id),
+                )
+                .with_path(id_path)
+                .with_label("second step with this id")
+                .with_help(format!(
+                    "the first one is {}; give each step its own id",
+                    specs[first].0
+                )),
+            );
+        } else {
+            index.insert(s.id.clone(), i);
+        }
+    }
+    index
+}
+
+/// Phase 5, plugins: every `uses` names one this build has.
+fn phase_plugins(specs: &[(Path, StepSpec)], registry: &Registry, diags: &mut Vec<Diagnostic>) {
+    let names: Vec<&str> = registry.names().collect();
+    for (p, s) in specs {
+        if registry.get(&s.uses).is_none() {
+            let help = match did_you_mean(&s.uses, names.iter().copied()) {
+                Some(n) => format!("did you mean `{n}`? (`landfall steps` lists every plugin)"),
+                None => format!("known plugins: {}", names.join(", ")),
+            };
+            diags.push(
+                Diagnostic::error(
+                    codes::UNKNOWN_PLUGIN,
+                    format!("unknown step kind `{}`", s.uses),
+                )
+                .with_path(p.key("uses"))
+                .with_label("no plugin has this name")
+                .with_help(help),
+            );
+        }
+    }
+}
+
+/// Phase 6, needs: every edge names a step. Returns each step's dependencies by position.
+fn phase_needs(
+    specs: &[(Path, StepSpec)],
+    index: &HashMap<String, usize>,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<Vec<usize>> {
+    let mut needs: Vec<Vec<usize>> = vec![Vec::new(); specs.len()];
+    let ids: Vec<&str> = specs.iter().map(|(_, s)| s.id.as_str()).collect();
+    for (i, (p, s)) in specs.iter().enumerate() {
+        for (j, need) in s.needs.iter().enumerate() {
+            match index.get(need) {
+                Some(&k) => {
+                    if !needs[i].contains(&k) {
+                        needs[i].push(k)
+                    }
+                }
+                None => {
+                    let help = match did_you_mean(need, ids.iter().copied()) {
+                        Some(x) => format!("did you mean `{x}`?"),
+                        None => "`needs` lists ids of steps in this file".to_string(),
+                    };
+                    diags.push(
+                        Diagnostic::error(
+                            codes::UNKNOWN_NEED,
+                            format!("`needs` names `{need}`, which is not a step"),
+                        )
+                        .with_path(p.key("needs").index(j))
+                        .with_label("no step has this id")
+                        .with_help(help),
+                    );
+                }
+            }
+        }
+    }
+    needs
 }
 
 fn check_slack_trigger(

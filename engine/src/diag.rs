@@ -16,28 +16,38 @@ use crate::source::{Source, SourceMap};
 
 /// Stable diagnostic codes. Never renumber: users search for them.
 pub mod codes {
-    pub const SYNTAX: &str = "LF0001";
-    pub const DUPLICATE_KEY: &str = "LF0002";
-    pub const IO: &str = "LF0003";
-    pub const UNKNOWN_PLUGIN: &str = "LF0101";
-    pub const UNKNOWN_FIELD: &str = "LF0102";
-    pub const DUPLICATE_ID: &str = "LF0103";
-    pub const UNKNOWN_NEED: &str = "LF0104";
-    pub const CYCLE: &str = "LF0105";
-    pub const INVALID_WITH: &str = "LF0106";
-    pub const EXPRESSION_SYNTAX: &str = "LF0107";
-    pub const UNKNOWN_INPUT_REF: &str = "LF0108";
-    pub const STEP_NOT_IN_NEEDS: &str = "LF0109";
-    pub const INVALID_VALUE: &str = "LF0110";
-    pub const INVALID_INPUT_SPEC: &str = "LF0111";
-    pub const UNKNOWN_VARIABLE: &str = "LF0112";
-    pub const INVALID_ID: &str = "LF0113";
-    pub const UNKNOWN_INPUT_CHECK: &str = "LF0114";
-    pub const INVALID_TRIGGER: &str = "LF0115";
-    pub const INPUT_INVALID: &str = "LF0201";
-    pub const INPUT_MISSING: &str = "LF0202";
-    pub const INPUT_UNKNOWN: &str = "LF0203";
-    pub const CONFIG_INVALID: &str = "LF0301";
+    macro_rules! codes {
+        ($($name:ident = $code:literal;)*) => {
+            $(pub const $name: &str = $code;)*
+            /// Every code, in order: the broken-file corpus must hold a case for each.
+            pub const ALL: &[&str] = &[$($code),*];
+        };
+    }
+
+    codes! {
+        SYNTAX = "LF0001";
+        DUPLICATE_KEY = "LF0002";
+        IO = "LF0003";
+        UNKNOWN_PLUGIN = "LF0101";
+        UNKNOWN_FIELD = "LF0102";
+        DUPLICATE_ID = "LF0103";
+        UNKNOWN_NEED = "LF0104";
+        CYCLE = "LF0105";
+        INVALID_WITH = "LF0106";
+        EXPRESSION_SYNTAX = "LF0107";
+        UNKNOWN_INPUT_REF = "LF0108";
+        STEP_NOT_IN_NEEDS = "LF0109";
+        INVALID_VALUE = "LF0110";
+        INVALID_INPUT_SPEC = "LF0111";
+        UNKNOWN_VARIABLE = "LF0112";
+        INVALID_ID = "LF0113";
+        UNKNOWN_INPUT_CHECK = "LF0114";
+        INVALID_TRIGGER = "LF0115";
+        INPUT_INVALID = "LF0201";
+        INPUT_MISSING = "LF0202";
+        INPUT_UNKNOWN = "LF0203";
+        CONFIG_INVALID = "LF0301";
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -6,6 +6,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::breaker::BreakerState;
 use crate::error::StepError;
 use crate::state::{NodeStatus, RunStatus};
 
@@ -65,8 +66,8 @@ pub enum RunEvent {
     },
     BreakerChanged {
         key: String,
-        from: String,
-        to: String,
+        from: BreakerState,
+        to: BreakerState,
     },
     RunFinished {
         run_id: String,

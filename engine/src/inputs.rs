@@ -4,14 +4,29 @@
 use indexmap::IndexMap;
 use serde_json::{Map, Value};
 
+use crate::diag::codes;
 use crate::spec::{InputSpec, InputType};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("input `{field}`: {message}")]
 pub struct InputError {
+    /// The diagnostic code: [`codes::INPUT_INVALID`], [`codes::INPUT_MISSING`] or
+    /// [`codes::INPUT_UNKNOWN`].
+    pub code: &'static str,
     /// The input's name, or a path inside it (`accounts[1].email`).
     pub field: String,
     pub message: String,
+}
+
+impl InputError {
+    /// A value that is there but wrong (the usual case, and what input checks report).
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        InputError {
+            code: codes::INPUT_INVALID,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
 }
 
 pub fn has_type(v: &Value, t: InputType) -> bool {
@@ -93,6 +108,7 @@ pub fn resolve(
                 ),
             };
             errors.push(InputError {
+                code: codes::INPUT_UNKNOWN,
                 field: k.clone(),
                 message: format!("the workflow has no such input; {hint}"),
             });
@@ -107,10 +123,7 @@ pub fn resolve(
             }
             Some(v) => {
                 if let Err(message) = check_value(name, spec, &v) {
-                    errors.push(InputError {
-                        field: name.clone(),
-                        message,
-                    });
+                    errors.push(InputError::invalid(name.clone(), message));
                 }
                 out.insert(name.clone(), v);
             }
@@ -122,6 +135,7 @@ pub fn resolve(
                     out.insert(name.clone(), Value::Null);
                 }
                 None => errors.push(InputError {
+                    code: codes::INPUT_MISSING,
                     field: name.clone(),
                     message: format!(
                         "required {} input is missing; give it in the input file or with `--set {name}=…`",

@@ -20,9 +20,10 @@ use crate::path::Path;
 use crate::state::Signal;
 use crate::store::Store;
 
-/// What a running step tells the scheduler besides its result.
+/// What a running step tells the scheduler besides its result (a *report*; a *signal* is only
+/// a decision from outside, such as an approval, read from the store).
 #[derive(Debug, Clone)]
-pub enum StepSignal {
+pub enum StepReport {
     Log {
         level: LogLevel,
         message: String,
@@ -65,16 +66,16 @@ pub struct StepContext {
 /// messages, and the store (signals, packages). One per run, shared by its attempts.
 #[derive(Clone, Default)]
 pub struct RunLink {
-    signals: Option<mpsc::UnboundedSender<(Arc<str>, StepSignal)>>,
+    reports: Option<mpsc::UnboundedSender<(Arc<str>, StepReport)>>,
     store: Option<Arc<dyn Store>>,
 }
 
 impl RunLink {
     pub fn new(
-        signals: Option<mpsc::UnboundedSender<(Arc<str>, StepSignal)>>,
+        reports: Option<mpsc::UnboundedSender<(Arc<str>, StepReport)>>,
         store: Option<Arc<dyn Store>>,
     ) -> Arc<Self> {
-        Arc::new(RunLink { signals, store })
+        Arc::new(RunLink { reports, store })
     }
 }
 
@@ -95,7 +96,7 @@ impl StepContext {
         step_id: impl Into<Arc<str>>,
         attempt: u32,
         cancel: CancellationToken,
-        signals: Option<mpsc::UnboundedSender<(Arc<str>, StepSignal)>>,
+        reports: Option<mpsc::UnboundedSender<(Arc<str>, StepReport)>>,
     ) -> Self {
         Self::linked(
             run_id,
@@ -103,7 +104,7 @@ impl StepContext {
             step_id,
             attempt,
             cancel,
-            RunLink::new(signals, None),
+            RunLink::new(reports, None),
         )
     }
 
@@ -230,7 +231,7 @@ impl StepContext {
                 Err(e) => break Err(StepError::transient(format!("cannot read signals: {e}"))),
             }
             if !waiting {
-                self.send(StepSignal::Waiting);
+                self.send(StepReport::Waiting);
                 waiting = true;
             }
             let now = tokio::time::Instant::now();
@@ -247,13 +248,13 @@ impl StepContext {
             }
         };
         if waiting {
-            self.send(StepSignal::Resumed);
+            self.send(StepReport::Resumed);
         }
         result
     }
 
-    fn send(&self, s: StepSignal) {
-        if let Some(tx) = &self.link.signals {
+    fn send(&self, s: StepReport) {
+        if let Some(tx) = &self.link.reports {
             // The receiver is gone only when the run is over; nothing to tell anyone then.
             let _ = tx.send((Arc::clone(&self.node_id), s));
         }
@@ -302,14 +303,14 @@ impl StepContext {
     }
 
     pub fn log(&self, message: impl Into<String>) {
-        self.send(StepSignal::Log {
+        self.send(StepReport::Log {
             level: LogLevel::Info,
             message: message.into(),
         });
     }
 
     pub fn warn(&self, message: impl Into<String>) {
-        self.send(StepSignal::Log {
+        self.send(StepReport::Log {
             level: LogLevel::Warn,
             message: message.into(),
         });
@@ -317,14 +318,14 @@ impl StepContext {
 
     /// Progress of this node, 0–100.
     pub fn progress(&self, percent: f64, message: Option<String>) {
-        self.send(StepSignal::Progress {
+        self.send(StepReport::Progress {
             percent: percent.clamp(0.0, 100.0),
             message,
         });
     }
 
     pub fn milestone(&self, kind: impl Into<String>, data: Value) {
-        self.send(StepSignal::Milestone {
+        self.send(StepReport::Milestone {
             kind: kind.into(),
             data,
         });
@@ -597,20 +598,41 @@ impl Registry {
         Self::default()
     }
 
+    /// Registers a plugin under its `NAME`.
+    ///
+    /// # Panics
+    ///
+    /// When the name is already taken: two plugins claiming one name is a defect of the build
+    /// (workflows would silently get whichever came last), found by every test that builds the
+    /// registry, never by a user.
     pub fn register<S: Step>(&mut self, step: S) -> &mut Self {
-        self.plugins.insert(S::NAME, Arc::new(Typed(step)));
-        self
+        self.register_plugin(S::NAME, Arc::new(Typed(step)))
     }
 
     /// Registers an object-safe plugin under `name` (its `info().name` should agree); for
     /// plugins built at run time, such as stand-ins in tests of a whole workflow.
+    ///
+    /// # Panics
+    ///
+    /// When the name is already taken, as [`Registry::register`].
     pub fn register_plugin(&mut self, name: &'static str, plugin: Arc<dyn Plugin>) -> &mut Self {
-        self.plugins.insert(name, plugin);
+        let before = self.plugins.insert(name, plugin);
+        assert!(
+            before.is_none(),
+            "two plugins are registered as `{name}`: give one another name"
+        );
         self
     }
 
+    /// # Panics
+    ///
+    /// When the name is already taken, as [`Registry::register`].
     pub fn register_input_check(&mut self, name: &'static str, check: InputCheck) -> &mut Self {
-        self.input_checks.insert(name, check);
+        let before = self.input_checks.insert(name, check);
+        assert!(
+            before.is_none(),
+            "two input checks are registered as `{name}`: give one another name"
+        );
         self
     }
 

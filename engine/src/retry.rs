@@ -90,19 +90,22 @@ impl RetryPolicy {
     }
 
     /// Checks the values a user gave; returns a message per problem.
-    pub fn problems(&self) -> Vec<String> {
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         if !(self.multiplier.is_finite() && self.multiplier >= 1.0) {
-            out.push(format!(
-                "multiplier must be a number ≥ 1.0, not {}",
-                self.multiplier
+            out.push((
+                "multiplier",
+                format!("multiplier must be a number ≥ 1.0, not {}", self.multiplier),
             ));
         }
         if self.initial_delay > self.max_delay {
-            out.push(format!(
-                "initial_delay ({}) is larger than max_delay ({})",
-                humantime::format_duration(self.initial_delay),
-                humantime::format_duration(self.max_delay)
+            out.push((
+                "initial_delay",
+                format!(
+                    "initial_delay ({}) is larger than max_delay ({})",
+                    humantime::format_duration(self.initial_delay),
+                    humantime::format_duration(self.max_delay)
+                ),
             ));
         }
         out

@@ -2,6 +2,7 @@
 //! threads, the Web API client and the installed tokens.
 
 pub mod server;
+pub mod setup;
 pub mod signature;
 pub mod socket;
 pub mod thread;

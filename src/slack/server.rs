@@ -20,16 +20,17 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use landfall_engine::events::{Observer, RunEvent};
 use landfall_engine::scheduler::RunControl;
-use landfall_engine::source::{self, Source};
-use landfall_engine::state::{Signal, Trigger};
 use landfall_engine::store::{AuditDraft, Batch, Store};
-use landfall_engine::{Engine, NewRun, Registry, Workflow};
-use serde_json::{json, Map, Value};
+use landfall_engine::{Engine, Registry, Workflow};
+use serde_json::{json, Value};
+
+use landfall_steps::approval::Verdict;
 
 use super::signature;
-use crate::route::{self, Intent, Route};
+
+mod actions;
+use crate::route::{self, Route};
 
 /// How the server is set up.
 #[derive(Debug, Clone)]
@@ -247,359 +248,6 @@ impl FrontDoor {
         );
         format!("Sorry, you are not allowed to {what} here. Ask a Landfall admin to add you to the allowlist.")
     }
-
-    /// Acts on one message; the text is the reply.
-    pub async fn act(self: &Arc<Self>, text: &str, user: &str, channel: &str) -> String {
-        let intent = route::classify(text, &self.routes);
-        if !matches!(
-            intent,
-            Intent::Help | Intent::Usage { .. } | Intent::Unknown { .. }
-        ) && !self.allowed(user, channel)
-        {
-            return self.refuse(user, channel, "use /landfall");
-        }
-        match intent {
-            Intent::Help => route::help(&self.routes),
-            Intent::Unknown { text } => {
-                format!("I don't know `{text}`.\n{}", route::help(&self.routes))
-            }
-            Intent::Usage { usage, problem, .. } => format!("{problem}. Usage: `{usage}`"),
-            Intent::Runs | Intent::Status { run: None } => self.runs(),
-            Intent::Status { run: Some(r) } => self.status(&r),
-            Intent::Cancel { run } => {
-                let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-                match live.get(&run) {
-                    Some(c) => {
-                        c.cancel.cancel();
-                        self.audit(user, "slack_cancel", json!({ "run": run }));
-                        format!("Cancelling {run}.")
-                    }
-                    None => format!("{run} is not running in this server."),
-                }
-            }
-            Intent::Resume { run } => self.resume(&run, user),
-            Intent::Decide { run, node, approve } => self.decide(&run, &node, approve, user),
-            Intent::Start { workflow, inputs } => {
-                self.start(&workflow, inputs, user, channel, text).await
-            }
-        }
-    }
-
-    /// Answers where the request came from, without holding up the HTTP response.
-    fn say(&self, channel: &str, thread_ts: Option<&str>, text: String) {
-        match &self.chat {
-            None => println!("[slack {channel}] {text}"),
-            Some(chat) => {
-                let chat = Arc::clone(chat);
-                let (channel, thread) = (channel.to_string(), thread_ts.map(str::to_string));
-                tokio::spawn(async move {
-                    if let Err(e) = chat.post(&channel, thread.as_deref(), &text, None).await {
-                        tracing::warn!(%channel, error = %e, "a reply was not delivered");
-                    }
-                });
-            }
-        }
-    }
-
-    fn runs(&self) -> String {
-        match self.store.runs() {
-            Ok(runs) if runs.is_empty() => "No runs yet.".into(),
-            Ok(mut runs) => {
-                runs.sort_by_key(|r| std::cmp::Reverse(r.started_at));
-                runs.iter()
-                    .take(10)
-                    .map(|r| {
-                        format!(
-                            "• `{}` {} {} (by {})",
-                            r.run_id, r.workflow, r.status, r.trigger.actor
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            }
-            Err(e) => format!("Cannot read runs: {e}"),
-        }
-    }
-
-    fn status(&self, run: &str) -> String {
-        match (self.store.run(run), self.store.nodes(run)) {
-            (Ok(Some(r)), Ok(nodes)) => {
-                let mut out = format!("`{}` {}: {}", r.run_id, r.workflow, r.status);
-                for n in nodes {
-                    out.push_str(&format!("\n• {} {}", n.node_id, n.status));
-                }
-                out
-            }
-            (Ok(None), _) => format!("No run `{run}`."),
-            (Err(e), _) | (_, Err(e)) => format!("Cannot read {run}: {e}"),
-        }
-    }
-
-    /// Whether `user` belongs to one of `groups`. Membership comes from Slack
-    /// (`usergroups.users.list`, cached for a minute); when it cannot be had, the answer is
-    /// an error to show, never a guess.
-    async fn in_groups(&self, user: &str, groups: &[String]) -> Result<bool, String> {
-        if groups.is_empty() {
-            return Ok(false);
-        }
-        let Some(chat) = &self.chat else {
-            return Err("group membership cannot be checked without a Slack bot token".into());
-        };
-        let mut cache = self.groups.lock().await;
-        for g in groups {
-            let fresh = cache.get(g).filter(|(at, _)| at.elapsed() < GROUP_TTL);
-            let members = match fresh {
-                Some((_, m)) => m.clone(),
-                None => {
-                    let m = chat.group_members(g).await.map_err(|e| {
-                        tracing::warn!(group = %g, error = %e, "cannot list a user group");
-                        format!("cannot check membership of group {g}")
-                    })?;
-                    cache.insert(g.clone(), (std::time::Instant::now(), m.clone()));
-                    m
-                }
-            };
-            if members.iter().any(|m| m == user) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
-    async fn start(
-        self: &Arc<Self>,
-        workflow: &str,
-        args: std::collections::BTreeMap<String, String>,
-        user: &str,
-        channel: &str,
-        text: &str,
-    ) -> String {
-        let (Some(route), Some(wf)) = (
-            self.routes.iter().find(|r| r.workflow == workflow),
-            self.workflows.get(workflow),
-        ) else {
-            return format!("No workflow `{workflow}`.");
-        };
-        let t = &route.trigger;
-        let own = !t.allowed_users.is_empty()
-            || !t.allowed_channels.is_empty()
-            || !t.allowed_groups.is_empty();
-        if own
-            && !t.allowed_users.iter().any(|u| u == user)
-            && !t.allowed_channels.iter().any(|c| c == channel)
-        {
-            match self.in_groups(user, &t.allowed_groups).await {
-                Ok(true) => {}
-                Ok(false) => return self.refuse(user, channel, &format!("start {workflow}")),
-                Err(why) => {
-                    self.refuse(user, channel, &format!("start {workflow}"));
-                    return format!("Sorry, I cannot start {workflow} for you: {why}.");
-                }
-            }
-        }
-        let provided = match &t.input_file {
-            None => Map::new(),
-            Some(template) => match input_file(template, &args) {
-                Ok(m) => m,
-                Err(e) => return e,
-            },
-        };
-        let sets: Vec<(String, String)> = args.into_iter().collect();
-        let inputs =
-            match landfall_engine::inputs::resolve_and_check(wf, &self.registry, provided, &sets) {
-                Ok(i) => i,
-                Err(errs) => {
-                    return format!(
-                        "Cannot start {workflow}:\n{}",
-                        errs.iter()
-                            .map(|e| format!("• `{}`: {}", e.field, e.message))
-                            .collect::<Vec<_>>()
-                            .join("\n")
-                    )
-                }
-            };
-        let record = match self.engine.create_run(
-            wf,
-            NewRun {
-                run_id: None,
-                inputs,
-                trigger: Trigger {
-                    source: "slack".into(),
-                    actor: user.to_string(),
-                    details: json!({ "channel": channel, "text": text }),
-                },
-                max_parallel: wf.max_parallel.unwrap_or(self.opts.max_parallel),
-            },
-        ) {
-            Ok(r) => r,
-            Err(e) => return format!("Cannot start {workflow}: {e}"),
-        };
-        let run_id = record.run_id.clone();
-        if let Err(e) = self
-            .engine
-            .annotate(&run_id, "slack.thread", json!({ "channel": channel }))
-        {
-            tracing::warn!(run = %run_id, error = %e, "cannot record the run's thread");
-        }
-        self.spawn(Arc::clone(wf), record, channel.to_string());
-        format!("Started {workflow} as `{run_id}`. Updates follow in this run's thread.")
-    }
-
-    fn spawn(
-        self: &Arc<Self>,
-        wf: Arc<Workflow>,
-        record: landfall_engine::state::RunRecord,
-        channel: String,
-    ) {
-        let me = Arc::clone(self);
-        let run_id = record.run_id.clone();
-        let control = RunControl {
-            grace: self.opts.grace,
-            ..RunControl::default()
-        };
-        me.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(run_id.clone(), control.clone());
-        let thread = me.chat.as_ref().map(|chat| {
-            Arc::new(super::thread::start(
-                Arc::clone(chat),
-                me.engine.clone(),
-                run_id.clone(),
-                record.workflow.clone(),
-                channel.clone(),
-                record.trigger.actor.clone(),
-            ))
-        });
-        let observer: Arc<dyn Observer> = match &thread {
-            Some(t) => Arc::clone(t) as Arc<dyn Observer>,
-            None => Arc::new(Console {
-                channel,
-                run_id: run_id.clone(),
-            }),
-        };
-        tokio::spawn(async move {
-            let out = me.engine.execute(wf, record, control, &[observer]).await;
-            if let Err(e) = out {
-                tracing::error!(run = %run_id, error = %e, "run could not execute");
-            }
-            // The run stays live until its thread's last messages are out, so that a server
-            // stopping (`drain`) does not drop them.
-            if let Some(t) = thread {
-                t.flush(std::time::Duration::from_secs(15)).await;
-            }
-            me.live
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&run_id);
-        });
-    }
-
-    fn resume(self: &Arc<Self>, run: &str, user: &str) -> String {
-        let record = match self.store.run(run) {
-            Ok(Some(r)) => r,
-            Ok(None) => return format!("No run `{run}`."),
-            Err(e) => return format!("Cannot read {run}: {e}"),
-        };
-        if record.status.is_terminal() {
-            return format!("`{run}` already finished ({}).", record.status);
-        }
-        let source = Source::new(record.workflow_file.clone(), record.workflow_text.clone());
-        let Some(wf) = landfall_engine::compile::compile(&source, &self.registry).workflow else {
-            return format!("`{run}`'s workflow no longer compiles with this build.");
-        };
-        let channel = record.trigger.details["channel"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        self.audit(user, "slack_resume", json!({ "run": run }));
-        self.spawn(Arc::new(wf), record, channel);
-        format!("Resuming `{run}`.")
-    }
-
-    fn decide(&self, run: &str, node: &str, approve: bool, user: &str) -> String {
-        let digest = match crate::app::approval_request(self.store.as_ref(), run, node) {
-            Ok(req) => req["digest"].as_str().unwrap_or_default().to_string(),
-            Err(e) => return e,
-        };
-        let decision = if approve { "approve" } else { "reject" };
-        let signal = Signal {
-            actor: user.to_string(),
-            at: chrono::Utc::now(),
-            value: json!({ "decision": decision, "digest": digest }),
-        };
-        match self.engine.signal(run, node, signal) {
-            Ok(()) => format!("<@{user}> {}d `{node}` of `{run}`.", decision),
-            Err(e) => format!("Cannot record the decision: {e}"),
-        }
-    }
-}
-
-/// Reads the inputs file a trigger names, the path rendered from the args.
-fn input_file(
-    template: &str,
-    args: &std::collections::BTreeMap<String, String>,
-) -> Result<Map<String, Value>, String> {
-    let path = landfall_engine::expr::render_str(
-        template,
-        &landfall_engine::expr::ctx_value(json!({ "args": args })),
-    )
-    .map_err(|e| format!("Cannot work out the inputs file: {e}"))?;
-    let path = path.as_str().unwrap_or_default().to_string();
-    if path.contains("..") {
-        return Err(format!("`{path}` is not a file I may read."));
-    }
-    let text = std::fs::read_to_string(&path)
-        .map_err(|_| format!("There is no `{path}`: check the name, or add the file."))?;
-    let (doc, _) = source::parse(&Source::new(path.clone(), text))
-        .map_err(|d| format!("`{path}` is not valid: {}", d.message))?;
-    match doc.value {
-        Value::Object(m) => Ok(m),
-        _ => Err(format!(
-            "`{path}` must be a mapping of input names to values."
-        )),
-    }
-}
-
-/// Without a bot token, messages for a run's thread are printed here.
-struct Console {
-    channel: String,
-    run_id: String,
-}
-
-impl Observer for Console {
-    fn on_event(&self, e: &RunEvent) {
-        let line = match e {
-            RunEvent::Milestone { kind, data, .. } if kind == "notification" => {
-                data["text"].as_str().map(str::to_string)
-            }
-            RunEvent::Milestone { kind, data, node, .. } if kind == "approval_requested" => {
-                Some(format!(
-                    "Approval needed: {} (digest {}). [Approve] [Reject], or `/landfall approve {} {node}`",
-                    data["title"].as_str().unwrap_or_default(),
-                    data["digest"].as_str().unwrap_or_default(),
-                    self.run_id
-                ))
-            }
-            RunEvent::NodeFinished {
-                node,
-                status,
-                error,
-                ..
-            } => Some(format!(
-                "{node} {status}{}",
-                error
-                    .as_ref()
-                    .map(|e| format!(": {}", e.message))
-                    .unwrap_or_default()
-            )),
-            RunEvent::RunFinished { status, .. } => Some(format!("run {status}")),
-            _ => None,
-        };
-        if let Some(l) = line {
-            println!("[slack {} · {}] {l}", self.channel, self.run_id);
-        }
-    }
 }
 
 fn form(body: &[u8]) -> HashMap<String, String> {
@@ -643,9 +291,9 @@ impl FrontDoor {
         let user = payload["user"]["id"].as_str().unwrap_or_default();
         let channel = payload["channel"]["id"].as_str().unwrap_or_default();
         for a in payload["actions"].as_array().into_iter().flatten() {
-            let approve = match a["action_id"].as_str() {
-                Some("approve") => true,
-                Some("reject") => false,
+            let verdict = match a["action_id"].as_str() {
+                Some("approve") => Verdict::Approve,
+                Some("reject") => Verdict::Reject,
                 _ => continue,
             };
             let value: Value = a["value"]
@@ -656,7 +304,7 @@ impl FrontDoor {
                 continue;
             };
             let reply = if self.allowed(user, channel) {
-                self.decide(run, node, approve, user)
+                self.decide(run, node, verdict, user)
             } else {
                 self.refuse(user, channel, "decide approvals")
             };

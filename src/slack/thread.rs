@@ -15,6 +15,7 @@ use landfall_engine::events::{Observer, RunEvent};
 use landfall_engine::state::NodeStatus;
 use landfall_engine::store::{AuditDraft, Batch};
 use landfall_engine::Engine;
+use landfall_steps::milestone::Milestone;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -133,16 +134,12 @@ fn reply_for(e: &RunEvent, run_id: &str) -> Option<(String, Option<Value>)> {
     match e {
         RunEvent::Milestone {
             kind, data, node, ..
-        } => match kind.as_str() {
-            "notification" => {
-                let to: Vec<String> = data["to"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .map(mention)
-                    .collect();
-                let text = escape(data["text"].as_str().unwrap_or_default());
+        } => match Milestone::parse(kind, data)? {
+            Milestone::Notification {
+                to, text, blocks, ..
+            } => {
+                let to: Vec<String> = to.iter().map(|w| mention(w)).collect();
+                let text = escape(&text);
                 let text = if to.is_empty() {
                     text.to_string()
                 } else {
@@ -150,7 +147,7 @@ fn reply_for(e: &RunEvent, run_id: &str) -> Option<(String, Option<Value>)> {
                 };
                 // Block Kit from the template when there is one; the text stays as the
                 // notification's fallback (and what screen readers announce).
-                let blocks = data["blocks"].as_array().map(|b| {
+                let blocks = blocks.as_ref().and_then(Value::as_array).map(|b| {
                     let mut b = b.clone();
                     b.iter_mut().for_each(escape_texts);
                     if !to.is_empty() && b.len() < 50 {
@@ -160,18 +157,16 @@ fn reply_for(e: &RunEvent, run_id: &str) -> Option<(String, Option<Value>)> {
                 });
                 Some((text, blocks))
             }
-            "approval_requested" => {
-                let title = data["title"].as_str().unwrap_or_default();
-                let digest = data["digest"].as_str().unwrap_or_default();
-                let value = json!({ "run": run_id, "node": node, "digest": digest }).to_string();
+            Milestone::ApprovalRequested(r) => {
+                let value = json!({ "run": run_id, "node": node, "digest": r.digest }).to_string();
                 let mut text = format!(
                     ":raised_hand: Approval needed: *{}*\ndigest `{}`",
-                    escape(title),
-                    escape(digest)
+                    escape(&r.title),
+                    escape(&r.digest)
                 );
-                if !data["details"].is_null() {
+                if !r.details.is_null() {
                     text.push('\n');
-                    text.push_str(&escape(&truncate(&data["details"].to_string(), 2500)));
+                    text.push_str(&escape(&truncate(&r.details.to_string(), 2500)));
                 }
                 let blocks = json!([
                     { "type": "section", "text": { "type": "mrkdwn", "text": text } },
@@ -184,40 +179,29 @@ fn reply_for(e: &RunEvent, run_id: &str) -> Option<(String, Option<Value>)> {
                 ]);
                 Some((text, Some(blocks)))
             }
-            "approval_decided" => Some((
-                format!(
-                    "{} by {}",
-                    data["decision"].as_str().unwrap_or_default(),
-                    mention(data["actor"].as_str().unwrap_or_default())
-                ),
+            Milestone::ApprovalDecided {
+                decision, actor, ..
+            } => Some((format!("{decision} by {}", mention(&actor)), None)),
+            Milestone::PackagePublished { id, version, .. } => Some((
+                format!(":package: package {}@{version} published", escape(&id)),
                 None,
             )),
-            "package_published" => Some((
-                format!(
-                    ":package: package {}@{} published",
-                    data["id"].as_str().unwrap_or_default(),
-                    data["version"]
-                ),
-                None,
-            )),
-            "rollback" => Some((
+            Milestone::Rollback(r) => Some((
                 format!(
                     ":rewind: rollback in {}/{}: {}",
-                    data["account"].as_str().unwrap_or_default(),
-                    data["region"].as_str().unwrap_or_default(),
-                    data["causes"]
-                        .as_array()
-                        .map(|c| c
-                            .iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join("; "))
-                        .map(|c| escape(&c))
-                        .unwrap_or_default()
+                    escape(&r.account),
+                    escape(&r.region),
+                    escape(&r.causes.join("; "))
                 ),
                 None,
             )),
-            _ => None,
+            // The console's progress says these; in Slack they would be noise.
+            Milestone::AccountCreated { .. }
+            | Milestone::PolicyAttached { .. }
+            | Milestone::StackStarted { .. }
+            | Milestone::StackFinished { .. }
+            | Milestone::RollbackStarted { .. }
+            | Milestone::ApprovalIgnored { .. } => None,
         },
         RunEvent::NodeFinished {
             node,
@@ -332,11 +316,9 @@ async fn run_thread(
         }
         // The stakeholders the run's notifications named are named again in the summary.
         if let RunEvent::Milestone { kind, data, .. } = &e {
-            if kind == "notification" {
-                for who in data["to"].as_array().into_iter().flatten() {
-                    if let Some(w) = who.as_str() {
-                        stakeholders.insert(mention(w));
-                    }
+            if let Some(Milestone::Notification { to, .. }) = Milestone::parse(kind, data) {
+                for w in &to {
+                    stakeholders.insert(mention(w));
                 }
             }
         }
@@ -406,7 +388,7 @@ mod tests {
             run_id: "r".into(),
             node: "notify".into(),
             kind: "notification".into(),
-            data: json!({ "text": "a <b>", "to": ["U1"], "blocks": [{ "type": "section", "text": { "type": "mrkdwn", "text": "<@U9>" } }] }),
+            data: json!({ "template": "t", "text": "a <b>", "to": ["U1"], "blocks": [{ "type": "section", "text": { "type": "mrkdwn", "text": "<@U9>" } }] }),
         };
         let (text, blocks) = reply_for(&n, "r").unwrap();
         assert_eq!(

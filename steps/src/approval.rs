@@ -1,22 +1,150 @@
 //! `approval`: pause the run until a person approves or rejects *a specific thing*.
 //!
 //! The step names what is approved by a digest (a package digest, a change set id). It asks
-//! (an `approval_requested` milestone: the console prints it, the Slack front door posts
-//! buttons), then waits without holding a parallelism slot. A decision arrives as a signal
-//! (`landfall approve RUN NODE`, or a button in Slack): `{"decision": "approve" | "reject",
-//! "digest": "<what the person saw>"}`. A decision for another digest, or from someone not
-//! among `approvers`, does not count (it is audited as ignored and the wait goes on). Signals
-//! are durable: a decision given while Landfall was down is found when the run resumes.
+//! (an `approval_requested` milestone carrying a [`Request`]: the console prints it, the Slack
+//! front door posts buttons), then waits without holding a parallelism slot. A decision arrives
+//! as a signal carrying a [`Decision`] (`landfall approve RUN NODE`, or a button in Slack). A
+//! decision for another digest, or from someone not among `approvers`, does not count (it is
+//! audited as ignored and the wait goes on). Signals are durable: a decision given while
+//! Landfall was down is found when the run resumes.
+//!
+//! This module is the one place the approval contract is written down: the request a step
+//! emits, how the pending request of a node is found ([`pending`]), and the decision's wire
+//! form. The CLI and the Slack front door both use it.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use landfall_engine::path::Path;
 use landfall_engine::plugin::ConfigProblem;
+use landfall_engine::state::Signal;
+use landfall_engine::store::Store;
 use landfall_engine::{Step, StepContext, StepError};
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+
+use crate::milestone::Milestone;
+
+/// What an `approval` step asks (the data of its `approval_requested` milestone).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub title: String,
+    /// What a decision must name to count.
+    pub digest: String,
+    #[serde(default)]
+    pub details: Value,
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    #[serde(default)]
+    pub to: Vec<String>,
+    pub timeout_s: u64,
+}
+
+impl Request {
+    /// The digest as people read it (the first 12 characters).
+    pub fn short_digest(&self) -> &str {
+        short(&self.digest)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Approve,
+    Reject,
+}
+
+impl Verdict {
+    /// `approved` / `rejected`.
+    pub fn past(self) -> &'static str {
+        match self {
+            Verdict::Approve => "approved",
+            Verdict::Reject => "rejected",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Approve => "approve",
+            Verdict::Reject => "reject",
+        })
+    }
+}
+
+/// A person's decision on one request. On the wire (a signal's value) it is
+/// `{"decision": "approve" | "reject", "digest": "…", "comment": …}`; the actor and the time
+/// are the signal's own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// The digest the person saw.
+    pub digest: String,
+    pub comment: Option<String>,
+    pub actor: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    decision: Verdict,
+    digest: String,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+impl Decision {
+    pub fn into_signal(self, at: DateTime<Utc>) -> Signal {
+        let wire = Wire {
+            decision: self.verdict,
+            digest: self.digest,
+            comment: self.comment,
+        };
+        Signal {
+            actor: self.actor,
+            at,
+            value: serde_json::to_value(wire).unwrap_or(Value::Null),
+        }
+    }
+
+    /// The decision a signal carries, or why it is not one.
+    pub fn from_signal(sig: &Signal) -> Result<Decision, String> {
+        let wire: Wire = serde_json::from_value(sig.value.clone()).map_err(|e| {
+            format!("it is not a decision (`{{\"decision\": \"approve\" | \"reject\", \"digest\": …}}`): {e}")
+        })?;
+        Ok(Decision {
+            verdict: wire.decision,
+            digest: wire.digest,
+            comment: wire.comment,
+            actor: sig.actor.clone(),
+        })
+    }
+}
+
+/// The latest request a node made (its last `approval_requested` milestone), or why there is
+/// none.
+pub fn pending(store: &dyn Store, run_id: &str, node: &str) -> Result<Request, String> {
+    let entries = store.audit(run_id).map_err(|e| e.to_string())?;
+    if entries.is_empty() {
+        return Err(format!("no run `{run_id}`"));
+    }
+    entries
+        .iter()
+        .rev()
+        .filter(|e| e.draft.kind == "milestone" && e.draft.node.as_deref() == Some(node))
+        .find_map(|e| {
+            match Milestone::parse(
+                e.draft.details["kind"].as_str().unwrap_or_default(),
+                &e.draft.details["data"],
+            ) {
+                Some(Milestone::ApprovalRequested(r)) => Some(r),
+                _ => None,
+            }
+        })
+        .ok_or_else(|| format!("node `{node}` of run `{run_id}` has not asked for an approval"))
+}
 
 pub struct Approval {
     /// How often the store is read while waiting.
@@ -84,17 +212,15 @@ impl Step for Approval {
     }
 
     async fn run(&self, c: ApprovalConfig, ctx: StepContext) -> Result<Value, StepError> {
-        ctx.milestone(
-            "approval_requested",
-            json!({
-                "title": c.title,
-                "digest": c.digest,
-                "details": c.details,
-                "approvers": c.approvers,
-                "to": c.to,
-                "timeout_s": c.timeout.as_secs(),
-            }),
-        );
+        Milestone::ApprovalRequested(Request {
+            title: c.title.clone(),
+            digest: c.digest.clone(),
+            details: c.details.clone(),
+            approvers: c.approvers.clone(),
+            to: c.to.clone(),
+            timeout_s: c.timeout.as_secs(),
+        })
+        .emit(&ctx);
         ctx.log(format!(
             "waiting for approval of {} ({}): landfall approve {} {}",
             c.title,
@@ -114,49 +240,53 @@ impl Step for Approval {
                 )));
             };
             seen = Some(sig.at);
-            let decision = sig.value["decision"].as_str().unwrap_or_default();
-            let digest = sig.value["digest"].as_str().unwrap_or_default();
-            let comment = sig.value["comment"].as_str().map(str::to_string);
-            let why_not = if !c.approvers.is_empty() && !c.approvers.contains(&sig.actor) {
-                Some(format!("{} is not among the approvers", sig.actor))
-            } else if digest != c.digest {
-                Some(format!(
+            let why_not = match Decision::from_signal(&sig) {
+                Err(why) => Err(why),
+                Ok(_) if !c.approvers.is_empty() && !c.approvers.contains(&sig.actor) => {
+                    Err(format!("{} is not among the approvers", sig.actor))
+                }
+                Ok(d) if d.digest != c.digest => Err(format!(
                     "it was given for {}, but what waits for approval is {}",
-                    short(digest),
+                    short(&d.digest),
                     short(&c.digest)
-                ))
-            } else if decision != "approve" && decision != "reject" {
-                Some(format!("`{decision}` is not approve or reject"))
-            } else {
-                None
+                )),
+                Ok(d) => Ok(d),
             };
-            if let Some(why) = why_not {
-                ctx.warn(format!("a decision by {} does not count: {why}", sig.actor));
-                ctx.milestone(
-                    "approval_ignored",
-                    json!({ "actor": sig.actor, "why": why, "value": sig.value }),
-                );
-                continue;
+            let d = match why_not {
+                Ok(d) => d,
+                Err(why) => {
+                    ctx.warn(format!("a decision by {} does not count: {why}", sig.actor));
+                    Milestone::ApprovalIgnored {
+                        actor: sig.actor.clone(),
+                        why,
+                        value: sig.value.clone(),
+                    }
+                    .emit(&ctx);
+                    continue;
+                }
+            };
+            Milestone::ApprovalDecided {
+                actor: d.actor.clone(),
+                decision: d.verdict,
+                digest: d.digest.clone(),
+                comment: d.comment.clone(),
             }
-            ctx.milestone(
-                "approval_decided",
-                json!({ "actor": sig.actor, "decision": decision, "digest": digest, "comment": comment }),
-            );
-            if decision == "reject" {
+            .emit(&ctx);
+            if d.verdict == Verdict::Reject {
                 return Err(StepError::permanent(format!(
                     "{} was rejected by {}{}",
                     c.title,
-                    sig.actor,
-                    comment.map(|c| format!(": {c}")).unwrap_or_default()
+                    d.actor,
+                    d.comment.map(|c| format!(": {c}")).unwrap_or_default()
                 ))
-                .with_context(json!({ "actor": sig.actor, "digest": digest })));
+                .with_context(json!({ "actor": d.actor, "digest": d.digest })));
             }
             return Ok(json!({
                 "approved": true,
-                "by": sig.actor,
+                "by": d.actor,
                 "at": sig.at,
-                "digest": digest,
-                "comment": comment,
+                "digest": d.digest,
+                "comment": d.comment,
             }));
         }
     }
@@ -169,8 +299,7 @@ fn short(digest: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use landfall_engine::state::Signal;
-    use landfall_engine::store::{Batch, MemStore, Store};
+    use landfall_engine::store::{Batch, MemStore};
     use std::sync::Arc;
     use tokio_util::sync::CancellationToken;
 

@@ -6,6 +6,7 @@ pub mod aws;
 pub mod builtin;
 pub mod cfn;
 pub mod exec;
+pub mod milestone;
 pub mod notify;
 pub mod package;
 pub mod requirements;

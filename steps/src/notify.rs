@@ -6,6 +6,7 @@
 //! Block Kit is kept within Slack's limits here: at most 50 blocks (the last says how many
 //! were left out) and 3,000 characters per text (cut, with a note).
 
+use crate::milestone::Milestone;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
@@ -110,10 +111,13 @@ impl Step for Notify {
         } else {
             None
         };
-        ctx.milestone(
-            "notification",
-            json!({ "template": c.template, "to": c.to, "text": text, "blocks": blocks }),
-        );
+        Milestone::Notification {
+            template: c.template.clone(),
+            to: c.to.clone(),
+            text: text.clone(),
+            blocks: blocks.clone(),
+        }
+        .emit(&ctx);
         let to = if c.to.is_empty() {
             "(no stakeholders)".to_string()
         } else {

@@ -1,5 +1,6 @@
 //! `package`: publish a package to, or fetch one from, the run's state file.
 
+use crate::milestone::Milestone;
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
@@ -88,10 +89,12 @@ impl Step for PackageStep {
                 .await
                 .map_err(|e| StepError::transient(format!("publishing failed: {e}")))??;
                 if p.new {
-                    ctx.milestone(
-                        "package_published",
-                        json!({ "id": p.id, "version": p.version, "digest": p.digest }),
-                    );
+                    Milestone::PackagePublished {
+                        id: p.id.clone(),
+                        version: p.version,
+                        digest: p.digest.clone(),
+                    }
+                    .emit(&ctx);
                 } else {
                     ctx.log(format!("{}@{} already holds this content", p.id, p.version));
                 }

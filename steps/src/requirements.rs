@@ -134,10 +134,7 @@ pub struct Requirements {
 }
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> InputError {
-    InputError {
-        field: field.into(),
-        message: message.into(),
-    }
+    InputError::invalid(field, message)
 }
 
 fn valid_email(s: &str) -> bool {

@@ -157,10 +157,10 @@ fn validate_reports_every_error_and_exits_2() {
     sb.copy("examples/hello.yaml");
     let ok = sb.run(&["validate", "hello.yaml"]);
     assert_eq!(ok.status.code(), Some(0));
-    let bad = sb.copy("tests/fixtures/invalid/cycle.yaml");
+    let bad = sb.copy("tests/fixtures/invalid/LF0105-cycle.yaml");
     let out = sb.run(&["validate", "hello.yaml", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    let out = sb.run(&["validate", "--json", "cycle.yaml"]);
+    let out = sb.run(&["validate", "--json", "LF0105-cycle.yaml"]);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let d = &doc[0]["diagnostics"];
     assert_eq!(d.as_array().unwrap().len(), 2);
@@ -169,6 +169,10 @@ fn validate_reports_every_error_and_exits_2() {
     assert!(d[0]["message"].as_str().unwrap().contains("a → b → c → a"));
     let missing = sb.run(&["validate", "nope.yaml"]);
     assert_eq!(missing.status.code(), Some(2));
+    // The one code without a corpus case (tests/it/diagnostics.rs): a file that cannot be read.
+    let missing = sb.run(&["validate", "--json", "nope.yaml"]);
+    let doc: serde_json::Value = serde_json::from_slice(&missing.stdout).unwrap();
+    assert_eq!(doc[0]["diagnostics"][0]["code"], "LF0003");
 }
 
 #[test]

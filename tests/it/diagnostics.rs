@@ -1,9 +1,40 @@
-//! The corpus of broken workflow files: each file is a case, its snapshot is exactly what the
-//! user sees. Adding a case is adding a file under `tests/fixtures/invalid/`.
+//! The corpus of broken files: each file is a case named `<code>-<case>`, its snapshot is
+//! exactly what the user sees, and it must show its code. Workflows live in
+//! `tests/fixtures/invalid/`, a run's inputs (for `workflows/onboarding.yaml`) in
+//! `tests/fixtures/invalid-inputs/`, configuration files in `tests/fixtures/invalid-config/`.
+//! Every diagnostic code has at least one case. Adding a case is adding a file.
+
+use std::collections::BTreeSet;
+use std::path::Path;
 
 use landfall::render;
 use landfall_engine::compile::compile;
-use landfall_engine::source::Source;
+use landfall_engine::diag::codes;
+use landfall_engine::source::{self, Source};
+
+/// The code a case's file name announces (`LF0105-cycle.yaml` → `LF0105`).
+fn announced(path: &Path) -> String {
+    let name = path.file_name().unwrap().to_string_lossy().to_string();
+    let code = name.split('-').next().unwrap_or_default().to_string();
+    assert!(
+        codes::ALL.contains(&code.as_str()),
+        "{name}: a case is named `<code>-<case>` after a code of `landfall_engine::diag::codes`"
+    );
+    code
+}
+
+fn cases(dir: &str) -> Vec<std::path::PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(dir);
+    let mut out: Vec<_> = std::fs::read_dir(root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    out.sort();
+    out
+}
 
 #[test]
 fn every_broken_workflow_gets_a_located_report() {
@@ -22,8 +53,80 @@ fn every_broken_workflow_gets_a_located_report() {
             assert!(d.span.is_some(), "{name}: `{}` has no location", d.message);
             assert!(d.help.is_some(), "{name}: `{}` has no help", d.message);
         }
+        let code = announced(path);
+        assert!(
+            compiled.report.diagnostics.iter().any(|d| d.code == code),
+            "{name} is the case of {code} but does not show it"
+        );
         insta::assert_snapshot!(render::report(&compiled.report, false));
     });
+}
+
+#[test]
+fn every_broken_inputs_file_gets_every_problem_named() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let registry = landfall_steps::registry(&landfall_steps::Settings {
+        templates_dir: root.join("templates"),
+    });
+    let wf_text = std::fs::read_to_string(root.join("workflows/onboarding.yaml")).unwrap();
+    let wf = compile(&Source::new("onboarding.yaml", wf_text), &registry)
+        .workflow
+        .unwrap();
+    insta::glob!("../fixtures/invalid-inputs", "*.*", |path| {
+        let text = std::fs::read_to_string(path).unwrap();
+        let (doc, _) = source::parse(&Source::new("inputs.yaml", text)).unwrap();
+        let provided = doc.value.as_object().cloned().unwrap();
+        let errs = landfall_engine::inputs::resolve_and_check(&wf, &registry, provided, &[])
+            .expect_err("a broken inputs file was accepted");
+        let code = announced(path);
+        assert!(
+            errs.iter().any(|e| e.code == code),
+            "{} does not show {code}: {errs:#?}",
+            path.display()
+        );
+        insta::assert_snapshot!(render::input_errors(&errs));
+    });
+}
+
+#[test]
+fn every_broken_configuration_gets_a_located_report() {
+    insta::glob!("../fixtures/invalid-config", "*.toml", |path| {
+        let code = announced(path);
+        match landfall::config::load(Some(path), None, Default::default()) {
+            Err(landfall::config::ConfigError::File(r)) => {
+                assert!(r.diagnostics.iter().all(|d| d.span.is_some()));
+                assert!(r.diagnostics.iter().any(|d| d.code == code));
+                // The file's own name would hold this machine's path.
+                let mut r = *r;
+                r.source.name = path.file_name().unwrap().to_string_lossy().to_string();
+                insta::assert_snapshot!(render::report(&r, false));
+            }
+            Err(e) => panic!("{}: not located: {e}", path.display()),
+            Ok(_) => panic!("{} was accepted", path.display()),
+        }
+    });
+}
+
+/// Every code can be met and looked up: each has a case in one of the corpora, except
+/// `LF0003` (a file that cannot be read has no content to keep; `tests/it/cli.rs` reads a
+/// missing file).
+#[test]
+fn every_diagnostic_code_has_a_case() {
+    let mut covered: BTreeSet<String> = BTreeSet::new();
+    for dir in ["invalid", "invalid-inputs", "invalid-config"] {
+        for p in cases(dir) {
+            covered.insert(announced(&p));
+        }
+    }
+    let missing: Vec<&str> = codes::ALL
+        .iter()
+        .copied()
+        .filter(|c| *c != codes::IO && !covered.contains(*c))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "codes without a case in tests/fixtures/invalid*/ (add `<code>-<case>.yaml`): {missing:?}"
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Property tests of the Slack threads (seed properties 2 and 4): the real thread code and
 //! the real slack-morphism client, over HTTP to the recording Slack server.
 
+use landfall_steps::milestone::Milestone;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,12 +17,20 @@ use serde_json::json;
 
 use crate::slack_api::SlackApi;
 
+/// A `notify` step's milestone, as the plugin emits it.
 fn notification(run: &str, n: usize, to: &[String]) -> RunEvent {
+    let (kind, data) = Milestone::Notification {
+        template: "note".into(),
+        to: to.to_vec(),
+        text: format!("note {n} of {run}"),
+        blocks: None,
+    }
+    .into_parts();
     RunEvent::Milestone {
         run_id: run.into(),
         node: format!("notify{n}"),
-        kind: "notification".into(),
-        data: json!({ "text": format!("note {n} of {run}"), "to": to }),
+        kind,
+        data,
     }
 }
 

@@ -283,3 +283,10 @@ impl Store for CrashingStore {
         self.inner.is_live(id)
     }
 }
+
+#[test]
+#[should_panic(expected = "two plugins are registered as `waiter`")]
+fn a_registry_refuses_a_second_plugin_of_one_name() {
+    let mut r = Registry::new();
+    r.register(Waiter).register(Waiter);
+}

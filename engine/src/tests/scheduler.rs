@@ -348,8 +348,8 @@ steps:
                 .to_string()
         })
         .collect();
-    assert!(kinds.contains(&"Open".to_string()), "{kinds:?}");
-    assert!(kinds.contains(&"HalfOpen".to_string()), "{kinds:?}");
+    assert!(kinds.contains(&"open".to_string()), "{kinds:?}");
+    assert!(kinds.contains(&"half_open".to_string()), "{kinds:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,7 +393,7 @@ steps:
         .audit(&out.run_id)
         .unwrap()
         .into_iter()
-        .filter(|e| e.draft.kind == "breaker_changed" && e.draft.details["to"] == "Open")
+        .filter(|e| e.draft.kind == "breaker_changed" && e.draft.details["to"] == "open")
         .map(|e| {
             e.draft.details["key"]
                 .as_str()

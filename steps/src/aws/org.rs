@@ -17,6 +17,7 @@
 //! An account found by email is this customer's only if nothing says otherwise: one tagged
 //! with another customer, or sitting in another OU, is refused (permanent), never moved.
 
+use crate::milestone::Milestone;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -184,10 +185,12 @@ impl Step for Org {
                 .await
                 .map_err(|e| step_error("TagResource", e))?;
             if created {
-                ctx.milestone(
-                    "account_created",
-                    json!({ "name": a.name, "email": a.email, "id": id }),
-                );
+                Milestone::AccountCreated {
+                    name: a.name.clone(),
+                    email: a.email.clone(),
+                    id: id.clone(),
+                }
+                .emit(&ctx);
             }
             out.push(AccountOut {
                 name: a.name.clone(),

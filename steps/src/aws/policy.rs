@@ -12,6 +12,7 @@
 //! with exactly the intended content, and no stale policy left attached. Policies not managed
 //! by Landfall (e.g. `FullAWSAccess`) are left alone and reported.
 
+use crate::milestone::Milestone;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -257,10 +258,11 @@ impl Step for Policy {
             }
             attach(&client, id, &c.target_id).await?;
             count += 1;
-            ctx.milestone(
-                "policy_attached",
-                json!({ "policy": name, "target": c.target_id }),
-            );
+            Milestone::PolicyAttached {
+                policy: name.to_string(),
+                target: c.target_id.clone(),
+            }
+            .emit(&ctx);
         }
         for (name, id) in stale {
             detach(&client, id, &c.target_id).await?;

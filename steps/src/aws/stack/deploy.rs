@@ -10,6 +10,7 @@
 //! A stack that fails is not cleaned up here: that is the workflow's `rollback` step (a
 //! `when: failure()` branch), so what happens on failure is visible in the workflow file.
 
+use crate::milestone::Milestone;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -521,10 +522,14 @@ impl Job {
         slot: usize,
     ) -> Result<StackResult, StepError> {
         let token = client_token(self.ctx.idempotency_key(), &p.stack_name, "create");
-        self.ctx.milestone(
-            "stack_started",
-            json!({ "stack": p.stack_name, "account": self.target.account, "region": self.target.region, "action": "create" }),
-        );
+        Milestone::StackStarted {
+            stack: p.stack_name.clone(),
+            account: self.target.account.clone(),
+            region: self.target.region.clone(),
+            action: "create".into(),
+            change_set: None,
+        }
+        .emit(&self.ctx);
         let sent = self
             .cfn
             .create_stack()
@@ -682,10 +687,14 @@ impl Job {
             .unwrap_or_default();
         let update = kind == ChangeSetType::Update;
         if execution == "AVAILABLE" {
-            self.ctx.milestone(
-                "stack_started",
-                json!({ "stack": p.stack_name, "account": self.target.account, "region": self.target.region, "action": if update { "update" } else { "create" }, "change_set": summary }),
-            );
+            Milestone::StackStarted {
+                stack: p.stack_name.clone(),
+                account: self.target.account.clone(),
+                region: self.target.region.clone(),
+                action: if update { "update" } else { "create" }.into(),
+                change_set: Some(summary.clone()),
+            }
+            .emit(&self.ctx);
             self.cfn
                 .execute_change_set()
                 .stack_name(&stack_id)
@@ -756,10 +765,17 @@ impl Job {
                 ))
             })?
             .complete("reported")?;
-        self.ctx.milestone(
-            "stack_finished",
-            json!({ "stack": p.stack_name, "account": self.target.account, "region": self.target.region, "status": out.status, "action": action }),
-        );
+        Milestone::StackFinished {
+            stack: p.stack_name.clone(),
+            account: self.target.account.clone(),
+            region: self.target.region.clone(),
+            status: out.status.clone(),
+            action: serde_json::to_value(action)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+        }
+        .emit(&self.ctx);
         Ok(StackResult {
             name: p.name.clone(),
             stack_name: p.stack_name.clone(),

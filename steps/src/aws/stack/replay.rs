@@ -31,7 +31,7 @@ use aws_sdk_cloudformation::types::{
 use aws_sdk_cloudformation::Client;
 use aws_smithy_mocks::{mock, mock_client, MockResponse, RuleMode};
 use aws_smithy_types::error::ErrorMetadata;
-use landfall_engine::plugin::StepSignal;
+use landfall_engine::plugin::StepReport;
 use landfall_engine::{ErrorClass, StepContext};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -336,7 +336,7 @@ fn context(
     deadline: Option<Duration>,
 ) -> (
     StepContext,
-    mpsc::UnboundedReceiver<(std::sync::Arc<str>, StepSignal)>,
+    mpsc::UnboundedReceiver<(std::sync::Arc<str>, StepReport)>,
 ) {
     let (tx, rx) = mpsc::unbounded_channel();
     let ctx = StepContext::new(
@@ -370,10 +370,10 @@ fn job(cfn: Client, ctx: &StepContext) -> Job {
     }
 }
 
-fn percents(rx: &mut mpsc::UnboundedReceiver<(std::sync::Arc<str>, StepSignal)>) -> Vec<f64> {
+fn percents(rx: &mut mpsc::UnboundedReceiver<(std::sync::Arc<str>, StepReport)>) -> Vec<f64> {
     let mut out = Vec::new();
     while let Ok((_, s)) = rx.try_recv() {
-        if let StepSignal::Progress { percent, .. } = s {
+        if let StepReport::Progress { percent, .. } = s {
             out.push(percent);
         }
     }

@@ -10,6 +10,7 @@
 //! stack the failed events' reasons are captured: they are the cause, recorded in the outputs
 //! and the audit log (`rollback` milestone).
 
+use crate::milestone::{Milestone, RollbackSummary};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -44,18 +45,25 @@ fn yes() -> bool {
 pub struct RollbackConfig {
     /// The package as `id@version` (the one the failed deploy used).
     pub package: String,
+    /// The digest the package must have (what was deployed); another content is refused.
     #[serde(default)]
     pub digest: Option<String>,
+    /// The account and region to roll back (one item of the `targets` step).
     pub target: Target,
+    /// The values the deploy was given for the stacks' `deploy_parameters`.
     #[serde(default)]
     pub parameters: BTreeMap<String, String>,
     /// Also delete stacks this run created successfully (all or nothing per target).
     #[serde(default = "yes")]
     pub delete_created: bool,
+    /// The role assumed in the target account (the deployer's: it undoes what it did).
     #[serde(default = "default_deployer")]
     pub role: String,
+    /// Tried only when `role` may not be assumed, as for `deploy`. Off unless the workflow
+    /// says so.
     #[serde(default)]
     pub fallback_role: Option<String>,
+    /// How often to look at a stack operation the rollback waits for.
     #[serde(default)]
     pub poll: Poll,
     /// The run's failures (`"{{ run.failures }}"`): a deploy that tried to create a stack
@@ -200,15 +208,16 @@ impl Step for Rollback {
                 }
             }
         }
-        let summary = json!({
-            "account": c.target.account,
-            "account_id": c.target.account_id,
-            "region": c.target.region,
-            "stacks": steps,
-            "causes": causes,
-            "left_behind": left,
-        });
-        ctx.milestone("rollback", summary.clone());
+        let summary = RollbackSummary {
+            account: c.target.account.clone(),
+            account_id: c.target.account_id.clone(),
+            region: c.target.region.clone(),
+            stacks: serde_json::to_value(&steps).unwrap_or_default(),
+            causes: causes.clone(),
+            left_behind: left.clone(),
+        };
+        Milestone::Rollback(summary.clone()).emit(&ctx);
+        let summary = serde_json::to_value(summary).unwrap_or_default();
         if let Some(first) = errors.into_iter().next() {
             return Err(StepError::new(
                 first.class,
@@ -286,10 +295,12 @@ pub(crate) async fn roll_back_stack(
                 .collect();
         }
         let started = |what: &str| {
-            ctx.milestone(
-                "rollback_started",
-                json!({ "stack": p.stack_name, "status": status, "action": what }),
-            );
+            Milestone::RollbackStarted {
+                stack: p.stack_name.clone(),
+                status: status.clone(),
+                action: what.to_string(),
+            }
+            .emit(ctx);
         };
         let outcome = match decision {
             Decision::Nothing => return Ok(result),

@@ -34,6 +34,7 @@ pub struct VerifyConfig {
     /// The digest the package must have.
     #[serde(default)]
     pub digest: Option<String>,
+    /// The account and region to look at (one item of the `targets` step).
     pub target: Target,
     /// Values for the stacks' `deploy_parameters` (only their presence matters here).
     #[serde(default)]
@@ -41,6 +42,8 @@ pub struct VerifyConfig {
     /// The (read-only) role assumed in the target account.
     #[serde(default = "default_verifier")]
     pub role: String,
+    /// Tried only when `role` may not be assumed, as for `deploy`. Off unless the workflow
+    /// says so.
     #[serde(default)]
     pub fallback_role: Option<String>,
 }

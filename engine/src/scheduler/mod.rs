@@ -1,0 +1,387 @@
+//! Runs a workflow: decides which nodes start, runs their attempts, retries, checkpoints.
+//!
+//! One task owns a run's state. Each loop turn it activates steps whose `needs` are done,
+//! starts nodes up to `max_parallel`, commits every transition of the turn in one durable
+//! transaction (group commit), and only then starts attempts and tells observers. So a
+//! dependent never starts before its predecessor's success is on disk, and parallel nodes
+//! share fsyncs. An attempt's first poll runs in this task; one that finishes there is
+//! handled at once, one that has to wait gets a task of its own and reports back over a
+//! channel. The scheduler is the only writer.
+
+mod activate;
+mod attempts;
+mod execution;
+mod transitions;
+
+use std::collections::VecDeque;
+use std::ops::Range;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::breaker::{Breaker, Breakers, Transition};
+use crate::error::StepError;
+use crate::events::{Observer, RunEvent};
+use crate::plugin::{Plugin, Registry, RunLink, StepReport};
+use crate::state::{NodeRecord, NodeStatus, RunRecord, RunStatus, Signal, Trigger};
+use crate::store::{AuditDraft, Batch, Store, StoreError};
+use crate::workflow::Workflow;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("run `{0}` is being executed by another process")]
+    Busy(String),
+    #[error("run `{run_id}` already exists with a different {what}; choose another --run-id")]
+    Conflict { run_id: String, what: &'static str },
+    #[error("run `{0}` has already finished ({1})")]
+    Finished(String, RunStatus),
+    #[error("invalid run id `{0}`: use letters, digits, `-` and `_` (at most 64)")]
+    BadRunId(String),
+    #[error("the stored workflow of run `{0}` no longer compiles: {1}")]
+    Stale(String, String),
+    #[error("{} invalid input(s): {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Inputs(Vec<crate::inputs::InputError>),
+    #[error("no run `{0}`")]
+    NoSuchRun(String),
+    #[error("run `{0}` has no node `{1}`")]
+    NoSuchNode(String, String),
+    #[error("node `{0}` has already finished ({1})")]
+    NodeFinished(String, NodeStatus),
+}
+
+/// How a caller stops a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunControl {
+    /// Stop scheduling, let running attempts finish for `grace`, then cancel them; the run
+    /// ends `interrupted` and can be resumed (Ctrl-C).
+    pub interrupt: CancellationToken,
+    /// Cancel everything now; the run ends `cancelled` (a user's explicit cancel).
+    pub cancel: CancellationToken,
+    pub grace: Duration,
+}
+
+/// What a new run is made of.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub run_id: Option<String>,
+    pub inputs: Map<String, Value>,
+    pub trigger: Trigger,
+    pub max_parallel: usize,
+}
+
+/// The executor: a registry of plugins, a store, and the breakers shared by all its runs.
+#[derive(Clone)]
+pub struct Engine {
+    pub registry: Arc<Registry>,
+    pub store: Arc<dyn Store>,
+    pub breakers: Arc<Breakers>,
+    observers: Vec<Arc<dyn Observer>>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub run_id: String,
+    pub status: RunStatus,
+}
+
+pub fn valid_run_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl Engine {
+    pub fn new(registry: Arc<Registry>, store: Arc<dyn Store>) -> Self {
+        Engine {
+            registry,
+            store,
+            breakers: Arc::new(Breakers::default()),
+            observers: Vec::new(),
+        }
+    }
+
+    pub fn observe(&mut self, o: Arc<dyn Observer>) {
+        self.observers.push(o);
+    }
+
+    /// Creates a run (durably) or, for a `run_id` that exists with the same workflow and
+    /// inputs, returns that run so the caller resumes it instead of starting a duplicate.
+    pub fn create_run(&self, wf: &Workflow, new: NewRun) -> Result<RunRecord, EngineError> {
+        let inputs =
+            crate::inputs::resolve(&wf.inputs, new.inputs, &[]).map_err(EngineError::Inputs)?;
+        let inputs = Value::Object(inputs);
+        let inputs_digest = crate::digest::digest_of(&inputs);
+        if let Some(id) = &new.run_id {
+            if !valid_run_id(id) {
+                return Err(EngineError::BadRunId(id.clone()));
+            }
+            if let Some(existing) = self.store.run(id)? {
+                if existing.workflow_digest != wf.digest {
+                    return Err(EngineError::Conflict {
+                        run_id: id.clone(),
+                        what: "workflow",
+                    });
+                }
+                if existing.inputs_digest != inputs_digest {
+                    return Err(EngineError::Conflict {
+                        run_id: id.clone(),
+                        what: "set of inputs",
+                    });
+                }
+                return Ok(existing);
+            }
+        }
+        let run_id = new
+            .run_id
+            .unwrap_or_else(|| format!("r-{}", ulid::Ulid::new().to_string().to_lowercase()));
+        let record = RunRecord {
+            run_id: run_id.clone(),
+            workflow: wf.name.clone(),
+            workflow_file: wf.source.name.clone(),
+            workflow_text: Arc::clone(&wf.source.text),
+            workflow_digest: wf.digest.clone(),
+            inputs_digest,
+            inputs,
+            trigger: new.trigger.clone(),
+            status: RunStatus::Running,
+            max_parallel: new.max_parallel.max(1),
+            started_at: Utc::now(),
+            finished_at: None,
+        };
+        let audit = AuditDraft::new(
+            &new.trigger.actor,
+            &run_id,
+            "run_created",
+            json!({
+                "workflow": wf.name,
+                "workflow_digest": wf.digest,
+                "inputs_digest": record.inputs_digest,
+                "trigger": new.trigger.source,
+            }),
+        );
+        self.store.commit(Batch {
+            runs: vec![record.clone()],
+            audit: vec![audit.into()],
+            ..Batch::default()
+        })?;
+        Ok(record)
+    }
+
+    /// Delivers a signal (an approval) to a node of a run, durably, with an audit entry. Works
+    /// from any process that shares the state file; the waiting step picks it up.
+    pub fn signal(&self, run_id: &str, node_id: &str, signal: Signal) -> Result<(), EngineError> {
+        let run = self
+            .store
+            .run(run_id)?
+            .ok_or_else(|| EngineError::NoSuchRun(run_id.to_string()))?;
+        if run.status.is_terminal() {
+            return Err(EngineError::Finished(run_id.to_string(), run.status));
+        }
+        let node = self
+            .store
+            .nodes(run_id)?
+            .into_iter()
+            .find(|n| &*n.node_id == node_id)
+            .ok_or_else(|| EngineError::NoSuchNode(run_id.to_string(), node_id.to_string()))?;
+        if node.status.is_terminal() {
+            return Err(EngineError::NodeFinished(node_id.to_string(), node.status));
+        }
+        let mut audit = AuditDraft::new(
+            &signal.actor,
+            run_id,
+            "signal_received",
+            json!({ "value": signal.value }),
+        );
+        audit.node = Some(node_id.to_string());
+        self.store.commit(Batch {
+            signals: vec![(run_id.to_string(), node_id.to_string(), signal)],
+            audit: vec![audit.into()],
+            ..Batch::default()
+        })?;
+        Ok(())
+    }
+
+    /// Keeps observer data with a run (e.g. the Slack channel and thread of its messages).
+    pub fn annotate(&self, run_id: &str, key: &str, value: Value) -> Result<(), EngineError> {
+        self.store.commit(Batch {
+            annotations: vec![(run_id.to_string(), key.to_string(), value)],
+            ..Batch::default()
+        })?;
+        Ok(())
+    }
+
+    /// Executes (or resumes) a run until it finishes or is stopped.
+    pub async fn execute(
+        &self,
+        wf: Arc<Workflow>,
+        run: RunRecord,
+        control: RunControl,
+        observers: &[Arc<dyn Observer>],
+    ) -> Result<RunOutcome, EngineError> {
+        if run.status.is_terminal() {
+            return Err(EngineError::Finished(run.run_id.clone(), run.status));
+        }
+        let lease = self
+            .store
+            .lease(&run.run_id)?
+            .ok_or_else(|| EngineError::Busy(run.run_id.clone()))?;
+        // The caller read the run before it held the lock: another process may have finished
+        // it in between. Only the record read under the lock counts.
+        let run = match self.store.run(&run.run_id)? {
+            Some(now) if now.status.is_terminal() => {
+                return Err(EngineError::Finished(now.run_id.clone(), now.status));
+            }
+            Some(now) => now,
+            None => run,
+        };
+        let mut obs: Vec<Arc<dyn Observer>> = self.observers.clone();
+        obs.extend(observers.iter().cloned());
+        let existing = self.store.nodes(&run.run_id)?;
+        let mut ex = Execution::new(self, wf, run, control, obs, existing);
+        let res = ex.run().await;
+        drop(lease);
+        res
+    }
+}
+
+enum Msg {
+    Done {
+        node: usize,
+        result: Result<Value, StepError>,
+    },
+    RetryDue {
+        node: usize,
+    },
+    Breaker {
+        node: usize,
+        key: String,
+        change: Transition,
+    },
+}
+
+/// A step's plugin, with its registered name.
+type Resolved = (Arc<dyn Plugin>, &'static str);
+
+/// A node of the run, by its position in [`Execution::nodes`].
+struct Node {
+    id: Arc<str>,
+    /// Its step's index in the workflow.
+    step: usize,
+    /// Copy-on-write: the batch being committed and the store may hold this very record, so
+    /// a node's record is changed only through [`Arc::make_mut`]. A turn's changes to one
+    /// node are made in place; the record is copied at most once per commit that wrote it.
+    rec: Arc<NodeRecord>,
+    /// In [`Execution::dirty`]: changed since the last commit.
+    dirty: bool,
+}
+
+struct Execution<'a> {
+    engine: &'a Engine,
+    wf: Arc<Workflow>,
+    run: RunRecord,
+    control: RunControl,
+    observers: Vec<Arc<dyn Observer>>,
+    /// Every node of the run. A node is named by its index everywhere inside the scheduler;
+    /// its id string is looked up only for what comes from outside (a plugin's signals).
+    nodes: Vec<Node>,
+    // Fx hashing: node ids are ours, not an attacker's, and SipHash showed in profiles.
+    by_id: FxHashMap<Arc<str>, usize>,
+    /// The nodes of each step, once activated: a step's nodes are created together, so they
+    /// are contiguous.
+    step_nodes: Vec<Option<Range<usize>>>,
+    /// Non-terminal nodes per activated step; 0 = the step is done.
+    open: Vec<usize>,
+    /// Needs of each step that are not done yet.
+    waiting_on: Vec<usize>,
+    activatable: VecDeque<usize>,
+    /// Nodes ready to start.
+    ready: VecDeque<usize>,
+    /// Attempts in flight in tasks of their own, with their cancellation tokens.
+    live: FxHashMap<usize, CancellationToken>,
+    /// Live nodes waiting for a signal: they hold no parallelism slot.
+    waiting: FxHashSet<usize>,
+    /// Nodes that start an attempt once this turn's batch is durable.
+    to_spawn: Vec<usize>,
+    /// Attempts that ended in their first poll: (node, cancelled, result).
+    finished_inline: Vec<(usize, bool, Result<Value, StepError>)>,
+    /// Nodes between two attempts.
+    retrying: FxHashMap<usize, CancellationToken>,
+    deadlines: FxHashMap<usize, Instant>,
+    batch: Batch,
+    /// Nodes changed since the last commit.
+    dirty: Vec<usize>,
+    events: Vec<RunEvent>,
+    tx: mpsc::UnboundedSender<Msg>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    reports: mpsc::UnboundedReceiver<(Arc<str>, StepReport)>,
+    /// Set once the run stops before its work is done; never unset.
+    stop: Option<Stop>,
+    resumed: bool,
+    /// Durable commits made by this execution.
+    commits: u64,
+    /// Bumped whenever the expression context changes (a step finished, a node failed).
+    ctx_gen: u64,
+    ctx_cache: Option<(u64, minijinja::Value)>,
+    /// Each step's plugin, once an attempt needed it.
+    resolved: Vec<Option<Resolved>>,
+    /// The breakers this run used, by circuit key and scope: steps share them, and the
+    /// process-wide map is behind a lock.
+    breakers: FxHashMap<Box<str>, Arc<Breaker>>,
+    /// Given to every attempt's context.
+    link: Arc<RunLink>,
+    /// The run's id and actor, shared by its audit entries.
+    run_id: Arc<str>,
+    actor: Arc<str>,
+    /// The time of this turn: what the scheduler records happened at one moment (one commit's
+    /// transitions) gets one timestamp, read once (see [`Self::tick`]).
+    now: DateTime<Utc>,
+}
+
+/// Why a run stops before its work is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Ctrl-C or a server shutting down: no new attempts, running ones get the grace period,
+    /// then are cut off; what did not finish stays pending for `resume`.
+    Interrupt,
+    /// `cancel`: running attempts are cancelled, what did not start is cancelled.
+    Cancel,
+    /// A critical failure: like a cancel, and steps not yet activated are skipped (no failure
+    /// handlers: nothing more may touch the outside world).
+    Critical,
+}
+
+/// The record of a step's only node, whose id is the step's (one string for both).
+fn single_node(step_id: &str) -> NodeRecord {
+    let id: Arc<str> = step_id.into();
+    NodeRecord::new(Arc::clone(&id), id)
+}
+
+fn aggregate_status<'r>(recs: impl Iterator<Item = &'r NodeRecord> + Clone) -> NodeStatus {
+    let mut recs = recs;
+    if recs.clone().any(|r| r.status == NodeStatus::Failed) {
+        NodeStatus::Failed
+    } else if recs.clone().any(|r| r.status == NodeStatus::Cancelled) {
+        NodeStatus::Cancelled
+    } else if recs.clone().next().is_some() && recs.clone().all(|r| r.status == NodeStatus::Skipped)
+    {
+        NodeStatus::Skipped
+    } else if recs.clone().all(|r| r.status.is_terminal()) {
+        NodeStatus::Succeeded
+    } else if recs.any(|r| r.status == NodeStatus::Running) {
+        NodeStatus::Running
+    } else {
+        NodeStatus::Pending
+    }
+}

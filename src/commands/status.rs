@@ -1,0 +1,164 @@
+//! `status`: the runs of the state file, or one run's nodes; also the documented JSON shape
+//! of a run that `run --json` prints.
+
+use landfall_engine::compile::compile;
+use landfall_engine::inputs;
+use landfall_engine::source::Source;
+use landfall_engine::state::{NodeRecord, NodeStatus, RunRecord, RunStatus};
+use landfall_engine::store::Store;
+use landfall_engine::Registry;
+use serde_json::{json, Value};
+
+use super::{print_json, App, Failure, Res, EXIT_OK};
+use crate::render;
+
+impl App {
+    pub(super) fn status(&self, run_id: Option<&str>, json: bool, limit: usize) -> Res<i32> {
+        let Some(store) = self.readable_store()? else {
+            if let Some(id) = run_id {
+                return Err(self.no_state(&format!("run `{id}`")));
+            }
+            return Ok(self.empty_listing("runs", json));
+        };
+        if let Some(id) = run_id {
+            let doc = run_json(store.as_ref(), id, &self.registry)?;
+            if json {
+                print_json(&doc);
+            } else {
+                print_run(&doc);
+            }
+            return Ok(EXIT_OK);
+        }
+        let runs = store.runs()?;
+        let rows: Vec<Value> = runs
+            .iter()
+            .take(limit)
+            .map(|r| {
+                json!({
+                    "run_id": r.run_id,
+                    "workflow": r.workflow,
+                    "status": effective_status(store.as_ref(), r),
+                    "started_at": r.started_at,
+                    "finished_at": r.finished_at,
+                    "actor": r.trigger.actor,
+                })
+            })
+            .collect();
+        if json {
+            print_json(&Value::Array(rows));
+            return Ok(EXIT_OK);
+        }
+        if rows.is_empty() {
+            eprintln!("no runs yet in {}", store.path().display());
+            return Ok(EXIT_OK);
+        }
+        let mut out = String::new();
+        out.push_str(&format!(
+            "{:<30} {:<20} {:<12} {:<20} {:>9}  {}\n",
+            "RUN", "WORKFLOW", "STATUS", "STARTED", "DURATION", "ACTOR"
+        ));
+        for (r, row) in runs.iter().zip(&rows) {
+            let dur = r
+                .finished_at
+                .map(|f| render::duration((f - r.started_at).num_milliseconds()))
+                .unwrap_or_else(|| "-".into());
+            out.push_str(&format!(
+                "{:<30} {:<20} {:<12} {:<20} {:>9}  {}\n",
+                r.run_id,
+                r.workflow,
+                row["status"].as_str().unwrap_or_default(),
+                r.started_at.format("%Y-%m-%d %H:%M:%S"),
+                dur,
+                r.trigger.actor
+            ));
+        }
+        print!("{out}");
+        Ok(EXIT_OK)
+    }
+}
+
+/// A run whose record says running but that no live process holds was interrupted.
+fn effective_status(store: &dyn Store, r: &RunRecord) -> RunStatus {
+    if r.status == RunStatus::Running && !store.is_live(&r.run_id) {
+        RunStatus::Interrupted
+    } else {
+        r.status
+    }
+}
+
+/// The documented `status RUN --json` / `run --json` shape.
+pub fn run_json(store: &dyn Store, run_id: &str, registry: &Registry) -> Res<Value> {
+    let run = store
+        .run(run_id)?
+        .ok_or_else(|| Failure::invalid(format!("no run `{run_id}`")))?;
+    let nodes = store.nodes(run_id)?;
+    let source = Source::new(run.workflow_file.clone(), run.workflow_text.clone());
+    let wf = compile(&source, registry).workflow;
+    let order: Vec<String> = wf
+        .as_ref()
+        .map(|wf| wf.order.iter().map(|&i| wf.steps[i].id.clone()).collect())
+        .unwrap_or_default();
+    // Secret inputs never leave the state file; without the workflow, hide them all.
+    let inputs = match &wf {
+        Some(wf) => inputs::redacted(&wf.inputs, &run.inputs),
+        None => Value::String("(hidden: the stored workflow no longer compiles)".into()),
+    };
+    let mut list: Vec<&NodeRecord> = nodes.iter().collect();
+    let pos = |step: &str| order.iter().position(|s| s == step).unwrap_or(usize::MAX);
+    list.sort_by_key(|n| (pos(&n.step_id), n.index.unwrap_or(0)));
+    let mut out: Vec<Value> = list.iter().map(|n| node_json(n)).collect();
+    for step in &order {
+        if !nodes.iter().any(|n| *n.step_id == **step) {
+            out.push(json!({ "id": step, "status": NodeStatus::Pending, "attempts": 0, "started_at": null, "finished_at": null, "outputs": null, "error": null }));
+        }
+    }
+    Ok(json!({
+        "run_id": run.run_id,
+        "workflow": run.workflow,
+        "status": effective_status(store, &run),
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "actor": run.trigger.actor,
+        "inputs": inputs,
+        "nodes": out,
+    }))
+}
+
+fn node_json(n: &NodeRecord) -> Value {
+    let mut v = json!({
+        "id": n.node_id,
+        "status": n.status,
+        "attempts": n.attempts,
+        "started_at": n.started_at,
+        "finished_at": n.finished_at,
+        "outputs": n.outputs,
+        "error": n.error.as_ref().map(|e| json!({ "class": e.class, "message": e.message })),
+    });
+    if let Some(r) = n.skip_reason {
+        v["skip_reason"] = json!(r);
+    }
+    v
+}
+
+fn print_run(doc: &Value) {
+    let mut out = format!(
+        "run {}  workflow {}  status {}  actor {}\n",
+        doc["run_id"].as_str().unwrap_or_default(),
+        doc["workflow"].as_str().unwrap_or_default(),
+        doc["status"].as_str().unwrap_or_default(),
+        doc["actor"].as_str().unwrap_or_default(),
+    );
+    for n in doc["nodes"].as_array().into_iter().flatten() {
+        let err = n["error"]["message"]
+            .as_str()
+            .map(|m| format!("  {m}"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  {:<28} {:<10} attempts {}{err}\n",
+            n["id"].as_str().unwrap_or_default(),
+            n["status"].as_str().unwrap_or_default(),
+            n["attempts"]
+        ));
+    }
+    print!("{out}");
+}
