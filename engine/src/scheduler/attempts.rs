@@ -267,6 +267,7 @@ impl Execution<'_> {
                     "attempt_interrupted",
                     json!({ "attempt": attempt }),
                 );
+                *self.cut_offs.entry(node).or_default() += 1;
                 self.transition(node, NodeStatus::Pending);
             }
             Some(Stop::Cancel | Stop::Critical) if was_cancelled => {

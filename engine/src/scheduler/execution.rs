@@ -105,6 +105,7 @@ impl<'a> Execution<'a> {
             finished_inline: Vec::new(),
             retrying: Default::default(),
             deadlines: Default::default(),
+            cut_offs: Default::default(),
             batch: Batch::default(),
             dirty: Vec::new(),
             events: Vec::new(),
@@ -129,6 +130,21 @@ impl<'a> Execution<'a> {
     /// durable commit, after waiting.
     pub(super) fn tick(&mut self) {
         self.now = Utc::now();
+    }
+
+    /// The attempts earlier processes had cut off, per node, from the run's audit.
+    fn count_cut_offs(&mut self) -> Result<(), EngineError> {
+        let entries = self.engine.store.audit(&self.run_id)?;
+        for e in entries {
+            let d = &e.draft;
+            if d.kind != "attempt_cut_off" && d.kind != "attempt_interrupted" {
+                continue;
+            }
+            if let Some(&i) = d.node.as_deref().and_then(|n| self.by_id.get(n)) {
+                *self.cut_offs.entry(i).or_default() += 1;
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn audit(&mut self, node: Option<usize>, kind: &str, details: Value) {
@@ -173,7 +189,15 @@ impl<'a> Execution<'a> {
             })
             .collect();
         cut_off.sort_by(|&a, &b| self.nodes[a].id.cmp(&self.nodes[b].id));
+        if self.resumed {
+            self.count_cut_offs()?;
+        }
         for i in cut_off {
+            // A kill is not the step's failure: the attempt runs again without using up one
+            // of its tries (else a few host restarts during one long step fail the run).
+            let attempt = self.rec(i).attempts;
+            self.audit(Some(i), "attempt_cut_off", json!({ "attempt": attempt }));
+            *self.cut_offs.entry(i).or_default() += 1;
             self.transition(i, NodeStatus::Pending);
         }
         // Nodes are in step order, and each step's in instance order.

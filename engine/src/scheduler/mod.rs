@@ -319,6 +319,10 @@ struct Execution<'a> {
     /// Nodes between two attempts.
     retrying: FxHashMap<usize, CancellationToken>,
     deadlines: FxHashMap<usize, Instant>,
+    /// Attempts of a node that were cut off (the process killed, or Ctrl-C past the grace
+    /// period) rather than ended by the step: they do not count against `max_attempts`. Read
+    /// from the run's audit (`attempt_cut_off`, `attempt_interrupted`) when it resumes.
+    cut_offs: FxHashMap<usize, u32>,
     batch: Batch,
     /// Nodes changed since the last commit.
     dirty: Vec<usize>,

@@ -222,9 +222,13 @@ impl Execution<'_> {
         let wf = Arc::clone(&self.wf);
         let step = &wf.steps[self.nodes[node].step];
         let attempts = self.rec(node).attempts;
+        // Only attempts the step ended count against `max_attempts` (see `cut_offs`).
+        let counted = attempts
+            .saturating_sub(self.cut_offs.get(&node).copied().unwrap_or(0))
+            .max(1);
         let deadline = self.deadlines.get(&node).copied();
         let retry = if self.stop.is_none() {
-            step.retry.should_retry(attempts, &err)
+            step.retry.should_retry(counted, &err)
         } else {
             None
         };

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::state::{RunStatus, SkipReason};
-use crate::store::verify_chain;
+use crate::store::{verify_chain, AuditDraft};
 
 fn engine(probe: &Arc<Probe>) -> (Engine, Arc<MemStore>, Registry) {
     let store = Arc::new(MemStore::new());
@@ -763,4 +763,62 @@ async fn a_run_held_by_another_executor_is_busy_and_runs_nothing() {
         .await
         .unwrap();
     assert_eq!(out.status, RunStatus::Succeeded);
+}
+
+/// A process killed during a step is not the step failing: the cut-off attempts do not use up
+/// its tries. Here a node was cut off three times (two earlier resumes recorded it, the third
+/// is found running now) with `max_attempts: 3`; the attempt after the resume fails once
+/// (transient) and still gets its retry. Counting the kills, the run failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_cut_off_by_a_crash_do_not_use_up_the_retries() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = Arc::new(workflow(
+        r#"
+name: t
+steps:
+  - id: a
+    uses: test
+    with: { fail_times: 1 }
+    retry: { max_attempts: 3, initial_delay: 1ms, max_delay: 1ms, jitter: none }
+"#,
+        &reg,
+    ));
+    let rec = eng.create_run(&wf, new_run(1)).unwrap();
+    let run_id = rec.run_id.clone();
+    let id: Arc<str> = "a".into();
+    let mut node = crate::state::NodeRecord::new(Arc::clone(&id), id);
+    node.status = NodeStatus::Running;
+    node.attempts = 3;
+    let earlier: Vec<_> = (1..=2)
+        .map(|a| {
+            AuditDraft::new("cli:x", &run_id, "attempt_cut_off", json!({ "attempt": a }))
+                .node("a")
+                .into()
+        })
+        .collect();
+    store
+        .commit(Batch {
+            nodes: vec![(run_id.as_str().into(), vec![Arc::new(node)])],
+            audit: earlier,
+            ..Batch::default()
+        })
+        .unwrap();
+    let rec = store.run(&run_id).unwrap().unwrap();
+    let out = eng
+        .execute(Arc::clone(&wf), rec, RunControl::default(), &[])
+        .await
+        .unwrap();
+    assert_eq!(out.status, RunStatus::Succeeded);
+    let node = &store.nodes(&run_id).unwrap()[0];
+    assert_eq!(node.attempts, 5, "3 cut off, 1 failed, 1 succeeded");
+    assert_eq!(probe.count("a"), 2);
+    let cut: Vec<_> = store
+        .audit(&run_id)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.draft.kind == "attempt_cut_off")
+        .map(|e| e.draft.details["attempt"].clone())
+        .collect();
+    assert_eq!(cut, [json!(1), json!(2), json!(3)]);
 }
