@@ -13,8 +13,8 @@ use landfall_engine::compile::compile;
 use landfall_engine::source::Source;
 use landfall_engine::state::{RunStatus, Trigger};
 use landfall_engine::store::{Batch, MemStore, RedbStore, Store};
-use landfall_engine::workflow::Workflow;
-use landfall_engine::{Engine, NewRun, Registry, RunControl, Step, StepContext, StepError};
+use landfall_engine::Workflow;
+use landfall_engine::{Engine, NewRun, Plugin, Registry, RunControl, StepContext, StepError};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -58,7 +58,7 @@ struct Noop;
 struct NoConfig {}
 
 #[async_trait]
-impl Step for Noop {
+impl Plugin for Noop {
     const NAME: &'static str = "noop";
     const SUMMARY: &'static str = "does nothing";
     type Config = NoConfig;
@@ -76,7 +76,7 @@ struct EchoConfig {
 }
 
 #[async_trait]
-impl Step for Echo {
+impl Plugin for Echo {
     const NAME: &'static str = "echo";
     const SUMMARY: &'static str = "returns its value";
     type Config = EchoConfig;

@@ -522,7 +522,7 @@ fn phase_plugins(specs: &[(Path, StepSpec)], registry: &Registry, diags: &mut Ve
             diags.push(
                 Diagnostic::error(
                     codes::UNKNOWN_PLUGIN,
-                    format!("unknown step kind `{}`", s.uses),
+                    format!("unknown plugin `{}`", s.uses),
                 )
                 .with_path(p.key("uses"))
                 .with_label("no plugin has this name")

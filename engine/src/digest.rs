@@ -9,7 +9,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// RFC 8785 canonical JSON: object keys sorted, numbers and strings in one spelling. Used for
 /// every digest so that map ordering (which some dependencies change globally) never matters.
-pub fn canonical_json<T: Serialize + ?Sized>(value: &T) -> String {
+pub(crate) fn canonical_json<T: Serialize + ?Sized>(value: &T) -> String {
     // serde_jcs fails only for values JSON cannot hold (non-string map keys); our records
     // have none, and an empty string still yields a stable digest.
     serde_jcs::to_string(value).unwrap_or_default()

@@ -5,31 +5,39 @@
 //! circuit breakers ([`scheduler`]), and checkpoints every transition in a [`store`]. Plugins
 //! ([`plugin::Step`]) do the work; observers ([`events::Observer`]) watch it.
 
-pub mod breaker;
+// The modules other crates use. The rest are private; what of them is part of the engine's
+// interface is re-exported below, so a caller names `landfall_engine::RetryPolicy`, never a
+// path into the engine's layout.
 pub mod compile;
 pub mod crypto;
 pub mod diag;
-pub mod digest;
-pub mod error;
 pub mod events;
 pub mod expr;
 pub mod inputs;
-pub mod lock;
 pub mod package;
 pub mod path;
 pub mod plugin;
-pub mod retry;
-pub mod scheduler;
 pub mod source;
 pub mod spec;
 pub mod state;
 pub mod store;
-pub mod workflow;
+
+mod breaker;
+mod digest;
+mod error;
+mod lock;
+mod retry;
+mod scheduler;
+mod workflow;
 
 #[cfg(test)]
 mod tests;
 
+pub use breaker::{BreakerConfig, BreakerState};
+pub use digest::{digest_of, sha256_hex};
 pub use error::{ErrorClass, StepError};
-pub use plugin::{Registry, Step, StepContext};
-pub use scheduler::{Engine, EngineError, NewRun, RunControl, RunOutcome};
-pub use workflow::Workflow;
+pub use lock::RunLease;
+pub use plugin::{DynPlugin, Plugin, Registry, StepContext};
+pub use retry::RetryPolicy;
+pub use scheduler::{valid_run_id, Engine, EngineError, NewRun, RunControl, RunOutcome};
+pub use workflow::{Condition, RunsOn, Step as WorkflowStep, Workflow};

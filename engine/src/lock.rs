@@ -20,7 +20,7 @@ impl RunLease {
 }
 
 #[derive(Debug, Clone)]
-pub struct RunLocks {
+pub(crate) struct RunLocks {
     dir: PathBuf,
 }
 
@@ -40,19 +40,19 @@ fn lock_file_name(run_id: &str) -> String {
 }
 
 impl RunLocks {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
+    pub(crate) fn new(dir: impl Into<PathBuf>) -> Self {
         RunLocks { dir: dir.into() }
     }
 
     /// The lock directory that belongs to a state file: `state.redb` → `state.redb.locks/`.
-    pub fn beside(db: &Path) -> Self {
+    pub(crate) fn beside(db: &Path) -> Self {
         let mut name = db.file_name().map(|n| n.to_os_string()).unwrap_or_default();
         name.push(".locks");
         RunLocks::new(db.with_file_name(name))
     }
 
     /// Takes the run's lock, or `None` if another live process holds it.
-    pub fn try_acquire(&self, run_id: &str) -> std::io::Result<Option<RunLease>> {
+    pub(crate) fn try_acquire(&self, run_id: &str) -> std::io::Result<Option<RunLease>> {
         std::fs::create_dir_all(&self.dir)?;
         let file = OpenOptions::new()
             .create(true)
@@ -67,7 +67,7 @@ impl RunLocks {
     }
 
     /// Whether some live process holds the run's lock.
-    pub fn is_held(&self, run_id: &str) -> bool {
+    pub(crate) fn is_held(&self, run_id: &str) -> bool {
         let path = self.dir.join(lock_file_name(run_id));
         let Ok(file) = OpenOptions::new().read(true).open(path) else {
             return false;

@@ -1,8 +1,8 @@
 //! The step plugin interface and the registry of plugins by name.
 //!
-//! A plugin author implements [`Step`]: one config struct (the step's `with:`), a cheap pure
+//! A plugin author implements [`Plugin`]: one config struct (the step's `with:`), a cheap pure
 //! `validate`, and an async `run`. [`Registry::register`] wraps it into the object-safe
-//! [`Plugin`] the scheduler calls. The engine knows no plugin by name.
+//! [`DynPlugin`] the scheduler calls. The engine knows no plugin by name.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -358,9 +358,9 @@ pub struct PluginInfo {
     pub schema: Value,
 }
 
-/// The object-safe form the scheduler calls. Implement [`Step`] instead.
+/// The object-safe form the scheduler calls. Implement [`Plugin`] instead.
 #[async_trait]
-pub trait Plugin: Send + Sync + 'static {
+pub trait DynPlugin: Send + Sync + 'static {
     fn info(&self) -> PluginInfo;
     /// Checks a `with:` block whose strings may still be templates.
     fn check(&self, with: &Value) -> Vec<ConfigProblem>;
@@ -376,7 +376,7 @@ pub trait Plugin: Send + Sync + 'static {
 
 /// A step plugin, written against its own typed config.
 #[async_trait]
-pub trait Step: Send + Sync + 'static {
+pub trait Plugin: Send + Sync + 'static {
     const NAME: &'static str;
     /// One line for `landfall steps`.
     const SUMMARY: &'static str;
@@ -391,7 +391,7 @@ pub trait Step: Send + Sync + 'static {
     /// Outputs are plain data (serde), documented like the inputs.
     async fn run(&self, config: Self::Config, ctx: StepContext) -> Result<Value, StepError>;
 
-    /// See [`Plugin::circuit_scope`]. Reads the rendered `with:` as it is (an attempt's config
+    /// See [`DynPlugin::circuit_scope`]. Reads the rendered `with:` as it is (an attempt's config
     /// is decoded once, by `run`), e.g. `"{account_id}/{region}"` of its target.
     fn circuit_scope(_with: &Value) -> Option<String> {
         None
@@ -409,7 +409,7 @@ pub fn decode<T: DeserializeOwned>(with: &Value) -> Result<T, ConfigProblem> {
 }
 
 #[async_trait]
-impl<S: Step> Plugin for Typed<S> {
+impl<S: Plugin> DynPlugin for Typed<S> {
     fn info(&self) -> PluginInfo {
         PluginInfo {
             name: S::NAME,
@@ -589,7 +589,7 @@ pub type InputCheck =
 /// Every plugin, by the name steps `use`, and the named input checks.
 #[derive(Clone, Default)]
 pub struct Registry {
-    plugins: BTreeMap<&'static str, Arc<dyn Plugin>>,
+    plugins: BTreeMap<&'static str, Arc<dyn DynPlugin>>,
     input_checks: BTreeMap<&'static str, InputCheck>,
 }
 
@@ -605,7 +605,7 @@ impl Registry {
     /// When the name is already taken: two plugins claiming one name is a defect of the build
     /// (workflows would silently get whichever came last), found by every test that builds the
     /// registry, never by a user.
-    pub fn register<S: Step>(&mut self, step: S) -> &mut Self {
+    pub fn register<S: Plugin>(&mut self, step: S) -> &mut Self {
         self.register_plugin(S::NAME, Arc::new(Typed(step)))
     }
 
@@ -615,7 +615,7 @@ impl Registry {
     /// # Panics
     ///
     /// When the name is already taken, as [`Registry::register`].
-    pub fn register_plugin(&mut self, name: &'static str, plugin: Arc<dyn Plugin>) -> &mut Self {
+    pub fn register_plugin(&mut self, name: &'static str, plugin: Arc<dyn DynPlugin>) -> &mut Self {
         let before = self.plugins.insert(name, plugin);
         assert!(
             before.is_none(),
@@ -644,12 +644,12 @@ impl Registry {
         self.input_checks.keys().copied()
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<dyn Plugin>> {
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn DynPlugin>> {
         self.plugins.get(name)
     }
 
     /// A plugin with its registered name, which lives as long as the program.
-    pub fn entry(&self, name: &str) -> Option<(&'static str, &Arc<dyn Plugin>)> {
+    pub fn entry(&self, name: &str) -> Option<(&'static str, &Arc<dyn DynPlugin>)> {
         self.plugins.get_key_value(name).map(|(k, v)| (*k, v))
     }
 
@@ -693,7 +693,7 @@ mod tests {
     struct Demo;
 
     #[async_trait]
-    impl Step for Demo {
+    impl Plugin for Demo {
         const NAME: &'static str = "demo";
         const SUMMARY: &'static str = "test";
         type Config = Cfg;

@@ -20,8 +20,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use landfall_engine::scheduler::RunControl;
 use landfall_engine::store::{AuditDraft, Batch, Store};
+use landfall_engine::RunControl;
 use landfall_engine::{Engine, Registry, Workflow};
 use serde_json::{json, Value};
 

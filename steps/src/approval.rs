@@ -20,7 +20,7 @@ use landfall_engine::path::Path;
 use landfall_engine::plugin::ConfigProblem;
 use landfall_engine::state::Signal;
 use landfall_engine::store::Store;
-use landfall_engine::{Step, StepContext, StepError};
+use landfall_engine::{Plugin, StepContext, StepError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -188,7 +188,7 @@ pub struct ApprovalConfig {
 }
 
 #[async_trait]
-impl Step for Approval {
+impl Plugin for Approval {
     const NAME: &'static str = "approval";
     const SUMMARY: &'static str =
         "Wait until a person approves (or rejects) exactly this digest, from Slack or `landfall approve`";

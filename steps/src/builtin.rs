@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use landfall_engine::{Step, StepContext, StepError};
+use landfall_engine::{Plugin, StepContext, StepError};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -29,7 +29,7 @@ pub enum LogLevelName {
 }
 
 #[async_trait]
-impl Step for Log {
+impl Plugin for Log {
     const NAME: &'static str = "log";
     const SUMMARY: &'static str = "Write a message to the run's event stream";
     type Config = LogConfig;
@@ -56,7 +56,7 @@ pub struct WaitConfig {
 }
 
 #[async_trait]
-impl Step for Wait {
+impl Plugin for Wait {
     const NAME: &'static str = "wait";
     const SUMMARY: &'static str = "Wait for a duration (cancellable)";
     type Config = WaitConfig;
@@ -82,7 +82,7 @@ pub struct AssertConfig {
 }
 
 #[async_trait]
-impl Step for Assert {
+impl Plugin for Assert {
     const NAME: &'static str = "assert";
     const SUMMARY: &'static str = "Fail permanently with a message when a condition is false";
     type Config = AssertConfig;

@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use bytesize::ByteSize;
 use landfall_engine::path::Path;
 use landfall_engine::plugin::ConfigProblem;
-use landfall_engine::{Step, StepContext, StepError};
+use landfall_engine::{Plugin, StepContext, StepError};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -133,7 +133,7 @@ async fn capture(mut r: impl AsyncRead + Unpin, cap: usize) -> Captured {
 }
 
 #[async_trait]
-impl Step for Exec {
+impl Plugin for Exec {
     const NAME: &'static str = "exec";
     const SUMMARY: &'static str =
         "Run a program; JSON-object stdout becomes the outputs; exit 75 or a time-out retries";
@@ -278,19 +278,19 @@ mod group {
     use rustix::process::{kill_process, kill_process_group, Pid, Signal};
 
     /// The process group of one attempt's program, killed when this is dropped.
-    pub struct Group(Option<Pid>);
+    pub(super) struct Group(Option<Pid>);
 
     impl Group {
-        pub fn of(child: &tokio::process::Child) -> Self {
+        pub(super) fn of(child: &tokio::process::Child) -> Self {
             // The child leads its group (process_group(0)), so the group id is its pid.
             Group(child.id().and_then(|id| Pid::from_raw(id as i32)))
         }
 
-        pub fn id(&self) -> Option<i32> {
+        pub(super) fn id(&self) -> Option<i32> {
             self.0.map(Pid::as_raw_nonzero).map(|n| n.get())
         }
 
-        pub fn kill(&self) {
+        pub(super) fn kill(&self) {
             if let Some(pgid) = self.0 {
                 // ESRCH (the group is gone) is the usual answer and fine.
                 let _ = kill_process_group(pgid, Signal::KILL);
@@ -304,7 +304,7 @@ mod group {
         }
     }
 
-    pub fn prepare(cmd: &mut tokio::process::Command) {
+    pub(super) fn prepare(cmd: &mut tokio::process::Command) {
         cmd.process_group(0);
         #[cfg(target_os = "linux")]
         {
@@ -352,7 +352,9 @@ mod group {
             .as_ref()
     }
 
-    pub async fn spawn(mut cmd: tokio::process::Command) -> io::Result<tokio::process::Child> {
+    pub(super) async fn spawn(
+        mut cmd: tokio::process::Command,
+    ) -> io::Result<tokio::process::Child> {
         let Some(tx) = spawner() else {
             return Err(io::Error::other(
                 "cannot start the thread that starts programs",
@@ -372,7 +374,7 @@ mod group {
 
     /// Kills every process an earlier attempt of this node left behind, and the process
     /// groups they are in; returns how many there were.
-    pub async fn end_leftovers(run_id: &str, node_id: &str) -> usize {
+    pub(super) async fn end_leftovers(run_id: &str, node_id: &str) -> usize {
         let run = format!("LANDFALL_RUN_ID={run_id}");
         let node = format!("LANDFALL_NODE_ID={node_id}");
         let mut killed = 0;

@@ -10,7 +10,7 @@ use crate::milestone::Milestone;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
-use landfall_engine::{Step, StepContext, StepError};
+use landfall_engine::{Plugin, StepContext, StepError};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -78,7 +78,7 @@ fn cut_texts(v: &mut Value) {
 }
 
 #[async_trait]
-impl Step for Notify {
+impl Plugin for Notify {
     const NAME: &'static str = "notify";
     const SUMMARY: &'static str =
         "Send a message rendered from templates/messages/ to stakeholders";

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use landfall_engine::package::{valid_package_id, PackageContent, PackageRef};
 use landfall_engine::path::Path;
 use landfall_engine::plugin::ConfigProblem;
-use landfall_engine::{Step, StepContext, StepError};
+use landfall_engine::{Plugin, StepContext, StepError};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -37,7 +37,7 @@ pub enum PackageConfig {
 }
 
 #[async_trait]
-impl Step for PackageStep {
+impl Plugin for PackageStep {
     const NAME: &'static str = "package";
     const SUMMARY: &'static str =
         "Publish a versioned, content-addressed package, or fetch one with its digest verified";

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use landfall_engine::{Step, StepContext};
+use landfall_engine::{Plugin, StepContext};
 use landfall_steps::aws::org::{Org, OrgConfig};
 use landfall_steps::aws::policy::{Policy, PolicyConfig};
 use proptest::prelude::*;

@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use landfall_engine::compile::compile;
-use landfall_engine::plugin::{ConfigProblem, Plugin, PluginInfo};
-use landfall_engine::scheduler::RunControl;
+use landfall_engine::plugin::{ConfigProblem, DynPlugin, PluginInfo};
 use landfall_engine::source::Source;
 use landfall_engine::state::{RunStatus, Trigger};
 use landfall_engine::store::MemStore;
+use landfall_engine::RunControl;
 use landfall_engine::{Engine, NewRun, Registry, StepContext, StepError};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
@@ -44,7 +44,7 @@ fn index(ctx: &StepContext) -> usize {
 }
 
 #[async_trait]
-impl Plugin for Stand {
+impl DynPlugin for Stand {
     fn info(&self) -> PluginInfo {
         PluginInfo {
             name: self.name,

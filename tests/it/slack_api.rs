@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 /// One call as Slack received it.
 #[derive(Debug, Clone)]
-pub struct Call {
+pub(crate) struct Call {
     pub method: String,
     pub body: Value,
     /// The `ts` Slack gave the message (postMessage) or was asked to edit (update).
@@ -26,8 +26,8 @@ pub struct Call {
 }
 
 /// Members of the user groups the test Slack knows.
-pub const GROUP: &str = "S0ADMINS";
-pub const GROUP_MEMBER: &str = "U0GROUPIE";
+pub(crate) const GROUP: &str = "S0ADMINS";
+pub(crate) const GROUP_MEMBER: &str = "U0GROUPIE";
 
 #[derive(Default)]
 struct Inner {
@@ -46,14 +46,14 @@ struct Inner {
     failed: AtomicUsize,
 }
 
-pub struct SlackApi {
+pub(crate) struct SlackApi {
     pub url: String,
     inner: Arc<Inner>,
     _rt: tokio::runtime::Runtime,
 }
 
 impl SlackApi {
-    pub fn start(fail_first: usize) -> Self {
+    pub(crate) fn start(fail_first: usize) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -81,36 +81,36 @@ impl SlackApi {
         }
     }
 
-    pub fn calls(&self) -> Vec<Call> {
+    pub(crate) fn calls(&self) -> Vec<Call> {
         self.inner.calls.lock().unwrap().clone()
     }
 
     /// Makes every Web API answer take this long from now on.
-    pub fn slow_down(&self, by: std::time::Duration) {
+    pub(crate) fn slow_down(&self, by: std::time::Duration) {
         self.inner
             .delay_ms
             .store(by.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Sends a Socket Mode envelope down the first open connection.
-    pub fn push(&self, envelope: Value) {
+    pub(crate) fn push(&self, envelope: Value) {
         let sockets = self.inner.sockets.lock().unwrap();
         let tx = sockets.first().expect("a Socket Mode connection is open");
         tx.send(envelope.to_string()).unwrap();
     }
 
-    pub fn connections(&self) -> usize {
+    pub(crate) fn connections(&self) -> usize {
         self.inner.sockets.lock().unwrap().len()
     }
 
     /// The acknowledgement of envelope `id`, once it came.
-    pub fn ack(&self, id: &str) -> Option<Value> {
+    pub(crate) fn ack(&self, id: &str) -> Option<Value> {
         let acks = self.inner.acks.lock().unwrap();
         acks.iter().find(|a| a["envelope_id"] == id).cloned()
     }
 
     /// How many calls were refused on purpose.
-    pub fn refused(&self) -> usize {
+    pub(crate) fn refused(&self) -> usize {
         self.inner.failed.load(Ordering::SeqCst)
     }
 }

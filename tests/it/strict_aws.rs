@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use landfall_engine::{ErrorClass, Step, StepContext};
+use landfall_engine::{ErrorClass, Plugin, StepContext};
 use landfall_steps::aws::errors::step_error;
 use landfall_steps::aws::org::{Org, OrgConfig};
 use landfall_steps::aws::policy::{Policy, PolicyConfig};

@@ -5,36 +5,36 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub struct Sandbox {
+pub(crate) struct Sandbox {
     pub dir: tempfile::TempDir,
 }
 
 impl Sandbox {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Sandbox {
             dir: tempfile::tempdir().expect("temp dir"),
         }
     }
 
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, text: &str) -> PathBuf {
         let p = self.path(name);
         std::fs::write(&p, text).expect("write fixture");
         p
     }
 
     /// Copies a file of the repository into the sandbox under the same name.
-    pub fn copy(&self, repo_path: &str) -> PathBuf {
+    pub(crate) fn copy(&self, repo_path: &str) -> PathBuf {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(repo_path);
         let name = src.file_name().unwrap().to_string_lossy().to_string();
         let text = std::fs::read_to_string(&src).expect("read repo file");
         self.write(&name, &text)
     }
 
-    pub fn cmd(&self, args: &[&str]) -> Command {
+    pub(crate) fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_landfall"));
         c.args(args).current_dir(self.dir.path());
         for (k, _) in std::env::vars() {
@@ -46,11 +46,11 @@ impl Sandbox {
         c
     }
 
-    pub fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         self.cmd(args).output().expect("run landfall")
     }
 
-    pub fn spawn(&self, args: &[&str]) -> Child {
+    pub(crate) fn spawn(&self, args: &[&str]) -> Child {
         self.cmd(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -58,7 +58,7 @@ impl Sandbox {
             .expect("spawn landfall")
     }
 
-    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+    pub(crate) fn json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.run(args);
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!(
@@ -70,16 +70,16 @@ impl Sandbox {
     }
 }
 
-pub fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
-pub fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
 
 /// Waits (bounded) until `cond` holds.
-pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
         assert!(start.elapsed() < timeout, "timed out waiting for {what}");
@@ -87,7 +87,7 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
     }
 }
 
-pub fn lines(p: &Path) -> Vec<String> {
+pub(crate) fn lines(p: &Path) -> Vec<String> {
     std::fs::read_to_string(p)
         .unwrap_or_default()
         .lines()
@@ -95,7 +95,7 @@ pub fn lines(p: &Path) -> Vec<String> {
         .collect()
 }
 
-pub fn node<'a>(doc: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+pub(crate) fn node<'a>(doc: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
     doc["nodes"]
         .as_array()
         .and_then(|a| a.iter().find(|n| n["id"] == id))
@@ -103,19 +103,19 @@ pub fn node<'a>(doc: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
 }
 
 /// A moto server of this test's own, started by the project's script; stopped on drop.
-pub struct Emulator {
+pub(crate) struct Emulator {
     dir: tempfile::TempDir,
     pub env: Vec<(String, String)>,
 }
 
 impl Emulator {
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::start_with(true)
     }
 
     /// `managed_policies: false` skips loading AWS-managed IAM policies into every new
     /// account (much faster for tests that create many accounts and use no IAM).
-    pub fn start_with(managed_policies: bool) -> Self {
+    pub(crate) fn start_with(managed_policies: bool) -> Self {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         assert!(
             root.join(".venv/bin/moto_server").exists(),
@@ -153,7 +153,7 @@ impl Emulator {
         Emulator { dir, env }
     }
 
-    pub fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         self.env
             .iter()
             .find(|(k, _)| k == "AWS_ENDPOINT_URL")
@@ -162,21 +162,21 @@ impl Emulator {
     }
 
     /// Clears all emulated AWS state (moto's and the strict layer's bookkeeping).
-    pub fn reset(&self) {
+    pub(crate) fn reset(&self) {
         ureq::post(&format!("{}/moto-api/reset", self.endpoint()))
             .call()
             .expect("reset the emulator");
     }
 
     /// Changes the strict layer's knobs (`{"fault_rate": 0.3}`, keys as `GET /strict-aws/knobs`).
-    pub fn set_knobs(&self, knobs: serde_json::Value) {
+    pub(crate) fn set_knobs(&self, knobs: serde_json::Value) {
         ureq::post(&format!("{}/strict-aws/knobs", self.endpoint()))
             .send_json(knobs)
             .expect("set the strict layer's knobs");
     }
 
     /// What the strict layer counted: calls per operation, faults injected, refusals per rule.
-    pub fn stats(&self) -> serde_json::Value {
+    pub(crate) fn stats(&self) -> serde_json::Value {
         ureq::get(&format!("{}/strict-aws/stats", self.endpoint()))
             .call()
             .expect("read the strict layer's stats")
@@ -185,14 +185,14 @@ impl Emulator {
     }
 
     /// Applies the emulator's environment to a `landfall` command.
-    pub fn apply(&self, cmd: &mut Command) {
+    pub(crate) fn apply(&self, cmd: &mut Command) {
         cmd.env_remove("AWS_PROFILE");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
     }
 
-    pub async fn organizations(&self) -> aws_sdk_organizations::Client {
+    pub(crate) async fn organizations(&self) -> aws_sdk_organizations::Client {
         let conf = aws_sdk_organizations::Config::builder()
             .behavior_version(aws_sdk_organizations::config::BehaviorVersion::latest())
             .region(aws_sdk_organizations::config::Region::new("us-east-1"))
@@ -208,7 +208,7 @@ impl Emulator {
 impl Emulator {
     /// Landfall's AWS access, pointed at this emulator, for running plugins in-process: the
     /// production client settings (call retries included), only the endpoint differs.
-    pub fn landfall_aws(&self) -> landfall_steps::aws::Aws {
+    pub(crate) fn landfall_aws(&self) -> landfall_steps::aws::Aws {
         let conf = self
             .sdk_config()
             .into_builder()
@@ -228,18 +228,18 @@ impl Emulator {
             .build()
     }
 
-    pub fn cloudformation(&self) -> aws_sdk_cloudformation::Client {
+    pub(crate) fn cloudformation(&self) -> aws_sdk_cloudformation::Client {
         aws_sdk_cloudformation::Client::new(&self.sdk_config())
     }
 
     /// IAM of the management account (the emulator's default credentials).
-    pub fn iam(&self) -> aws_sdk_iam::Client {
+    pub(crate) fn iam(&self) -> aws_sdk_iam::Client {
         aws_sdk_iam::Client::new(&self.sdk_config())
     }
 
     /// CloudFormation in a member account's region, through OrganizationAccountAccessRole,
     /// as an operator would look.
-    pub async fn cloudformation_in(
+    pub(crate) async fn cloudformation_in(
         &self,
         account_id: &str,
         region: &str,
@@ -272,7 +272,7 @@ impl Emulator {
 
     /// IAM inside a member account, through OrganizationAccountAccessRole, as an operator
     /// would check it.
-    pub async fn iam_in(&self, account_id: &str) -> aws_sdk_iam::Client {
+    pub(crate) async fn iam_in(&self, account_id: &str) -> aws_sdk_iam::Client {
         let conf = self.sdk_config();
         let out = aws_sdk_sts::Client::new(&conf)
             .assume_role()
@@ -310,7 +310,7 @@ impl Drop for Emulator {
 }
 
 /// The `inputs:` block of a workflow that takes a customer's requirements.
-pub const REQUIREMENTS_INPUTS: &str = r#"
+pub(crate) const REQUIREMENTS_INPUTS: &str = r#"
 input_check: customer_requirements
 inputs:
   customer: { type: string }

@@ -121,7 +121,7 @@ fn cfn_lint_accepts_every_generated_template() {
 /// Block Kit, through the real `notify` step.
 #[tokio::test]
 async fn messages_render_as_people_will_read_them() {
-    use landfall_engine::{Step, StepContext};
+    use landfall_engine::{Plugin, StepContext};
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let step = landfall_steps::notify::Notify {
         templates_dir: root.join("templates"),

@@ -15,7 +15,7 @@ use crate::breaker::{Breaker, Outcome as BreakerOutcome, Transition};
 use crate::error::{ErrorClass, StepError};
 use crate::events::RunEvent;
 use crate::expr;
-use crate::plugin::{Plugin, StepContext, StepReport};
+use crate::plugin::{DynPlugin, StepContext, StepReport};
 use crate::state::NodeStatus;
 
 impl Execution<'_> {
@@ -67,7 +67,7 @@ impl Execution<'_> {
     pub(super) fn breaker(
         &mut self,
         step: usize,
-        plugin: &dyn Plugin,
+        plugin: &dyn DynPlugin,
         with: &Value,
     ) -> Arc<Breaker> {
         let circuit = &self.wf.steps[step].circuit;

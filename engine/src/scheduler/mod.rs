@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::breaker::{Breaker, Breakers, Transition};
 use crate::error::StepError;
 use crate::events::{Observer, RunEvent};
-use crate::plugin::{Plugin, Registry, RunLink, StepReport};
+use crate::plugin::{DynPlugin, Registry, RunLink, StepReport};
 use crate::state::{NodeRecord, NodeStatus, RunRecord, RunStatus, Signal, Trigger};
 use crate::store::{AuditDraft, Batch, Store, StoreError};
 use crate::workflow::Workflow;
@@ -272,7 +272,7 @@ enum Msg {
 }
 
 /// A step's plugin, with its registered name.
-type Resolved = (Arc<dyn Plugin>, &'static str);
+type Resolved = (Arc<dyn DynPlugin>, &'static str);
 
 /// A node of the run, by its position in [`Execution::nodes`].
 struct Node {

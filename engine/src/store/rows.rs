@@ -131,13 +131,13 @@ struct NodeIn {
 /// A run record as a version 2 row, in `buf` (cleared first). It keeps its own field types
 /// (timestamps as text: two per run); what it gains is its workflow text stored without JSON
 /// escaping, twice per run.
-pub fn encode_run(buf: &mut Vec<u8>, r: &RunRecord) -> Result<(), StoreError> {
+pub(super) fn encode_run(buf: &mut Vec<u8>, r: &RunRecord) -> Result<(), StoreError> {
     buf.clear();
     encode_into(buf, r)
 }
 
 /// A run record from a row of either version.
-pub fn decode_run(what: &dyn Fn() -> String, bytes: &[u8]) -> Result<RunRecord, StoreError> {
+pub(super) fn decode_run(what: &dyn Fn() -> String, bytes: &[u8]) -> Result<RunRecord, StoreError> {
     Ok(decode_row::<RunRecord, RunRecord>(what, bytes)?.unwrap_or_else(|r| r))
 }
 
@@ -159,7 +159,7 @@ fn decode_row<T: serde::de::DeserializeOwned, V2: serde::de::DeserializeOwned>(
 }
 
 /// A node record as a version 2 row, in `buf` (cleared first).
-pub fn encode_node(buf: &mut Vec<u8>, n: &NodeRecord) -> Result<(), StoreError> {
+pub(super) fn encode_node(buf: &mut Vec<u8>, n: &NodeRecord) -> Result<(), StoreError> {
     buf.clear();
     let NodeRecord {
         node_id,
@@ -195,7 +195,10 @@ pub fn encode_node(buf: &mut Vec<u8>, n: &NodeRecord) -> Result<(), StoreError> 
 }
 
 /// A node record from a row of either version.
-pub fn decode_node(what: &dyn Fn() -> String, bytes: &[u8]) -> Result<NodeRecord, StoreError> {
+pub(super) fn decode_node(
+    what: &dyn Fn() -> String,
+    bytes: &[u8],
+) -> Result<NodeRecord, StoreError> {
     let n: NodeIn = match decode_row(what, bytes)? {
         Ok(v1) => return Ok(v1),
         Err(v2) => v2,
@@ -267,7 +270,7 @@ struct EntryIn {
 /// An audit entry (drafted, placed at `seq` after `prev`, hashed to `hash` in the current
 /// [`super::HASH_FORMAT`]) as a version 2 row, appended to `buf`. `prev` is empty for a
 /// chain's first entry.
-pub fn encode_entry(
+pub(super) fn encode_entry(
     buf: &mut Vec<u8>,
     seq: u64,
     draft: &Draft,
@@ -330,7 +333,7 @@ pub fn encode_entry(
 
 /// Appends one row to a chunk: its length (u32, little-endian), then its bytes, written by
 /// `row` at the end of `chunk`.
-pub fn push_row(
+pub(super) fn push_row(
     chunk: &mut Vec<u8>,
     row: impl FnOnce(&mut Vec<u8>) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
@@ -344,7 +347,7 @@ pub fn push_row(
 }
 
 /// The rows of a chunk, in order.
-pub fn chunk_rows<'a>(
+pub(super) fn chunk_rows<'a>(
     what: &'a dyn Fn() -> String,
     mut chunk: &'a [u8],
 ) -> impl Iterator<Item = Result<&'a [u8], StoreError>> + 'a {
@@ -368,7 +371,10 @@ pub fn chunk_rows<'a>(
 }
 
 /// An audit entry from a row of either version.
-pub fn decode_entry(what: &dyn Fn() -> String, bytes: &[u8]) -> Result<AuditEntry, StoreError> {
+pub(super) fn decode_entry(
+    what: &dyn Fn() -> String,
+    bytes: &[u8],
+) -> Result<AuditEntry, StoreError> {
     let e: EntryIn = match decode_row(what, bytes)? {
         Ok(v1) => return Ok(v1),
         Err(v2) => v2,

@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use crate::compile::compile;
 use crate::error::{ErrorClass, StepError};
-use crate::plugin::{Registry, Step, StepContext};
+use crate::plugin::{Plugin, Registry, StepContext};
 use crate::scheduler::{Engine, NewRun, RunControl, RunOutcome};
 use crate::source::Source;
 use crate::state::{NodeStatus, Trigger};
@@ -24,7 +24,7 @@ use crate::workflow::Workflow;
 
 /// What the test plugins saw, shared with the test.
 #[derive(Default)]
-pub struct Probe {
+pub(crate) struct Probe {
     /// Executions per node id.
     pub runs: Mutex<HashMap<String, u32>>,
     pub running: AtomicUsize,
@@ -37,17 +37,17 @@ pub struct Probe {
 }
 
 impl Probe {
-    pub fn count(&self, node: &str) -> u32 {
+    pub(crate) fn count(&self, node: &str) -> u32 {
         self.runs.lock().unwrap().get(node).copied().unwrap_or(0)
     }
 }
 
 /// `test`: returns a value derived from its inputs, optionally failing its first attempts.
-pub struct TestStep(pub Arc<Probe>);
+pub(crate) struct TestStep(pub Arc<Probe>);
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct TestConfig {
+pub(crate) struct TestConfig {
     #[serde(default)]
     pub deps: Vec<Value>,
     /// Fail this many attempts before succeeding.
@@ -65,7 +65,7 @@ pub struct TestConfig {
 }
 
 #[async_trait]
-impl Step for TestStep {
+impl Plugin for TestStep {
     const NAME: &'static str = "test";
     const SUMMARY: &'static str = "test plugin";
     type Config = TestConfig;
@@ -115,17 +115,17 @@ impl Step for TestStep {
 }
 
 /// `waiter`: waits for a signal and returns it.
-pub struct Waiter;
+pub(crate) struct Waiter;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct WaiterConfig {
+pub(crate) struct WaiterConfig {
     #[serde(default)]
     pub timeout_ms: Option<u64>,
 }
 
 #[async_trait]
-impl Step for Waiter {
+impl Plugin for Waiter {
     const NAME: &'static str = "waiter";
     const SUMMARY: &'static str = "waits for a signal";
     type Config = WaiterConfig;
@@ -140,17 +140,17 @@ impl Step for Waiter {
 }
 
 /// `panics`: a plugin bug, at once or after waiting.
-pub struct Panics;
+pub(crate) struct Panics;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct PanicsConfig {
+pub(crate) struct PanicsConfig {
     #[serde(default)]
     pub after_ms: u64,
 }
 
 #[async_trait]
-impl Step for Panics {
+impl Plugin for Panics {
     const NAME: &'static str = "panics";
     const SUMMARY: &'static str = "panics";
     type Config = PanicsConfig;
@@ -163,7 +163,7 @@ impl Step for Panics {
     }
 }
 
-pub fn registry(probe: &Arc<Probe>) -> Registry {
+pub(crate) fn registry(probe: &Arc<Probe>) -> Registry {
     let mut r = Registry::new();
     r.register(TestStep(Arc::clone(probe)))
         .register(Waiter)
@@ -171,7 +171,7 @@ pub fn registry(probe: &Arc<Probe>) -> Registry {
     r
 }
 
-pub fn workflow(yaml: &str, registry: &Registry) -> Workflow {
+pub(crate) fn workflow(yaml: &str, registry: &Registry) -> Workflow {
     let c = compile(&Source::new("test.yaml", yaml.to_string()), registry);
     match c.workflow {
         Some(w) => w,
@@ -179,7 +179,7 @@ pub fn workflow(yaml: &str, registry: &Registry) -> Workflow {
     }
 }
 
-pub fn new_run(max_parallel: usize) -> NewRun {
+pub(crate) fn new_run(max_parallel: usize) -> NewRun {
     NewRun {
         run_id: None,
         inputs: Map::new(),
@@ -192,7 +192,7 @@ pub fn new_run(max_parallel: usize) -> NewRun {
     }
 }
 
-pub async fn run_to_end(
+pub(crate) async fn run_to_end(
     engine: &Engine,
     wf: Workflow,
     max_parallel: usize,
@@ -206,7 +206,7 @@ pub async fn run_to_end(
     (out, wf)
 }
 
-pub fn statuses(store: &dyn Store, run: &str) -> HashMap<String, NodeStatus> {
+pub(crate) fn statuses(store: &dyn Store, run: &str) -> HashMap<String, NodeStatus> {
     store
         .nodes(run)
         .unwrap()
@@ -217,7 +217,7 @@ pub fn statuses(store: &dyn Store, run: &str) -> HashMap<String, NodeStatus> {
 
 /// A store that fails every commit after the first `budget` ones: a crash at a chosen
 /// transition.
-pub struct CrashingStore {
+pub(crate) struct CrashingStore {
     pub inner: Arc<MemStore>,
     pub budget: AtomicUsize,
 }

@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 
 use super::{FrontDoor, GROUP_TTL};
 use crate::route::{self, Intent};
-use landfall_engine::scheduler::RunControl;
+use landfall_engine::RunControl;
 
 impl FrontDoor {
     /// Acts on one message; the text is the reply.

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 use aws_sdk_iam::Client as Iam;
-use landfall_engine::{Step, StepContext, StepError};
+use landfall_engine::{Plugin, StepContext, StepError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -394,7 +394,7 @@ async fn ensure_role(
 }
 
 #[async_trait]
-impl Step for IamRoles {
+impl Plugin for IamRoles {
     const NAME: &'static str = "iam";
     const SUMMARY: &'static str =
         "Ensure Landfall's deployer (permissions derived from the package) and verifier roles in each account";

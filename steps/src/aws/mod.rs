@@ -246,7 +246,7 @@ pub(crate) struct Patience {
 }
 
 impl Patience {
-    pub fn new(first: Duration, deadline: Option<tokio::time::Instant>) -> Self {
+    pub(crate) fn new(first: Duration, deadline: Option<tokio::time::Instant>) -> Self {
         Patience {
             delay: first,
             deadline,
@@ -254,18 +254,18 @@ impl Patience {
     }
 
     /// Whether the next wait ends before the deadline.
-    pub fn has_time(&self) -> bool {
+    pub(crate) fn has_time(&self) -> bool {
         self.deadline
             .is_none_or(|d| tokio::time::Instant::now() + self.delay <= d)
     }
 
     /// The next delay: `factor` times this one, at most `cap`.
-    pub fn grow(&mut self, factor: f64, cap: Duration) {
+    pub(crate) fn grow(&mut self, factor: f64, cap: Duration) {
         self.delay = self.delay.mul_f64(factor).min(cap);
     }
 
     /// Sleeps the current delay, or until the attempt is cancelled.
-    pub async fn sleep(&self, ctx: &landfall_engine::StepContext) -> Result<(), StepError> {
+    pub(crate) async fn sleep(&self, ctx: &landfall_engine::StepContext) -> Result<(), StepError> {
         tokio::select! {
             _ = tokio::time::sleep(self.delay) => Ok(()),
             _ = ctx.cancel.cancelled() => Err(StepError::transient("cancelled")),

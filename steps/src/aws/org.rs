@@ -27,7 +27,7 @@ use aws_sdk_organizations::types::{
 };
 use aws_sdk_organizations::Client;
 use landfall_engine::plugin::ConfigProblem;
-use landfall_engine::{Step, StepContext, StepError};
+use landfall_engine::{Plugin, StepContext, StepError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -123,7 +123,7 @@ fn tags(base: &BTreeMap<String, String>, extra: &[(&str, &str)]) -> Result<Vec<T
 }
 
 #[async_trait]
-impl Step for Org {
+impl Plugin for Org {
     const NAME: &'static str = "org";
     const SUMMARY: &'static str =
         "Ensure the organization, the customer's OU and its accounts (idempotent)";

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use aws_sdk_organizations::types::{PolicyType, Tag};
 use aws_sdk_organizations::Client;
-use landfall_engine::{Step, StepContext, StepError};
+use landfall_engine::{Plugin, StepContext, StepError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -150,7 +150,7 @@ pub fn render(templates_dir: &std::path::Path, c: &PolicyConfig) -> Result<Vec<S
 }
 
 #[async_trait]
-impl Step for Policy {
+impl Plugin for Policy {
     const NAME: &'static str = "policy";
     const SUMMARY: &'static str =
         "Render the SCP templates, create or update them, attach them to the customer's OU, verify";

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use landfall_engine::{Step, StepContext, StepError};
+use landfall_engine::{Plugin, StepContext, StepError};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -47,7 +47,7 @@ struct ManifestTarget {
 }
 
 #[async_trait]
-impl Step for Targets {
+impl Plugin for Targets {
     const NAME: &'static str = "targets";
     const SUMMARY: &'static str =
         "List a package's targets (account × region) with account ids from the organization";

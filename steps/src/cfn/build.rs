@@ -11,8 +11,8 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
-use landfall_engine::digest::{digest_of, sha256_hex};
-use landfall_engine::{Step, StepContext, StepError};
+use landfall_engine::{digest_of, sha256_hex};
+use landfall_engine::{Plugin, StepContext, StepError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -196,7 +196,7 @@ pub fn build(
 }
 
 #[async_trait]
-impl Step for CfnBuild {
+impl Plugin for CfnBuild {
     const NAME: &'static str = "cfn-build";
     const SUMMARY: &'static str =
         "Render a customer's CloudFormation package (templates + manifest) from requirements";

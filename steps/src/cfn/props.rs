@@ -183,7 +183,7 @@ proptest! {
         prop_assert_eq!(nats, want);
         for s in m["stacks"].as_array().unwrap() {
             let file = &built.files[s["template"].as_str().unwrap()];
-            prop_assert_eq!(s["template_digest"].as_str().unwrap(), landfall_engine::digest::sha256_hex(file.as_bytes()));
+            prop_assert_eq!(s["template_digest"].as_str().unwrap(), landfall_engine::sha256_hex(file.as_bytes()));
         }
         let order: Vec<&str> = m["stacks"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
         prop_assert_eq!(order, ["security-baseline", "network", "access"]);

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use async_trait::async_trait;
-use landfall_engine::{Step, StepContext, StepError};
+use landfall_engine::{Plugin, StepContext, StepError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -763,7 +763,7 @@ pub struct CfnValidateConfig {
 }
 
 #[async_trait]
-impl Step for CfnValidate {
+impl Plugin for CfnValidate {
     const NAME: &'static str = "cfn-validate";
     const SUMMARY: &'static str =
         "Check a package: syntax, references, parameters, limits and cfn-guard compliance rules";

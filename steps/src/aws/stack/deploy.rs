@@ -18,11 +18,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_cloudformation::types::{Capability, ChangeSetType, Parameter, Stack, Tag};
 use aws_sdk_cloudformation::Client;
-use landfall_engine::digest::sha256_hex;
 use landfall_engine::package::{Package, PackageRef};
 use landfall_engine::path::Path;
 use landfall_engine::plugin::ConfigProblem;
-use landfall_engine::{Step, StepContext, StepError};
+use landfall_engine::sha256_hex;
+use landfall_engine::{Plugin, StepContext, StepError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -89,7 +89,7 @@ pub struct StackResult {
 }
 
 #[async_trait]
-impl Step for Deploy {
+impl Plugin for Deploy {
     const NAME: &'static str = "deploy";
     const SUMMARY: &'static str =
         "Deploy a package's stacks into one account and region: create, or update by change set, and follow them to the end";

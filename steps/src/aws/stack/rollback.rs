@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_cloudformation::Client;
 use landfall_engine::plugin::ConfigProblem;
-use landfall_engine::{Step, StepContext, StepError};
+use landfall_engine::{Plugin, StepContext, StepError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -151,7 +151,7 @@ pub fn decide(
 }
 
 #[async_trait]
-impl Step for Rollback {
+impl Plugin for Rollback {
     const NAME: &'static str = "rollback";
     const SUMMARY: &'static str =
         "Undo a failed deployment in one account and region: delete failed or new stacks, cancel updates, report what is left";

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use aws_sdk_cloudformation::Client;
 use landfall_engine::plugin::ConfigProblem;
-use landfall_engine::{Step, StepContext, StepError};
+use landfall_engine::{Plugin, StepContext, StepError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -140,7 +140,7 @@ pub async fn list_resources(cfn: &Client, stack: &str) -> Result<Vec<Actual>, St
 }
 
 #[async_trait]
-impl Step for Verify {
+impl Plugin for Verify {
     const NAME: &'static str = "verify";
     const SUMMARY: &'static str =
         "Check that every declared resource and output of a package's stacks exists, complete and of the declared type";
