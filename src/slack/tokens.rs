@@ -305,3 +305,36 @@ impl<C: SlackClientHttpConnector + Send + Sync> Tokens<C> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::well_formed;
+
+    /// By hand, from Slack's token formats: the prefixes of bot, user, app and rotating
+    /// tokens, and what must never reach an `Authorization` header.
+    #[test]
+    fn well_formed_knows_slacks_token_shapes() {
+        for good in [
+            "xoxb-123456-abcdefghijklmnopqrst",
+            "xoxp-1-2-3-abcdefabcdefabcdef",
+            "xapp-1-A0123-456-abcdef0123456789",
+            "xoxe.xoxb-1-abcdefghijklmnopqrstuvwx",
+            "xoxe-1-refresh-token-0000",
+        ] {
+            assert!(well_formed(good), "{good}");
+        }
+        let long = format!("xoxb-{}", "a".repeat(600));
+        for bad in [
+            "",
+            "xoxb-short",
+            "xoxz-123456-abcdefghijklmnopqrst",
+            "Bearer xoxb-123456-abcdefghijklmnop",
+            "xoxb-123456-abcdefghij klmnopqrst",
+            "xoxb-123456-abcdefghij\nklmnopqrst",
+            "xoxe.xoxz-1-abcdefghijklmnopqrstuvwx",
+            long.as_str(),
+        ] {
+            assert!(!well_formed(bad), "{bad:?}");
+        }
+    }
+}

@@ -293,6 +293,69 @@ async fn a_failed_create_is_rolled_back_and_the_run_fails_with_its_cause() {
     assert_eq!(verify.status.code(), Some(0));
 }
 
+/// Rollback never deletes a healthy stack another run created, whatever it is told: run A
+/// provisions acme-prod; its security-baseline stack is then deleted, and its retained log
+/// bucket makes run B's re-create fail. B's rollback removes B's failed stack and
+/// keeps A's network and access stacks, found A's by their tags (no ownership is passed in).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_keeps_the_healthy_stacks_another_run_created() {
+    let emu = Emulator::start();
+    let sb = Sandbox::new();
+    let accounts = onboard(&sb, &emu);
+    let prod = accounts["acme-prod"].clone();
+    let only = [
+        "--set",
+        "poll_initial=1s",
+        "--set",
+        r#"accounts=["acme-prod"]"#,
+        "--set",
+        r#"regions=["us-east-1"]"#,
+    ];
+    let (out, a) = provision(&sb, &emu, &only);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let run_a = a["run_id"].as_str().unwrap().to_string();
+    let cfn = emu.cloudformation_in(&prod, "us-east-1").await;
+    cfn.delete_stack()
+        .stack_name("acme-security-baseline")
+        .send()
+        .await
+        .unwrap();
+    let gone = |cfn: aws_sdk_cloudformation::Client| async move {
+        cfn.describe_stacks()
+            .stack_name("acme-security-baseline")
+            .send()
+            .await
+            .is_err()
+    };
+    let start = std::time::Instant::now();
+    while !gone(cfn.clone()).await {
+        assert!(start.elapsed().as_secs() < 60, "the stack was not deleted");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // The stack's log bucket is kept when the stack goes (`DeletionPolicy: Retain`), and its
+    // name is taken: run B's re-create fails on it.
+    let (out, b) = provision(&sb, &emu, &only);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    for stack in ["acme-network", "acme-access"] {
+        let d = cfn.describe_stacks().stack_name(stack).send().await;
+        let d = d.unwrap_or_else(|e| panic!("{stack} was deleted: {e:?}"));
+        let s = &d.stacks()[0];
+        let status = s.stack_status().unwrap().as_str();
+        assert!(
+            status.ends_with("_COMPLETE") && !status.starts_with("DELETE"),
+            "{stack}: {status}"
+        );
+        let created_by = s
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some("landfall:created-by-run"))
+            .and_then(|t| t.value());
+        assert_eq!(created_by, Some(run_a.as_str()), "{stack} is A's");
+    }
+    assert_eq!(node(&b, "rollback[0]")["status"], "succeeded");
+    assert!(gone(cfn.clone()).await, "B's failed stack is rolled back");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_provisioning_then_resume_creates_no_stack_twice() {
     let emu = Emulator::start();

@@ -31,6 +31,9 @@ pub(crate) struct Probe {
     pub max_running: AtomicUsize,
     /// Idempotency keys seen per node.
     pub keys: Mutex<HashMap<String, Vec<String>>>,
+    /// Failures completed per node id: the "outside world" a test may share between the
+    /// processes of one run (see `TestConfig::durable_failures`).
+    pub failures: Arc<Mutex<HashMap<String, u32>>>,
     /// Set by a test: checks made at each start (e.g. that needs are durable).
     #[allow(clippy::type_complexity)]
     pub on_start: Mutex<Option<Box<dyn Fn(&StepContext) + Send + Sync>>>,
@@ -57,6 +60,11 @@ pub(crate) struct TestConfig {
     pub class: Option<ErrorClass>,
     #[serde(default)]
     pub sleep_ms: u64,
+    /// Count failures as the outside world would: by attempts that completed failing (in
+    /// `Probe::failures`, which the processes of a test may share), so an attempt cut off
+    /// before it ended uses none up; a permanent failure then recurs on every attempt.
+    #[serde(default)]
+    pub durable_failures: bool,
     /// The circuit scope it names (an account and region, for a real plugin); only
     /// `circuit_scope` reads it, from the raw `with:`.
     #[serde(default)]
@@ -103,7 +111,20 @@ impl Plugin for TestStep {
             }
         }
         p.running.fetch_sub(1, Ordering::SeqCst);
-        if n <= c.fail_times {
+        let class = c.class.unwrap_or(ErrorClass::Transient);
+        let fails = if c.durable_failures {
+            let mut done = p.failures.lock().unwrap();
+            let done = done.entry(ctx.node_id.to_string()).or_default();
+            let fails =
+                c.fail_times > 0 && (class != ErrorClass::Transient || *done < c.fail_times);
+            if fails {
+                *done += 1;
+            }
+            fails
+        } else {
+            n <= c.fail_times
+        };
+        if fails {
             return Err(StepError::new(
                 c.class.unwrap_or(ErrorClass::Transient),
                 format!("planned failure {n}"),

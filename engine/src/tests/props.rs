@@ -74,6 +74,11 @@ impl Dag {
     }
 
     fn yaml(&self) -> String {
+        self.yaml_with("")
+    }
+
+    /// The workflow, with `extra` added to every step's `with:` (e.g. `durable_failures: true`).
+    fn yaml_with(&self, extra: &str) -> String {
         let mut y = String::from(
             // The breaker opens now and then (3 transient failures in a row) and must stay out
             // of the way: a short cool-down, not the default 30 s.
@@ -87,7 +92,7 @@ impl Dag {
                 .map(|k| format!("\"{{{{ steps.s{k}.outputs }}}}\""))
                 .collect();
             y.push_str(&format!(
-                "  - id: s{i}\n    uses: test\n    needs: [{}]\n    with: {{ deps: [{}], fail_times: {}, class: {}, sleep_ms: {} }}\n",
+                "  - id: s{i}\n    uses: test\n    needs: [{}]\n    with: {{ deps: [{}], fail_times: {}, class: {}, sleep_ms: {}{extra} }}\n",
                 needs.join(", "),
                 deps.join(", "),
                 s.fail_times,
@@ -176,6 +181,73 @@ proptest! {
                 let is_empty_fan = want[node] == Some(json!([]));
                 if !is_empty_fan {
                     prop_assert_eq!(p2.count(node), expected, "node {}", node);
+                }
+            }
+            Ok(())
+        })?;
+    }
+
+    /// Property 17 on DAGs whose steps fail (permanently, or transiently a few times, counted
+    /// by the outside world so a cut-off attempt uses no failure up), with a crash inside the
+    /// run: the resumed run ends; what had succeeded durably is not run again; a crash never
+    /// turns a success into a failure (every node the uninterrupted run succeeded succeeds,
+    /// with the same outputs: cut-off attempts do not use up `max_attempts`); a node that fails
+    /// permanently fails again. (A transient failure whose record the crash lost may give its
+    /// node one more try than the uninterrupted run had, so an uninterrupted failure may end
+    /// succeeded.)
+    #[test]
+    fn prop17_checkpoint_recovery_with_failures(d in dag(8, true), crash_at in 0.0f64..1.0) {
+        rt().block_on(async {
+            let yaml = d.yaml_with(", durable_failures: true");
+            let p0 = Arc::new(Probe::default());
+            let reg0 = registry(&p0);
+            let s0 = Arc::new(MemStore::new());
+            let e0 = Engine::new(Arc::new(reg0.clone()), s0.clone());
+            let (base, _) = run_to_end(&e0, workflow(&yaml, &reg0), 3).await;
+            let base_nodes: BTreeMap<String, NodeRecord> = s0.nodes(&base.run_id).unwrap().into_iter().map(|n| (n.node_id.to_string(), n)).collect();
+
+            let chain = d.longest_chain();
+            let crash_after = 1 + (crash_at * (chain + 1) as f64) as usize;
+            let inner = Arc::new(MemStore::new());
+            let crashing = Arc::new(CrashingStore { inner: inner.clone(), budget: AtomicUsize::new(crash_after) });
+            let p1 = Arc::new(Probe::default());
+            let reg1 = registry(&p1);
+            let e1 = Engine::new(Arc::new(reg1.clone()), crashing);
+            let wf = Arc::new(workflow(&yaml, &reg1));
+            let rec = e1.create_run(&wf, new_run(3)).unwrap();
+            // A failure can end the run before the crash point (its dependents are skipped
+            // in fewer commits); the checks below hold for such a run too.
+            if let Ok(out) = e1.execute(Arc::clone(&wf), rec.clone(), RunControl::default(), &[]).await {
+                prop_assert_eq!(out.status, base.status, "a run that met no crash ends as the uninterrupted one");
+            }
+            let durable: HashSet<String> = inner.nodes(&rec.run_id).unwrap().into_iter()
+                .filter(|n| n.status == NodeStatus::Succeeded).map(|n| n.node_id.to_string()).collect();
+
+            // The next process shares the outside world (failures already met stay met).
+            let p2 = Arc::new(Probe { failures: Arc::clone(&p1.failures), ..Probe::default() });
+            let reg2 = registry(&p2);
+            let e2 = Engine::new(Arc::new(reg2.clone()), inner.clone());
+            let stored = inner.run(&rec.run_id).unwrap().unwrap();
+            if !stored.status.is_terminal() {
+                let out = e2.execute(Arc::new(workflow(&yaml, &reg2)), stored, RunControl::default(), &[]).await.unwrap();
+                prop_assert!(out.status.is_terminal());
+                if base.status == RunStatus::Succeeded {
+                    prop_assert_eq!(out.status, RunStatus::Succeeded, "a crash turned a success into a failure");
+                }
+            }
+            let after: BTreeMap<String, NodeRecord> = inner.nodes(&rec.run_id).unwrap().into_iter().map(|n| (n.node_id.to_string(), n)).collect();
+            for node in &durable {
+                prop_assert_eq!(p2.count(node), 0, "{} had succeeded durably and ran again", node);
+            }
+            for (id, b) in &base_nodes {
+                let Some(a) = after.get(id) else { continue };
+                if b.status == NodeStatus::Succeeded {
+                    prop_assert_eq!(a.status, NodeStatus::Succeeded, "{} succeeded uninterrupted", id);
+                    prop_assert_eq!(&a.outputs, &b.outputs, "{}", id);
+                }
+                let permanent = b.error.as_ref().is_some_and(|e| e.class == ErrorClass::Permanent);
+                if b.status == NodeStatus::Failed && permanent {
+                    prop_assert_eq!(a.status, NodeStatus::Failed, "{} fails permanently", id);
                 }
             }
             Ok(())
