@@ -358,6 +358,57 @@ mod tests {
         assert_eq!(b.state(), BreakerState::Closed);
     }
 
+    /// Attempts that started before the circuit opened end while it is half-open: their
+    /// results are not the probe's, so neither a success nor a failure of theirs moves it.
+    #[tokio::test(start_paused = true)]
+    async fn only_the_probe_decides_a_half_open_circuit() {
+        let b = breaker();
+        let stale_ok = b.acquire().await;
+        let stale_bad = b.acquire().await;
+        let stale_dropped = b.acquire().await;
+        for _ in 0..3 {
+            fail(&b).await;
+        }
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let probe = b.acquire().await;
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert_eq!(stale_ok.record(Outcome::Success), None);
+        assert_eq!(stale_bad.record(Outcome::TransientFailure), None);
+        // Dropped without a result (its task cancelled): not the probe, so the probe's slot
+        // stays taken and nobody else gets through.
+        drop(stale_dropped);
+        assert_eq!(
+            b.state(),
+            BreakerState::HalfOpen,
+            "still the probe's to decide"
+        );
+        let b2 = Arc::clone(&b);
+        let second = tokio::spawn(async move { b2.acquire().await.record(Outcome::Success) });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!second.is_finished(), "a second probe got through");
+        assert_eq!(
+            probe.record(Outcome::Success),
+            Some(Transition {
+                from: BreakerState::HalfOpen,
+                to: BreakerState::Closed
+            })
+        );
+        second.await.unwrap();
+    }
+
+    /// As the audit stores them (`breaker_changed`), and as the enum serialises.
+    #[test]
+    fn states_read_as_stored() {
+        for (s, text) in [
+            (BreakerState::Closed, "closed"),
+            (BreakerState::Open, "open"),
+            (BreakerState::HalfOpen, "half_open"),
+        ] {
+            assert_eq!(s.to_string(), text);
+            assert_eq!(serde_json::to_value(s).unwrap(), text);
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_failed_probe_opens_again() {
         let b = breaker();

@@ -31,14 +31,6 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// No retries at all.
-    pub fn never() -> Self {
-        RetryPolicy {
-            max_attempts: 1,
-            ..RetryPolicy::default()
-        }
-    }
-
     /// Layers `spec` over `self` (fields `spec` leaves out keep their value).
     pub fn merged(&self, spec: Option<&RetrySpec>) -> Self {
         let Some(s) = spec else { return self.clone() };
@@ -115,6 +107,46 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The checks of a user's values, each by hand: what is refused, what is not, and at which
+    /// field.
+    #[test]
+    fn problems_name_the_field_at_fault() {
+        let ok = RetryPolicy::default();
+        assert!(ok.problems().is_empty());
+        let one = RetryPolicy {
+            multiplier: 1.0,
+            initial_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(1),
+            ..RetryPolicy::default()
+        };
+        assert!(
+            one.problems().is_empty(),
+            "1.0 and equal delays are allowed"
+        );
+        for m in [0.5, f64::NAN, f64::INFINITY, -2.0] {
+            let p = RetryPolicy {
+                multiplier: m,
+                ..RetryPolicy::default()
+            }
+            .problems();
+            assert_eq!(p.len(), 1, "{m}");
+            assert_eq!(p[0].0, "multiplier");
+        }
+        let p = RetryPolicy {
+            initial_delay: Duration::from_secs(10),
+            max_delay: Duration::from_secs(1),
+            ..RetryPolicy::default()
+        }
+        .problems();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].0, "initial_delay");
+        assert!(
+            p[0].1.contains("10s") && p[0].1.contains("1s"),
+            "{}",
+            p[0].1
+        );
+    }
 
     fn policy(jitter: Jitter) -> RetryPolicy {
         RetryPolicy {
