@@ -242,6 +242,36 @@ pub fn idempotency_key(run_id: &str, node_id: &str) -> String {
 mod tests {
     use super::*;
 
+    /// What people read (`status`, messages) and what the JSON and the audit say are one
+    /// spelling, written out here by hand.
+    #[test]
+    fn statuses_read_as_serialised() {
+        for (s, text) in [
+            (NodeStatus::Pending, "pending"),
+            (NodeStatus::Running, "running"),
+            (NodeStatus::Waiting, "waiting"),
+            (NodeStatus::Succeeded, "succeeded"),
+            (NodeStatus::Failed, "failed"),
+            (NodeStatus::Skipped, "skipped"),
+            (NodeStatus::Cancelled, "cancelled"),
+        ] {
+            assert_eq!(s.to_string(), text);
+            assert_eq!(s.as_str(), text);
+            assert_eq!(serde_json::to_value(s).unwrap(), text);
+        }
+        for (s, text) in [
+            (RunStatus::Running, "running"),
+            (RunStatus::Succeeded, "succeeded"),
+            (RunStatus::Failed, "failed"),
+            (RunStatus::Cancelled, "cancelled"),
+            (RunStatus::Interrupted, "interrupted"),
+        ] {
+            assert_eq!(s.to_string(), text);
+            assert_eq!(s.as_str(), text);
+            assert_eq!(serde_json::to_value(s).unwrap(), text);
+        }
+    }
+
     #[test]
     fn terminal_states_are_final() {
         use NodeStatus::*;
