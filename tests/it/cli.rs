@@ -605,8 +605,15 @@ steps:
     );
 }
 
+/// The status of a node, or "" while its run is not recorded yet (the spawned process may not
+/// have created it when the state file first appears).
 fn node_status(sb: &Sandbox, run: &str, node_id: &str) -> String {
-    let doc = sb.json(&["status", run, "--json"]);
+    let out = sb.run(&["status", run, "--json"]);
+    if !out.status.success() {
+        assert!(stderr(&out).contains("no run"), "{}", stderr(&out));
+        return String::new();
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     node(&doc, node_id)["status"]
         .as_str()
         .unwrap_or_default()

@@ -244,6 +244,16 @@ async fn concurrent_onboardings_on_a_fresh_organization_share_one_customers_ou()
         .filter_map(|o| o.name())
         .collect();
     assert_eq!(names, ["Customers"], "one Customers OU");
+    // The writes did collide (every overlapping write is refused by default) and were waited
+    // out, so the test covers the contention it is about.
+    assert!(
+        emu.stats()["refusals"]["ConcurrentModification"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "no write was refused as concurrent: {}",
+        emu.stats()
+    );
 }
 
 /// With 30% of calls answered by throttling, 5xx or a reset connection, `org` and `policy`

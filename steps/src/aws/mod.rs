@@ -33,9 +33,12 @@ use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_organizations::config::retry::RetryPartition;
 use aws_smithy_runtime_api::client::interceptors::context::InterceptorContext;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_runtime_api::client::retries::classifiers::{
     ClassifyRetry, RetryAction, SharedRetryClassifier,
 };
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use landfall_engine::{ErrorClass, StepError};
 use tokio::sync::OnceCell;
 
@@ -231,6 +234,40 @@ pub fn call_retries() -> RetryConfig {
         .with_max_backoff(Duration::from_secs(20))
 }
 
+/// How long an Organizations write refused with `ConcurrentModificationException` is tried
+/// again before the node fails. AWS serialises changes to an organization and answers "try
+/// again later" to a write that overlaps another (another customer's run, a console user); that
+/// is contention, not a fault, so it is waited out past the SDK's [`CALL_ATTEMPTS`].
+pub const CONFLICT_PATIENCE: Duration = Duration::from_secs(180);
+
+/// Runs an Organizations write, waiting out `ConcurrentModificationException` (growing waits,
+/// for at most [`CONFLICT_PATIENCE`]); any other answer is returned as it is. Each try is a full
+/// SDK call with its own jittered retries, so competing writers fall out of step. The wait is
+/// not tied to the attempt's cancellation: the engine drops a cancelled attempt's future.
+pub(crate) async fn waiting_out_conflicts<T, E, F, Fut>(
+    mut call: F,
+) -> Result<T, SdkError<E, HttpResponse>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    E: ProvideErrorMetadata,
+{
+    let deadline = tokio::time::Instant::now() + CONFLICT_PATIENCE;
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match call().await {
+            Err(e)
+                if e.code() == Some("ConcurrentModificationException")
+                    && tokio::time::Instant::now() + delay <= deadline =>
+            {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(15));
+            }
+            answer => return answer,
+        }
+    }
+}
+
 /// The retry partition of a client: retry budget and rate limiter are shared by every client
 /// of one service × account × region, and by nothing else.
 pub fn partition(service: &str, account: &str, region: &str) -> RetryPartition {
@@ -313,6 +350,71 @@ impl ClassifyRetry for TransientCodes {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+
+    /// A service answer with `code`, as the SDK hands it to a caller.
+    fn answer(
+        code: &str,
+    ) -> super::SdkError<
+        aws_sdk_organizations::operation::tag_resource::TagResourceError,
+        super::HttpResponse,
+    > {
+        use aws_sdk_organizations::operation::tag_resource::TagResourceError;
+        use aws_smithy_types::body::SdkBody;
+        use aws_smithy_types::error::ErrorMetadata;
+        let status = aws_smithy_runtime_api::http::StatusCode::try_from(400).expect("a status");
+        super::SdkError::service_error(
+            TagResourceError::generic(ErrorMetadata::builder().code(code).build()),
+            super::HttpResponse::new(status, SdkBody::empty()),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn conflicts_are_waited_out_and_other_answers_returned_at_once() {
+        use super::ProvideErrorMetadata;
+        use std::time::Duration;
+        let start = tokio::time::Instant::now();
+        let calls = std::cell::Cell::new(0);
+        // Ten refusals in a row (twice the SDK's attempts), then success.
+        let r = super::waiting_out_conflicts(|| {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move {
+                if n <= 10 {
+                    Err(answer("ConcurrentModificationException"))
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(r.ok(), Some(11));
+        // 0.5 + 1 + 2 + 4 + 8 + 15 × 5 seconds: the waits grow to their cap.
+        assert_eq!(start.elapsed(), Duration::from_millis(90_500));
+
+        calls.set(0);
+        let r = super::waiting_out_conflicts(|| {
+            calls.set(calls.get() + 1);
+            async { Err::<(), _>(answer("ConstraintViolationException")) }
+        })
+        .await;
+        assert_eq!(calls.get(), 1, "any other refusal is not retried here");
+        assert_eq!(
+            r.err()
+                .and_then(|e| e.code().map(str::to_string))
+                .as_deref(),
+            Some("ConstraintViolationException")
+        );
+
+        // Contention that never ends fails the call within the patience.
+        let start = tokio::time::Instant::now();
+        let r = super::waiting_out_conflicts(|| async {
+            Err::<(), _>(answer("ConcurrentModificationException"))
+        })
+        .await;
+        assert!(r.is_err());
+        assert!(start.elapsed() <= super::CONFLICT_PATIENCE);
+        assert!(start.elapsed() >= super::CONFLICT_PATIENCE - Duration::from_secs(15));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn patience_grows_to_its_cap_and_ends_before_the_deadline() {

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::errors::{classify_failure_reason, outcome, step_error, Outcome};
-use super::{Aws, Patience};
+use super::{waiting_out_conflicts, Aws, Patience};
 use crate::requirements::Environment;
 
 pub struct Org {
@@ -177,13 +177,15 @@ impl Plugin for Org {
                 None => self.ensure_account(&client, a, &account_tags, &ctx).await?,
             };
             move_into(&client, &id, &ou_id, &root_id, a, &c.customer).await?;
-            client
-                .tag_resource()
-                .resource_id(&id)
-                .set_tags(Some(account_tags))
-                .send()
-                .await
-                .map_err(|e| step_error("TagResource", e))?;
+            waiting_out_conflicts(|| {
+                client
+                    .tag_resource()
+                    .resource_id(&id)
+                    .set_tags(Some(account_tags.clone()))
+                    .send()
+            })
+            .await
+            .map_err(|e| step_error("TagResource", e))?;
             if created {
                 Milestone::AccountCreated {
                     name: a.name.clone(),
@@ -353,13 +355,15 @@ impl Org {
         let deadline = tokio::time::Instant::now() + self.create_timeout;
         let mut patience = Patience::new(self.first_poll, Some(deadline));
         loop {
-            let started = client
-                .create_account()
-                .email(&a.email)
-                .account_name(&a.name)
-                .set_tags(Some(tags.to_vec()))
-                .send()
-                .await;
+            let started = waiting_out_conflicts(|| {
+                client
+                    .create_account()
+                    .email(&a.email)
+                    .account_name(&a.name)
+                    .set_tags(Some(tags.to_vec()))
+                    .send()
+            })
+            .await;
             match started {
                 Ok(started) => {
                     return started
@@ -418,11 +422,13 @@ async fn ensure_organization(client: &Client) -> Result<(String, String), StepEr
         Ok(o) => o.organization().cloned(),
         Err(e) => match e.as_service_error() {
             Some(DescribeOrganizationError::AwsOrganizationsNotInUseException(_)) => {
-                match client
-                    .create_organization()
-                    .feature_set(OrganizationFeatureSet::All)
-                    .send()
-                    .await
+                match waiting_out_conflicts(|| {
+                    client
+                        .create_organization()
+                        .feature_set(OrganizationFeatureSet::All)
+                        .send()
+                })
+                .await
                 {
                     Ok(o) => o.organization().cloned(),
                     // Another run created it meanwhile: adopt it.
@@ -468,12 +474,14 @@ async fn ensure_root_with_scps(client: &Client) -> Result<String, StepError> {
             && p.status() == Some(&PolicyTypeStatus::Enabled)
     });
     if !enabled {
-        let enabled = client
-            .enable_policy_type()
-            .root_id(&root_id)
-            .policy_type(PolicyType::ServiceControlPolicy)
-            .send()
-            .await;
+        let enabled = waiting_out_conflicts(|| {
+            client
+                .enable_policy_type()
+                .root_id(&root_id)
+                .policy_type(PolicyType::ServiceControlPolicy)
+                .send()
+        })
+        .await;
         match enabled {
             Ok(_) => {}
             Err(e) if outcome(&e) == Outcome::AlreadyDone => {}
@@ -494,13 +502,15 @@ async fn ensure_ou(
     if let Some(id) = find_ou(client, parent, name).await? {
         return Ok(id);
     }
-    let created = client
-        .create_organizational_unit()
-        .parent_id(parent)
-        .name(name)
-        .set_tags(Some(tags.to_vec()))
-        .send()
-        .await;
+    let created = waiting_out_conflicts(|| {
+        client
+            .create_organizational_unit()
+            .parent_id(parent)
+            .name(name)
+            .set_tags(Some(tags.to_vec()))
+            .send()
+    })
+    .await;
     match created {
         Ok(out) => out
             .organizational_unit()
@@ -619,13 +629,15 @@ async fn move_into(
         .with_context(json!({ "account_id": account, "email": a.email, "ou": name })));
     }
     if current != ou {
-        let moved = client
-            .move_account()
-            .account_id(account)
-            .source_parent_id(&current)
-            .destination_parent_id(ou)
-            .send()
-            .await;
+        let moved = waiting_out_conflicts(|| {
+            client
+                .move_account()
+                .account_id(account)
+                .source_parent_id(&current)
+                .destination_parent_id(ou)
+                .send()
+        })
+        .await;
         match moved {
             Ok(_) => {}
             Err(e) if outcome(&e) == Outcome::AlreadyDone => {}

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::errors::{self, step_error, Outcome};
-use super::Aws;
+use super::{waiting_out_conflicts, Aws};
 use crate::templates::{stem, TemplateSet};
 
 /// AWS's limit for one SCP document, in characters.
@@ -177,18 +177,20 @@ impl Plugin for Policy {
                         .into_iter()
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(|e| StepError::permanent(e.to_string()))?;
-                    let created = client
-                        .create_policy()
-                        .name(&scp.name)
-                        .description(format!(
-                            "Landfall guard rail {} for {}",
-                            scp.template, c.customer
-                        ))
-                        .content(&scp.content)
-                        .r#type(PolicyType::ServiceControlPolicy)
-                        .set_tags(Some(tags))
-                        .send()
-                        .await;
+                    let created = waiting_out_conflicts(|| {
+                        client
+                            .create_policy()
+                            .name(&scp.name)
+                            .description(format!(
+                                "Landfall guard rail {} for {}",
+                                scp.template, c.customer
+                            ))
+                            .content(&scp.content)
+                            .r#type(PolicyType::ServiceControlPolicy)
+                            .set_tags(Some(tags.clone()))
+                            .send()
+                    })
+                    .await;
                     match created {
                         Ok(created) => {
                             let id = created
@@ -309,11 +311,7 @@ impl Plugin for Policy {
 }
 
 async fn update(client: &Client, id: &str, content: &str) -> Result<(), StepError> {
-    client
-        .update_policy()
-        .policy_id(id)
-        .content(content)
-        .send()
+    waiting_out_conflicts(|| client.update_policy().policy_id(id).content(content).send())
         .await
         .map_err(|e| step_error("UpdatePolicy", e))?;
     Ok(())
@@ -321,12 +319,14 @@ async fn update(client: &Client, id: &str, content: &str) -> Result<(), StepErro
 
 /// Attaches, taking "already attached" (a concurrent run, or this call's lost answer) as done.
 async fn attach(client: &Client, id: &str, target: &str) -> Result<(), StepError> {
-    match client
-        .attach_policy()
-        .policy_id(id)
-        .target_id(target)
-        .send()
-        .await
+    match waiting_out_conflicts(|| {
+        client
+            .attach_policy()
+            .policy_id(id)
+            .target_id(target)
+            .send()
+    })
+    .await
     {
         Ok(_) => Ok(()),
         Err(e) if errors::outcome(&e) == Outcome::AlreadyDone => Ok(()),
@@ -336,12 +336,14 @@ async fn attach(client: &Client, id: &str, target: &str) -> Result<(), StepError
 
 /// Detaches, taking "not attached" as done.
 async fn detach(client: &Client, id: &str, target: &str) -> Result<(), StepError> {
-    match client
-        .detach_policy()
-        .policy_id(id)
-        .target_id(target)
-        .send()
-        .await
+    match waiting_out_conflicts(|| {
+        client
+            .detach_policy()
+            .policy_id(id)
+            .target_id(target)
+            .send()
+    })
+    .await
     {
         Ok(_) => Ok(()),
         Err(e) if errors::outcome(&e) == Outcome::AlreadyGone => Ok(()),
