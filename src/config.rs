@@ -12,7 +12,7 @@ use figment::providers::Env;
 use figment::value::{Dict, Map};
 use figment::{Figment, Metadata, Profile, Provider};
 use landfall_engine::diag::{codes, Diagnostic, Report};
-use landfall_engine::source::Source;
+use landfall_engine::Source;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 

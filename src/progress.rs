@@ -4,8 +4,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use landfall_engine::events::{LogLevel, Observer, RunEvent};
 use landfall_engine::state::NodeStatus;
+use landfall_engine::{LogLevel, Observer, RunEvent};
 use landfall_steps::milestone::Milestone;
 
 pub struct Progress {

@@ -42,7 +42,7 @@ pub fn report(r: &Report, color: bool) -> String {
 }
 
 /// A run's input problems, one line each, as `landfall run` prints them.
-pub fn input_errors(errs: &[landfall_engine::inputs::InputError]) -> String {
+pub fn input_errors(errs: &[landfall_engine::InputError]) -> String {
     errs.iter()
         .map(|e| format!("error[{}]: input `{}`: {}\n", e.code, e.field, e.message))
         .collect()

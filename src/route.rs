@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use indexmap::IndexMap;
-use landfall_engine::spec::{InputSpec, SlackTrigger};
+use landfall_engine::{InputSpec, SlackTrigger};
 use landfall_steps::approval::Verdict;
 
 /// A workflow that can be started from Slack.
@@ -395,10 +395,7 @@ mod tests {
         for name in ["onboarding.yaml", "provisioning.yaml"] {
             let file = root.join("workflows").join(name);
             let text = std::fs::read_to_string(&file).unwrap();
-            let c = landfall_engine::compile::compile(
-                &landfall_engine::source::Source::new(name, text),
-                &registry,
-            );
+            let c = landfall_engine::compile(&landfall_engine::Source::new(name, text), &registry);
             wfs.push((file, c.workflow.unwrap()));
         }
         let r = super::routes(&wfs).unwrap();

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use landfall_engine::compile::compile;
-use landfall_engine::source::Source;
+use landfall_engine::compile;
 use landfall_engine::state::{RunStatus, Trigger};
 use landfall_engine::store::{Batch, MemStore, RedbStore, Store};
+use landfall_engine::Source;
 use landfall_engine::Workflow;
 use landfall_engine::{Engine, NewRun, Plugin, Registry, RunControl, StepContext, StepError};
 use schemars::JsonSchema;

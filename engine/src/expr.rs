@@ -15,7 +15,7 @@ use serde_json::Value;
 const STATUS_VAR: &str = "__landfall_status";
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Template<'a> {
+pub(crate) enum Template<'a> {
     Literal(&'a str),
     /// The text between `{{` and `}}`.
     Expr(&'a str),
@@ -23,7 +23,7 @@ pub enum Template<'a> {
 }
 
 impl<'a> Template<'a> {
-    pub fn classify(s: &'a str) -> Template<'a> {
+    pub(crate) fn classify(s: &'a str) -> Template<'a> {
         if !(s.contains("{{") || s.contains("{%") || s.contains("{#")) {
             return Template::Literal(s);
         }
@@ -72,7 +72,7 @@ fn status_flag(state: &State, name: &str) -> bool {
 }
 
 /// The shared, configured environment.
-pub fn env() -> &'static Environment<'static> {
+pub(crate) fn env() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
     ENV.get_or_init(|| {
         let mut env = Environment::new();
@@ -92,16 +92,20 @@ pub fn ctx_value<T: serde::Serialize>(v: T) -> minijinja::Value {
 
 /// A `for_each` instance's context: `base` (shared by every instance of the step, built once)
 /// with its `item` and `index` in front. The merge is lazy: nothing of `base` is copied.
-pub fn with_item(base: &minijinja::Value, item: &Value, index: Option<usize>) -> minijinja::Value {
+pub(crate) fn with_item(
+    base: &minijinja::Value,
+    item: &Value,
+    index: Option<usize>,
+) -> minijinja::Value {
     minijinja::context! { item => ctx_value(item), index => index, ..base.clone() }
 }
 
 /// The names of the status functions a `when` may use.
-pub const STATUS_FUNCTIONS: [&str; 4] = ["success", "failure", "always", "cancelled"];
+pub(crate) const STATUS_FUNCTIONS: [&str; 4] = ["success", "failure", "always", "cancelled"];
 
 /// Which status functions a condition calls. A condition that calls none of them implies
 /// `success()`, as in GitHub Actions.
-pub fn status_functions_used(condition: &str) -> BTreeSet<&'static str> {
+pub(crate) fn status_functions_used(condition: &str) -> BTreeSet<&'static str> {
     static RE: OnceLock<regex::Regex> = OnceLock::new();
     let re = RE.get_or_init(|| {
         regex::Regex::new(r"\b(success|failure|always|cancelled)\s*\(\s*\)").expect("static regex")
@@ -115,7 +119,7 @@ pub fn status_functions_used(condition: &str) -> BTreeSet<&'static str> {
 }
 
 /// The expression text of a `when`, with or without `{{ }}`.
-pub fn condition_expr(when: &str) -> &str {
+pub(crate) fn condition_expr(when: &str) -> &str {
     match Template::classify(when) {
         Template::Expr(e) => e,
         Template::Literal(l) => l.trim(),
@@ -144,7 +148,7 @@ fn context_vars(vars: std::collections::HashSet<String>) -> BTreeSet<String> {
 }
 
 /// Variables a template or expression reads, as dotted paths (`steps.a.outputs`).
-pub fn referenced(s: &str) -> Result<BTreeSet<String>, ExprError> {
+pub(crate) fn referenced(s: &str) -> Result<BTreeSet<String>, ExprError> {
     let env = env();
     let vars = match Template::classify(s) {
         Template::Literal(_) => return Ok(BTreeSet::new()),
@@ -155,7 +159,7 @@ pub fn referenced(s: &str) -> Result<BTreeSet<String>, ExprError> {
 }
 
 /// Variables a bare expression (a `when` condition) reads.
-pub fn referenced_in_expr(expr: &str) -> Result<BTreeSet<String>, ExprError> {
+pub(crate) fn referenced_in_expr(expr: &str) -> Result<BTreeSet<String>, ExprError> {
     Ok(context_vars(
         env().compile_expression(expr)?.undeclared_variables(true),
     ))
@@ -186,7 +190,7 @@ fn to_json(v: minijinja::Value, expr: &str) -> Result<Value, ExprError> {
 }
 
 /// Renders every string inside `value` (keys are left alone).
-pub fn render_value(value: &Value, ctx: &minijinja::Value) -> Result<Value, ExprError> {
+pub(crate) fn render_value(value: &Value, ctx: &minijinja::Value) -> Result<Value, ExprError> {
     Ok(match value {
         Value::String(s) => render_str(s, ctx)?,
         Value::Array(items) => Value::Array(
@@ -205,7 +209,7 @@ pub fn render_value(value: &Value, ctx: &minijinja::Value) -> Result<Value, Expr
 }
 
 /// Whether `value` contains any template at all (the scheduler skips rendering otherwise).
-pub fn has_templates(value: &Value) -> bool {
+pub(crate) fn has_templates(value: &Value) -> bool {
     match value {
         Value::String(s) => !matches!(Template::classify(s), Template::Literal(_)),
         Value::Array(items) => items.iter().any(has_templates),
@@ -215,7 +219,7 @@ pub fn has_templates(value: &Value) -> bool {
 }
 
 /// Evaluates a `when` condition. `failure` tells whether an earlier step failed.
-pub fn eval_condition(
+pub(crate) fn eval_condition(
     when: &str,
     ctx: &Value,
     failure: bool,

@@ -29,7 +29,7 @@ impl InputError {
     }
 }
 
-pub fn has_type(v: &Value, t: InputType) -> bool {
+pub(crate) fn has_type(v: &Value, t: InputType) -> bool {
     match t {
         InputType::String => v.is_string(),
         InputType::Integer => v.is_i64() || v.is_u64(),
@@ -53,7 +53,7 @@ fn type_of(v: &Value) -> &'static str {
 }
 
 /// Checks one value against its declaration.
-pub fn check_value(_name: &str, spec: &InputSpec, v: &Value) -> Result<(), String> {
+pub(crate) fn check_value(_name: &str, spec: &InputSpec, v: &Value) -> Result<(), String> {
     if !has_type(v, spec.kind) {
         return Err(format!("expected {}, got {}", spec.kind.name(), type_of(v)));
     }
@@ -78,7 +78,7 @@ pub fn check_value(_name: &str, spec: &InputSpec, v: &Value) -> Result<(), Strin
 
 /// Parses a `--set key=value` value by the input's declared type: strings stay verbatim, other
 /// types are read as YAML (`--set count=3`, `--set regions=[us-east-1,eu-west-1]`).
-pub fn parse_set_value(spec: Option<&InputSpec>, raw: &str) -> Value {
+pub(crate) fn parse_set_value(spec: Option<&InputSpec>, raw: &str) -> Value {
     match spec.map(|s| s.kind) {
         Some(InputType::String) => Value::String(raw.to_string()),
         _ => serde_yaml::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.to_string())),
@@ -87,7 +87,7 @@ pub fn parse_set_value(spec: Option<&InputSpec>, raw: &str) -> Value {
 
 /// Merges `provided` (file) and `sets` (flags, which win), applies defaults, and checks every
 /// input. Returns every problem, not just the first.
-pub fn resolve(
+pub(crate) fn resolve(
     declared: &IndexMap<String, InputSpec>,
     provided: Map<String, Value>,
     sets: &[(String, String)],

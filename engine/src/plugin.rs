@@ -401,7 +401,7 @@ pub trait Plugin: Send + Sync + 'static {
 struct Typed<S>(S);
 
 /// Deserializes `with` into `T`, naming the path of the first problem.
-pub fn decode<T: DeserializeOwned>(with: &Value) -> Result<T, ConfigProblem> {
+pub(crate) fn decode<T: DeserializeOwned>(with: &Value) -> Result<T, ConfigProblem> {
     serde_path_to_error::deserialize(with).map_err(|e| ConfigProblem {
         path: Path::from_serde(e.path()),
         message: e.inner().to_string(),
@@ -583,7 +583,7 @@ fn stand_in(root: &Value, schema: &Value) -> Option<Value> {
 
 /// A check of a run's inputs as a whole (e.g. a customer's requirements), named by a
 /// workflow's `input_check`. Returns every problem, each naming its field path.
-pub type InputCheck =
+pub(crate) type InputCheck =
     Arc<dyn Fn(&serde_json::Map<String, Value>) -> Vec<crate::inputs::InputError> + Send + Sync>;
 
 /// Every plugin, by the name steps `use`, and the named input checks.

@@ -12,7 +12,7 @@ use saphyr_parser::{Event, Parser, ScalarStyle, Span as YSpan};
 use serde_json::{Map, Number, Value};
 
 use crate::diag::{codes, Diagnostic};
-use crate::path::{Path, Seg};
+use crate::path::Path;
 
 /// A file's name (as the user gave it) and its full text.
 #[derive(Debug, Clone)]
@@ -439,14 +439,6 @@ fn resolve_scalar(text: &str, style: ScalarStyle, tag: Option<&str>) -> Value {
         }
     }
     Value::String(text.to_string())
-}
-
-/// The key of a path's last segment, if it is a key.
-pub fn last_key(path: &Path) -> Option<&str> {
-    match path.0.last() {
-        Some(Seg::Key(k)) => Some(k),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use serde_json::Value;
 /// A workflow file: named inputs and a list of steps wired by `needs`.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct WorkflowSpec {
+pub(crate) struct WorkflowSpec {
     /// Name of the workflow, shown in `landfall status` and messages.
     pub name: String,
     /// What the workflow does, for people.
@@ -44,7 +44,7 @@ pub struct WorkflowSpec {
 /// Ways to start a workflow from outside the CLI.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct TriggerSpec {
+pub(crate) struct TriggerSpec {
     /// `/landfall <command> …` and `@landfall <command> …` in Slack.
     #[serde(default)]
     pub slack: Option<SlackTrigger>,
@@ -76,7 +76,7 @@ pub struct SlackTrigger {
 }
 
 /// Words `/landfall` itself understands; a workflow cannot take them as its command.
-pub const BUILTIN_COMMANDS: [&str; 8] = [
+pub(crate) const BUILTIN_COMMANDS: [&str; 8] = [
     "help", "status", "runs", "cancel", "resume", "approve", "reject", "run",
 ];
 
@@ -134,7 +134,7 @@ pub struct InputSpec {
 /// Defaults for every step.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct DefaultsSpec {
+pub(crate) struct DefaultsSpec {
     /// Retry policy for transient failures.
     #[serde(default)]
     pub retry: Option<RetrySpec>,
@@ -190,7 +190,7 @@ pub struct RetrySpec {
 /// Circuit breaker settings.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct BreakerSpec {
+pub(crate) struct BreakerSpec {
     /// Consecutive transient failures that open the circuit.
     #[serde(default)]
     pub failure_threshold: Option<u32>,
@@ -203,7 +203,7 @@ pub struct BreakerSpec {
 /// One step: an instance of a plugin, wired to earlier steps by `needs`.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct StepSpec {
+pub(crate) struct StepSpec {
     /// Unique id of the step: letters, digits, `_` and `-`, starting with a letter.
     pub id: String,
     /// The plugin that runs this step (`landfall steps` lists them).

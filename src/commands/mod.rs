@@ -21,10 +21,10 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use landfall_engine::compile::compile;
-use landfall_engine::source::Source;
+use landfall_engine::compile;
 use landfall_engine::state::{RunStatus, Trigger};
 use landfall_engine::store::{RedbStore, StoreError};
+use landfall_engine::Source;
 use landfall_engine::{Engine, EngineError, Registry, Workflow};
 use serde_json::Value;
 
@@ -170,7 +170,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Reject(a) => app.decide(a, landfall_steps::approval::Verdict::Reject),
         Command::Steps { json } => app.steps(json),
         Command::Schema => {
-            print_json(&landfall_engine::spec::json_schema());
+            print_json(&landfall_engine::workflow_json_schema());
             Ok(EXIT_OK)
         }
         Command::Config {

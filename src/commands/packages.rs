@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use landfall_engine::package::{Package, PackageRef};
 use landfall_engine::store::{RedbStore, Store};
+use landfall_engine::{Package, PackageRef};
 use serde_json::{json, Value};
 
 use super::{print_json, App, Failure, Res, EXIT_FAILED, EXIT_OK};

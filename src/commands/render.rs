@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use landfall_engine::diag::Report;
-use landfall_engine::package::Package;
-use landfall_engine::source;
+use landfall_engine::parse_document;
+use landfall_engine::Package;
 use serde_json::json;
 
 use super::packages::export_package;
@@ -14,9 +14,9 @@ use crate::render as show;
 
 impl App {
     pub(super) fn render(&self, requirements: &Path, out: &Path) -> Res<i32> {
-        use landfall_steps::requirements::Requirements;
+        use landfall_steps::Requirements;
         let source = read_source(requirements)?;
-        let doc = match source::parse(&source) {
+        let doc = match parse_document(&source) {
             Ok((doc, _)) => doc,
             Err(d) => {
                 let r = Report::new(source, None, vec![d]);
@@ -39,9 +39,9 @@ impl App {
                     source.name
                 ))
             })?;
-        let built = landfall_steps::cfn::build::build(templates, &req, None, None)
+        let built = landfall_steps::build_package(templates, &req, None, None)
             .map_err(|e| Failure::invalid(e.message))?;
-        let scps = landfall_steps::aws::policy::render(
+        let scps = landfall_steps::render_scps(
             templates,
             &serde_json::from_value(json!({
                 "customer": req.customer,
@@ -56,8 +56,7 @@ impl App {
             .iter()
             .map(|p| templates.join("rules").join(p))
             .collect();
-        let findings =
-            landfall_steps::cfn::validate::check_package(&built.files, &built.manifest, &packs);
+        let findings = landfall_steps::check_package(&built.files, &built.manifest, &packs);
         let mut files = built.files.clone();
         for s in &scps {
             let pretty = serde_json::to_string_pretty(&s.document).unwrap_or_default();
@@ -69,7 +68,7 @@ impl App {
             digest: String::new(),
             created_at: chrono::Utc::now(),
             run_id: None,
-            content: landfall_engine::package::PackageContent {
+            content: landfall_engine::PackageContent {
                 manifest: built.manifest.clone(),
                 files,
             },
@@ -88,8 +87,8 @@ impl App {
             eprintln!(
                 "{}: {} in {}{}: {}\n  fix: {}",
                 match f.severity {
-                    landfall_steps::cfn::validate::Severity::Error => "error",
-                    landfall_steps::cfn::validate::Severity::Warning => "warning",
+                    landfall_steps::Severity::Error => "error",
+                    landfall_steps::Severity::Warning => "warning",
                 },
                 f.rule,
                 f.stack,
@@ -103,7 +102,7 @@ impl App {
         }
         let errors = findings
             .iter()
-            .filter(|f| f.severity == landfall_steps::cfn::validate::Severity::Error)
+            .filter(|f| f.severity == landfall_steps::Severity::Error)
             .count();
         if errors > 0 {
             eprintln!("the package has {errors} error finding(s): it would be rejected");

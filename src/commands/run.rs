@@ -5,11 +5,11 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 
 use landfall_engine::diag::Report;
-use landfall_engine::events::Observer;
-use landfall_engine::inputs;
-use landfall_engine::source::{self, Source};
+use landfall_engine::Observer;
+
 use landfall_engine::state::{RunRecord, RunStatus};
 use landfall_engine::store::{RedbStore, Store};
+use landfall_engine::{parse_document, Source};
 use landfall_engine::{Engine, EngineError, NewRun, RunControl, Workflow};
 use serde_json::{Map, Value};
 
@@ -27,7 +27,7 @@ impl App {
             None => Map::new(),
             Some(p) => {
                 let source = read_source(p)?;
-                let doc = match source::parse(&source) {
+                let doc = match parse_document(&source) {
                     Ok((doc, _)) => doc,
                     Err(d) => {
                         let r = Report::new(source, None, vec![d]);
@@ -47,14 +47,16 @@ impl App {
                 }
             }
         };
-        inputs::resolve_and_check(wf, &self.registry, provided, &args.sets).map_err(|errs| {
-            eprint!("{}", render::input_errors(&errs));
-            Failure::invalid(format!(
-                "{} invalid input{}; nothing ran",
-                errs.len(),
-                if errs.len() == 1 { "" } else { "s" }
-            ))
-        })
+        landfall_engine::resolve_and_check(wf, &self.registry, provided, &args.sets).map_err(
+            |errs| {
+                eprint!("{}", render::input_errors(&errs));
+                Failure::invalid(format!(
+                    "{} invalid input{}; nothing ran",
+                    errs.len(),
+                    if errs.len() == 1 { "" } else { "s" }
+                ))
+            },
+        )
     }
 
     pub(super) async fn run(&self, args: RunArgs) -> Res<i32> {

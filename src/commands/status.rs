@@ -1,12 +1,12 @@
 //! `status`: the runs of the state file, or one run's nodes; also the documented JSON shape
 //! of a run that `run --json` prints.
 
-use landfall_engine::compile::compile;
-use landfall_engine::inputs;
-use landfall_engine::source::Source;
+use landfall_engine::compile;
+
 use landfall_engine::state::{NodeRecord, NodeStatus, RunRecord, RunStatus};
 use landfall_engine::store::Store;
 use landfall_engine::Registry;
+use landfall_engine::Source;
 use serde_json::{json, Value};
 
 use super::{print_json, App, Failure, Res, EXIT_OK};
@@ -100,7 +100,7 @@ pub fn run_json(store: &dyn Store, run_id: &str, registry: &Registry) -> Res<Val
         .unwrap_or_default();
     // Secret inputs never leave the state file; without the workflow, hide them all.
     let inputs = match &wf {
-        Some(wf) => inputs::redacted(&wf.inputs, &run.inputs),
+        Some(wf) => landfall_engine::redacted_inputs(&wf.inputs, &run.inputs),
         None => Value::String("(hidden: the stored workflow no longer compiles)".into()),
     };
     let mut list: Vec<&NodeRecord> = nodes.iter().collect();

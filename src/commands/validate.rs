@@ -2,9 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use landfall_engine::compile::compile;
+use landfall_engine::compile;
 use landfall_engine::diag::{codes, Diagnostic, Report};
-use landfall_engine::source::Source;
+use landfall_engine::Source;
 use serde_json::Value;
 
 use super::{print_json, read_source, App, Res, EXIT_INVALID, EXIT_OK};

@@ -51,7 +51,7 @@ pub struct OAuth {
     pub client_id: String,
     pub client_secret: String,
     /// Seals the grant in the state file.
-    pub key: landfall_engine::crypto::DataKey,
+    pub key: landfall_engine::DataKey,
     pub api_url: String,
     pub authorize_url: String,
     pub redirect_url: Option<String>,

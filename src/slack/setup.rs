@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use landfall_engine::crypto::DataKey;
 use landfall_engine::state::RunRecord;
 use landfall_engine::store::Store;
+use landfall_engine::DataKey;
 use landfall_engine::{Engine, Registry, Workflow};
 
 use super::server::{FrontDoor, OAuth, Options, Outbound};

@@ -11,10 +11,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use landfall_engine::events::{Observer, RunEvent};
 use landfall_engine::state::NodeStatus;
 use landfall_engine::store::{AuditDraft, Batch};
 use landfall_engine::Engine;
+use landfall_engine::{Observer, RunEvent};
 use landfall_steps::milestone::Milestone;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;

@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
-use landfall_engine::crypto::{CryptoError, DataKey};
 use landfall_engine::store::{Batch, Store};
+use landfall_engine::{CryptoError, DataKey};
 use serde::{Deserialize, Serialize};
 use slack_morphism::prelude::*;
 

@@ -45,7 +45,7 @@ pub enum Auth {
 /// What an installed (OAuth) token needs.
 pub struct InstalledAuth {
     pub store: std::sync::Arc<dyn landfall_engine::store::Store>,
-    pub key: landfall_engine::crypto::DataKey,
+    pub key: landfall_engine::DataKey,
     pub client_id: String,
     pub client_secret: String,
 }

@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use landfall_engine::path::Path;
-use landfall_engine::plugin::ConfigProblem;
 use landfall_engine::state::Signal;
 use landfall_engine::store::Store;
+use landfall_engine::ConfigProblem;
+use landfall_engine::Path;
 use landfall_engine::{Plugin, StepContext, StepError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

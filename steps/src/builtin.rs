@@ -9,11 +9,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 /// `log`: writes a message to the run's event stream.
-pub struct Log;
+pub(crate) struct Log;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct LogConfig {
+pub(crate) struct LogConfig {
     /// The message (a template).
     pub message: String,
     /// `info` (default) or `warn`.
@@ -23,7 +23,7 @@ pub struct LogConfig {
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum LogLevelName {
+pub(crate) enum LogLevelName {
     Info,
     Warn,
 }
@@ -44,11 +44,11 @@ impl Plugin for Log {
 }
 
 /// `wait`: sleeps, and stops early when the run is cancelled.
-pub struct Wait;
+pub(crate) struct Wait;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct WaitConfig {
+pub(crate) struct WaitConfig {
     /// How long, e.g. `30s`, `5m`.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
@@ -70,11 +70,11 @@ impl Plugin for Wait {
 }
 
 /// `assert`: fails the step, permanently, when a condition is false.
-pub struct Assert;
+pub(crate) struct Assert;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AssertConfig {
+pub(crate) struct AssertConfig {
     /// The condition, usually one expression: `"{{ steps.org.outputs.accounts | length == 2 }}"`.
     pub that: bool,
     /// Said when the condition is false.

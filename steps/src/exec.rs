@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytesize::ByteSize;
-use landfall_engine::path::Path;
-use landfall_engine::plugin::ConfigProblem;
+use landfall_engine::ConfigProblem;
+use landfall_engine::Path;
 use landfall_engine::{Plugin, StepContext, StepError};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -34,11 +34,11 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// `exec`: runs a program (never through a shell).
-pub struct Exec;
+pub(crate) struct Exec;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ExecConfig {
+pub(crate) struct ExecConfig {
     /// Program and arguments, e.g. `["aws", "sts", "get-caller-identity"]`. No shell is
     /// involved: quoting, globs and `$VARS` are not interpreted.
     pub argv: Vec<String>,
@@ -61,9 +61,9 @@ pub struct ExecConfig {
 }
 
 /// The exit code meaning "try again later" (sysexits' EX_TEMPFAIL).
-pub const EX_TEMPFAIL: i32 = 75;
+pub(crate) const EX_TEMPFAIL: i32 = 75;
 /// The default of `max_output`.
-pub const DEFAULT_MAX_OUTPUT: u64 = 1 << 20;
+pub(crate) const DEFAULT_MAX_OUTPUT: u64 = 1 << 20;
 const STDERR_TAIL: usize = 2000;
 /// How long output may still arrive after the program exited and its group was killed: only
 /// a process that left the group (`setsid`) can hold the pipe open longer.

@@ -1,16 +1,30 @@
 //! Landfall's step plugins. The engine knows none of them by name; [`registry`] is the one
 //! place that registers them (and the named input checks workflows refer to).
 
+// Two modules stay public because they are contracts other crates speak, not machinery:
+// `approval` (the request a step emits and the decision that answers it) and `milestone` (what
+// progress, the Slack thread and the console render). The rest is private; what of it the binary
+// and the tests use is re-exported below.
 pub mod approval;
-pub mod aws;
-pub mod builtin;
-pub mod cfn;
-pub mod exec;
 pub mod milestone;
-pub mod notify;
-pub mod package;
-pub mod requirements;
-pub mod templates;
+
+mod aws;
+mod builtin;
+mod cfn;
+mod exec;
+mod notify;
+mod package;
+mod requirements;
+mod templates;
+
+pub use aws::errors::step_error;
+pub use aws::org::{Org, OrgConfig};
+pub use aws::policy::{render as render_scps, Policy, PolicyConfig};
+pub use aws::{call_retries, Aws};
+pub use cfn::build::build as build_package;
+pub use cfn::validate::{check_package, Severity};
+pub use notify::Notify;
+pub use requirements::Requirements;
 
 use std::path::PathBuf;
 use std::sync::Arc;

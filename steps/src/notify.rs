@@ -35,12 +35,12 @@ pub struct NotifyConfig {
 }
 
 /// Slack's most blocks per message.
-pub const MAX_BLOCKS: usize = 50;
+pub(crate) const MAX_BLOCKS: usize = 50;
 /// Slack's most characters in one text object.
-pub const MAX_TEXT: usize = 3000;
+pub(crate) const MAX_TEXT: usize = 3000;
 
 /// Keeps Block Kit within Slack's limits, saying what was left out.
-pub fn fit_blocks(v: Value) -> Value {
+pub(crate) fn fit_blocks(v: Value) -> Value {
     let mut blocks = match v {
         Value::Array(a) => a,
         other => vec![other],

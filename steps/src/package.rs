@@ -4,19 +4,19 @@ use crate::milestone::Milestone;
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use landfall_engine::package::{valid_package_id, PackageContent, PackageRef};
-use landfall_engine::path::Path;
-use landfall_engine::plugin::ConfigProblem;
+use landfall_engine::ConfigProblem;
+use landfall_engine::Path;
+use landfall_engine::{valid_package_id, PackageContent, PackageRef};
 use landfall_engine::{Plugin, StepContext, StepError};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-pub struct PackageStep;
+pub(crate) struct PackageStep;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(tag = "action", rename_all = "lowercase", deny_unknown_fields)]
-pub enum PackageConfig {
+pub(crate) enum PackageConfig {
     /// Publish `files` and `manifest` as a new version of `id` (identical content returns the
     /// existing version).
     Publish {

@@ -6,13 +6,13 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use ipnet::Ipv4Net;
-use landfall_engine::inputs::InputError;
+use landfall_engine::InputError;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// Regions Landfall knows, with their number of availability zones (commercial partition).
-pub const REGIONS: &[(&str, u8)] = &[
+pub(crate) const REGIONS: &[(&str, u8)] = &[
     ("us-east-1", 6),
     ("us-east-2", 3),
     ("us-west-1", 2),
@@ -133,6 +133,86 @@ pub struct Requirements {
     pub tags: BTreeMap<String, String>,
 }
 
+/// Fields of [`Requirements`] that have no default (pinned to the struct's schema by a test).
+const REQUIRED: [&str; 6] = [
+    "customer",
+    "display_name",
+    "contact_email",
+    "accounts",
+    "regions",
+    "network",
+];
+
+/// Reads `v` (found at `at`) as a `T`; a problem names the full path of the bad value.
+fn read<T: serde::de::DeserializeOwned>(
+    at: &landfall_engine::Path,
+    v: &Value,
+) -> Result<T, InputError> {
+    serde_path_to_error::deserialize(v.clone()).map_err(|e| {
+        let path = at.join(&landfall_engine::Path::from_serde(e.path()));
+        err(path.to_string(), plain(&e.inner().to_string()))
+    })
+}
+
+/// serde's message with Rust's type names said as a user would say them.
+fn plain(message: &str) -> String {
+    [
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected f64", "expected a number"),
+        ("expected a map", "expected a mapping (`key: value` lines)"),
+    ]
+    .iter()
+    .fold(message.to_string(), |m, (rust, said)| m.replace(rust, said))
+}
+
+/// Every shape problem of the inputs (a wrong type, an unknown value or field, a missing
+/// field), not only the first one serde meets: each field is read on its own, and each account,
+/// so one bad environment does not hide a bad network.
+fn shape_problems(inputs: &Map<String, Value>) -> Vec<InputError> {
+    use landfall_engine::Path;
+    fn check<T: serde::de::DeserializeOwned>(at: Path, v: &Value, out: &mut Vec<InputError>) {
+        if let Err(e) = read::<T>(&at, v) {
+            out.push(e);
+        }
+    }
+    let mut out = Vec::new();
+    for (k, v) in inputs {
+        let at = Path::root().key(k.as_str());
+        match k.as_str() {
+            "customer" | "display_name" | "contact_email" => check::<String>(at, v, &mut out),
+            "accounts" => match v.as_array() {
+                Some(items) => {
+                    for (i, a) in items.iter().enumerate() {
+                        check::<Account>(at.index(i), a, &mut out);
+                    }
+                }
+                None => check::<Vec<Account>>(at, v, &mut out),
+            },
+            "regions" | "compliance" => check::<Vec<String>>(at, v, &mut out),
+            "network" => check::<Network>(at, v, &mut out),
+            "budget" => check::<Option<Budget>>(at, v, &mut out),
+            "stakeholders" => check::<Stakeholders>(at, v, &mut out),
+            "tags" => check::<BTreeMap<String, String>>(at, v, &mut out),
+            other => {
+                let known = REQUIRED
+                    .iter()
+                    .chain(["budget", "compliance", "stakeholders", "tags"].iter())
+                    .copied();
+                let hint = landfall_engine::diag::did_you_mean(other, known)
+                    .map(|m| format!(" (did you mean `{m}`?)"))
+                    .unwrap_or_default();
+                out.push(err(other, format!("unknown field `{other}`{hint}")));
+            }
+        }
+    }
+    for field in REQUIRED {
+        if !inputs.contains_key(field) {
+            out.push(err(field, format!("missing field `{field}`")));
+        }
+    }
+    out
+}
+
 fn err(field: impl Into<String>, message: impl Into<String>) -> InputError {
     InputError::invalid(field, message)
 }
@@ -151,7 +231,7 @@ fn name_ok(s: &str, max: usize) -> bool {
 }
 
 /// The AZ count of a known region.
-pub fn region_azs(region: &str) -> Option<u8> {
+pub(crate) fn region_azs(region: &str) -> Option<u8> {
     REGIONS.iter().find(|(r, _)| *r == region).map(|(_, n)| *n)
 }
 
@@ -172,13 +252,15 @@ impl Requirements {
         inputs: &Map<String, Value>,
         rules_dir: Option<&Path>,
     ) -> Result<Requirements, Vec<InputError>> {
-        let req: Requirements = serde_path_to_error::deserialize(Value::Object(inputs.clone()))
-            .map_err(|e| {
-                vec![err(
-                    landfall_engine::path::Path::from_serde(e.path()).to_string(),
-                    e.inner().to_string(),
-                )]
-            })?;
+        let shape = shape_problems(inputs);
+        if !shape.is_empty() {
+            return Err(shape);
+        }
+        let req: Requirements = read(
+            &landfall_engine::Path::root(),
+            &Value::Object(inputs.clone()),
+        )
+        .map_err(|e| vec![e])?;
         let problems = req.problems(rules_dir);
         if problems.is_empty() {
             Ok(req)
@@ -479,6 +561,64 @@ mod tests {
     }
 
     #[test]
+    fn every_shape_problem_is_named_not_only_the_first() {
+        let mut v = acme();
+        v["accounts"][0]["environment"] = json!("prod");
+        v["accounts"][1]["email"] = json!(7);
+        v["network"]["availability_zones"] = json!("two");
+        v["regions"] = json!("us-east-1");
+        v["tag"] = json!({ "team": "platform" });
+        v.as_object_mut().unwrap().shift_remove("contact_email");
+        let p = check(v);
+        let fields: Vec<&str> = p.iter().map(|(f, _)| f.as_str()).collect();
+        // In the file's order, then the missing fields.
+        assert_eq!(
+            fields,
+            [
+                "accounts[0].environment",
+                "accounts[1].email",
+                "regions",
+                "network.availability_zones",
+                "tag",
+                "contact_email"
+            ],
+            "{p:#?}"
+        );
+        assert!(
+            p[4].1
+                .contains("unknown field `tag` (did you mean `tags`?)"),
+            "{p:#?}"
+        );
+        assert!(p[5].1.contains("missing field `contact_email`"), "{p:#?}");
+    }
+
+    /// The per-field reading knows every field of the struct, and which have no default: a
+    /// field added to `Requirements` and not to `shape_problems` fails here.
+    #[test]
+    fn the_shape_check_knows_every_field_of_the_schema() {
+        let schema = serde_json::to_value(schemars::schema_for!(Requirements)).unwrap();
+        let mut required: Vec<&str> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        required.sort_unstable();
+        let mut ours = REQUIRED.to_vec();
+        ours.sort_unstable();
+        assert_eq!(required, ours);
+        for field in schema["properties"].as_object().unwrap().keys() {
+            // A number is the wrong shape for every field: each must be read as its own type.
+            let problems = shape_problems(json!({ field.as_str(): 12345 }).as_object().unwrap());
+            let own = problems
+                .iter()
+                .find(|p| p.field == *field || p.field.starts_with(&format!("{field}.")));
+            let own = own.unwrap_or_else(|| panic!("{field}: {problems:?}"));
+            assert!(!own.message.contains("unknown field"), "{field}: {own:?}");
+        }
+    }
+
+    #[test]
     fn rule_packs_must_exist() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("baseline")).unwrap();
@@ -495,7 +635,7 @@ mod tests {
 #[cfg(test)]
 mod examples {
     use super::*;
-    use landfall_engine::source::{parse, Source};
+    use landfall_engine::{parse_document, Source};
 
     /// The shipped customer examples are valid against the shipped rule packs.
     #[test]
@@ -509,7 +649,7 @@ mod examples {
         {
             let p = e.path();
             let text = std::fs::read_to_string(&p).unwrap();
-            let (doc, _) = parse(&Source::new(p.display().to_string(), text)).unwrap();
+            let (doc, _) = parse_document(&Source::new(p.display().to_string(), text)).unwrap();
             let map = doc.value.as_object().unwrap().clone();
             if let Err(problems) = Requirements::from_inputs(&map, Some(&rules)) {
                 panic!("{}: {problems:?}", p.display());

@@ -11,7 +11,7 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
-pub enum TemplateError {
+pub(crate) enum TemplateError {
     #[error("cannot read templates in {dir}: {message}")]
     Read { dir: String, message: String },
     #[error("template {name}: {message}")]
@@ -19,7 +19,7 @@ pub enum TemplateError {
 }
 
 /// The templates of one directory (e.g. `templates/scp`), by file name.
-pub struct TemplateSet {
+pub(crate) struct TemplateSet {
     env: Environment<'static>,
     names: Vec<String>,
     dir: PathBuf,
@@ -35,7 +35,7 @@ fn escape_for(name: &str) -> AutoEscape {
 
 impl TemplateSet {
     /// Loads every `*.j2` file of `dir`, sorted by name.
-    pub fn load(dir: &Path) -> Result<TemplateSet, TemplateError> {
+    pub(crate) fn load(dir: &Path) -> Result<TemplateSet, TemplateError> {
         let read_err = |e: std::io::Error| TemplateError::Read {
             dir: dir.display().to_string(),
             message: e.to_string(),
@@ -68,15 +68,19 @@ impl TemplateSet {
         })
     }
 
-    pub fn names(&self) -> &[String] {
+    pub(crate) fn names(&self) -> &[String] {
         &self.names
     }
 
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
-    pub fn render<C: Serialize>(&self, name: &str, ctx: &C) -> Result<String, TemplateError> {
+    pub(crate) fn render<C: Serialize>(
+        &self,
+        name: &str,
+        ctx: &C,
+    ) -> Result<String, TemplateError> {
         let t = self
             .env
             .get_template(name)
@@ -99,7 +103,7 @@ impl TemplateSet {
 }
 
 /// A file name without its `.json.j2` / `.yaml.j2` / `.j2` ending.
-pub fn stem(name: &str) -> &str {
+pub(crate) fn stem(name: &str) -> &str {
     for ext in [".json.j2", ".yaml.j2", ".yml.j2", ".j2"] {
         if let Some(s) = name.strip_suffix(ext) {
             return s;

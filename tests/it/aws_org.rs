@@ -379,18 +379,15 @@ async fn the_default_package_deploys_cleanly_on_the_emulator() {
         .flatten()
     {
         let text = std::fs::read_to_string(e.path()).unwrap();
-        let (doc, _) = landfall_engine::source::parse(&landfall_engine::source::Source::new(
+        let (doc, _) = landfall_engine::parse_document(&landfall_engine::Source::new(
             e.path().display().to_string(),
             text,
         ))
         .unwrap();
-        let req = landfall_steps::requirements::Requirements::from_inputs(
-            doc.value.as_object().unwrap(),
-            None,
-        )
-        .unwrap();
+        let req = landfall_steps::Requirements::from_inputs(doc.value.as_object().unwrap(), None)
+            .unwrap();
         let built =
-            landfall_steps::cfn::build::build(&root.join("templates"), &req, None, None).unwrap();
+            landfall_steps::build_package(&root.join("templates"), &req, None, None).unwrap();
         for stack in built.manifest["stacks"].as_array().unwrap() {
             let body = &built.files[stack["template"].as_str().unwrap()];
             let declared = serde_yaml::from_str::<serde_json::Value>(body).unwrap()["Resources"]

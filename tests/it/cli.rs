@@ -718,8 +718,8 @@ fn a_rejection_fails_the_run_and_says_who() {
 #[test]
 fn rotate_key_reseals_every_secret_or_changes_nothing() {
     use landfall::slack::tokens::{load_grant, save_grant, Grant};
-    use landfall_engine::crypto::DataKey;
     use landfall_engine::store::RedbStore;
+    use landfall_engine::DataKey;
     let sb = Sandbox::new();
     let (old_hex, new_hex, wrong_hex) = ("11".repeat(32), "22".repeat(32), "33".repeat(32));
     sb.write("old.key", &old_hex);

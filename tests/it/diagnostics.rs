@@ -8,9 +8,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use landfall::render;
-use landfall_engine::compile::compile;
+use landfall_engine::compile;
 use landfall_engine::diag::codes;
-use landfall_engine::source::{self, Source};
+use landfall_engine::{parse_document, Source};
 
 /// The code a case's file name announces (`LF0105-cycle.yaml` → `LF0105`).
 fn announced(path: &Path) -> String {
@@ -74,9 +74,9 @@ fn every_broken_inputs_file_gets_every_problem_named() {
         .unwrap();
     insta::glob!("../fixtures/invalid-inputs", "*.*", |path| {
         let text = std::fs::read_to_string(path).unwrap();
-        let (doc, _) = source::parse(&Source::new("inputs.yaml", text)).unwrap();
+        let (doc, _) = parse_document(&Source::new("inputs.yaml", text)).unwrap();
         let provided = doc.value.as_object().cloned().unwrap();
-        let errs = landfall_engine::inputs::resolve_and_check(&wf, &registry, provided, &[])
+        let errs = landfall_engine::resolve_and_check(&wf, &registry, provided, &[])
             .expect_err("a broken inputs file was accepted");
         let code = announced(path);
         assert!(

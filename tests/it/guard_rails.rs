@@ -4,7 +4,7 @@
 //! guard rails use, with AWS's semantics for absent keys). Oracles: the eight documents as the
 //! first wave attached them (`tests/fixtures/scp-v1/`), and hand-written cases per guard rail.
 
-use landfall_steps::aws::policy::{render, PolicyConfig};
+use landfall_steps::{render_scps, PolicyConfig};
 use serde_json::{json, Value};
 
 #[derive(Debug, Clone)]
@@ -104,7 +104,7 @@ fn merged() -> Vec<Value> {
         "customer": "acme", "target_id": "ou-x", "regions": ["us-east-1", "eu-west-1"],
     }))
     .unwrap();
-    let scps = render(&root.join("templates"), &cfg).unwrap();
+    let scps = render_scps(&root.join("templates"), &cfg).unwrap();
     assert!(
         scps.len() <= 4,
         "FullAWSAccess needs one of the five places"

@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use landfall_engine::{Plugin, StepContext};
-use landfall_steps::aws::org::{Org, OrgConfig};
-use landfall_steps::aws::policy::{Policy, PolicyConfig};
+use landfall_steps::{Org, OrgConfig};
+use landfall_steps::{Policy, PolicyConfig};
 use proptest::prelude::*;
 use serde_json::json;
 

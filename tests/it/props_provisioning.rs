@@ -7,12 +7,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use landfall_engine::compile::compile;
-use landfall_engine::plugin::{ConfigProblem, DynPlugin, PluginInfo};
-use landfall_engine::source::Source;
+use landfall_engine::compile;
 use landfall_engine::state::{RunStatus, Trigger};
 use landfall_engine::store::MemStore;
 use landfall_engine::RunControl;
+use landfall_engine::Source;
+use landfall_engine::{ConfigProblem, DynPlugin, PluginInfo};
 use landfall_engine::{Engine, NewRun, Registry, StepContext, StepError};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};

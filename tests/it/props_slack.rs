@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use landfall::slack::thread;
 use landfall::slack::web;
-use landfall_engine::events::{Observer, RunEvent};
 use landfall_engine::state::RunStatus;
 use landfall_engine::store::{MemStore, Store};
 use landfall_engine::{Engine, Registry};
+use landfall_engine::{Observer, RunEvent};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -123,7 +123,7 @@ fn tokens(
     landfall::slack::tokens::Tokens {
         client: slack_morphism::prelude::SlackClient::new(connector),
         store,
-        key: landfall_engine::crypto::DataKey::from_bytes(&[7; 32]).unwrap(),
+        key: landfall_engine::DataKey::from_bytes(&[7; 32]).unwrap(),
         client_id: "cid".into(),
         client_secret: "csecret".into(),
     }

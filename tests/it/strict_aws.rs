@@ -4,9 +4,9 @@
 use std::collections::BTreeSet;
 
 use landfall_engine::{ErrorClass, Plugin, StepContext};
-use landfall_steps::aws::errors::step_error;
-use landfall_steps::aws::org::{Org, OrgConfig};
-use landfall_steps::aws::policy::{Policy, PolicyConfig};
+use landfall_steps::step_error;
+use landfall_steps::{Org, OrgConfig};
+use landfall_steps::{Policy, PolicyConfig};
 use serde_json::json;
 
 use crate::support::Emulator;

@@ -208,13 +208,13 @@ impl Emulator {
 impl Emulator {
     /// Landfall's AWS access, pointed at this emulator, for running plugins in-process: the
     /// production client settings (call retries included), only the endpoint differs.
-    pub(crate) fn landfall_aws(&self) -> landfall_steps::aws::Aws {
+    pub(crate) fn landfall_aws(&self) -> landfall_steps::Aws {
         let conf = self
             .sdk_config()
             .into_builder()
-            .retry_config(landfall_steps::aws::call_retries())
+            .retry_config(landfall_steps::call_retries())
             .build();
-        landfall_steps::aws::Aws::from_config(conf)
+        landfall_steps::Aws::from_config(conf)
     }
 
     fn sdk_config(&self) -> aws_config::SdkConfig {

@@ -1,22 +1,22 @@
 //! Snapshots of what Landfall generates for the example customers: review changes with
 //! `cargo insta review`.
 
-use landfall_engine::source::{parse, Source};
-use landfall_steps::aws::policy::{render, PolicyConfig};
+use landfall_engine::{parse_document, Source};
+use landfall_steps::{render_scps, PolicyConfig};
 
 #[test]
 fn scps_for_the_example_customers() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     insta::glob!("../../examples/customers", "*.*", |path| {
         let text = std::fs::read_to_string(path).unwrap();
-        let (doc, _) = parse(&Source::new(path.display().to_string(), text)).unwrap();
+        let (doc, _) = parse_document(&Source::new(path.display().to_string(), text)).unwrap();
         let cfg: PolicyConfig = serde_json::from_value(serde_json::json!({
             "customer": doc.value["customer"],
             "target_id": "ou-example",
             "regions": doc.value["regions"],
         }))
         .unwrap();
-        let scps = render(&root.join("templates"), &cfg).unwrap();
+        let scps = render_scps(&root.join("templates"), &cfg).unwrap();
         let docs: Vec<_> = scps
             .iter()
             .map(|s| serde_json::json!({ "name": s.name, "characters": s.content.chars().count(), "document": s.document }))
@@ -25,11 +25,10 @@ fn scps_for_the_example_customers() {
     });
 }
 
-fn requirements(path: &std::path::Path) -> landfall_steps::requirements::Requirements {
+fn requirements(path: &std::path::Path) -> landfall_steps::Requirements {
     let text = std::fs::read_to_string(path).unwrap();
-    let (doc, _) = parse(&Source::new(path.display().to_string(), text)).unwrap();
-    landfall_steps::requirements::Requirements::from_inputs(doc.value.as_object().unwrap(), None)
-        .unwrap()
+    let (doc, _) = parse_document(&Source::new(path.display().to_string(), text)).unwrap();
+    landfall_steps::Requirements::from_inputs(doc.value.as_object().unwrap(), None).unwrap()
 }
 
 #[test]
@@ -38,7 +37,7 @@ fn packages_for_the_example_customers() {
     insta::glob!("../../examples/customers", "*.*", |path| {
         let req = requirements(path);
         let built =
-            landfall_steps::cfn::build::build(&root.join("templates"), &req, None, None).unwrap();
+            landfall_steps::build_package(&root.join("templates"), &req, None, None).unwrap();
         insta::assert_json_snapshot!("manifest", built.manifest);
         for (file, text) in &built.files {
             insta::assert_snapshot!(file.replace('/', "__"), text);
@@ -69,7 +68,7 @@ fn cfn_lint_accepts_every_generated_template() {
     {
         let req = requirements(&e.path());
         let built =
-            landfall_steps::cfn::build::build(&root.join("templates"), &req, None, None).unwrap();
+            landfall_steps::build_package(&root.join("templates"), &req, None, None).unwrap();
         for (file, text) in built.files {
             let p = out
                 .path()
@@ -123,7 +122,7 @@ fn cfn_lint_accepts_every_generated_template() {
 async fn messages_render_as_people_will_read_them() {
     use landfall_engine::{Plugin, StepContext};
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let step = landfall_steps::notify::Notify {
+    let step = landfall_steps::Notify {
         templates_dir: root.join("templates"),
     };
     let mut seen = 0;

@@ -170,3 +170,26 @@ fn only_the_transitions_file_changes_a_nodes_status() {
         "node status assigned outside transitions.rs: {found:#?}"
     );
 }
+
+/// A library's public modules are its vocabularies (named, with the reason, at its root); the
+/// rest of its layout is private and reached through the root's `pub use` list, so moving code
+/// between its modules never breaks a caller.
+#[test]
+fn library_roots_publish_only_their_vocabularies() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (lib, allowed) in [
+        ("engine/src/lib.rs", &["diag", "state", "store"][..]),
+        ("steps/src/lib.rs", &["approval", "milestone"][..]),
+    ] {
+        let text = std::fs::read_to_string(root.join(lib)).unwrap();
+        let public: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub mod "))
+            .map(|m| m.trim_end_matches(';'))
+            .collect();
+        assert_eq!(
+            public, allowed,
+            "{lib}: a new public module is a new vocabulary; re-export its items instead, or add it here with its reason at the root"
+        );
+    }
+}

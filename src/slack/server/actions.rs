@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use landfall_engine::events::{Observer, RunEvent};
-use landfall_engine::source::{self, Source};
 use landfall_engine::state::Trigger;
+use landfall_engine::{parse_document, Source};
 use landfall_engine::{NewRun, Workflow};
+use landfall_engine::{Observer, RunEvent};
 use landfall_steps::approval::{self, Decision, Verdict};
 use landfall_steps::milestone::Milestone;
 use serde_json::{json, Map, Value};
@@ -174,19 +174,18 @@ impl FrontDoor {
             },
         };
         let sets: Vec<(String, String)> = args.into_iter().collect();
-        let inputs =
-            match landfall_engine::inputs::resolve_and_check(wf, &self.registry, provided, &sets) {
-                Ok(i) => i,
-                Err(errs) => {
-                    return format!(
-                        "Cannot start {workflow}:\n{}",
-                        errs.iter()
-                            .map(|e| format!("• `{}`: {}", e.field, e.message))
-                            .collect::<Vec<_>>()
-                            .join("\n")
-                    )
-                }
-            };
+        let inputs = match landfall_engine::resolve_and_check(wf, &self.registry, provided, &sets) {
+            Ok(i) => i,
+            Err(errs) => {
+                return format!(
+                    "Cannot start {workflow}:\n{}",
+                    errs.iter()
+                        .map(|e| format!("• `{}`: {}", e.field, e.message))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            }
+        };
         let record = match self.engine.create_run(
             wf,
             NewRun {
@@ -274,7 +273,7 @@ impl FrontDoor {
             return format!("`{run}` already finished ({}).", record.status);
         }
         let source = Source::new(record.workflow_file.clone(), record.workflow_text.clone());
-        let Some(wf) = landfall_engine::compile::compile(&source, &self.registry).workflow else {
+        let Some(wf) = landfall_engine::compile(&source, &self.registry).workflow else {
             return format!("`{run}`'s workflow no longer compiles with this build.");
         };
         let channel = record.trigger.details["channel"]
@@ -312,9 +311,9 @@ fn input_file(
     template: &str,
     args: &std::collections::BTreeMap<String, String>,
 ) -> Result<Map<String, Value>, String> {
-    let path = landfall_engine::expr::render_str(
+    let path = landfall_engine::render_str(
         template,
-        &landfall_engine::expr::ctx_value(json!({ "args": args })),
+        &landfall_engine::ctx_value(json!({ "args": args })),
     )
     .map_err(|e| format!("Cannot work out the inputs file: {e}"))?;
     let path = path.as_str().unwrap_or_default().to_string();
@@ -323,7 +322,7 @@ fn input_file(
     }
     let text = std::fs::read_to_string(&path)
         .map_err(|_| format!("There is no `{path}`: check the name, or add the file."))?;
-    let (doc, _) = source::parse(&Source::new(path.clone(), text))
+    let (doc, _) = parse_document(&Source::new(path.clone(), text))
         .map_err(|d| format!("`{path}` is not valid: {}", d.message))?;
     match doc.value {
         Value::Object(m) => Ok(m),

@@ -10,7 +10,7 @@ use serde_json::json;
 
 /// What kind of failure the SDK reported, independent of the operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// The request could not even be built (a bug or bad input).
     Construction,
     /// No answer in time.
@@ -54,7 +54,7 @@ const OTHER_TRANSIENT_CODES: &[&str] = &[
 ];
 
 /// Whether a classified error is throttling (a poller waits longer instead of failing).
-pub fn is_throttling(e: &StepError) -> bool {
+pub(crate) fn is_throttling(e: &StepError) -> bool {
     e.context
         .get("code")
         .and_then(serde_json::Value::as_str)
@@ -67,7 +67,7 @@ pub fn is_throttling(e: &StepError) -> bool {
 
 /// Codes AWS documents as "try again later" that the SDK's retry classifiers do not retry;
 /// [`super::TransientCodes`] retries them at the call.
-pub const CALL_RETRY_CODES: &[&str] = &[
+pub(crate) const CALL_RETRY_CODES: &[&str] = &[
     "ConcurrentModificationException",
     "FinalizingOrganizationException",
     "PolicyChangesInProgressException",
@@ -88,7 +88,7 @@ const TRANSIENT_REASONS: &[&str] = &[
 /// with any limit reason) fails the node permanently, so the run's failure branch (rollback,
 /// notification) still runs. Critical is kept for what makes touching anything unsafe (a
 /// package whose digest does not match), which AWS never tells us.
-pub fn classify(
+pub(crate) fn classify(
     kind: Kind,
     code: Option<&str>,
     reason: Option<&str>,
@@ -125,7 +125,7 @@ pub fn classify(
 }
 
 /// The class of an Organizations `CreateAccountStatus.FailureReason`.
-pub fn classify_failure_reason(reason: &str) -> ErrorClass {
+pub(crate) fn classify_failure_reason(reason: &str) -> ErrorClass {
     classify(Kind::Service, None, Some(reason), None)
 }
 
@@ -134,7 +134,7 @@ pub fn classify_failure_reason(reason: &str) -> ErrorClass {
 const NOT_READY_CODES: &[&str] = &["FinalizingOrganizationException"];
 
 /// Whether a classified error says "not ready yet, wait" (see [`NOT_READY_CODES`]).
-pub fn is_not_ready(e: &StepError) -> bool {
+pub(crate) fn is_not_ready(e: &StepError) -> bool {
     e.context
         .get("code")
         .and_then(serde_json::Value::as_str)
@@ -143,7 +143,7 @@ pub fn is_not_ready(e: &StepError) -> bool {
 
 /// What an error answer says about the thing the call meant to create or remove.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// It exists already (another run made it, or this call's answer was lost): read it again
     /// and adopt it.
     AlreadyExists,
@@ -170,7 +170,7 @@ const ALREADY_DONE_CODES: &[&str] = &[
 const ALREADY_GONE_CODES: &[&str] = &["PolicyNotAttachedException", "NoSuchEntity"];
 
 /// The [`Outcome`] of an error code.
-pub fn outcome_of_code(code: Option<&str>) -> Outcome {
+pub(crate) fn outcome_of_code(code: Option<&str>) -> Outcome {
     match code {
         Some(c) if ALREADY_EXISTS_CODES.contains(&c) => Outcome::AlreadyExists,
         Some(c) if ALREADY_DONE_CODES.contains(&c) => Outcome::AlreadyDone,
@@ -180,7 +180,7 @@ pub fn outcome_of_code(code: Option<&str>) -> Outcome {
 }
 
 /// The [`Outcome`] of an SDK error.
-pub fn outcome<E>(err: &SdkError<E, HttpResponse>) -> Outcome
+pub(crate) fn outcome<E>(err: &SdkError<E, HttpResponse>) -> Outcome
 where
     E: ProvideErrorMetadata,
 {
@@ -192,7 +192,7 @@ where
 
 /// The error code in a raw error answer: JSON's `__type` (its last `#` part) or Query XML's
 /// `<Code>`; for retry classification, which sees only the HTTP response.
-pub fn code_in_body(body: &[u8]) -> Option<String> {
+pub(crate) fn code_in_body(body: &[u8]) -> Option<String> {
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
         let t = v.get("__type").or_else(|| v.get("code"))?.as_str()?;
         return t.rsplit('#').next().map(str::to_string);

@@ -18,13 +18,13 @@ use serde_json::{json, Value};
 use super::errors::{self, step_error};
 use super::Aws;
 
-pub const DEPLOYER_ROLE: &str = "landfall-deployer";
-pub const VERIFIER_ROLE: &str = "landfall-verifier";
+pub(crate) const DEPLOYER_ROLE: &str = "landfall-deployer";
+pub(crate) const VERIFIER_ROLE: &str = "landfall-verifier";
 const DEPLOYER_POLICY: &str = "landfall-deployer-permissions";
 const VERIFIER_POLICY_ARN: &str = "arn:aws:iam::aws:policy/ReadOnlyAccess";
 
 /// What CloudFormation needs to create, update, tag and delete each resource type.
-pub const ACTIONS: &[(&str, &[&str])] = &[
+pub(crate) const ACTIONS: &[(&str, &[&str])] = &[
     (
         "AWS::EC2::VPC",
         &[
@@ -202,7 +202,7 @@ pub const ACTIONS: &[(&str, &[&str])] = &[
 ];
 
 /// What the deployer needs of CloudFormation itself, on the customer's stacks only.
-pub const CLOUDFORMATION_ACTIONS: &[&str] = &[
+pub(crate) const CLOUDFORMATION_ACTIONS: &[&str] = &[
     "cloudformation:CreateStack",
     "cloudformation:UpdateStack",
     "cloudformation:DeleteStack",
@@ -220,7 +220,10 @@ pub const CLOUDFORMATION_ACTIONS: &[&str] = &[
 ];
 
 /// The deployer's policy document for a package's resource types.
-pub fn deployer_policy(resource_types: &[String], stack_prefix: &str) -> Result<Value, StepError> {
+pub(crate) fn deployer_policy(
+    resource_types: &[String],
+    stack_prefix: &str,
+) -> Result<Value, StepError> {
     let table: BTreeMap<&str, &[&str]> = ACTIONS.iter().copied().collect();
     let mut by_service: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
     let mut unknown = Vec::new();
@@ -281,14 +284,14 @@ fn trust_policy(management_account_id: &str) -> Value {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-pub struct IamAccount {
+pub(crate) struct IamAccount {
     pub name: String,
     pub id: String,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct IamConfig {
+pub(crate) struct IamConfig {
     /// Member accounts (`steps.org.outputs.accounts`): name and id of each.
     pub accounts: Vec<IamAccount>,
     /// The management account (`steps.org.outputs.management_account_id`): the only principal
@@ -307,7 +310,7 @@ fn default_member_role() -> String {
     "OrganizationAccountAccessRole".into()
 }
 
-pub struct IamRoles {
+pub(crate) struct IamRoles {
     pub aws: Aws,
 }
 

@@ -18,12 +18,12 @@
 //! Plugins that poll (account creation, stack status) back off inside their own loop and treat
 //! throttling there as "wait longer", not as a failure.
 
-pub mod errors;
-pub mod iam;
-pub mod org;
-pub mod policy;
-pub mod stack;
-pub mod targets;
+pub(crate) mod errors;
+pub(crate) mod iam;
+pub(crate) mod org;
+pub(crate) mod policy;
+pub(crate) mod stack;
+pub(crate) mod targets;
 
 use std::sync::Arc;
 
@@ -219,11 +219,11 @@ impl Aws {
 
 /// How long a new role may take to become assumable before the attempt gives up (AWS
 /// documents "a few seconds"; in practice under a minute).
-pub const ROLE_PROPAGATION: Duration = Duration::from_secs(60);
+pub(crate) const ROLE_PROPAGATION: Duration = Duration::from_secs(60);
 
 /// Attempts per call, the first included (the SDK's default is 3; Organizations throttles at
 /// low rates in normal use, so a call gets a little more patience before the node fails).
-pub const CALL_ATTEMPTS: u32 = 5;
+pub(crate) const CALL_ATTEMPTS: u32 = 5;
 
 /// The SDK's adaptive retry mode: standard retries (exponential backoff, full jitter, a retry
 /// budget) plus client-side rate limiting while throttled.
@@ -238,7 +238,7 @@ pub fn call_retries() -> RetryConfig {
 /// again before the node fails. AWS serialises changes to an organization and answers "try
 /// again later" to a write that overlaps another (another customer's run, a console user); that
 /// is contention, not a fault, so it is waited out past the SDK's [`CALL_ATTEMPTS`].
-pub const CONFLICT_PATIENCE: Duration = Duration::from_secs(180);
+pub(crate) const CONFLICT_PATIENCE: Duration = Duration::from_secs(180);
 
 /// Runs an Organizations write, waiting out `ConcurrentModificationException` (growing waits,
 /// for at most [`CONFLICT_PATIENCE`]); any other answer is returned as it is. Each try is a full
@@ -270,7 +270,7 @@ where
 
 /// The retry partition of a client: retry budget and rate limiter are shared by every client
 /// of one service × account × region, and by nothing else.
-pub fn partition(service: &str, account: &str, region: &str) -> RetryPartition {
+pub(crate) fn partition(service: &str, account: &str, region: &str) -> RetryPartition {
     RetryPartition::new(format!("landfall/{service}/{account}/{region}"))
 }
 
@@ -314,7 +314,7 @@ impl Patience {
 /// and region, so the breaker, like the retry partition, is per account × region. `org` and
 /// `policy` name none: every customer's calls go to the one organization's API, whose
 /// throttling is indeed shared.
-pub fn target_scope(with: &serde_json::Value) -> Option<String> {
+pub(crate) fn target_scope(with: &serde_json::Value) -> Option<String> {
     let t = &with["target"];
     Some(format!(
         "{}/{}",
@@ -326,7 +326,7 @@ pub fn target_scope(with: &serde_json::Value) -> Option<String> {
 /// Marks as transient the error codes that AWS documents as "try again later" and the SDK's own
 /// classifiers do not retry (they come from [`errors::CALL_RETRY_CODES`]).
 #[derive(Debug, Clone, Copy)]
-pub struct TransientCodes;
+pub(crate) struct TransientCodes;
 
 impl ClassifyRetry for TransientCodes {
     fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {

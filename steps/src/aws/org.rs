@@ -26,7 +26,7 @@ use aws_sdk_organizations::types::{
     CreateAccountState, OrganizationFeatureSet, PolicyType, PolicyTypeStatus, Tag,
 };
 use aws_sdk_organizations::Client;
-use landfall_engine::plugin::ConfigProblem;
+use landfall_engine::ConfigProblem;
 use landfall_engine::{Plugin, StepContext, StepError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -87,7 +87,7 @@ fn default_parent() -> String {
 
 /// What `org` outputs.
 #[derive(Debug, Serialize)]
-pub struct OrgOutputs {
+pub(crate) struct OrgOutputs {
     pub organization_id: String,
     pub management_account_id: String,
     pub root_id: String,
@@ -97,7 +97,7 @@ pub struct OrgOutputs {
 }
 
 #[derive(Debug, Serialize)]
-pub struct AccountOut {
+pub(crate) struct AccountOut {
     pub name: String,
     pub email: String,
     pub id: String,
@@ -133,7 +133,7 @@ impl Plugin for Org {
         let mut out = Vec::new();
         if c.accounts.is_empty() {
             out.push(ConfigProblem {
-                path: landfall_engine::path::Path::root().key("accounts"),
+                path: landfall_engine::Path::root().key("accounts"),
                 message: "at least one account is needed".into(),
             });
         }

@@ -29,11 +29,11 @@ use super::{waiting_out_conflicts, Aws};
 use crate::templates::{stem, TemplateSet};
 
 /// AWS's limit for one SCP document, in characters.
-pub const SCP_MAX_CHARS: usize = 5120;
+pub(crate) const SCP_MAX_CHARS: usize = 5120;
 /// AWS attaches at most this many SCPs to one root, OU or account.
-pub const SCPS_PER_TARGET: usize = 5;
+pub(crate) const SCPS_PER_TARGET: usize = 5;
 /// How many guard-rail SCPs Landfall may attach: one of the five places is `FullAWSAccess`'s.
-pub const MAX_LANDFALL_SCPS: usize = SCPS_PER_TARGET - 1;
+pub(crate) const MAX_LANDFALL_SCPS: usize = SCPS_PER_TARGET - 1;
 
 pub struct Policy {
     pub aws: Aws,

@@ -14,13 +14,13 @@ use super::errors::step_error;
 use super::stack::plan::Target;
 use super::Aws;
 
-pub struct Targets {
+pub(crate) struct Targets {
     pub aws: Aws,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct TargetsConfig {
+pub(crate) struct TargetsConfig {
     /// The package's manifest (the fetch step's `manifest`).
     pub manifest: Value,
     /// The customer the package must belong to (a guard against deploying another

@@ -21,18 +21,18 @@ use crate::requirements::Requirements;
 use crate::templates::TemplateSet;
 
 /// Stacks of the default package, in deployment order.
-pub const DEFAULT_STACKS: [&str; 3] = ["security-baseline", "network", "access"];
+pub(crate) const DEFAULT_STACKS: [&str; 3] = ["security-baseline", "network", "access"];
 
 /// Parameters `deploy` fills in from the organization, not from the package.
-pub const DEPLOY_PARAMETERS: [&str; 1] = ["ManagementAccountId"];
+pub(crate) const DEPLOY_PARAMETERS: [&str; 1] = ["ManagementAccountId"];
 
-pub struct CfnBuild {
+pub(crate) struct CfnBuild {
     pub templates_dir: PathBuf,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CfnBuildConfig {
+pub(crate) struct CfnBuildConfig {
     /// The customer's requirements, usually `"{{ inputs }}"`.
     pub requirements: Value,
     /// The package's id (default `<customer>-baseline`).
@@ -46,7 +46,7 @@ pub struct CfnBuildConfig {
 
 /// One AZ's subnets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SubnetPair {
+pub(crate) struct SubnetPair {
     pub index: usize,
     pub public: String,
     pub private: String,
@@ -54,7 +54,7 @@ pub struct SubnetPair {
 
 /// Splits the VPC block into equal subnets: public ones first, then private ones. The
 /// subnet size is the largest that fits `2 × azs` subnets; AWS's smallest is /28.
-pub fn subnet_plan(cidr: &str, azs: u8) -> Result<Vec<SubnetPair>, String> {
+pub(crate) fn subnet_plan(cidr: &str, azs: u8) -> Result<Vec<SubnetPair>, String> {
     let net: Ipv4Net = cidr
         .parse()
         .map_err(|_| format!("{cidr:?} is not an IPv4 CIDR block"))?;

@@ -1,7 +1,7 @@
 //! CloudFormation packages: building them from requirements, and validating them.
 
-pub mod build;
-pub mod validate;
+pub(crate) mod build;
+pub(crate) mod validate;
 
 #[cfg(test)]
 mod props;

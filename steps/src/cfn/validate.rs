@@ -19,10 +19,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// CloudFormation's limits for a template passed as `TemplateBody`.
-pub const MAX_BODY_BYTES: usize = 51_200;
-pub const MAX_RESOURCES: usize = 500;
-pub const MAX_PARAMETERS: usize = 200;
-pub const MAX_OUTPUTS: usize = 200;
+pub(crate) const MAX_BODY_BYTES: usize = 51_200;
+pub(crate) const MAX_RESOURCES: usize = 500;
+pub(crate) const MAX_PARAMETERS: usize = 200;
+pub(crate) const MAX_OUTPUTS: usize = 200;
 
 const PSEUDO: &[&str] = &[
     "AWS::AccountId",
@@ -200,7 +200,7 @@ fn parameter_problem(name: &str, spec: &Value, value: &Value) -> Option<String> 
 
 /// What the package supplies for a stack's parameters.
 #[derive(Debug, Default, Clone)]
-pub struct Supplied {
+pub(crate) struct Supplied {
     /// Values that apply to every target.
     pub common: BTreeMap<String, Value>,
     /// Values per target (e.g. `Environment` per account).
@@ -210,7 +210,7 @@ pub struct Supplied {
 }
 
 /// Syntax, structure, parameters and limits of one template.
-pub fn check_template(stack: &str, text: &str, supplied: &Supplied) -> Vec<Finding> {
+pub(crate) fn check_template(stack: &str, text: &str, supplied: &Supplied) -> Vec<Finding> {
     let mut out = Vec::new();
     if text.len() > MAX_BODY_BYTES {
         out.push(finding(
@@ -468,7 +468,7 @@ pub fn check_template(stack: &str, text: &str, supplied: &Supplied) -> Vec<Findi
 }
 
 /// Evaluates every `.guard` file of the packs against one template.
-pub fn check_compliance(stack: &str, text: &str, packs: &[PathBuf]) -> Vec<Finding> {
+pub(crate) fn check_compliance(stack: &str, text: &str, packs: &[PathBuf]) -> Vec<Finding> {
     let mut out = Vec::new();
     for pack in packs {
         let mut files: Vec<PathBuf> = match std::fs::read_dir(pack) {
@@ -746,13 +746,13 @@ pub fn check_package(
     out
 }
 
-pub struct CfnValidate {
+pub(crate) struct CfnValidate {
     pub templates_dir: PathBuf,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CfnValidateConfig {
+pub(crate) struct CfnValidateConfig {
     /// The package's files (`steps.<build>.outputs.files`).
     pub files: BTreeMap<String, String>,
     /// The package's manifest (`steps.<build>.outputs.manifest`).

@@ -18,10 +18,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_cloudformation::types::{Capability, ChangeSetType, Parameter, Stack, Tag};
 use aws_sdk_cloudformation::Client;
-use landfall_engine::package::{Package, PackageRef};
-use landfall_engine::path::Path;
-use landfall_engine::plugin::ConfigProblem;
 use landfall_engine::sha256_hex;
+use landfall_engine::ConfigProblem;
+use landfall_engine::Path;
+use landfall_engine::{Package, PackageRef};
 use landfall_engine::{Plugin, StepContext, StepError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -32,7 +32,7 @@ use super::plan::{plan, waves, StackPlan, Target};
 use crate::aws::errors::step_error;
 use crate::aws::Aws;
 
-pub struct Deploy {
+pub(crate) struct Deploy {
     pub aws: Aws,
 }
 
@@ -42,7 +42,7 @@ pub(crate) fn default_deployer() -> String {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct DeployConfig {
+pub(crate) struct DeployConfig {
     /// The package as `id@version` (use the fetch step's resolved version, not `@latest`).
     pub package: String,
     /// The digest the package must have (the fetch step's): what was fetched is what deploys.
@@ -68,7 +68,7 @@ pub struct DeployConfig {
 /// What happened to one stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Action {
+pub(crate) enum Action {
     Created,
     Updated,
     Unchanged,
@@ -77,7 +77,7 @@ pub enum Action {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct StackResult {
+pub(crate) struct StackResult {
     pub name: String,
     pub stack_name: String,
     pub stack_id: String,
@@ -255,19 +255,19 @@ pub(crate) fn fetch(
 
 /// The tags every stack carries.
 #[derive(Debug, Clone)]
-pub struct TagSet {
+pub(crate) struct TagSet {
     pub customer: String,
     pub package: String,
     pub version: String,
     pub run: String,
 }
 
-pub const TAG_RUN: &str = "landfall:run";
-pub const TAG_CREATED_BY: &str = "landfall:created-by-run";
+pub(crate) const TAG_RUN: &str = "landfall:run";
+pub(crate) const TAG_CREATED_BY: &str = "landfall:created-by-run";
 
 impl TagSet {
     /// Tags for a stack; `created_by` is kept from the existing stack on updates.
-    pub fn tags(&self, created_by: Option<&str>) -> Vec<Tag> {
+    pub(crate) fn tags(&self, created_by: Option<&str>) -> Vec<Tag> {
         [
             ("landfall:customer", self.customer.as_str()),
             ("landfall:package", self.package.as_str()),
@@ -294,14 +294,14 @@ fn change_set_absent(err: &StepError) -> bool {
 
 /// A `ClientRequestToken` (and change set name) for one operation on one stack by one node:
 /// the same across retries and resumes, different for every operation.
-pub fn client_token(idempotency_key: &str, stack: &str, op: &str) -> String {
+pub(crate) fn client_token(idempotency_key: &str, stack: &str, op: &str) -> String {
     format!(
         "landfall-{}",
         &sha256_hex(format!("{idempotency_key}\n{stack}\n{op}").as_bytes())[..40]
     )
 }
 
-pub fn tag_of<'a>(stack: &'a Stack, key: &str) -> Option<&'a str> {
+pub(crate) fn tag_of<'a>(stack: &'a Stack, key: &str) -> Option<&'a str> {
     stack
         .tags()
         .iter()
@@ -309,7 +309,7 @@ pub fn tag_of<'a>(stack: &'a Stack, key: &str) -> Option<&'a str> {
         .and_then(|t| t.value())
 }
 
-pub fn outputs_of(stack: &Stack) -> BTreeMap<String, String> {
+pub(crate) fn outputs_of(stack: &Stack) -> BTreeMap<String, String> {
     stack
         .outputs()
         .iter()
@@ -319,7 +319,7 @@ pub fn outputs_of(stack: &Stack) -> BTreeMap<String, String> {
 
 /// One node's deployment.
 #[derive(Clone)]
-pub struct Job {
+pub(crate) struct Job {
     pub cfn: Client,
     pub target: Target,
     pub tags: TagSet,
@@ -330,7 +330,10 @@ pub struct Job {
 
 impl Job {
     /// Deploys `plans` wave by wave; stops after the first wave with a failure.
-    pub async fn deploy_all(&self, plans: &[StackPlan]) -> Result<Vec<StackResult>, StepError> {
+    pub(crate) async fn deploy_all(
+        &self,
+        plans: &[StackPlan],
+    ) -> Result<Vec<StackResult>, StepError> {
         let slots: Vec<usize> = {
             let mut b = self.board.lock().unwrap_or_else(|p| p.into_inner());
             plans
@@ -412,7 +415,7 @@ impl Job {
     }
 
     /// One stack: create, update by change set, adopt, or leave unchanged.
-    pub async fn deploy_one(
+    pub(crate) async fn deploy_one(
         &self,
         p: &StackPlan,
         params: BTreeMap<String, String>,
@@ -897,7 +900,7 @@ impl Job {
 
 /// Templates are equal when they parse to the same document (AWS returns the text as sent;
 /// some emulators re-serialise it).
-pub fn same_template(a: &str, b: &str) -> bool {
+pub(crate) fn same_template(a: &str, b: &str) -> bool {
     if a == b {
         return true;
     }
@@ -917,7 +920,7 @@ fn no_changes(message: &str) -> bool {
 }
 
 /// The stack statuses that begin the operation a stack in `status` is in.
-pub fn start_statuses(status: &str) -> Vec<&'static str> {
+pub(crate) fn start_statuses(status: &str) -> Vec<&'static str> {
     match status {
         "CREATE_IN_PROGRESS" | "ROLLBACK_IN_PROGRESS" => vec!["CREATE_IN_PROGRESS"],
         "DELETE_IN_PROGRESS" => vec!["DELETE_IN_PROGRESS"],
@@ -929,7 +932,7 @@ pub fn start_statuses(status: &str) -> Vec<&'static str> {
     }
 }
 
-pub fn cfn_parameters(params: &BTreeMap<String, String>) -> Vec<Parameter> {
+pub(crate) fn cfn_parameters(params: &BTreeMap<String, String>) -> Vec<Parameter> {
     params
         .iter()
         .map(|(k, v)| {

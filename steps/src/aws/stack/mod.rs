@@ -1,11 +1,11 @@
 //! CloudFormation stacks in the customer's accounts: what to deploy where (`plan`), following
 //! an operation (`monitor`), and the `deploy`, `verify` and `rollback` plugins.
 
-pub mod deploy;
-pub mod monitor;
-pub mod plan;
-pub mod rollback;
-pub mod verify;
+pub(crate) mod deploy;
+pub(crate) mod monitor;
+pub(crate) mod plan;
+pub(crate) mod rollback;
+pub(crate) mod verify;
 
 #[cfg(test)]
 mod props;

@@ -22,7 +22,7 @@ use crate::aws::errors::{is_throttling, step_error};
 /// How often to look at a stack operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Poll {
+pub(crate) struct Poll {
     /// First look after this long (at least 1s).
     #[serde(with = "humantime_serde", default = "default_initial")]
     #[schemars(with = "String")]
@@ -52,7 +52,7 @@ impl Default for Poll {
 
 impl Poll {
     /// Problems with the settings, for `validate`.
-    pub fn problem(&self) -> Option<String> {
+    pub(crate) fn problem(&self) -> Option<String> {
         if self.initial < Duration::from_secs(1) {
             Some("poll.initial must be at least 1s (CloudFormation is not polled faster)".into())
         } else if self.max < self.initial {
@@ -65,7 +65,7 @@ impl Poll {
 
 /// A stack event, as much of it as we keep and report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ev {
+pub(crate) struct Ev {
     pub id: String,
     pub logical_id: String,
     pub resource_type: String,
@@ -93,18 +93,18 @@ impl From<&StackEvent> for Ev {
 }
 
 impl Ev {
-    pub fn is_stack_event(&self) -> bool {
+    pub(crate) fn is_stack_event(&self) -> bool {
         self.resource_type == "AWS::CloudFormation::Stack"
     }
 
-    pub fn failed(&self) -> bool {
+    pub(crate) fn failed(&self) -> bool {
         self.status.ends_with("_FAILED")
     }
 }
 
 /// Where a stack status stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     InProgress,
     /// Created or updated as asked.
     Succeeded,
@@ -112,7 +112,7 @@ pub enum Phase {
     Ended,
 }
 
-pub fn phase(status: &str) -> Phase {
+pub(crate) fn phase(status: &str) -> Phase {
     match status {
         "CREATE_COMPLETE" | "UPDATE_COMPLETE" | "IMPORT_COMPLETE" => Phase::Succeeded,
         // A stack made by a change set that was never executed: it rests there.
@@ -126,7 +126,7 @@ pub fn phase(status: &str) -> Phase {
 /// status is terminal. It never goes down (rollbacks move resources back to "in progress";
 /// the tally keeps its best) and reaches 1 only when the stack succeeds.
 #[derive(Debug, Clone)]
-pub struct Tally {
+pub(crate) struct Tally {
     declared: BTreeMap<String, String>,
     latest: BTreeMap<String, String>,
     best: f64,
@@ -137,7 +137,7 @@ pub struct Tally {
 const NEARLY: f64 = 0.99;
 
 impl Tally {
-    pub fn new(declared: BTreeMap<String, String>) -> Self {
+    pub(crate) fn new(declared: BTreeMap<String, String>) -> Self {
         Tally {
             declared,
             latest: BTreeMap::new(),
@@ -147,7 +147,7 @@ impl Tally {
     }
 
     /// Takes one event (in time order); events of undeclared resources are ignored.
-    pub fn observe(&mut self, e: &Ev) {
+    pub(crate) fn observe(&mut self, e: &Ev) {
         if self.declared.contains_key(&e.logical_id) && !e.is_stack_event() {
             self.latest.insert(e.logical_id.clone(), e.status.clone());
         }
@@ -163,7 +163,7 @@ impl Tally {
     }
 
     /// The stack ended; `success` when as asked.
-    pub fn finish(&mut self, success: bool) {
+    pub(crate) fn finish(&mut self, success: bool) {
         if success {
             self.succeeded = true;
             self.best = 1.0;
@@ -171,16 +171,16 @@ impl Tally {
     }
 
     /// 0.0–1.0.
-    pub fn fraction(&self) -> f64 {
+    pub(crate) fn fraction(&self) -> f64 {
         self.best
     }
 
-    pub fn weight(&self) -> usize {
+    pub(crate) fn weight(&self) -> usize {
         self.declared.len().max(1)
     }
 
     /// Resources whose latest status is terminal, of those declared.
-    pub fn counts(&self) -> (usize, usize) {
+    pub(crate) fn counts(&self) -> (usize, usize) {
         (
             self.latest
                 .values()
@@ -197,19 +197,19 @@ fn resource_terminal(status: &str) -> bool {
 
 /// The progress of a whole deploy node: its stacks' tallies weighted by resource count.
 #[derive(Debug, Default)]
-pub struct Board {
+pub(crate) struct Board {
     pub stacks: Vec<(String, Tally)>,
     shown: Option<u32>,
 }
 
 impl Board {
-    pub fn add(&mut self, name: &str, declared: BTreeMap<String, String>) -> usize {
+    pub(crate) fn add(&mut self, name: &str, declared: BTreeMap<String, String>) -> usize {
         self.stacks.push((name.to_string(), Tally::new(declared)));
         self.stacks.len() - 1
     }
 
     /// 0–100; 100 only when every stack succeeded.
-    pub fn percent(&self) -> f64 {
+    pub(crate) fn percent(&self) -> f64 {
         let total: usize = self.stacks.iter().map(|(_, t)| t.weight()).sum();
         if total == 0 {
             return 0.0;
@@ -228,7 +228,7 @@ impl Board {
     }
 
     /// Tells the step's observers when the whole-number percentage moved.
-    pub fn report(&mut self, ctx: &StepContext, what: &str) {
+    pub(crate) fn report(&mut self, ctx: &StepContext, what: &str) {
         let p = self.percent();
         let whole = p.floor() as u32;
         if self.shown != Some(whole) {
@@ -240,7 +240,7 @@ impl Board {
 
 /// How a watched operation ended.
 #[derive(Debug, Clone, Serialize)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub stack_id: String,
     pub status: String,
     pub reason: Option<String>,
@@ -252,7 +252,7 @@ pub struct Outcome {
 
 /// A stack as `DescribeStacks` gave it, or its `ListStacks` summary standing in.
 #[derive(Debug, Clone)]
-pub struct Described {
+pub(crate) struct Described {
     stack: Stack,
     /// `false` for a summary: status and id only, no tags and no outputs. Whatever decides by
     /// tags (who created the stack) or reads outputs must not take the missing ones for "none".
@@ -269,7 +269,7 @@ impl std::ops::Deref for Described {
 impl Described {
     /// The whole description, or a transient failure saying why there is none yet: writing to
     /// a stack whose tags cannot be read would re-stamp who created it.
-    pub fn complete(self, why: &str) -> Result<Stack, StepError> {
+    pub(crate) fn complete(self, why: &str) -> Result<Stack, StepError> {
         if self.complete {
             return Ok(self.stack);
         }
@@ -289,7 +289,7 @@ impl Described {
 /// When `DescribeStacks` answers with a server error for this stack (seen with a stack whose
 /// creation broke half-way, whose outputs cannot be computed), the stack's summary from
 /// `ListStacks` stands in (`complete: false`).
-pub async fn describe(cfn: &Client, stack: &str) -> Result<Option<Described>, StepError> {
+pub(crate) async fn describe(cfn: &Client, stack: &str) -> Result<Option<Described>, StepError> {
     match cfn.describe_stacks().stack_name(stack).send().await {
         Ok(out) => Ok(out
             .stacks()
@@ -360,7 +360,7 @@ async fn summary(cfn: &Client, stack: &str) -> Option<Stack> {
 
 /// The events since the last call, oldest first: newest-first pages are read until an event
 /// already seen, or the stack's own event that began this operation (`starts`).
-pub async fn new_events(
+pub(crate) async fn new_events(
     cfn: &Client,
     stack: &str,
     starts: &[&str],
@@ -406,7 +406,7 @@ const POLL_ERRORS: u32 = 5;
 /// Follows `stack` until its status leaves `*_IN_PROGRESS`. `starts` are the stack statuses
 /// that begin the watched operation (its earlier events are not ours); `on_event` sees every
 /// new event in time order. `first` is how long to wait before the first look.
-pub async fn watch(
+pub(crate) async fn watch(
     cfn: &Client,
     stack: &str,
     starts: &[&str],
@@ -518,7 +518,7 @@ pub async fn watch(
 }
 
 /// The first failed event's cause, in a sentence.
-pub fn cause(failed: &[Ev]) -> Option<String> {
+pub(crate) fn cause(failed: &[Ev]) -> Option<String> {
     failed
         .iter()
         .find(|e| !e.is_stack_event())

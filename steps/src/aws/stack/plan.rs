@@ -17,7 +17,7 @@ use serde_json::Value;
 /// One account and region to deploy into (what the `targets` step outputs per item).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Target {
+pub(crate) struct Target {
     /// The account's name in the requirements.
     pub account: String,
     /// Its 12-digit id.
@@ -34,7 +34,7 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         format!("{}/{}", self.account, self.region)
     }
 }
@@ -43,7 +43,7 @@ impl Target {
 /// as IAM), in the home region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Scope {
+pub(crate) enum Scope {
     #[default]
     Region,
     Account,
@@ -75,7 +75,7 @@ struct Manifest {
 /// A parameter's value, or where it will come from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
-pub enum Param {
+pub(crate) enum Param {
     Value(String),
     /// An output of an earlier stack in the same target.
     FromOutput {
@@ -86,7 +86,7 @@ pub enum Param {
 
 /// What a template declares, as far as deploying and verifying it are concerned.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct TemplateFacts {
+pub(crate) struct TemplateFacts {
     /// Logical id → resource type.
     pub resources: BTreeMap<String, String>,
     /// Resources with a `Condition` (they may rightly be absent).
@@ -99,7 +99,7 @@ pub struct TemplateFacts {
 }
 
 impl TemplateFacts {
-    pub fn parse(name: &str, body: &str) -> Result<Self, StepError> {
+    pub(crate) fn parse(name: &str, body: &str) -> Result<Self, StepError> {
         let doc: Value = serde_yaml::from_str(body).map_err(|e| {
             StepError::permanent(format!("template of stack `{name}` is not valid YAML: {e}"))
         })?;
@@ -141,7 +141,7 @@ impl TemplateFacts {
 
 /// One stack to deploy into one target.
 #[derive(Debug, Clone)]
-pub struct StackPlan {
+pub(crate) struct StackPlan {
     /// The package's name for it (`network`).
     pub name: String,
     /// The CloudFormation stack name (`acme-network`).
@@ -154,7 +154,7 @@ pub struct StackPlan {
 
 impl StackPlan {
     /// The parameters with earlier stacks' outputs filled in.
-    pub fn resolve(
+    pub(crate) fn resolve(
         &self,
         outputs: &BTreeMap<String, BTreeMap<String, String>>,
     ) -> Result<BTreeMap<String, String>, StepError> {
@@ -177,7 +177,10 @@ impl StackPlan {
     }
 
     /// What the stack's parameters will be once deployed: ours, else the template's default.
-    pub fn effective(&self, resolved: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    pub(crate) fn effective(
+        &self,
+        resolved: &BTreeMap<String, String>,
+    ) -> BTreeMap<String, String> {
         self.facts
             .parameters
             .iter()
@@ -194,7 +197,7 @@ impl StackPlan {
 
 /// The stacks of `manifest` for `target`, in deployment order (ties keep the manifest's
 /// order and may deploy side by side). Account-wide stacks are planned in the home region only.
-pub fn plan(
+pub(crate) fn plan(
     manifest: &Value,
     files: &BTreeMap<String, String>,
     target: &Target,
@@ -302,7 +305,7 @@ pub fn plan(
 }
 
 /// Groups of stacks that may deploy side by side, in order.
-pub fn waves(plans: &[StackPlan]) -> Vec<Vec<&StackPlan>> {
+pub(crate) fn waves(plans: &[StackPlan]) -> Vec<Vec<&StackPlan>> {
     let mut out: Vec<Vec<&StackPlan>> = Vec::new();
     for p in plans {
         match out.last_mut() {

@@ -31,7 +31,7 @@ use aws_sdk_cloudformation::types::{
 use aws_sdk_cloudformation::Client;
 use aws_smithy_mocks::{mock, mock_client, MockResponse, RuleMode};
 use aws_smithy_types::error::ErrorMetadata;
-use landfall_engine::plugin::StepReport;
+use landfall_engine::StepReport;
 use landfall_engine::{ErrorClass, StepContext};
 use serde_json::json;
 use tokio::sync::mpsc;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_cloudformation::Client;
-use landfall_engine::plugin::ConfigProblem;
+use landfall_engine::ConfigProblem;
 use landfall_engine::{Plugin, StepContext, StepError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -32,7 +32,7 @@ use super::verify::list_resources;
 use crate::aws::errors::step_error;
 use crate::aws::Aws;
 
-pub struct Rollback {
+pub(crate) struct Rollback {
     pub aws: Aws,
 }
 
@@ -42,7 +42,7 @@ fn yes() -> bool {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RollbackConfig {
+pub(crate) struct RollbackConfig {
     /// The package as `id@version` (the one the failed deploy used).
     pub package: String,
     /// The digest the package must have (what was deployed); another content is refused.
@@ -74,7 +74,7 @@ pub struct RollbackConfig {
 }
 
 /// Whether the run's failures show that this run tried to create `stack` in `target`.
-pub fn create_attempted(failures: &[Value], stack: &str, target: &Target) -> bool {
+pub(crate) fn create_attempted(failures: &[Value], stack: &str, target: &Target) -> bool {
     failures.iter().any(|f| {
         let c = &f["context"];
         c["create_attempted"] == json!(true)
@@ -87,7 +87,7 @@ pub fn create_attempted(failures: &[Value], stack: &str, target: &Target) -> boo
 /// What to do with a stack, from its status and who created it. Pure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Decision {
+pub(crate) enum Decision {
     Nothing,
     /// Let the running operation end first, then decide again.
     Wait,
@@ -98,7 +98,7 @@ pub enum Decision {
     LeaveUpdated,
 }
 
-pub fn decide(
+pub(crate) fn decide(
     status: &str,
     created_by_run: bool,
     updated_by_run: bool,
@@ -236,7 +236,7 @@ impl Plugin for Rollback {
 
 /// What the rollback did with one stack.
 #[derive(Debug, Clone, Serialize)]
-pub struct StackRollback {
+pub(crate) struct StackRollback {
     pub stack: String,
     pub before: Option<String>,
     pub decision: Decision,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use aws_sdk_cloudformation::Client;
-use landfall_engine::plugin::ConfigProblem;
+use landfall_engine::ConfigProblem;
 use landfall_engine::{Plugin, StepContext, StepError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -18,7 +18,7 @@ use super::plan::{Target, TemplateFacts};
 use crate::aws::errors::step_error;
 use crate::aws::Aws;
 
-pub struct Verify {
+pub(crate) struct Verify {
     pub aws: Aws,
 }
 
@@ -28,7 +28,7 @@ fn default_verifier() -> String {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct VerifyConfig {
+pub(crate) struct VerifyConfig {
     /// The package as `id@version`.
     pub package: String,
     /// The digest the package must have.
@@ -50,7 +50,7 @@ pub struct VerifyConfig {
 
 /// A resource as `ListStackResources` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Actual {
+pub(crate) struct Actual {
     pub logical_id: String,
     pub resource_type: String,
     pub status: String,
@@ -58,14 +58,14 @@ pub struct Actual {
 
 /// One difference between the template and the deployed stack.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Discrepancy {
+pub(crate) struct Discrepancy {
     pub stack: String,
     pub logical_id: String,
     pub problem: String,
 }
 
 /// Compares what a template declares with what a stack has. Pure.
-pub fn discrepancies(
+pub(crate) fn discrepancies(
     stack: &str,
     facts: &TemplateFacts,
     actual: &[Actual],
@@ -116,7 +116,7 @@ pub fn discrepancies(
     (out, skipped)
 }
 
-pub async fn list_resources(cfn: &Client, stack: &str) -> Result<Vec<Actual>, StepError> {
+pub(crate) async fn list_resources(cfn: &Client, stack: &str) -> Result<Vec<Actual>, StepError> {
     let mut out = Vec::new();
     let mut pages = cfn
         .list_stack_resources()
