@@ -13,6 +13,7 @@ use figment::value::{Dict, Map};
 use figment::{Figment, Metadata, Profile, Provider};
 use landfall_engine::diag::{codes, Diagnostic, Report};
 use landfall_engine::Source;
+use landfall_steps::approval::policy::{check_policies, ApprovalPolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -33,6 +34,17 @@ pub struct Config {
     pub grace: Duration,
     pub aws: AwsConfig,
     pub slack: SlackConfig,
+    /// Who must agree before Landfall changes a target (see `landfall_steps::approval::policy`).
+    #[serde(default)]
+    pub approval: ApprovalSettings,
+}
+
+/// `[approval]`: the operators' approval policies, one `[[approval.policies]]` table each.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalSettings {
+    #[serde(default)]
+    pub policies: Vec<ApprovalPolicy>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -104,6 +116,7 @@ impl Default for Config {
                 default_regions: vec!["us-east-1".into()],
             },
             slack: SlackConfig::default(),
+            approval: ApprovalSettings::default(),
         }
     }
 }
@@ -142,6 +155,7 @@ struct FileLayer {
     grace: Option<Duration>,
     aws: Option<AwsLayer>,
     slack: Option<SlackLayer>,
+    approval: Option<ApprovalSettings>,
     #[serde(default)]
     env: std::collections::BTreeMap<String, EnvLayer>,
 }
@@ -158,6 +172,7 @@ struct EnvLayer {
     grace: Option<Duration>,
     aws: Option<AwsLayer>,
     slack: Option<SlackLayer>,
+    approval: Option<ApprovalSettings>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -335,6 +350,16 @@ pub fn load(path: Option<&Path>, env: Option<&str>, flags: Flags) -> Result<Load
         .map_err(|e| ConfigError::Merge(e.to_string()))?;
     if config.max_parallel == 0 {
         return Err(ConfigError::Merge("max_parallel must be at least 1".into()));
+    }
+    let problems = check_policies(&config.approval.policies);
+    if !problems.is_empty() {
+        return Err(ConfigError::Merge(
+            problems
+                .iter()
+                .map(|(path, msg)| format!("approval.{path}: {msg}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ));
     }
     Ok(Loaded {
         config,
@@ -539,6 +564,41 @@ mod tests {
             assert_eq!(tok.value, Value::String("***".into()));
             Ok(())
         });
+    }
+
+    #[test]
+    fn approval_policies_are_read_located_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = "[[approval.policies]]\nname = \"production\"\nmatch = { environment = [\"production\"] }\nmin_approvals = 2\napprovers = [\"U1\", \"cli:alice\"]\nexpires_after = \"8h\"\n";
+        let l = load(Some(&write(dir.path(), good)), None, Flags::default()).unwrap();
+        let p = &l.config.approval.policies[0];
+        assert_eq!(p.min_approvals, 2);
+        assert!(p.forbid_requester, "the default");
+        assert_eq!(p.expires_after, Duration::from_secs(8 * 3600));
+        // A typo inside a policy points at its line.
+        let typo = good.replace("min_approvals", "min_aprovals");
+        match load(Some(&write(dir.path(), &typo)), None, Flags::default()) {
+            Err(ConfigError::File(r)) => {
+                let d = &r.diagnostics[0];
+                assert!(d.message.contains("min_aprovals"), "{}", d.message);
+                assert_eq!(r.position(d).map(|(line, _)| line), Some(4));
+            }
+            other => panic!("{:?}", other.map(|l| l.config)),
+        }
+        // A policy that can never be met is refused, by its path.
+        let impossible = good.replace("min_approvals = 2", "min_approvals = 3");
+        let e = load(
+            Some(&write(dir.path(), &impossible)),
+            None,
+            Flags::default(),
+        )
+        .err()
+        .unwrap();
+        assert!(
+            e.to_string()
+                .contains("approval.policies[0].min_approvals: 3 approvals can never be given by 2 approver(s)"),
+            "{e}"
+        );
     }
 
     #[test]

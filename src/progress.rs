@@ -180,8 +180,15 @@ impl Observer for Progress {
                         r.short_digest()
                     )),
                     Some(Milestone::ApprovalDecided {
-                        decision, actor, ..
-                    }) => Some(format!("{decision} by {actor}")),
+                        decision,
+                        actor,
+                        standing,
+                        ..
+                    }) => Some(if standing.is_empty() {
+                        format!("{} by {actor}", decision.past())
+                    } else {
+                        format!("{} by {actor}: {standing}", decision.past())
+                    }),
                     Some(Milestone::ApprovalIgnored { actor, why, .. }) => {
                         Some(format!("decision by {actor} ignored: {why}"))
                     }

@@ -198,6 +198,81 @@ impl StepContext {
         }
     }
 
+    /// Who started the run (its trigger's actor: `cli:<user>`, a Slack user id).
+    pub fn requester(&self) -> Result<String, StepError> {
+        let store = self
+            .link
+            .store
+            .as_ref()
+            .ok_or_else(|| StepError::permanent("the requester is known only inside a run"))?;
+        match store.run(&self.run_id) {
+            Ok(Some(r)) => Ok(r.trigger.actor),
+            Ok(None) => Err(StepError::permanent(format!("no run `{}`", self.run_id))),
+            Err(e) => Err(StepError::transient(format!("cannot read the run: {e}"))),
+        }
+    }
+
+    /// Every signal the run received, oldest first, with the node each was sent to: the audit's
+    /// `signal_received` entries (the store keeps only a node's latest signal; the audit keeps
+    /// them all, so two approvals given a second apart are both seen).
+    pub fn run_signals(&self) -> Result<Vec<(String, Signal)>, StepError> {
+        let store = self
+            .link
+            .store
+            .as_ref()
+            .ok_or_else(|| StepError::permanent("signals can only be read inside a run"))?;
+        let audit = store
+            .audit(&self.run_id)
+            .map_err(|e| StepError::transient(format!("cannot read the run's audit: {e}")))?;
+        Ok(crate::store::signals_in(&audit))
+    }
+
+    /// Waits until this node has received more than `seen` signals, and returns them all
+    /// (oldest first); `Ok(None)` when the time-out passes first. Like [`Self::wait_signal`],
+    /// the node shows as `waiting` meanwhile and holds no parallelism slot.
+    pub async fn wait_signals(
+        &self,
+        seen: usize,
+        timeout: Option<std::time::Duration>,
+        poll: std::time::Duration,
+    ) -> Result<Option<Vec<Signal>>, StepError> {
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut waiting = false;
+        let result = loop {
+            let mine: Vec<Signal> = match self.run_signals() {
+                Ok(all) => all
+                    .into_iter()
+                    .filter(|(n, _)| *n == *self.node_id)
+                    .map(|(_, s)| s)
+                    .collect(),
+                Err(e) => break Err(e),
+            };
+            if mine.len() > seen {
+                break Ok(Some(mine));
+            }
+            if !waiting {
+                self.send(StepReport::Waiting);
+                waiting = true;
+            }
+            let now = tokio::time::Instant::now();
+            let nap = match deadline {
+                Some(d) if now >= d => break Ok(None),
+                Some(d) => poll.min(d - now),
+                None => poll,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(nap) => {}
+                _ = self.cancel.cancelled() => {
+                    break Err(StepError::transient("cancelled while waiting"))
+                }
+            }
+        };
+        if waiting {
+            self.send(StepReport::Resumed);
+        }
+        result
+    }
+
     /// Waits until a signal for this node arrives (an approval), the time-out passes
     /// (`Ok(None)`), or the run is cancelled. The node shows as `waiting` meanwhile and holds
     /// no parallelism slot. Signals are durable: one delivered while Landfall was down is

@@ -29,19 +29,37 @@ impl App {
             digest: request.digest.clone(),
             comment: a.comment.clone(),
             actor: cli_trigger().actor,
+            groups: Vec::new(),
         };
+        // A decision that would count for nothing is refused, not recorded: the person learns
+        // it now instead of waiting for a run that will not move.
+        if let Some(why) = request.refusal(&decision) {
+            return Err(Failure::failed(format!(
+                "your decision would not count, so nothing was recorded: {why}"
+            )));
+        }
         let actor = decision.actor.clone();
         self.engine(Arc::clone(&store)).signal(
             &a.run_id,
             &a.node,
             decision.into_signal(chrono::Utc::now()),
         )?;
-        println!(
-            "{} {} ({}) as {actor}",
-            verdict.past(),
-            request.title,
-            request.short_digest(),
-        );
+        let votes = approval::run_votes(store.as_ref(), &a.run_id).map_err(Failure::failed)?;
+        let standing = request.progress(&votes);
+        match verdict {
+            // Until every ask is met, say what is recorded, never "approved".
+            Verdict::Approve if standing != "approved" => println!(
+                "{standing}: {} ({}) as {actor}",
+                request.title,
+                request.short_digest(),
+            ),
+            _ => println!(
+                "{} {} ({}) as {actor}",
+                verdict.past(),
+                request.title,
+                request.short_digest(),
+            ),
+        }
         Ok(EXIT_OK)
     }
 }

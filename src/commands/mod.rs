@@ -147,6 +147,7 @@ pub async fn run(cli: Cli) -> i32 {
         cli_global: cli.global,
         registry: Arc::new(landfall_steps::registry(&landfall_steps::Settings {
             templates_dir: loaded.config.templates_dir.clone(),
+            approval_policies: loaded.config.approval.policies.clone(),
         })),
         loaded,
     };

@@ -25,11 +25,10 @@ use landfall_engine::RunControl;
 use landfall_engine::{Engine, Registry, Workflow};
 use serde_json::{json, Value};
 
-use landfall_steps::approval::Verdict;
-
 use super::signature;
 
 mod actions;
+mod decisions;
 use crate::route::{self, Route};
 
 /// How the server is set up.
@@ -283,36 +282,6 @@ impl FrontDoor {
             let channel = e["channel"].as_str().unwrap_or_default();
             let reply = self.act(text, user, channel).await;
             self.say(channel, e["ts"].as_str(), reply);
-        }
-    }
-
-    /// A block action: the approval buttons. Answers go to the clicked message's thread.
-    pub fn on_interaction(self: &Arc<Self>, payload: &Value) {
-        let user = payload["user"]["id"].as_str().unwrap_or_default();
-        let channel = payload["channel"]["id"].as_str().unwrap_or_default();
-        for a in payload["actions"].as_array().into_iter().flatten() {
-            let verdict = match a["action_id"].as_str() {
-                Some("approve") => Verdict::Approve,
-                Some("reject") => Verdict::Reject,
-                _ => continue,
-            };
-            let value: Value = a["value"]
-                .as_str()
-                .and_then(|s| serde_json::from_str(s).ok())
-                .unwrap_or_default();
-            let (Some(run), Some(node)) = (value["run"].as_str(), value["node"].as_str()) else {
-                continue;
-            };
-            let reply = if self.allowed(user, channel) {
-                self.decide(run, node, verdict, user)
-            } else {
-                self.refuse(user, channel, "decide approvals")
-            };
-            let thread = payload["message"]["thread_ts"]
-                .as_str()
-                .or(payload["container"]["thread_ts"].as_str())
-                .or(payload["message"]["ts"].as_str());
-            self.say(channel, thread, reply);
         }
     }
 }

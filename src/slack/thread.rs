@@ -15,6 +15,7 @@ use landfall_engine::state::NodeStatus;
 use landfall_engine::store::{AuditDraft, Batch};
 use landfall_engine::Engine;
 use landfall_engine::{Observer, RunEvent};
+use landfall_steps::approval::Verdict;
 use landfall_steps::milestone::Milestone;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -164,6 +165,27 @@ fn reply_for(e: &RunEvent, run_id: &str) -> Option<(String, Option<Value>)> {
                     escape(&r.title),
                     escape(&r.digest)
                 );
+                let asks = r.asks();
+                let policies: Vec<String> = asks
+                    .iter()
+                    .filter(|a| a.policy != landfall_steps::approval::policy::WORKFLOW_ASK)
+                    .map(|a| {
+                        format!(
+                            "{} approval{} under policy {}{}",
+                            a.min_approvals,
+                            if a.min_approvals == 1 { "" } else { "s" },
+                            a.policy,
+                            if a.forbid_requester {
+                                " (not the requester)"
+                            } else {
+                                ""
+                            }
+                        )
+                    })
+                    .collect();
+                if !policies.is_empty() {
+                    text.push_str(&format!("\nneeds {}", escape(&policies.join(", "))));
+                }
                 if !r.details.is_null() {
                     text.push('\n');
                     text.push_str(&escape(&truncate(&r.details.to_string(), 2500)));
@@ -180,8 +202,20 @@ fn reply_for(e: &RunEvent, run_id: &str) -> Option<(String, Option<Value>)> {
                 Some((text, Some(blocks)))
             }
             Milestone::ApprovalDecided {
-                decision, actor, ..
-            } => Some((format!("{decision} by {}", mention(&actor)), None)),
+                decision,
+                actor,
+                standing,
+                ..
+            } => Some((
+                match decision {
+                    // Said "approved" only once the request is: until then, what is recorded.
+                    Verdict::Approve if !standing.is_empty() && standing != "approved" => {
+                        format!("{}: {}", mention(&actor), escape(&standing))
+                    }
+                    _ => format!("{} by {}", decision.past(), mention(&actor)),
+                },
+                None,
+            )),
             Milestone::PackagePublished { id, version, .. } => Some((
                 format!(":package: package {}@{version} published", escape(&id)),
                 None,

@@ -36,12 +36,15 @@ use landfall_engine::Registry;
 pub struct Settings {
     /// Where `cfn/`, `scp/`, `rules/` and `messages/` templates live.
     pub templates_dir: PathBuf,
+    /// The operators' approval policies (`[[approval.policies]]` in `landfall.toml`).
+    pub approval_policies: Vec<approval::policy::ApprovalPolicy>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             templates_dir: PathBuf::from("templates"),
+            approval_policies: Vec::new(),
         }
     }
 }
@@ -49,13 +52,17 @@ impl Default for Settings {
 /// Every plugin and input check of this build.
 pub fn registry(settings: &Settings) -> Registry {
     let aws = aws::Aws::default();
+    let policies = Arc::new(settings.approval_policies.clone());
     let mut r = Registry::new();
     r.register(builtin::Log)
         .register(builtin::Wait)
         .register(builtin::Assert)
         .register(exec::Exec)
         .register(package::PackageStep)
-        .register(approval::Approval::default())
+        .register(approval::Approval {
+            policies: Arc::clone(&policies),
+            ..approval::Approval::default()
+        })
         .register(notify::Notify {
             templates_dir: settings.templates_dir.clone(),
         })
@@ -68,7 +75,10 @@ pub fn registry(settings: &Settings) -> Registry {
         .register(aws::org::Org::new(aws.clone()))
         .register(aws::iam::IamRoles { aws: aws.clone() })
         .register(aws::targets::Targets { aws: aws.clone() })
-        .register(aws::stack::deploy::Deploy { aws: aws.clone() })
+        .register(aws::stack::deploy::Deploy {
+            aws: aws.clone(),
+            policies: Arc::clone(&policies),
+        })
         .register(aws::stack::verify::Verify { aws: aws.clone() })
         .register(aws::stack::rollback::Rollback { aws: aws.clone() })
         .register(aws::policy::Policy {

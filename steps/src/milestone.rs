@@ -74,6 +74,10 @@ pub enum Milestone {
         decision: Verdict,
         digest: String,
         comment: Option<String>,
+        /// Where the request stands after it (`recorded 1 of 2 approvals (policy
+        /// production)`, `approved`); empty in milestones stored before policies existed.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        standing: String,
     },
     /// `approval` received a decision that does not count, and why.
     ApprovalIgnored {
@@ -160,6 +164,7 @@ mod tests {
                     decision: Verdict::Reject,
                     digest: "d".into(),
                     comment: None,
+                    standing: String::new(),
                 },
                 "approval_decided",
                 json!({ "actor": "U1", "decision": "reject", "digest": "d", "comment": null }),

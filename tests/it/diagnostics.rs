@@ -67,6 +67,7 @@ fn every_broken_inputs_file_gets_every_problem_named() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let registry = landfall_steps::registry(&landfall_steps::Settings {
         templates_dir: root.join("templates"),
+        ..landfall_steps::Settings::default()
     });
     let wf_text = std::fs::read_to_string(root.join("workflows/onboarding.yaml")).unwrap();
     let wf = compile(&Source::new("onboarding.yaml", wf_text), &registry)

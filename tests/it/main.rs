@@ -1,6 +1,7 @@
 //! Landfall's integration tests: one binary (faster to build), one module per area.
 
 mod aws_org;
+mod change_control;
 mod cli;
 mod diagnostics;
 mod guard_rails;

@@ -11,11 +11,11 @@ use serde_json::Value;
 
 use crate::support::{node, stderr, Emulator, Sandbox};
 
-fn root() -> &'static Path {
+pub(crate) fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn landfall(sb: &Sandbox, emu: &Emulator, args: &[&str]) -> std::process::Command {
+pub(crate) fn landfall(sb: &Sandbox, emu: &Emulator, args: &[&str]) -> std::process::Command {
     let mut cmd = sb.cmd(args);
     cmd.env("LANDFALL_TEMPLATES_DIR", root().join("templates"));
     emu.apply(&mut cmd);
@@ -23,7 +23,7 @@ fn landfall(sb: &Sandbox, emu: &Emulator, args: &[&str]) -> std::process::Comman
 }
 
 /// Onboards acme; returns account name → id.
-fn onboard(sb: &Sandbox, emu: &Emulator) -> BTreeMap<String, String> {
+pub(crate) fn onboard(sb: &Sandbox, emu: &Emulator) -> BTreeMap<String, String> {
     let wf = root().join("workflows/onboarding.yaml");
     let input = root().join("examples/customers/acme.yaml");
     let out = landfall(
@@ -54,7 +54,7 @@ fn onboard(sb: &Sandbox, emu: &Emulator) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn provision_args(extra: &[&str]) -> Vec<String> {
+pub(crate) fn provision_args(extra: &[&str]) -> Vec<String> {
     let wf = root().join("workflows/provisioning.yaml");
     let mut v: Vec<String> = [
         "run",
@@ -106,7 +106,11 @@ fn actions(doc: &Value) -> Vec<(String, String, String)> {
 
 /// Every stack summary (deleted ones too) in a member account's region, as an operator
 /// would list them.
-async fn stacks_in(emu: &Emulator, account: &str, region: &str) -> Vec<(String, String, String)> {
+pub(crate) async fn stacks_in(
+    emu: &Emulator,
+    account: &str,
+    region: &str,
+) -> Vec<(String, String, String)> {
     let cfn = emu.cloudformation_in(account, region).await;
     let out = cfn.list_stacks().send().await.unwrap();
     out.stack_summaries()

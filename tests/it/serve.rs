@@ -319,7 +319,7 @@ fn an_approval_button_resumes_a_waiting_run() {
         "type": "block_actions",
         "user": { "id": "U1" },
         "channel": { "id": "C1" },
-        "actions": [{ "action_id": "approve", "value": serde_json::json!({ "run": run, "node": "approve" }).to_string() }],
+        "actions": [{ "action_id": "approve", "value": serde_json::json!({ "run": run, "node": "approve", "digest": "d-42" }).to_string() }],
     });
     let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
     assert_eq!(signed(&s, "/slack/interactions", &body).0, 200);
@@ -328,6 +328,116 @@ fn an_approval_button_resumes_a_waiting_run() {
     });
     let doc = sb.json(&["status", &run, "--json"]);
     assert_eq!(node(&doc, "approve")["outputs"]["by"], "U1");
+}
+
+/// The operators' policy in Slack: who clicked, with which digest, counts or is told why not;
+/// the thread says what is recorded until the policy is met; the workflow's allowlist applies
+/// to deciding, not only to starting.
+#[test]
+fn approval_buttons_follow_the_operators_policy() {
+    let api = crate::slack_api::SlackApi::start(0);
+    let sb = Sandbox::new();
+    workflows(&sb);
+    sb.write(
+        "wf/guarded.yaml",
+        r#"
+name: guarded
+trigger:
+  slack: { command: guard, allowed_users: [U1, U2, U9], allowed_groups: [S0ADMINS] }
+steps:
+  - id: approve
+    uses: approval
+    with: { title: "Change prod", digest: "d-77", timeout: 10m, required: false }
+"#,
+    );
+    sb.write(
+        "landfall.toml",
+        r#"
+[[approval.policies]]
+name = "everything"
+min_approvals = 2
+approvers = ["U1", "U2", "S0ADMINS"]
+"#,
+    );
+    let s = serve_with(
+        &sb,
+        &["U1", "U2", "U5", "U9", crate::slack_api::GROUP_MEMBER],
+        |cmd| {
+            cmd.env("SLACK_BOT_TOKEN", "xoxb-test-token")
+                .env("SLACK_API_URL", &api.url);
+        },
+    );
+    let (_, reply) = signed(&s, "/slack/commands", &command("U1", "guard", "t1"));
+    assert!(reply.contains("Started guarded"), "{reply}");
+    let run = runs(&sb)[0]["run_id"].as_str().unwrap().to_string();
+    wait_until("the approval to wait", Duration::from_secs(60), || {
+        node(&sb.json(&["status", &run, "--json"]), "approve")["status"] == "waiting"
+    });
+    let click = |user: &str, digest: &str| {
+        let payload = serde_json::json!({
+            "type": "block_actions",
+            "user": { "id": user },
+            "channel": { "id": "C1" },
+            "message": { "ts": "1700000000.000100" },
+            "actions": [{ "action_id": "approve", "value": serde_json::json!({ "run": run, "node": "approve", "digest": digest }).to_string() }],
+        });
+        let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
+        assert_eq!(signed(&s, "/slack/interactions", &body).0, 200);
+    };
+    let said = |what: &str| {
+        let what = what.to_string();
+        wait_until(
+            &format!("Slack to be told {what:?}"),
+            Duration::from_secs(30),
+            || {
+                api.calls().iter().any(|c| {
+                    c.body["text"]
+                        .as_str()
+                        .is_some_and(|t| t.contains(what.as_str()))
+                })
+            },
+        );
+    };
+    // The request names the policy.
+    said("needs 2 approvals under policy everything (not the requester)");
+    // On the server's allowlist, not on the workflow's: may not decide.
+    click("U5", "d-77");
+    said("Sorry, you are not allowed to decide approvals here");
+    // The requester, a non-approver, a stale button: refused, and told why.
+    click("U1", "d-77");
+    said("U1 started this run, and policy everything needs someone else");
+    click("U9", "d-77");
+    said("U9 is not among the approvers of policy everything");
+    click("U2", "d-76");
+    said("this plan is outdated");
+    // One approval: recorded, not "approved".
+    click("U2", "d-77");
+    said("<@U2> approved `approve` of `");
+    said("recorded 1 of 2 approvals (policy everything)");
+    assert_eq!(
+        node(&sb.json(&["status", &run, "--json"]), "approve")["status"],
+        "waiting"
+    );
+    // A member of the approving user group completes it.
+    click(crate::slack_api::GROUP_MEMBER, "d-77");
+    wait_until("the run to finish", Duration::from_secs(60), || {
+        runs(&sb)[0]["status"] == "succeeded"
+    });
+    let doc = sb.json(&["status", &run, "--json"]);
+    assert_eq!(
+        node(&doc, "approve")["outputs"]["approvers"],
+        serde_json::json!([crate::slack_api::GROUP_MEMBER, "U2"])
+    );
+    // Only the decisions that count were recorded.
+    let audit = sb.json(&["audit", &run, "--json"]);
+    let recorded: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "signal_received")
+        .filter_map(|e| e["actor"].as_str())
+        .collect();
+    assert_eq!(recorded, ["U2", crate::slack_api::GROUP_MEMBER]);
 }
 
 #[test]
@@ -640,7 +750,7 @@ fn after_a_crash_a_resumed_run_keeps_talking_in_its_thread() {
     });
     let payload = serde_json::json!({
         "type": "block_actions", "user": { "id": "U1" }, "channel": { "id": "C1" },
-        "actions": [{ "action_id": "approve", "value": serde_json::json!({ "run": run, "node": "approve" }).to_string() }],
+        "actions": [{ "action_id": "approve", "value": serde_json::json!({ "run": run, "node": "approve", "digest": "d-42" }).to_string() }],
     });
     let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
     assert_eq!(signed(&s, "/slack/interactions", &body).0, 200);
@@ -950,7 +1060,7 @@ fn socket_mode_takes_commands_mentions_and_clicks_without_a_public_url() {
             "container": { "type": "message", "message_ts": "1700000000.000009", "channel_id": "C1" },
             "actions": [{
                 "type": "button", "action_id": "approve", "block_id": "decide",
-                "value": serde_json::json!({ "run": run, "node": "approve" }).to_string(),
+                "value": serde_json::json!({ "run": run, "node": "approve", "digest": "d-42" }).to_string(),
                 "action_ts": "1700000001.000001",
             }],
         }),

@@ -574,6 +574,24 @@ pub struct ChainBreak {
 }
 
 /// Checks a run's audit chain, in order; `None` when it is intact.
+/// Every signal recorded in a run's audit, oldest first, with the node it was sent to. The
+/// store keeps a node's latest signal only; its audit keeps them all.
+pub fn signals_in(entries: &[AuditEntry]) -> Vec<(String, Signal)> {
+    entries
+        .iter()
+        .filter(|e| e.draft.kind == "signal_received")
+        .filter_map(|e| {
+            let node = e.draft.node.clone()?;
+            let signal = Signal {
+                actor: e.draft.actor.clone(),
+                at: e.draft.at,
+                value: e.draft.details.get("value").cloned().unwrap_or(Value::Null),
+            };
+            Some((node, signal))
+        })
+        .collect()
+}
+
 pub fn verify_chain(entries: &[AuditEntry]) -> Option<ChainBreak> {
     let mut prev = String::new();
     for (i, e) in entries.iter().enumerate() {

@@ -1,14 +1,13 @@
 //! What the front door does once a request is verified and allowed: acting on a message
-//! (start a workflow, status, runs, cancel, resume, approve or reject), starting runs in the
-//! background with their Slack thread (or the console), and replying.
+//! (start a workflow, status, runs, cancel, resume; approval decisions are `decisions.rs`),
+//! starting runs in the background with their Slack thread (or the console), and replying.
 
 use std::sync::Arc;
 
 use landfall_engine::state::Trigger;
-use landfall_engine::{parse_document, Source};
+use landfall_engine::{parse_document, SlackTrigger, Source};
 use landfall_engine::{NewRun, Workflow};
 use landfall_engine::{Observer, RunEvent};
-use landfall_steps::approval::{self, Decision, Verdict};
 use landfall_steps::milestone::Milestone;
 use serde_json::{json, Map, Value};
 
@@ -26,6 +25,14 @@ impl FrontDoor {
         ) && !self.allowed(user, channel)
         {
             return self.refuse(user, channel, "use /landfall");
+        }
+        // A run is acted on only by those its workflow lets start it.
+        if let Intent::Cancel { run } | Intent::Resume { run } | Intent::Decide { run, .. } =
+            &intent
+        {
+            if let Err(refusal) = self.run_allows(run, user, channel, "act on this run").await {
+                return refusal;
+            }
         }
         match intent {
             Intent::Help => route::help(&self.routes),
@@ -47,7 +54,9 @@ impl FrontDoor {
                 }
             }
             Intent::Resume { run } => self.resume(&run, user),
-            Intent::Decide { run, node, verdict } => self.decide(&run, &node, verdict, user),
+            Intent::Decide { run, node, verdict } => {
+                self.decide(&run, &node, verdict, user, None).await
+            }
             Intent::Start { workflow, inputs } => {
                 self.start(&workflow, inputs, user, channel, text).await
             }
@@ -135,6 +144,58 @@ impl FrontDoor {
         Ok(false)
     }
 
+    /// A workflow's own allowlist (`allowed_users` / `allowed_channels` / `allowed_groups` of
+    /// its Slack trigger), on top of the server's: `Err` holds the refusal to answer.
+    pub(super) async fn workflow_allows(
+        &self,
+        t: &SlackTrigger,
+        user: &str,
+        channel: &str,
+        what: &str,
+    ) -> Result<(), String> {
+        let own = !t.allowed_users.is_empty()
+            || !t.allowed_channels.is_empty()
+            || !t.allowed_groups.is_empty();
+        if !own
+            || t.allowed_users.iter().any(|u| u == user)
+            || t.allowed_channels.iter().any(|c| c == channel)
+        {
+            return Ok(());
+        }
+        match self.in_groups(user, &t.allowed_groups).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.refuse(user, channel, what)),
+            Err(why) => {
+                self.refuse(user, channel, what);
+                Err(format!("Sorry, I cannot {what} for you: {why}."))
+            }
+        }
+    }
+
+    /// The allowlist of the workflow a run executes (as it was when the run started) applies
+    /// to whatever is done to the run: approve, reject, cancel, resume.
+    pub(super) async fn run_allows(
+        &self,
+        run: &str,
+        user: &str,
+        channel: &str,
+        what: &str,
+    ) -> Result<(), String> {
+        let record = match self.store.run(run) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(format!("No run `{run}`.")),
+            Err(e) => return Err(format!("Cannot read {run}: {e}")),
+        };
+        let source = Source::new(record.workflow_file.clone(), record.workflow_text.clone());
+        let trigger = landfall_engine::compile(&source, &self.registry)
+            .workflow
+            .and_then(|wf| wf.slack);
+        match trigger {
+            Some(t) => self.workflow_allows(&t, user, channel, what).await,
+            None => Ok(()),
+        }
+    }
+
     pub(super) async fn start(
         self: &Arc<Self>,
         workflow: &str,
@@ -150,21 +211,11 @@ impl FrontDoor {
             return format!("No workflow `{workflow}`.");
         };
         let t = &route.trigger;
-        let own = !t.allowed_users.is_empty()
-            || !t.allowed_channels.is_empty()
-            || !t.allowed_groups.is_empty();
-        if own
-            && !t.allowed_users.iter().any(|u| u == user)
-            && !t.allowed_channels.iter().any(|c| c == channel)
+        if let Err(refusal) = self
+            .workflow_allows(t, user, channel, &format!("start {workflow}"))
+            .await
         {
-            match self.in_groups(user, &t.allowed_groups).await {
-                Ok(true) => {}
-                Ok(false) => return self.refuse(user, channel, &format!("start {workflow}")),
-                Err(why) => {
-                    self.refuse(user, channel, &format!("start {workflow}"));
-                    return format!("Sorry, I cannot start {workflow} for you: {why}.");
-                }
-            }
+            return refusal;
         }
         let provided = match &t.input_file {
             None => Map::new(),
@@ -283,26 +334,6 @@ impl FrontDoor {
         self.audit(user, "slack_resume", json!({ "run": run }));
         self.spawn(Arc::new(wf), record, channel);
         format!("Resuming `{run}`.")
-    }
-
-    pub(super) fn decide(&self, run: &str, node: &str, verdict: Verdict, user: &str) -> String {
-        let request = match approval::pending(self.store.as_ref(), run, node) {
-            Ok(r) => r,
-            Err(e) => return e,
-        };
-        let decision = Decision {
-            verdict,
-            digest: request.digest,
-            comment: None,
-            actor: user.to_string(),
-        };
-        match self
-            .engine
-            .signal(run, node, decision.into_signal(chrono::Utc::now()))
-        {
-            Ok(()) => format!("<@{user}> {} `{node}` of `{run}`.", verdict.past()),
-            Err(e) => format!("Cannot record the decision: {e}"),
-        }
     }
 }
 

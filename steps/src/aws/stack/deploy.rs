@@ -29,11 +29,59 @@ use serde_json::{json, Value};
 
 use super::monitor::{cause, describe, phase, watch, Board, Ev, Phase, Poll};
 use super::plan::{plan, waves, StackPlan, Target};
+use crate::approval::policy::{enforce, ApprovalPolicy};
 use crate::aws::errors::step_error;
 use crate::aws::Aws;
 
 pub(crate) struct Deploy {
     pub aws: Aws,
+    /// The operators' approval policies: a covered target is written to only with the
+    /// approvals they ask for recorded for this deploy's digest.
+    pub policies: Arc<Vec<ApprovalPolicy>>,
+}
+
+impl Deploy {
+    /// Refuses before any write unless every policy covering the target is satisfied. The
+    /// target's environment is read from its account's `environment` tag (set at onboarding,
+    /// outside any workflow's reach) as well as the package's manifest; either selects.
+    async fn approved(&self, c: &DeployConfig, ctx: &StepContext) -> Result<(), StepError> {
+        if self.policies.is_empty() {
+            return Ok(());
+        }
+        let mut environments: Vec<String> = c.target.environment.iter().cloned().collect();
+        if self
+            .policies
+            .iter()
+            .any(|p| !p.selects.environment.is_empty())
+        {
+            let tags = self
+                .aws
+                .organizations()
+                .await
+                .list_tags_for_resource()
+                .resource_id(&c.target.account_id)
+                .send()
+                .await
+                .map_err(|e| step_error("ListTagsForResource", e))?;
+            environments.extend(
+                tags.tags()
+                    .iter()
+                    .filter(|t| t.key() == "environment")
+                    .map(|t| t.value().to_string()),
+            );
+        }
+        let refs: Vec<&str> = environments.iter().map(String::as_str).collect();
+        let what = format!("target {}", c.target.label());
+        let counts = enforce(&self.policies, ctx, &refs, c.digest.as_deref(), &what)?;
+        for count in counts {
+            ctx.log(format!(
+                "{what}: approved under policy {} by {}",
+                count.policy,
+                count.have.join(", ")
+            ));
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn default_deployer() -> String {
@@ -104,6 +152,7 @@ impl Plugin for Deploy {
     }
 
     async fn run(&self, c: DeployConfig, ctx: StepContext) -> Result<Value, StepError> {
+        self.approved(&c, &ctx).await?;
         let Prepared {
             pkg,
             plans,

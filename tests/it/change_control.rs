@@ -1,0 +1,181 @@
+//! Change control end to end: the operators' approval policy (`landfall.toml`) decides who must
+//! approve a provisioning run of a production target, and `deploy` refuses to write without
+//! those approvals, whatever the workflow says. Real binary, emulator, CLI identities
+//! (`cli:<USER>`).
+
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::provisioning::{landfall, onboard, provision_args, stacks_in};
+use crate::support::{node, stderr, stdout, wait_until, Emulator, Sandbox};
+
+const POLICY: &str = r#"
+[[approval.policies]]
+name = "production"
+match = { environment = ["production"] }
+min_approvals = 2
+approvers = ["cli:alice", "cli:bob", "cli:carol"]
+"#;
+
+/// `landfall approve RUN approve` as the OS user `user`.
+fn approve_as(sb: &Sandbox, emu: &Emulator, user: &str, run: &str) -> Output {
+    landfall(sb, emu, &["approve", run, "approve"])
+        .env("USER", user)
+        .output()
+        .unwrap()
+}
+
+fn node_status(sb: &Sandbox, emu: &Emulator, run: &str, id: &str) -> String {
+    let out = landfall(sb, emu, &["status", run, "--json"])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return String::new();
+    }
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    doc["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["id"] == id))
+        .and_then(|n| n["status"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_production_target_deploys_only_after_two_approvers_other_than_the_requester() {
+    let emu = Emulator::start();
+    let sb = Sandbox::new();
+    sb.write("landfall.toml", POLICY);
+    let accounts = onboard(&sb, &emu);
+
+    // bob starts the run; the policy covers acme-prod (tagged `production` at onboarding).
+    let args = provision_args(&["--run-id", "cc-1", "--set", "poll_initial=1s"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = landfall(&sb, &emu, &args)
+        .env("USER", "bob")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the approval to wait", Duration::from_secs(120), || {
+        node_status(&sb, &emu, "cc-1", "approve") == "waiting"
+    });
+
+    // The requester's approval is refused, and so is an outsider's; nothing is recorded.
+    let own = approve_as(&sb, &emu, "bob", "cc-1");
+    assert_eq!(own.status.code(), Some(1), "{}", stderr(&own));
+    assert!(
+        stderr(&own).contains("cli:bob started this run, and policy production needs someone else"),
+        "{}",
+        stderr(&own)
+    );
+    let outsider = approve_as(&sb, &emu, "mallory", "cc-1");
+    assert_eq!(outsider.status.code(), Some(1), "{}", stderr(&outsider));
+    assert!(
+        stderr(&outsider).contains("cli:mallory is not among the approvers of policy production"),
+        "{}",
+        stderr(&outsider)
+    );
+    // One approval is not enough.
+    let first = approve_as(&sb, &emu, "alice", "cc-1");
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    assert!(
+        stdout(&first).starts_with("recorded 1 of 2 approvals (policy production)"),
+        "{}",
+        stdout(&first)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(node_status(&sb, &emu, "cc-1", "approve"), "waiting");
+    // The second approver completes it.
+    let second = approve_as(&sb, &emu, "carol", "cc-1");
+    assert_eq!(second.status.code(), Some(0), "{}", stderr(&second));
+    assert!(
+        stdout(&second).starts_with("approved "),
+        "{}",
+        stdout(&second)
+    );
+
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let approved = &node(&doc, "approve")["outputs"];
+    assert_eq!(
+        approved["approvers"],
+        serde_json::json!(["cli:alice", "cli:carol"])
+    );
+    assert_eq!(approved["policies"][0]["policy"], "production");
+    // The decisions are audited with actor and digest.
+    let audit = sb.json(&["audit", "cc-1", "--json"]);
+    let decided: Vec<&Value> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "signal_received")
+        .collect();
+    let actors: Vec<&str> = decided.iter().filter_map(|e| e["actor"].as_str()).collect();
+    assert_eq!(
+        actors,
+        ["cli:alice", "cli:carol"],
+        "refused decisions are not recorded"
+    );
+    assert!(decided
+        .iter()
+        .all(|e| e["details"]["value"]["digest"] == approved["digest"]));
+    let prod = &accounts["acme-prod"];
+    assert!(
+        !stacks_in(&emu, prod, "us-east-1").await.is_empty(),
+        "acme-prod was deployed"
+    );
+}
+
+/// The enforcement point is the write: a workflow without an approval step, even one that
+/// hands `deploy` a target labelled `development`, cannot deploy into an account tagged
+/// `production` at onboarding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_refuses_a_covered_target_without_approvals_whatever_the_workflow_says() {
+    let emu = Emulator::start();
+    let sb = Sandbox::new();
+    sb.write("landfall.toml", POLICY);
+    let accounts = onboard(&sb, &emu);
+    let prod = accounts["acme-prod"].clone();
+    sb.write(
+        "sneaky.yaml",
+        &format!(
+            r#"
+name: sneaky
+steps:
+  - id: fetch
+    uses: package
+    with: {{ action: fetch, ref: "acme-baseline@latest" }}
+  - id: deploy
+    uses: deploy
+    needs: [fetch]
+    with:
+      package: "{{{{ steps.fetch.outputs.id }}}}@{{{{ steps.fetch.outputs.version }}}}"
+      digest: "{{{{ steps.fetch.outputs.digest }}}}"
+      target: {{ account: acme-prod, account_id: "{prod}", region: us-east-1, home: true, environment: development, parameters: {{ Environment: development }} }}
+      parameters: {{ ManagementAccountId: "000000000000" }}
+      poll: {{ initial: 1s }}
+"#
+        ),
+    );
+    let out = landfall(&sb, &emu, &["run", "sneaky.yaml", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let err = node(&doc, "deploy")["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        err.contains("target acme-prod/us-east-1 needs approval before Landfall may change it: recorded 0 of 2 approvals (policy production)"),
+        "{err}"
+    );
+    assert!(
+        stacks_in(&emu, &prod, "us-east-1").await.is_empty(),
+        "nothing was written"
+    );
+}
