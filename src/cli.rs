@@ -86,6 +86,15 @@ pub enum Command {
     /// Run a workflow
     #[command(after_help = EXIT_CODES)]
     Run(RunArgs),
+    /// Show what a workflow would change, changing nothing: every plugin reads, none writes;
+    /// the plan is stored with its digest (what approvals name)
+    #[command(after_help = PLAN_HELP)]
+    Plan(PlanArgs),
+    /// List or show stored plans
+    Plans {
+        #[command(subcommand)]
+        command: PlansCommand,
+    },
     /// Continue an interrupted run from its last checkpoint (uses the workflow as it was at start)
     #[command(after_help = EXIT_CODES)]
     Resume {
@@ -174,6 +183,22 @@ pub enum Command {
 pub enum ConfigCommand {
     /// Print the effective configuration and where each value came from (secrets redacted)
     Show {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlansCommand {
+    /// Every plan, newest first
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One plan, node by node, with its changes
+    Show {
+        #[arg(value_name = "PLAN_ID")]
+        plan_id: String,
         #[arg(long)]
         json: bool,
     },
@@ -299,6 +324,33 @@ pub struct RunArgs {
     #[arg(long)]
     pub json: bool,
 }
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The workflow file
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Inputs file (YAML, JSON or TOML) whose top-level keys are the workflow's inputs
+    #[arg(long, short = 'i', value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Set one input (wins over --input); repeatable
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
+    pub sets: Vec<(String, String)>,
+    /// How long the plan may be applied (AWS drifts; a stale plan is refused)
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub expires_in: std::time::Duration,
+    /// Print the plan as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+const PLAN_HELP: &str = "\
+Each node is marked: ~ changes, = no changes, ? changes unknown until apply (a plugin that
+cannot plan, or inputs only apply can know: shown as (known after apply)), - skipped
+(a false condition; failure branches, since a plan assumes success), x could not be planned.
+`maybe` marks a node whose condition reads a value known only after apply.
+
+Exit codes: 0 planned, 1 a node could not be planned, 2 invalid workflow or inputs.";
 
 fn parse_set(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {

@@ -25,6 +25,7 @@ mod inputs;
 mod lock;
 mod package;
 mod path;
+mod plan;
 mod plugin;
 mod retry;
 mod scheduler;
@@ -46,6 +47,9 @@ pub use inputs::{redacted as redacted_inputs, resolve_and_check, InputError};
 pub use lock::RunLease;
 pub use package::{valid_package_id, Package, PackageContent, PackageRef};
 pub use path::Path;
+pub use plan::{
+    contains_unknown, NewPlan, Plan, PlanOutcome, PlanStatus, PlannedNode, UNKNOWN as PLAN_UNKNOWN,
+};
 pub use plugin::{ConfigProblem, DynPlugin, Plugin, PluginInfo, Registry, StepContext, StepReport};
 pub use retry::RetryPolicy;
 pub use scheduler::{valid_run_id, Engine, EngineError, NewRun, RunControl, RunOutcome};

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::StepError;
 use crate::events::LogLevel;
 use crate::path::Path;
+use crate::plan::PlanOutcome;
 use crate::state::Signal;
 use crate::store::Store;
 
@@ -441,6 +442,15 @@ pub trait DynPlugin: Send + Sync + 'static {
     fn check(&self, with: &Value) -> Vec<ConfigProblem>;
     /// Runs one attempt with the rendered `with:` block.
     async fn run(&self, with: Value, ctx: StepContext) -> Result<Value, StepError>;
+    /// Plans one node with the rendered `with:` block (see [`Plugin::plan`]); `None` by
+    /// default: changes unknown until apply.
+    async fn plan(
+        &self,
+        _with: Value,
+        _ctx: StepContext,
+    ) -> Result<Option<PlanOutcome>, StepError> {
+        Ok(None)
+    }
     /// What one attempt with this rendered `with:` talks to, when its failures say nothing
     /// about other targets (an AWS account and region): the circuit breaker is then kept per
     /// scope, so one customer's throttled account does not stop the plugin for everyone.
@@ -465,6 +475,18 @@ pub trait Plugin: Send + Sync + 'static {
 
     /// Outputs are plain data (serde), documented like the inputs.
     async fn run(&self, config: Self::Config, ctx: StepContext) -> Result<Value, StepError>;
+
+    /// What `run` would change, found by reading only: nothing may be written (a
+    /// CloudFormation change set is created and not executed; that is AWS's own plan). `None`:
+    /// this plugin cannot tell before it runs ("changes unknown until apply"), the default.
+    /// A plugin that only reads returns [`PlanOutcome::reads_only`] with its real outputs.
+    async fn plan(
+        &self,
+        _config: Self::Config,
+        _ctx: StepContext,
+    ) -> Result<Option<PlanOutcome>, StepError> {
+        Ok(None)
+    }
 
     /// See [`DynPlugin::circuit_scope`]. Reads the rendered `with:` as it is (an attempt's config
     /// is decoded once, by `run`), e.g. `"{account_id}/{region}"` of its target.
@@ -505,9 +527,26 @@ impl<S: Plugin> DynPlugin for Typed<S> {
     }
 
     async fn run(&self, with: Value, ctx: StepContext) -> Result<Value, StepError> {
+        let cfg = Self::config(&with)?;
+        self.0.run(cfg, ctx).await
+    }
+
+    async fn plan(&self, with: Value, ctx: StepContext) -> Result<Option<PlanOutcome>, StepError> {
+        let cfg = Self::config(&with)?;
+        self.0.plan(cfg, ctx).await
+    }
+
+    fn circuit_scope(&self, with: &Value) -> Option<String> {
+        S::circuit_scope(with)
+    }
+}
+
+impl<S: Plugin> Typed<S> {
+    /// The typed config of a rendered `with:`, checked.
+    fn config(with: &Value) -> Result<S::Config, StepError> {
         // Plain serde first; only a config that fails is decoded again to name the path.
-        let cfg = <S::Config as serde::Deserialize>::deserialize(&with)
-            .or_else(|_| decode::<S::Config>(&with))
+        let cfg = <S::Config as serde::Deserialize>::deserialize(with)
+            .or_else(|_| decode::<S::Config>(with))
             .map_err(|p| {
                 StepError::permanent(format!(
                     "invalid `with` for `{}` after rendering: {}{}",
@@ -528,11 +567,7 @@ impl<S: Plugin> DynPlugin for Typed<S> {
                 p.message
             )));
         }
-        self.0.run(cfg, ctx).await
-    }
-
-    fn circuit_scope(&self, with: &Value) -> Option<String> {
-        S::circuit_scope(with)
+        Ok(cfg)
     }
 }
 

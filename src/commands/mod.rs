@@ -9,6 +9,7 @@ mod approve;
 mod audit;
 mod config;
 mod packages;
+mod plan;
 mod render;
 mod rotate_key;
 mod run;
@@ -155,6 +156,8 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Validate { files, json } => app.validate(&files, json),
         Command::Graph { file, format } => app.graph(&file, format),
         Command::Run(args) => app.run(args).await,
+        Command::Plan(args) => app.plan(args).await,
+        Command::Plans { command } => app.plans(command),
         Command::Resume { run_id, json } => app.resume(&run_id, json).await,
         Command::Status {
             run_id,

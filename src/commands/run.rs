@@ -22,8 +22,14 @@ use crate::progress::Progress;
 use crate::render;
 
 impl App {
-    pub(super) fn read_inputs(&self, wf: &Workflow, args: &RunArgs) -> Res<Map<String, Value>> {
-        let provided = match &args.input {
+    /// The workflow's inputs from an inputs file and `--set`s, checked: every problem named.
+    pub(super) fn read_inputs(
+        &self,
+        wf: &Workflow,
+        input: Option<&std::path::Path>,
+        sets: &[(String, String)],
+    ) -> Res<Map<String, Value>> {
+        let provided = match input {
             None => Map::new(),
             Some(p) => {
                 let source = read_source(p)?;
@@ -47,21 +53,19 @@ impl App {
                 }
             }
         };
-        landfall_engine::resolve_and_check(wf, &self.registry, provided, &args.sets).map_err(
-            |errs| {
-                eprint!("{}", render::input_errors(&errs));
-                Failure::invalid(format!(
-                    "{} invalid input{}; nothing ran",
-                    errs.len(),
-                    if errs.len() == 1 { "" } else { "s" }
-                ))
-            },
-        )
+        landfall_engine::resolve_and_check(wf, &self.registry, provided, sets).map_err(|errs| {
+            eprint!("{}", render::input_errors(&errs));
+            Failure::invalid(format!(
+                "{} invalid input{}; nothing ran",
+                errs.len(),
+                if errs.len() == 1 { "" } else { "s" }
+            ))
+        })
     }
 
     pub(super) async fn run(&self, args: RunArgs) -> Res<i32> {
         let wf = self.load_workflow(&args.file)?;
-        let inputs = self.read_inputs(&wf, &args)?;
+        let inputs = self.read_inputs(&wf, args.input.as_deref(), &args.sets)?;
         let store = self.open_store()?;
         let engine = self.engine(Arc::clone(&store));
         let max_parallel = args

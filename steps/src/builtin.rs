@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use landfall_engine::{Plugin, StepContext, StepError};
+use landfall_engine::{PlanOutcome, Plugin, StepContext, StepError};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -41,6 +41,16 @@ impl Plugin for Log {
         }
         Ok(json!({ "message": c.message }))
     }
+
+    async fn plan(
+        &self,
+        c: LogConfig,
+        _ctx: StepContext,
+    ) -> Result<Option<PlanOutcome>, StepError> {
+        Ok(Some(PlanOutcome::reads_only(
+            json!({ "message": c.message }),
+        )))
+    }
 }
 
 /// `wait`: sleeps, and stops early when the run is cancelled.
@@ -66,6 +76,21 @@ impl Plugin for Wait {
             _ = tokio::time::sleep(c.duration) => Ok(json!({ "waited_ms": c.duration.as_millis() as u64 })),
             _ = ctx.cancel.cancelled() => Err(StepError::transient("wait was cancelled")),
         }
+    }
+
+    async fn plan(
+        &self,
+        c: WaitConfig,
+        _ctx: StepContext,
+    ) -> Result<Option<PlanOutcome>, StepError> {
+        Ok(Some(PlanOutcome {
+            summary: format!(
+                "no changes (waits {})",
+                humantime::format_duration(c.duration)
+            ),
+            changes: Vec::new(),
+            outputs: json!({ "waited_ms": c.duration.as_millis() as u64 }),
+        }))
     }
 }
 
@@ -96,6 +121,16 @@ impl Plugin for Assert {
                 c.message
             )))
         }
+    }
+
+    async fn plan(
+        &self,
+        c: AssertConfig,
+        ctx: StepContext,
+    ) -> Result<Option<PlanOutcome>, StepError> {
+        self.run(c, ctx)
+            .await
+            .map(|o| Some(PlanOutcome::reads_only(o)))
     }
 }
 

@@ -126,6 +126,19 @@ impl Plugin for Notify {
         ctx.log(format!("to {to}: {text}"));
         Ok(json!({ "template": c.template, "to": c.to, "text": text, "blocks": blocks }))
     }
+
+    /// Changes nothing in AWS; what it says is rendered at apply.
+    async fn plan(
+        &self,
+        c: NotifyConfig,
+        _ctx: StepContext,
+    ) -> Result<Option<landfall_engine::PlanOutcome>, StepError> {
+        Ok(Some(landfall_engine::PlanOutcome {
+            summary: format!("no changes (sends `{}` at apply)", c.template),
+            changes: Vec::new(),
+            outputs: Value::String(landfall_engine::PLAN_UNKNOWN.into()),
+        }))
+    }
 }
 
 #[cfg(test)]

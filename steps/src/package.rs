@@ -122,4 +122,48 @@ impl Plugin for PackageStep {
             }
         }
     }
+
+    /// Fetching reads; publishing is planned as the version it would make (none when the
+    /// latest version already holds this content).
+    async fn plan(
+        &self,
+        c: PackageConfig,
+        ctx: StepContext,
+    ) -> Result<Option<landfall_engine::PlanOutcome>, StepError> {
+        match c {
+            PackageConfig::Fetch { .. } => self
+                .run(c, ctx)
+                .await
+                .map(|o| Some(landfall_engine::PlanOutcome::reads_only(o))),
+            PackageConfig::Publish {
+                id,
+                manifest,
+                files,
+            } => {
+                let digest = PackageContent { manifest, files }.digest();
+                let latest = PackageRef {
+                    id: id.clone(),
+                    version: None,
+                };
+                let current = ctx.fetch_package(&latest).ok();
+                if let Some(p) = current.as_ref().filter(|p| p.digest == digest) {
+                    return Ok(Some(landfall_engine::PlanOutcome::reads_only(json!({
+                        "id": p.id, "version": p.version, "digest": p.digest, "new": false,
+                        "ref": format!("{}@{}", p.id, p.version),
+                    }))));
+                }
+                let version = current.map_or(1, |p| p.version + 1);
+                Ok(Some(landfall_engine::PlanOutcome {
+                    summary: format!("publish {id}@{version}"),
+                    changes: vec![
+                        json!({ "action": "publish", "package": id, "version": version, "digest": digest }),
+                    ],
+                    outputs: json!({
+                        "id": id, "version": version, "digest": digest, "new": true,
+                        "ref": format!("{id}@{version}"),
+                    }),
+                }))
+            }
+        }
+    }
 }

@@ -179,3 +179,121 @@ steps:
         "nothing was written"
     );
 }
+
+/// `landfall plan` of provisioning: before the first deploy it shows the stacks to create and
+/// writes nothing; after the customer's requirements gain an availability zone, it shows the
+/// network stacks to update (subnets and route tables to add) through change sets that are
+/// never executed, and the stacks stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_shows_what_would_change_and_changes_nothing() {
+    let emu = Emulator::start();
+    let sb = Sandbox::new();
+    let accounts = onboard(&sb, &emu);
+    let prod = accounts["acme-prod"].clone();
+    let plan = |sb: &Sandbox| -> Value {
+        let args = provision_args(&[]);
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args[0] = "plan";
+        let out = landfall(sb, &emu, &args).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}\n{}",
+            stderr(&out),
+            stdout(&out)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let summary = |p: &Value, node: &str| -> String {
+        p["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == node)
+            .and_then(|n| n["summary"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+
+    let first = plan(&sb);
+    assert!(
+        summary(&first, "deploy[0]").contains("create acme-network ("),
+        "{first:#}"
+    );
+    assert_eq!(
+        first["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == "rollback")
+            .unwrap()["status"],
+        "skipped"
+    );
+    assert!(
+        stacks_in(&emu, &prod, "us-east-1").await.is_empty(),
+        "planning created no stack"
+    );
+
+    // Deploy for real, then give the customer a third availability zone.
+    let args = provision_args(&["--set", "poll_initial=1s"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = landfall(&sb, &emu, &args).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let before = stacks_in(&emu, &prod, "us-east-1").await;
+    let acme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/customers/acme.yaml"),
+    )
+    .unwrap()
+    .replace("availability_zones: 2", "availability_zones: 3");
+    sb.write("acme-3az.yaml", &acme);
+    let wf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows/onboarding.yaml");
+    let out = landfall(
+        &sb,
+        &emu,
+        &["run", wf.to_str().unwrap(), "--input", "acme-3az.yaml"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let second = plan(&sb);
+    let deploy0 = summary(&second, "deploy[0]");
+    assert!(deploy0.contains("update acme-network: "), "{second:#}");
+    let network = second["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|n| n["changes"].as_array().cloned().unwrap_or_default())
+        .find(|c| c["stack"] == "acme-network" && c["action"] == "update")
+        .expect("an update of acme-network");
+    assert!(network["adds"].as_u64().unwrap() > 0, "{network:#}");
+    let added: Vec<&str> = network["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "Add")
+        .filter_map(|r| r["type"].as_str())
+        .collect();
+    assert!(added.contains(&"AWS::EC2::Subnet"), "{added:?}");
+    assert!(network["change_set"]["id"].as_str().is_some());
+    // The stacks did not move: same status, nothing executed.
+    assert_eq!(stacks_in(&emu, &prod, "us-east-1").await, before);
+
+    // Both plans are listed and shown.
+    let list = sb.json(&["plans", "list", "--json"]);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(list[0]["plan_id"], second["plan_id"], "newest first");
+    let shown = landfall(
+        &sb,
+        &emu,
+        &["plans", "show", second["plan_id"].as_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        stdout(&shown).contains("update acme-network: "),
+        "{}",
+        stdout(&shown)
+    );
+    assert!(stdout(&shown).contains(second["digest"].as_str().unwrap()));
+}

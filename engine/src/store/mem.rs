@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use super::{AuditEntry, Batch, Draft, Store, StoreError};
 use crate::lock::RunLease;
 use crate::package::{Package, PackageContent, Published};
+use crate::plan::Plan;
 use crate::state::{NodeRecord, RunRecord, Signal};
 use serde_json::Value;
 
@@ -26,6 +27,8 @@ struct Inner {
     annotations: BTreeMap<(String, String), Value>,
     secrets: BTreeMap<String, Vec<u8>>,
     packages: BTreeMap<(String, u64), Package>,
+    /// Plans in the order they were made.
+    plans: Vec<Plan>,
 }
 
 /// A run's chain: each commit's drafts stay in the vector the batch brought (appending never
@@ -237,6 +240,24 @@ impl Store for MemStore {
 
     fn is_live(&self, _run_id: &str) -> bool {
         false
+    }
+
+    fn save_plan(&self, plan: &Plan) -> Result<(), StoreError> {
+        self.lock().plans.push(plan.clone());
+        Ok(())
+    }
+
+    fn plan(&self, plan_id: &str) -> Result<Option<Plan>, StoreError> {
+        Ok(self
+            .lock()
+            .plans
+            .iter()
+            .find(|p| p.plan_id == plan_id)
+            .cloned())
+    }
+
+    fn plans(&self) -> Result<Vec<Plan>, StoreError> {
+        Ok(self.lock().plans.clone())
     }
 
     fn audit(&self, run_id: &str) -> Result<Vec<AuditEntry>, StoreError> {

@@ -18,13 +18,14 @@ pub use redb_store::RedbStore;
 
 use crate::lock::RunLease;
 use crate::package::{Package, PackageContent, Published};
+use crate::plan::Plan;
 use crate::state::{NodeRecord, NodeStatus, RunRecord, Signal};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The on-disk schema version this build writes. Bump it with a migration in
 /// `redb_store::MIGRATIONS`.
-pub const SCHEMA_VERSION: u64 = 3;
+pub const SCHEMA_VERSION: u64 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -693,6 +694,11 @@ pub trait Store: Send + Sync {
     fn packages(&self) -> Result<Vec<Package>, StoreError>;
     /// Claims the right to execute a run; `None` while another live process has it.
     fn lease(&self, run_id: &str) -> Result<Option<RunLease>, StoreError>;
+    /// Stores a plan (a plan is written once; its id is new).
+    fn save_plan(&self, plan: &Plan) -> Result<(), StoreError>;
+    fn plan(&self, plan_id: &str) -> Result<Option<Plan>, StoreError>;
+    /// Every plan, oldest first.
+    fn plans(&self) -> Result<Vec<Plan>, StoreError>;
     /// Whether a live process is executing the run.
     fn is_live(&self, run_id: &str) -> bool;
 }

@@ -16,6 +16,7 @@ use redb::{
 use super::{rows, AuditEntry, Batch, Store, StoreError, SCHEMA_VERSION};
 use crate::lock::{RunLease, RunLocks};
 use crate::package::{Package, PackageContent, Published};
+use crate::plan::Plan;
 use crate::state::{NodeRecord, RunRecord, Signal};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -37,12 +38,20 @@ const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 const PACKAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("packages");
 /// (package id, digest) → version: publishing identical content finds its version at once.
 const PACKAGE_DIGESTS: TableDefinition<(&str, &str), u64> = TableDefinition::new("package_digests");
+/// Plan id → the plan (JSON).
+const PLANS: TableDefinition<&str, &[u8]> = TableDefinition::new("plans");
 
 /// One migration: from `version - 1` to `version`.
 type Migration = fn(&redb::WriteTransaction) -> Result<(), StoreError>;
 
 /// Migrations by the version they produce. Version 1 is the first layout.
-const MIGRATIONS: &[(u64, Migration)] = &[(2, rows_v2), (3, hash_format_2)];
+const MIGRATIONS: &[(u64, Migration)] = &[(2, rows_v2), (3, hash_format_2), (4, plans)];
+
+/// Schema 4 keeps plans (`landfall plan`), one row per plan id. The table is created with the
+/// others; the version keeps older builds, which know no plans, from a file that has them.
+fn plans(_tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    Ok(())
+}
 
 /// Schema 2 writes node records and audit entries as version 2 rows (see [`rows`]), audit
 /// entries in chunks with a chain head per run. Schema 1's rows stay readable where they are
@@ -369,6 +378,7 @@ impl RedbStore {
             tx.open_table(SECRETS)?;
             tx.open_table(PACKAGES)?;
             tx.open_table(PACKAGE_DIGESTS)?;
+            tx.open_table(PLANS)?;
             if fresh {
                 version = SCHEMA_VERSION;
             }
@@ -556,6 +566,37 @@ impl Store for RedbStore {
             )?)),
             None => Ok(None),
         }
+    }
+
+    fn save_plan(&self, plan: &Plan) -> Result<(), StoreError> {
+        let bytes = encode(plan)?;
+        let tx = self.db.begin_write()?;
+        tx.open_table(PLANS)?
+            .insert(plan.plan_id.as_str(), bytes.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn plan(&self, plan_id: &str) -> Result<Option<Plan>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(PLANS)?;
+        match t.get(plan_id)? {
+            Some(v) => Ok(Some(decode(|| format!("plan {plan_id}"), v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn plans(&self) -> Result<Vec<Plan>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(PLANS)?;
+        let mut out: Vec<Plan> = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let id = k.value().to_string();
+            out.push(decode(|| format!("plan {id}"), v.value())?);
+        }
+        out.sort_by_key(|p| p.created_at);
+        Ok(out)
     }
 
     fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {

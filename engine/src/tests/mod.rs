@@ -1,7 +1,9 @@
 //! Scheduler and store tests that need the whole engine: test plugins, random DAGs, crashes.
 
+mod plan;
 mod props;
 mod scheduler;
+mod transitions;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -65,6 +67,9 @@ pub(crate) struct TestConfig {
     /// before it ended uses none up; a permanent failure then recurs on every attempt.
     #[serde(default)]
     pub durable_failures: bool,
+    /// Attached to the planned failures (what a real plugin adds: stack events, request ids).
+    #[serde(default)]
+    pub context: Option<Value>,
     /// The circuit scope it names (an account and region, for a real plugin); only
     /// `circuit_scope` reads it, from the raw `with:`.
     #[serde(default)]
@@ -125,13 +130,70 @@ impl Plugin for TestStep {
             n <= c.fail_times
         };
         if fails {
-            return Err(StepError::new(
+            let e = StepError::new(
                 c.class.unwrap_or(ErrorClass::Transient),
                 format!("planned failure {n}"),
-            ));
+            );
+            return Err(match c.context {
+                Some(v) => e.with_context(v),
+                None => e,
+            });
         }
         let deps: Vec<String> = c.deps.iter().map(|d| d.to_string()).collect();
         Ok(json!({ "value": format!("{}({})", ctx.step_id, deps.join(",")) }))
+    }
+}
+
+/// `planned`: plans the changes and outputs it is given (or fails planning), and runs to the
+/// same outputs.
+pub(crate) struct Planned;
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PlannedConfig {
+    #[serde(default)]
+    pub changes: Vec<Value>,
+    #[serde(default)]
+    pub outputs: Value,
+    #[serde(default)]
+    pub fail: bool,
+}
+
+#[async_trait]
+impl Plugin for Planned {
+    const NAME: &'static str = "planned";
+    const SUMMARY: &'static str = "test plugin that plans";
+    type Config = PlannedConfig;
+
+    async fn run(&self, c: PlannedConfig, _ctx: StepContext) -> Result<Value, StepError> {
+        Ok(c.outputs)
+    }
+
+    async fn plan(
+        &self,
+        c: PlannedConfig,
+        _ctx: StepContext,
+    ) -> Result<Option<crate::plan::PlanOutcome>, StepError> {
+        if c.fail {
+            return Err(StepError::permanent("reading failed"));
+        }
+        // `?` in the outputs stands for a value only apply knows (written so in `with`, the
+        // planner would take the step's own inputs as unknown).
+        fn unknowns(v: Value) -> Value {
+            match v {
+                Value::String(s) if s == "?" => Value::String(crate::plan::UNKNOWN.into()),
+                Value::Array(a) => Value::Array(a.into_iter().map(unknowns).collect()),
+                Value::Object(o) => {
+                    Value::Object(o.into_iter().map(|(k, v)| (k, unknowns(v))).collect())
+                }
+                other => other,
+            }
+        }
+        Ok(Some(crate::plan::PlanOutcome {
+            summary: format!("{} change(s)", c.changes.len()),
+            changes: c.changes,
+            outputs: unknowns(c.outputs),
+        }))
     }
 }
 
@@ -188,7 +250,8 @@ pub(crate) fn registry(probe: &Arc<Probe>) -> Registry {
     let mut r = Registry::new();
     r.register(TestStep(Arc::clone(probe)))
         .register(Waiter)
-        .register(Panics);
+        .register(Panics)
+        .register(Planned);
     r
 }
 
@@ -302,6 +365,15 @@ impl Store for CrashingStore {
     }
     fn is_live(&self, id: &str) -> bool {
         self.inner.is_live(id)
+    }
+    fn save_plan(&self, plan: &crate::plan::Plan) -> Result<(), StoreError> {
+        self.inner.save_plan(plan)
+    }
+    fn plan(&self, id: &str) -> Result<Option<crate::plan::Plan>, StoreError> {
+        self.inner.plan(id)
+    }
+    fn plans(&self) -> Result<Vec<crate::plan::Plan>, StoreError> {
+        self.inner.plans()
     }
 }
 

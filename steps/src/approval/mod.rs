@@ -490,6 +490,43 @@ impl Plugin for Approval {
             }
         }
     }
+
+    /// Changes nothing; says what it would wait for.
+    async fn plan(
+        &self,
+        c: ApprovalConfig,
+        _ctx: StepContext,
+    ) -> Result<Option<landfall_engine::PlanOutcome>, StepError> {
+        let asks = self.asks(&c);
+        let summary = if asks.is_empty() {
+            "no changes (no approval needed: no policy covers its targets)".to_string()
+        } else {
+            format!(
+                "no changes (waits for {})",
+                asks.iter()
+                    .map(|a| format!(
+                        "{} approval{} under {}",
+                        a.min_approvals,
+                        if a.min_approvals == 1 { "" } else { "s" },
+                        if a.policy == policy::WORKFLOW_ASK {
+                            "the workflow's own ask".to_string()
+                        } else {
+                            format!("policy {}", a.policy)
+                        }
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        Ok(Some(landfall_engine::PlanOutcome {
+            summary,
+            changes: Vec::new(),
+            outputs: json!({
+                "approved": true, "needed": !asks.is_empty(), "digest": c.digest,
+                "by": landfall_engine::PLAN_UNKNOWN, "approvers": landfall_engine::PLAN_UNKNOWN,
+            }),
+        }))
+    }
 }
 
 use policy::short;

@@ -161,4 +161,15 @@ impl Plugin for Targets {
             "targets": out,
         }))
     }
+
+    /// Reads only (or computes, touching nothing): planning is running it.
+    async fn plan(
+        &self,
+        c: TargetsConfig,
+        ctx: StepContext,
+    ) -> Result<Option<landfall_engine::PlanOutcome>, StepError> {
+        self.run(c, ctx)
+            .await
+            .map(|o| Some(landfall_engine::PlanOutcome::reads_only(o)))
+    }
 }

@@ -227,6 +227,17 @@ impl Plugin for CfnBuild {
         .await
         .map_err(|e| StepError::permanent(format!("building the templates failed: {e}")))?
     }
+
+    /// Reads only (or computes, touching nothing): planning is running it.
+    async fn plan(
+        &self,
+        c: CfnBuildConfig,
+        ctx: StepContext,
+    ) -> Result<Option<landfall_engine::PlanOutcome>, StepError> {
+        self.run(c, ctx)
+            .await
+            .map(|o| Some(landfall_engine::PlanOutcome::reads_only(o)))
+    }
 }
 
 #[cfg(test)]

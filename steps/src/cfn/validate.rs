@@ -819,6 +819,17 @@ impl Plugin for CfnValidate {
         }
         Ok(report)
     }
+
+    /// Reads only (or computes, touching nothing): planning is running it.
+    async fn plan(
+        &self,
+        c: CfnValidateConfig,
+        ctx: StepContext,
+    ) -> Result<Option<landfall_engine::PlanOutcome>, StepError> {
+        self.run(c, ctx)
+            .await
+            .map(|o| Some(landfall_engine::PlanOutcome::reads_only(o)))
+    }
 }
 
 #[cfg(test)]

@@ -210,6 +210,82 @@ impl Plugin for Deploy {
             "outputs": outputs,
         }))
     }
+
+    /// Reads the target's stacks and lets CloudFormation plan the updates (change sets made,
+    /// never executed); approvals are not needed to plan, only to apply.
+    async fn plan(
+        &self,
+        c: DeployConfig,
+        ctx: StepContext,
+    ) -> Result<Option<landfall_engine::PlanOutcome>, StepError> {
+        let Prepared {
+            pkg,
+            plans,
+            cfn,
+            role,
+        } = prepare(
+            &self.aws,
+            &ctx,
+            &c.package,
+            c.digest.as_deref(),
+            &c.target,
+            &c.parameters,
+            &c.role,
+            c.fallback_role.as_deref(),
+        )
+        .await?;
+        let job = Job {
+            cfn,
+            target: c.target.clone(),
+            tags: TagSet {
+                customer: pkg
+                    .content
+                    .manifest
+                    .get("customer")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                package: pkg.id.clone(),
+                version: pkg.version.to_string(),
+                run: ctx.run_id.to_string(),
+            },
+            poll: c.poll,
+            ctx: ctx.clone(),
+            board: Arc::new(Mutex::new(Board::default())),
+        };
+        let stacks = job.preview_all(&plans).await?;
+        let changes: Vec<Value> = stacks
+            .iter()
+            .filter(|s| s["action"] != "none")
+            .map(|s| {
+                let mut s = s.clone();
+                s["target"] = json!(c.target.label());
+                s
+            })
+            .collect();
+        let summary = format!(
+            "{}: {}",
+            c.target.label(),
+            stacks
+                .iter()
+                .map(super::preview::describe_change)
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        Ok(Some(landfall_engine::PlanOutcome {
+            summary,
+            changes,
+            outputs: json!({
+                "account": c.target.account,
+                "account_id": c.target.account_id,
+                "region": c.target.region,
+                "role": role,
+                "package": format!("{}@{}", pkg.id, pkg.version),
+                "stacks": landfall_engine::PLAN_UNKNOWN,
+                "outputs": landfall_engine::PLAN_UNKNOWN,
+            }),
+        }))
+    }
 }
 
 pub(crate) fn common_problems(package: &str, poll: &Poll) -> Vec<ConfigProblem> {
@@ -898,7 +974,7 @@ impl Job {
 
     /// Whether the stack already is what the plan says: template, parameters and tags (the
     /// run tags aside). Nothing is written when it is.
-    async fn same(
+    pub(crate) async fn same(
         &self,
         p: &StackPlan,
         params: &BTreeMap<String, String>,
@@ -962,7 +1038,7 @@ pub(crate) fn same_template(a: &str, b: &str) -> bool {
     }
 }
 
-fn no_changes(message: &str) -> bool {
+pub(crate) fn no_changes(message: &str) -> bool {
     message.contains("No updates are to be performed")
         || message.contains("didn't contain changes")
         || message.contains("does not contain changes")

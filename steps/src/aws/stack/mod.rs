@@ -1,9 +1,11 @@
 //! CloudFormation stacks in the customer's accounts: what to deploy where (`plan`), following
-//! an operation (`monitor`), and the `deploy`, `verify` and `rollback` plugins.
+//! an operation (`monitor`), what a deploy would change (`preview`), and the `deploy`, `verify`
+//! and `rollback` plugins.
 
 pub(crate) mod deploy;
 pub(crate) mod monitor;
 pub(crate) mod plan;
+pub(crate) mod preview;
 pub(crate) mod rollback;
 pub(crate) mod verify;
 

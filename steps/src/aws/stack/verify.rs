@@ -215,6 +215,19 @@ impl Plugin for Verify {
             "stacks": report,
         }))
     }
+
+    /// Reads only, and what it reads is what apply deploys: it runs after apply.
+    async fn plan(
+        &self,
+        _c: VerifyConfig,
+        _ctx: StepContext,
+    ) -> Result<Option<landfall_engine::PlanOutcome>, StepError> {
+        Ok(Some(landfall_engine::PlanOutcome {
+            summary: "no changes (verifies the stacks after apply)".into(),
+            changes: Vec::new(),
+            outputs: Value::String(landfall_engine::PLAN_UNKNOWN.into()),
+        }))
+    }
 }
 
 #[cfg(test)]

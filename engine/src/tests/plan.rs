@@ -1,0 +1,148 @@
+//! Plan mode: values known only after apply travel as unknowns, conditions on them are
+//! "maybe", plugins without a plan say so, nothing runs, and the digest covers what would
+//! change.
+
+use super::*;
+use crate::plan::{NewPlan, PlanStatus, UNKNOWN};
+
+fn engine(probe: &Arc<Probe>) -> (Engine, Arc<MemStore>, Registry) {
+    let store = Arc::new(MemStore::new());
+    let reg = registry(probe);
+    (
+        Engine::new(Arc::new(reg.clone()), store.clone()),
+        store,
+        reg,
+    )
+}
+
+fn new_plan() -> NewPlan {
+    NewPlan {
+        inputs: Map::new(),
+        requester: "cli:ann".into(),
+        ttl: Duration::from_secs(3600),
+    }
+}
+
+const WORKFLOW: &str = r#"
+name: t
+steps:
+  - id: org
+    uses: planned
+    with:
+      changes: [{ action: create, what: account }]
+      outputs: { name: acme, id: "?" }
+  - { id: by_name, uses: planned, needs: [org], with: { outputs: { got: "{{ steps.org.outputs.name }}" } } }
+  - { id: by_id, uses: planned, needs: [org], with: { outputs: { got: "{{ steps.org.outputs.id }}" } } }
+  - { id: if_id, uses: planned, needs: [org], when: "steps.org.outputs.id == 'x'", with: { changes: [{ action: tag }] } }
+  - { id: opaque, uses: test, needs: [by_name] }
+  - { id: after_opaque, uses: planned, needs: [opaque], with: { outputs: "{{ steps.opaque.outputs.value }}" } }
+  - { id: each, uses: planned, needs: [opaque], for_each: "{{ [steps.opaque.outputs] }}", with: { outputs: 1 } }
+  - { id: fan, uses: planned, needs: [org], for_each: [a, b], with: { changes: [{ action: create, item: "{{ item }}" }] } }
+  - { id: on_failure, uses: planned, needs: [fan], when: failure() }
+  - { id: off, uses: planned, needs: [org], when: "false" }
+  - { id: after_off, uses: planned, needs: [off] }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknowns_propagate_and_nothing_runs() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = workflow(WORKFLOW, &reg);
+    let plan = eng.plan(&wf, new_plan()).await.unwrap();
+    let node = |id: &str| plan.node(id).unwrap_or_else(|| panic!("no {id}")).clone();
+    assert_eq!(node("org").status, PlanStatus::Changes);
+    assert_eq!(node("by_name").status, PlanStatus::NoChanges);
+    assert_eq!(node("by_name").outputs, json!({ "got": "acme" }));
+    // Reads a value only apply knows: unknown, and so are its outputs.
+    let by_id = node("by_id");
+    assert_eq!(by_id.status, PlanStatus::Unknown);
+    assert!(
+        by_id.summary.contains("known only after apply"),
+        "{}",
+        by_id.summary
+    );
+    assert_eq!(by_id.outputs, json!(UNKNOWN));
+    // A condition on an unknown: maybe, planned as if it ran.
+    let if_id = node("if_id");
+    assert!(if_id.maybe);
+    assert_eq!(if_id.status, PlanStatus::Changes);
+    // A plugin without a plan method.
+    let opaque = node("opaque");
+    assert_eq!(opaque.status, PlanStatus::Unknown);
+    assert!(
+        opaque.summary.contains("`test` does not plan"),
+        "{}",
+        opaque.summary
+    );
+    assert_eq!(node("after_opaque").status, PlanStatus::Unknown);
+    assert!(node("each")
+        .summary
+        .contains("for each of (known after apply)"));
+    // A fan-out plans each instance.
+    assert_eq!(
+        node("fan[0]").changes,
+        [json!({ "action": "create", "item": "a" })]
+    );
+    assert_eq!(
+        node("fan[1]").changes,
+        [json!({ "action": "create", "item": "b" })]
+    );
+    // A plan assumes success: failure branches are off; a false condition skips its step only.
+    assert_eq!(node("on_failure").status, PlanStatus::Skipped);
+    assert!(node("on_failure")
+        .summary
+        .contains("runs only when an earlier step fails"));
+    assert_eq!(node("off").status, PlanStatus::Skipped);
+    assert_eq!(node("after_off").status, PlanStatus::NoChanges);
+    // Nothing ran: the plugin without a plan was never called.
+    assert_eq!(probe.count("opaque"), 0);
+    assert!(store.runs().unwrap().is_empty(), "a plan is not a run");
+    // Stored, with its digest.
+    let stored = store.plan(&plan.plan_id).unwrap().unwrap();
+    assert_eq!(stored, plan);
+    assert_eq!(plan.digest, plan.compute_digest());
+    assert_eq!(plan.requester, "cli:ann");
+    assert!(plan.changing() >= 5, "{}", plan.changing());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_digest_covers_what_would_change_and_nothing_else() {
+    let probe = Arc::new(Probe::default());
+    let (eng, _store, reg) = engine(&probe);
+    let wf = workflow(WORKFLOW, &reg);
+    let one = eng.plan(&wf, new_plan()).await.unwrap();
+    let two = eng.plan(&wf, new_plan()).await.unwrap();
+    assert_ne!(one.plan_id, two.plan_id);
+    assert_eq!(one.digest, two.digest, "ids and times are not digested");
+    let other = workflow(&WORKFLOW.replace("action: tag", "action: untag"), &reg);
+    let three = eng.plan(&other, new_plan()).await.unwrap();
+    assert_ne!(one.digest, three.digest);
+    let mut changed = one.clone();
+    changed.nodes[0].changes.push(json!({ "action": "delete" }));
+    assert_ne!(changed.compute_digest(), one.digest);
+    let mut reworded = one.clone();
+    reworded.nodes[0].summary = "said otherwise".into();
+    assert_eq!(reworded.compute_digest(), one.digest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_be_planned_fails_the_plan_and_skips_its_dependents() {
+    let probe = Arc::new(Probe::default());
+    let (eng, _store, reg) = engine(&probe);
+    let wf = workflow(
+        r#"
+name: t
+steps:
+  - { id: read, uses: planned, with: { fail: true } }
+  - { id: next, uses: planned, needs: [read] }
+  - { id: apart, uses: planned }
+"#,
+        &reg,
+    );
+    let plan = eng.plan(&wf, new_plan()).await.unwrap();
+    assert!(plan.failed());
+    assert_eq!(plan.node("read").unwrap().status, PlanStatus::Failed);
+    assert_eq!(plan.node("read").unwrap().summary, "reading failed");
+    assert_eq!(plan.node("next").unwrap().status, PlanStatus::Skipped);
+    assert_eq!(plan.node("apart").unwrap().status, PlanStatus::NoChanges);
+}

@@ -1,0 +1,159 @@
+//! `plan` and `plans`: what a workflow would change, computed by reading only, stored with its
+//! digest; and the stored plans.
+
+use std::sync::Arc;
+
+use landfall_engine::store::Store;
+use landfall_engine::{NewPlan, Plan, PlanStatus, PlannedNode};
+use serde_json::Value;
+
+use super::{cli_trigger, print_json, App, Failure, Res, EXIT_OK};
+use crate::cli::{PlanArgs, PlansCommand};
+
+impl App {
+    pub(super) async fn plan(&self, args: PlanArgs) -> Res<i32> {
+        let wf = self.load_workflow(&args.file)?;
+        let inputs = self.read_inputs(&wf, args.input.as_deref(), &args.sets)?;
+        let store = self.open_store()?;
+        let engine = self.engine(Arc::clone(&store));
+        let plan = engine
+            .plan(
+                &wf,
+                NewPlan {
+                    inputs,
+                    requester: cli_trigger().actor,
+                    ttl: args.expires_in,
+                },
+            )
+            .await?;
+        if args.json {
+            print_json(&serde_json::to_value(&plan).unwrap_or(Value::Null));
+        } else {
+            print!("{}", show(&plan));
+        }
+        if plan.failed() {
+            return Err(Failure::failed(format!(
+                "plan {} is incomplete: a node could not be planned (marked x)",
+                plan.plan_id
+            )));
+        }
+        Ok(EXIT_OK)
+    }
+
+    pub(super) fn plans(&self, command: PlansCommand) -> Res<i32> {
+        let store = self
+            .existing_store()?
+            .ok_or_else(|| self.no_state("plans"))?;
+        match command {
+            PlansCommand::List { json } => {
+                let mut plans = store.plans()?;
+                plans.reverse();
+                if json {
+                    let list: Vec<Value> = plans
+                        .iter()
+                        .map(|p| {
+                            serde_json::json!({
+                                "plan_id": p.plan_id, "workflow": p.workflow,
+                                "digest": p.digest, "requester": p.requester,
+                                "created_at": p.created_at, "expires_at": p.expires_at,
+                                "changing": p.changing(), "failed": p.failed(),
+                            })
+                        })
+                        .collect();
+                    print_json(&Value::Array(list));
+                } else if plans.is_empty() {
+                    println!("no plans yet (landfall plan FILE)");
+                } else {
+                    for p in &plans {
+                        println!(
+                            "{}  {:<16} {} node(s) change  digest {}  by {}  {}",
+                            p.plan_id,
+                            p.workflow,
+                            p.changing(),
+                            short(&p.digest),
+                            p.requester,
+                            p.created_at.format("%Y-%m-%d %H:%M UTC"),
+                        );
+                    }
+                }
+            }
+            PlansCommand::Show { plan_id, json } => {
+                let plan = store
+                    .plan(&plan_id)?
+                    .ok_or_else(|| Failure::invalid(format!("no plan `{plan_id}`")))?;
+                if json {
+                    print_json(&serde_json::to_value(&plan).unwrap_or(Value::Null));
+                } else {
+                    print!("{}", show(&plan));
+                }
+            }
+        }
+        Ok(EXIT_OK)
+    }
+}
+
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
+}
+
+fn mark(n: &PlannedNode) -> &'static str {
+    match n.status {
+        PlanStatus::Changes => "~",
+        PlanStatus::NoChanges => "=",
+        PlanStatus::Unknown => "?",
+        PlanStatus::Skipped => "-",
+        PlanStatus::Failed => "x",
+    }
+}
+
+/// A plan as people read it: a header, one line per node (its changes below it), the digest.
+pub(crate) fn show(plan: &Plan) -> String {
+    let mut out = format!(
+        "Plan {} of {}: {} of {} node(s) would change something\n",
+        plan.plan_id,
+        plan.workflow,
+        plan.changing(),
+        plan.nodes.len()
+    );
+    let width = plan.nodes.iter().map(|n| n.node.len()).max().unwrap_or(0);
+    for n in &plan.nodes {
+        out.push_str(&format!(
+            "  {} {:<width$}  {}{}\n",
+            mark(n),
+            n.node,
+            n.summary,
+            if n.maybe {
+                " (maybe: its condition reads a value known after apply)"
+            } else {
+                ""
+            },
+        ));
+        for c in &n.changes {
+            out.push_str(&format!("      {}\n", change_line(c)));
+        }
+    }
+    out.push_str(&format!(
+        "digest {} · by {} · expires {}\n",
+        plan.digest,
+        plan.requester,
+        plan.expires_at.format("%Y-%m-%d %H:%M UTC")
+    ));
+    out
+}
+
+/// One change record: its `action`, then its other fields as `key=value`.
+fn change_line(c: &Value) -> String {
+    let Some(o) = c.as_object() else {
+        return c.to_string();
+    };
+    let action = o.get("action").and_then(Value::as_str).unwrap_or("change");
+    let rest: Vec<String> = o
+        .iter()
+        .filter(|(k, _)| k.as_str() != "action")
+        .map(|(k, v)| match v {
+            Value::String(s) => format!("{k}={s}"),
+            other => format!("{k}={other}"),
+        })
+        .collect();
+    format!("{action} {}", rest.join(" "))
+}
