@@ -324,6 +324,7 @@ fn build(
             timeout: s.timeout.or(spec.defaults.timeout),
             attempt_timeout: s.attempt_timeout.or(spec.defaults.attempt_timeout),
             circuit: s.circuit.clone().unwrap_or_else(|| s.uses.clone()),
+            plan: s.plan,
             path: p.clone(),
         });
     }

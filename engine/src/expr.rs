@@ -81,6 +81,17 @@ pub(crate) fn env() -> &'static Environment<'static> {
         env.add_function("failure", |state: &State| status_flag(state, "failure"));
         env.add_function("always", |_state: &State| true);
         env.add_function("cancelled", |state: &State| status_flag(state, "cancelled"));
+        // `{{ steps.plan.outputs | digest }}`: SHA-256 of the value's canonical JSON, the same
+        // digest a plugin computes with `digest_of` (how an approval names what it approves).
+        env.add_filter(
+            "digest",
+            |v: minijinja::Value| -> Result<String, minijinja::Error> {
+                let json: Value = serde_json::to_value(&v).map_err(|e| {
+                    minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())
+                })?;
+                Ok(crate::digest::digest_of(&json))
+            },
+        );
         env
     })
 }

@@ -40,6 +40,24 @@ pub struct PlanOutcome {
 }
 
 impl PlanOutcome {
+    /// What a node of a `plan: true` step outputs: its plugin's plan (or that it has none).
+    pub fn into_node_outputs(plan: Option<PlanOutcome>) -> Value {
+        match plan {
+            None => json!({
+                "status": PlanStatus::Unknown,
+                "summary": "changes unknown until apply: this plugin does not plan",
+                "changes": [],
+                "outputs": UNKNOWN,
+            }),
+            Some(o) => json!({
+                "status": if o.changes.is_empty() { PlanStatus::NoChanges } else { PlanStatus::Changes },
+                "summary": o.summary,
+                "changes": o.changes,
+                "outputs": o.outputs,
+            }),
+        }
+    }
+
     /// A node that changes nothing and whose outputs are already known (a lookup).
     pub fn reads_only(outputs: Value) -> Self {
         PlanOutcome {
@@ -382,6 +400,9 @@ impl Engine {
                             "changes unknown until apply: `{}` does not plan",
                             plugin_name
                         );
+                        if step.plan {
+                            n.outputs = PlanOutcome::into_node_outputs(None);
+                        }
                     }
                     Ok(Some(o)) => {
                         n.status = if o.changes.is_empty() {
@@ -389,9 +410,14 @@ impl Engine {
                         } else {
                             PlanStatus::Changes
                         };
+                        // A `plan: true` step outputs its plan in a run; the same here.
+                        n.outputs = if step.plan {
+                            PlanOutcome::into_node_outputs(Some(o.clone()))
+                        } else {
+                            o.outputs
+                        };
                         n.summary = o.summary;
                         n.changes = o.changes;
-                        n.outputs = o.outputs;
                     }
                     Err(e) => {
                         broken[i] = true;

@@ -240,6 +240,11 @@ pub(crate) struct StepSpec {
     /// Circuit breaker key (default: the plugin name). Steps with the same key share a breaker.
     #[serde(default)]
     pub circuit: Option<String>,
+    /// Plan instead of run: the plugin only reads and says what it would change. Outputs
+    /// `status` (`changes`, `no_changes`, `unknown`), `summary`, `changes` and the `outputs`
+    /// it would have; a later step applies exactly that (e.g. `deploy` with `plan:`).
+    #[serde(default)]
+    pub plan: bool,
 }
 
 /// The JSON Schema of workflow files, for editors.

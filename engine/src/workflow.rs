@@ -44,6 +44,8 @@ pub struct Step {
     pub timeout: Option<Duration>,
     pub attempt_timeout: Option<Duration>,
     pub circuit: String,
+    /// Plan mode inside a run: the node's outputs are its plugin's plan.
+    pub plan: bool,
     /// Where the step is in its file, for messages.
     pub path: Path,
 }

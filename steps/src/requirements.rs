@@ -386,7 +386,7 @@ impl Requirements {
             }
         }
         let azs = self.network.availability_zones;
-        let max_azs = min_azs.min(4);
+        let max_azs = min_azs.min(crate::cfn::build::MAX_AZS as u8);
         if azs == 0 || (min_azs != u8::MAX && azs > max_azs) {
             out.push(err(
                 "network.availability_zones",

@@ -217,7 +217,7 @@ async fn a_plan_shows_what_would_change_and_changes_nothing() {
 
     let first = plan(&sb);
     assert!(
-        summary(&first, "deploy[0]").contains("create acme-network ("),
+        summary(&first, "plan[0]").contains("create acme-network ("),
         "{first:#}"
     );
     assert_eq!(
@@ -257,7 +257,7 @@ async fn a_plan_shows_what_would_change_and_changes_nothing() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
     let second = plan(&sb);
-    let deploy0 = summary(&second, "deploy[0]");
+    let deploy0 = summary(&second, "plan[0]");
     assert!(deploy0.contains("update acme-network: "), "{second:#}");
     let network = second["nodes"]
         .as_array()
@@ -296,4 +296,135 @@ async fn a_plan_shows_what_would_change_and_changes_nothing() {
         stdout(&shown)
     );
     assert!(stdout(&shown).contains(second["digest"].as_str().unwrap()));
+}
+
+/// Plan → approval → apply in one run: what is executed is exactly the planned change sets
+/// (their ids in the audit), approved under the policy for the plan's digest; a stack changed
+/// between plan and apply makes the apply refuse, writing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_executes_exactly_the_approved_plan_and_refuses_a_changed_stack() {
+    let emu = Emulator::start();
+    let sb = Sandbox::new();
+    let accounts = onboard(&sb, &emu);
+    let prod = accounts["acme-prod"].clone();
+    let args = provision_args(&["--set", "poll_initial=1s"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = landfall(&sb, &emu, &args).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // From now on production needs two approvals; the customer gains an availability zone.
+    sb.write("landfall.toml", POLICY);
+    let acme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/customers/acme.yaml"),
+    )
+    .unwrap()
+    .replace("availability_zones: 2", "availability_zones: 3");
+    sb.write("acme-3az.yaml", &acme);
+    let wf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows/onboarding.yaml");
+    let out = landfall(
+        &sb,
+        &emu,
+        &["run", wf.to_str().unwrap(), "--input", "acme-3az.yaml"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let start = |run: &str| {
+        let args = provision_args(&["--run-id", run, "--set", "poll_initial=1s"]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let child = landfall(&sb, &emu, &args)
+            .env("USER", "bob")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until("the approval to wait", Duration::from_secs(180), || {
+            node_status(&sb, &emu, run, "approve") == "waiting"
+        });
+        child
+    };
+    let planned_ids = |run: &str| -> Vec<String> {
+        let doc = sb.json(&["status", run, "--json"]);
+        doc["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["id"].as_str().unwrap().starts_with("plan["))
+            .flat_map(|n| {
+                n["outputs"]["changes"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter_map(|c| c["change_set"]["id"].as_str().map(str::to_string))
+            .collect()
+    };
+
+    // The plan is made; then someone deletes a stack of one target by hand before the
+    // approvals arrive.
+    let child = start("cc-2");
+    let planned = planned_ids("cc-2");
+    assert!(!planned.is_empty(), "the plan has change sets to execute");
+    let cfn = emu.cloudformation_in(&prod, "us-east-1").await;
+    cfn.delete_stack()
+        .stack_name("acme-security-baseline")
+        .send()
+        .await
+        .unwrap();
+    for who in ["alice", "carol"] {
+        let o = approve_as(&sb, &emu, who, "cc-2");
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // That target refuses, writing nothing...
+    let err = node(&doc, "deploy[0]")["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        err.contains("acme-security-baseline changed since the plan (it was deleted): plan again"),
+        "{err}"
+    );
+    let recreated = stacks_in(&emu, &prod, "us-east-1")
+        .await
+        .into_iter()
+        .any(|(name, status, _)| name == "acme-security-baseline" && status != "DELETE_COMPLETE");
+    assert!(!recreated, "the refused apply wrote nothing");
+    // ...and the others executed exactly their planned change sets (ids in the audit).
+    for n in ["deploy[1]", "deploy[2]", "deploy[3]"] {
+        assert_eq!(
+            node(&doc, n)["status"],
+            "succeeded",
+            "{n}: {}",
+            node(&doc, n)
+        );
+    }
+    let target0: Vec<String> = node(&doc, "plan[0]")["outputs"]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["change_set"]["id"].as_str().map(str::to_string))
+        .collect();
+    let mut expected: Vec<String> = planned
+        .into_iter()
+        .filter(|id| !target0.contains(id))
+        .collect();
+    expected.sort();
+    let audit = sb.json(&["audit", "cc-2", "--json"]);
+    let mut executed: Vec<String> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "milestone" && e["details"]["kind"] == "stack_started")
+        .filter_map(|e| {
+            e["details"]["data"]["change_set"]["id"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    executed.sort();
+    assert!(!expected.is_empty());
+    assert_eq!(executed, expected);
 }

@@ -92,6 +92,7 @@ impl Execution<'_> {
             return self.fail_attempt(node, err);
         };
         let breaker = self.breaker(step_i, &*plugin, &with);
+        let planning = self.wf.steps[step_i].plan;
         let cancel = CancellationToken::new();
         let mut limit = self.wf.steps[step_i].attempt_timeout;
         if let Some(d) = self.deadlines.get(&node) {
@@ -152,7 +153,16 @@ impl Execution<'_> {
                     change: t,
                 });
             }
-            let run = plugin.run(with, ctx);
+            let run = if planning {
+                Box::pin(async move {
+                    plugin
+                        .plan(with, ctx)
+                        .await
+                        .map(crate::plan::PlanOutcome::into_node_outputs)
+                })
+            } else {
+                plugin.run(with, ctx)
+            };
             let result = tokio::select! {
                 biased;
                 r = async {

@@ -245,3 +245,35 @@ steps:
     );
     assert_eq!(probe.count("fan[1]") + probe.count("fan[2]"), 0);
 }
+
+/// `run.failures` lists a failed node at once, before its step is done: a node rendered
+/// while the failed node's siblings still run sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_is_in_run_failures_before_its_step_is_done() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = workflow(
+        r#"
+name: t
+defaults: { retry: { max_attempts: 1 } }
+steps:
+  - id: fan
+    uses: test
+    for_each: [1, 2]
+    with: { fail_times: "{{ 1 if item == 1 else 0 }}", class: permanent, sleep_ms: "{{ 0 if item == 1 else 400 }}" }
+  - { id: other, uses: test, with: { deps: ["{{ run.failures | length }}"] } }
+"#,
+        &reg,
+    );
+    // Two slots: fan[0] and fan[1] start; `other` takes the slot fan[0] frees by failing,
+    // while fan[1] still runs.
+    let (out, _) = run_to_end(&eng, wf, 2).await;
+    let nodes = store.nodes(&out.run_id).unwrap();
+    let other = nodes.iter().find(|n| &*n.node_id == "other").unwrap();
+    assert_eq!(other.outputs.as_ref().unwrap()["value"], json!("other(1)"));
+    let fan1 = nodes.iter().find(|n| &*n.node_id == "fan[1]").unwrap();
+    assert!(
+        fan1.finished_at > other.started_at,
+        "other started while fan[1] still ran"
+    );
+}

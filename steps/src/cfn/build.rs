@@ -52,8 +52,16 @@ pub(crate) struct SubnetPair {
     pub private: String,
 }
 
-/// Splits the VPC block into equal subnets: public ones first, then private ones. The
-/// subnet size is the largest that fits `2 × azs` subnets; AWS's smallest is /28.
+/// The most availability zones a customer's network may span (the requirements check says so
+/// too): the VPC block is always laid out for this many.
+pub(crate) const MAX_AZS: usize = 4;
+
+/// Splits the VPC block into `2 × MAX_AZS` equal slots: the public subnets first, then the
+/// private ones; AZ `i` takes public slot `i` and private slot `MAX_AZS + i`. The layout does
+/// not depend on how many AZs are used, so adding one only adds subnets: sized by the AZ count,
+/// every existing subnet would move to a new CIDR, which CloudFormation can only do by
+/// replacing it, and the replacement conflicts with the subnet it replaces (AWS refuses
+/// overlapping CIDRs in one VPC). AWS's smallest subnet is /28.
 pub(crate) fn subnet_plan(cidr: &str, azs: u8) -> Result<Vec<SubnetPair>, String> {
     let net: Ipv4Net = cidr
         .parse()
@@ -62,7 +70,12 @@ pub(crate) fn subnet_plan(cidr: &str, azs: u8) -> Result<Vec<SubnetPair>, String
     if azs == 0 {
         return Err("at least one availability zone is needed".into());
     }
-    let bits = (2 * azs).next_power_of_two().trailing_zeros() as u8;
+    if azs > MAX_AZS {
+        return Err(format!(
+            "at most {MAX_AZS} availability zones are supported"
+        ));
+    }
+    let bits = (2 * MAX_AZS).trailing_zeros() as u8;
     let prefix = net.prefix_len() + bits;
     if prefix > 28 {
         return Err(format!(
@@ -74,7 +87,7 @@ pub(crate) fn subnet_plan(cidr: &str, azs: u8) -> Result<Vec<SubnetPair>, String
         .map(|i| SubnetPair {
             index: i,
             public: blocks[i].to_string(),
-            private: blocks[azs + i].to_string(),
+            private: blocks[MAX_AZS + i].to_string(),
         })
         .collect())
 }
@@ -252,19 +265,37 @@ mod tests {
             vec![
                 SubnetPair {
                     index: 0,
-                    public: "10.20.0.0/18".into(),
-                    private: "10.20.128.0/18".into()
+                    public: "10.20.0.0/19".into(),
+                    private: "10.20.128.0/19".into()
                 },
                 SubnetPair {
                     index: 1,
-                    public: "10.20.64.0/18".into(),
-                    private: "10.20.192.0/18".into()
+                    public: "10.20.32.0/19".into(),
+                    private: "10.20.160.0/19".into()
                 },
             ]
         );
         let p = subnet_plan("192.168.16.0/24", 3).unwrap();
-        assert_eq!(p[2].private, "192.168.16.160/27");
+        assert_eq!(p[2].private, "192.168.16.192/27");
         assert!(subnet_plan("10.0.0.0/26", 3).unwrap_err().contains("/28"));
+        assert!(subnet_plan("10.0.0.0/16", 5).is_err());
+    }
+
+    /// Growing a network by an availability zone keeps every existing subnet where it is.
+    #[test]
+    fn adding_an_availability_zone_only_adds_subnets() {
+        for cidr in ["10.0.0.0/16", "172.16.8.0/21", "192.168.1.0/24"] {
+            for azs in 1..MAX_AZS as u8 {
+                let before = subnet_plan(cidr, azs).unwrap();
+                let after = subnet_plan(cidr, azs + 1).unwrap();
+                assert_eq!(
+                    &after[..before.len()],
+                    &before[..],
+                    "{cidr}: {azs} → {}",
+                    azs + 1
+                );
+            }
+        }
     }
 
     #[test]

@@ -72,7 +72,12 @@ impl Deploy {
         }
         let refs: Vec<&str> = environments.iter().map(String::as_str).collect();
         let what = format!("target {}", c.target.label());
-        let counts = enforce(&self.policies, ctx, &refs, c.digest.as_deref(), &what)?;
+        // Applying a plan: what was approved is the plan.
+        let digest = match c.planned()? {
+            Some((_, plan_digest)) => Some(plan_digest),
+            None => c.digest.clone(),
+        };
+        let counts = enforce(&self.policies, ctx, &refs, digest.as_deref(), &what)?;
         for count in counts {
             ctx.log(format!(
                 "{what}: approved under policy {} by {}",
@@ -111,6 +116,46 @@ pub(crate) struct DeployConfig {
     /// How often to look at a running stack operation.
     #[serde(default)]
     pub poll: Poll,
+    /// The outputs of a `plan: true` deploy step of this run (every target's plan). Given,
+    /// this target's planned changes are applied exactly (planned change sets executed,
+    /// planned stacks created), anything changed since refuses the node, and approvals are
+    /// checked for this plan's digest instead of the package's.
+    #[serde(default)]
+    pub plan: Option<Value>,
+}
+
+impl DeployConfig {
+    /// This target's part of the plan, and the plan's digest.
+    fn planned(&self) -> Result<Option<(Vec<Value>, String)>, StepError> {
+        let Some(plan) = &self.plan else {
+            return Ok(None);
+        };
+        let digest = landfall_engine::digest_of(plan);
+        let mine = plan
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| {
+                e["outputs"]["account_id"] == self.target.account_id.as_str()
+                    && e["outputs"]["region"] == self.target.region.as_str()
+            })
+            .ok_or_else(|| {
+                StepError::permanent(format!(
+                    "the plan has nothing for target {}: plan again",
+                    self.target.label()
+                ))
+            })?;
+        let stacks = mine["outputs"]["stacks"]
+            .as_array()
+            .cloned()
+            .ok_or_else(|| {
+                StepError::permanent(format!(
+                    "the plan for {} lists no stacks (it is not a deploy plan): plan again",
+                    self.target.label()
+                ))
+            })?;
+        Ok(Some((stacks, digest)))
+    }
 }
 
 /// What happened to one stack.
@@ -195,7 +240,17 @@ impl Plugin for Deploy {
             ctx: ctx.clone(),
             board: Arc::new(Mutex::new(Board::default())),
         };
-        let results = job.deploy_all(&plans).await?;
+        let results = match c.planned()? {
+            Some((changes, digest)) => {
+                ctx.log(format!(
+                    "applying plan {} to {}",
+                    &digest[..12.min(digest.len())],
+                    c.target.label()
+                ));
+                job.apply_planned(&plans, &changes).await?
+            }
+            None => job.deploy_all(&plans).await?,
+        };
         let outputs: BTreeMap<&str, &BTreeMap<String, String>> = results
             .iter()
             .map(|r| (r.name.as_str(), &r.outputs))
@@ -218,6 +273,14 @@ impl Plugin for Deploy {
         c: DeployConfig,
         ctx: StepContext,
     ) -> Result<Option<landfall_engine::PlanOutcome>, StepError> {
+        if c.plan.is_some() {
+            // The plan step of this workflow counted these changes already.
+            return Ok(Some(landfall_engine::PlanOutcome {
+                summary: format!("{}: applies the plan made above", c.target.label()),
+                changes: Vec::new(),
+                outputs: Value::String(landfall_engine::PLAN_UNKNOWN.into()),
+            }));
+        }
         let Prepared {
             pkg,
             plans,
@@ -281,7 +344,8 @@ impl Plugin for Deploy {
                 "region": c.target.region,
                 "role": role,
                 "package": format!("{}@{}", pkg.id, pkg.version),
-                "stacks": landfall_engine::PLAN_UNKNOWN,
+                // Every stack as the plan saw it (unchanged ones too: apply checks them).
+                "stacks": stacks,
                 "outputs": landfall_engine::PLAN_UNKNOWN,
             }),
         }))
@@ -510,12 +574,12 @@ impl Job {
         Ok(results)
     }
 
-    fn report(&self, what: &str) {
+    pub(crate) fn report(&self, what: &str) {
         let mut b = self.board.lock().unwrap_or_else(|p| p.into_inner());
         b.report(&self.ctx, what);
     }
 
-    fn observe(&self, slot: usize, e: &Ev) {
+    pub(crate) fn observe(&self, slot: usize, e: &Ev) {
         let mut b = self.board.lock().unwrap_or_else(|p| p.into_inner());
         let Some((name, t)) = b.stacks.get_mut(slot) else {
             return;
@@ -529,7 +593,7 @@ impl Job {
         b.report(&self.ctx, &what);
     }
 
-    fn finish(&self, slot: usize, success: bool, what: &str) {
+    pub(crate) fn finish(&self, slot: usize, success: bool, what: &str) {
         {
             let mut b = self.board.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((_, t)) = b.stacks.get_mut(slot) {
@@ -643,7 +707,7 @@ impl Job {
         )))
     }
 
-    async fn create(
+    pub(crate) async fn create(
         &self,
         p: &StackPlan,
         params: &BTreeMap<String, String>,
@@ -855,7 +919,7 @@ impl Job {
         self.finished(p, out, action, Some(summary), slot).await
     }
 
-    fn unchanged(&self, p: &StackPlan, stack: &Stack, slot: usize) -> StackResult {
+    pub(crate) fn unchanged(&self, p: &StackPlan, stack: &Stack, slot: usize) -> StackResult {
         self.finish(slot, true, &format!("{} unchanged", p.name));
         StackResult {
             name: p.name.clone(),
@@ -871,7 +935,7 @@ impl Job {
         }
     }
 
-    async fn finished(
+    pub(crate) async fn finished(
         &self,
         p: &StackPlan,
         out: super::monitor::Outcome,

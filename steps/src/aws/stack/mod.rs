@@ -2,6 +2,7 @@
 //! an operation (`monitor`), what a deploy would change (`preview`), and the `deploy`, `verify`
 //! and `rollback` plugins.
 
+pub(crate) mod apply;
 pub(crate) mod deploy;
 pub(crate) mod monitor;
 pub(crate) mod plan;

@@ -188,15 +188,19 @@ impl Job {
         let current = outputs_of(&stack);
         let Some(params) = params else {
             return Ok((
-                json!({ "action": "update", "stack": p.stack_name, "known": false }),
+                json!({
+                    "action": "update", "stack": p.stack_name, "known": false,
+                    "last_change": super::apply::last_change(&stack),
+                }),
                 Some(current),
             ));
         };
+        let none = json!({
+            "action": "none", "stack": p.stack_name,
+            "last_change": super::apply::last_change(&stack),
+        });
         if self.same(p, params, &stack).await? {
-            return Ok((
-                json!({ "action": "none", "stack": p.stack_name }),
-                Some(current),
-            ));
+            return Ok((none, Some(current)));
         }
         let stack_id = stack.stack_id().unwrap_or(&p.stack_name).to_string();
         // Named after the plan (its node's idempotency key): planning again makes another.
@@ -221,10 +225,7 @@ impl Job {
             Err(e) => {
                 let err = step_error("CreateChangeSet", e);
                 if no_changes(&err.message) {
-                    return Ok((
-                        json!({ "action": "none", "stack": p.stack_name }),
-                        Some(current),
-                    ));
+                    return Ok((none, Some(current)));
                 }
                 return Err(err);
             }
@@ -254,10 +255,7 @@ impl Job {
                         .send()
                         .await;
                     if no_changes(&reason) {
-                        return Ok((
-                            json!({ "action": "none", "stack": p.stack_name }),
-                            Some(current),
-                        ));
+                        return Ok((none, Some(current)));
                     }
                     return Err(StepError::permanent(format!(
                         "the change set planned for {} failed: {reason}",
@@ -281,6 +279,9 @@ impl Job {
         change["action"] = json!("update");
         change["stack"] = json!(p.stack_name);
         change["change_set"] = json!({ "id": change_set_id, "name": name });
+        // Apply refuses when the stack changed after this (the change set would then be
+        // obsolete on AWS; the emulator does not say so).
+        change["last_change"] = json!(super::apply::last_change(&stack));
         Ok((change, Some(current)))
     }
 }
