@@ -852,6 +852,115 @@ mod tests {
         assert_ne!(v1.hash, v2.hash);
     }
 
+    /// Lengths and counts of 128 and more take two varint bytes (the continuation bit set
+    /// on the first); the expected hash comes from a separate implementation of the layout
+    /// at `HASH_FORMAT_2` (a few lines of Python), not from this code.
+    #[test]
+    fn long_fields_hash_as_documented() {
+        let mut d = AuditDraft::new(
+            "U1",
+            "01JRUN",
+            "note",
+            serde_json::json!({ "long": "x".repeat(200), "n": vec![1; 130] }),
+        );
+        d.at = chrono::DateTime::from_timestamp(1_764_000_000, 5).unwrap();
+        let e = AuditEntry::chain(300, d, "ab".repeat(32));
+        assert_eq!(
+            e.hash,
+            "19fd78af0fbb379f7d7e7fe093bb373c5a6277cad3bab98a3fa5b938d636bcf0"
+        );
+    }
+
+    /// Format 1 writes a timestamp its fast path cannot (a year past 9999) as chrono's
+    /// RFC 3339 text after its 8-byte length, like any other: the stream is built here by
+    /// hand from the layout.
+    #[test]
+    fn format_1_hashes_timestamps_outside_the_fast_path_by_the_layout() {
+        use sha2::{Digest, Sha256};
+        let mut d = AuditDraft::new("U1", "r", "k", serde_json::Value::Null);
+        d.at = chrono::NaiveDate::from_ymd_opt(10_000, 1, 2)
+            .unwrap()
+            .and_hms_nano_opt(3, 4, 5, 6)
+            .unwrap()
+            .and_utc();
+        let field = |out: &mut Vec<u8>, s: &str| {
+            out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        };
+        let mut want = Vec::new();
+        field(&mut want, "prev");
+        want.extend_from_slice(&9u64.to_le_bytes());
+        field(
+            &mut want,
+            &d.at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        );
+        field(&mut want, "U1");
+        field(&mut want, "r");
+        want.extend_from_slice(b"0");
+        field(&mut want, "k");
+        want.extend_from_slice(b"n");
+        let want: [u8; 32] = Sha256::digest(&want).into();
+        assert_eq!(AuditEntry::digest_v1(9, &d, "prev"), want);
+    }
+
+    /// Entries stored before formats existed read as format 1.
+    #[test]
+    fn an_entry_without_a_format_is_format_1() {
+        let e = AuditEntry::chain_v1(
+            0,
+            AuditDraft::new("a", "r", "k", serde_json::Value::Null),
+            String::new(),
+        );
+        let mut v = serde_json::to_value(&e).unwrap();
+        v.as_object_mut().unwrap().remove("format");
+        let back: AuditEntry = serde_json::from_value(v).unwrap();
+        assert_eq!(back.format, HASH_FORMAT_1);
+        assert_eq!(back.expected_hash(), Some(e.hash));
+    }
+
+    #[test]
+    fn a_commits_drafts_split_into_stretches_of_one_run() {
+        let d = |run: &str| Draft::from(AuditDraft::new("a", run, "k", serde_json::Value::Null));
+        let drafts = [d("r1"), d("r1"), d("r2"), d("r1")];
+        assert_eq!(stretches(&drafts), vec![0..2, 2..3, 3..4]);
+        assert!(stretches(&[]).is_empty());
+    }
+
+    #[test]
+    fn signals_are_read_from_the_audit_in_order_with_their_node() {
+        let sig = |actor: &str, v: i64| {
+            let mut d = AuditDraft::new(
+                actor,
+                "r",
+                "signal_received",
+                serde_json::json!({ "value": v }),
+            );
+            d.node = Some("approve".into());
+            d
+        };
+        let entries = vec![
+            AuditEntry::chain(0, sig("U1", 1), String::new()),
+            AuditEntry::chain(
+                1,
+                AuditDraft::new("x", "r", "milestone", serde_json::Value::Null),
+                String::new(),
+            ),
+            AuditEntry::chain(2, sig("U2", 2), String::new()),
+        ];
+        let got = signals_in(&entries);
+        let seen: Vec<(&str, &str, &serde_json::Value)> = got
+            .iter()
+            .map(|(n, s)| (n.as_str(), s.actor.as_str(), &s.value))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("approve", "U1", &serde_json::json!(1)),
+                ("approve", "U2", &serde_json::json!(2))
+            ]
+        );
+    }
+
     /// A node transition's format 2 stream fits in three SHA-256 blocks (55 bytes of 64 in
     /// the last, for padding) with ids of ordinary length; format 1 took five.
     #[test]
