@@ -141,7 +141,8 @@ pub(crate) fn show(plan: &Plan) -> String {
     out
 }
 
-/// One change record: its `action`, then its other fields as `key=value`.
+/// One change record: its `action`, then its plain fields as `key=value` (lists and records,
+/// such as a change set's resources, are in `--json`).
 fn change_line(c: &Value) -> String {
     let Some(o) = c.as_object() else {
         return c.to_string();
@@ -150,10 +151,64 @@ fn change_line(c: &Value) -> String {
     let rest: Vec<String> = o
         .iter()
         .filter(|(k, _)| k.as_str() != "action")
-        .map(|(k, v)| match v {
-            Value::String(s) => format!("{k}={s}"),
-            other => format!("{k}={other}"),
+        .filter_map(|(k, v)| match v {
+            Value::String(s) => Some(format!("{k}={s}")),
+            Value::Number(_) | Value::Bool(_) => Some(format!("{k}={v}")),
+            _ => None,
         })
         .collect();
     format!("{action} {}", rest.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(node: &str, status: PlanStatus, summary: &str, changes: Vec<Value>) -> PlannedNode {
+        PlannedNode {
+            node: node.into(),
+            step: node.split('[').next().unwrap_or(node).into(),
+            plugin: "deploy".into(),
+            status,
+            maybe: false,
+            summary: summary.into(),
+            changes,
+            outputs: Value::Null,
+        }
+    }
+
+    /// `landfall plan`'s two outputs, pinned: the text people read and the JSON machines do.
+    #[test]
+    fn a_plan_reads_as_pinned() {
+        let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let mut plan = Plan {
+            plan_id: "p-01kexample".into(),
+            workflow: "provisioning".into(),
+            workflow_file: "workflows/provisioning.yaml".into(),
+            workflow_text: String::new(),
+            workflow_digest: "w".into(),
+            inputs: json!({ "customer": "acme" }),
+            inputs_digest: "i".into(),
+            requester: "cli:bob".into(),
+            created_at: at,
+            expires_at: at + chrono::Duration::hours(24),
+            nodes: vec![
+                node("fetch", PlanStatus::NoChanges, "no changes (reads only)", vec![]),
+                node(
+                    "plan[0]",
+                    PlanStatus::Changes,
+                    "acme-prod/us-east-1: update acme-network: 2 to add, 0 to modify, 0 to remove (0 replacements)",
+                    vec![json!({ "action": "update", "stack": "acme-network", "adds": 2, "change_set": { "id": "arn:cs/1" } })],
+                ),
+                node("exec_it", PlanStatus::Unknown, "changes unknown until apply: `exec` does not plan", vec![]),
+                node("rollback", PlanStatus::Skipped, "skipped: runs only when an earlier step fails", vec![]),
+            ],
+            digest: String::new(),
+        };
+        plan.nodes[2].maybe = true;
+        plan.digest = plan.compute_digest();
+        insta::assert_snapshot!(show(&plan));
+        insta::assert_json_snapshot!(plan);
+    }
 }

@@ -188,7 +188,7 @@ fn reply_for(e: &RunEvent, run_id: &str) -> Option<(String, Option<Value>)> {
                 }
                 if !r.details.is_null() {
                     text.push('\n');
-                    text.push_str(&escape(&truncate(&r.details.to_string(), 2500)));
+                    text.push_str(&escape(&truncate(&details_text(&r.details), 2500)));
                 }
                 let blocks = json!([
                     { "type": "section", "text": { "type": "mrkdwn", "text": text } },
@@ -389,6 +389,27 @@ async fn run_thread(
 }
 
 /// Slack allows 3,000 characters per section: longer text is cut, and says so.
+/// What an approver reads of a request's details: each list of lines (a plan's summaries) as
+/// bullets under its name, anything else as JSON.
+fn details_text(details: &Value) -> String {
+    let Some(map) = details.as_object() else {
+        return details.to_string();
+    };
+    let mut out = Vec::new();
+    for (k, v) in map {
+        match v.as_array() {
+            Some(items) if items.iter().all(Value::is_string) => {
+                out.push(format!("{k}:"));
+                for i in items {
+                    out.push(format!("• {}", i.as_str().unwrap_or_default()));
+                }
+            }
+            _ => out.push(format!("{k}: {v}")),
+        }
+    }
+    out.join("\n")
+}
+
 pub fn truncate(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         return text.to_string();
@@ -431,5 +452,30 @@ mod tests {
         );
         assert_eq!(blocks.unwrap()[1]["text"]["text"], "&lt;@U9&gt;");
         assert!(truncate(&"x".repeat(4000), 3000).ends_with("has all of it)"));
+    }
+
+    /// The approval request for a provisioning plan under a production policy: the plan's
+    /// summaries one per line, the policy's ask, buttons that carry the plan's digest.
+    #[test]
+    fn an_approval_request_shows_the_plan_and_the_policy() {
+        let e = RunEvent::Milestone {
+            run_id: "r-1".into(),
+            node: "approve".into(),
+            kind: "approval_requested".into(),
+            data: json!({
+                "title": "Deploy acme-baseline@2 to acme",
+                "digest": "c202b04509b9d1e8f0a7c6b5a4938271605f4e3d2c1b0a9f8e7d6c5b4a392817",
+                "details": { "changes": [
+                    "acme-prod/us-east-1: acme-security-baseline unchanged; update acme-network: 4 to add, 0 to modify, 0 to remove (0 replacements); acme-access unchanged",
+                    "acme-dev/us-east-1: create acme-network (21 resources)",
+                ] },
+                "timeout_s": 86400,
+                "requester": "U1",
+                "asks": [{ "policy": "production", "min_approvals": 2, "approvers": ["U2", "S0PLATFORM"], "forbid_requester": true, "expires_after_s": 86400 }],
+            }),
+        };
+        let (text, blocks) = reply_for(&e, "r-1").unwrap();
+        insta::assert_snapshot!(text);
+        insta::assert_json_snapshot!(blocks.unwrap());
     }
 }
