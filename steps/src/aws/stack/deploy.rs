@@ -122,6 +122,15 @@ pub(crate) struct DeployConfig {
     /// checked for this plan's digest instead of the package's.
     #[serde(default)]
     pub plan: Option<Value>,
+    /// How old a plan may be when it is applied: AWS drifts, approvers looked at the world
+    /// as it was.
+    #[serde(with = "humantime_serde", default = "default_plan_expiry")]
+    #[schemars(with = "String")]
+    pub plan_expires_after: Duration,
+}
+
+fn default_plan_expiry() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 impl DeployConfig {
@@ -145,6 +154,19 @@ impl DeployConfig {
                     self.target.label()
                 ))
             })?;
+        let planned_at = mine["outputs"]["planned_at"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        let age = planned_at.map(|t| chrono::Utc::now().signed_duration_since(t));
+        let limit =
+            chrono::Duration::from_std(self.plan_expires_after).unwrap_or(chrono::Duration::MAX);
+        if age.is_none_or(|a| a > limit) {
+            return Err(StepError::permanent(format!(
+                "the plan for {} expired (plans may be applied for {}): plan again",
+                self.target.label(),
+                humantime::format_duration(self.plan_expires_after)
+            )));
+        }
         let stacks = mine["outputs"]["stacks"]
             .as_array()
             .cloned()
@@ -346,6 +368,7 @@ impl Plugin for Deploy {
                 "package": format!("{}@{}", pkg.id, pkg.version),
                 // Every stack as the plan saw it (unchanged ones too: apply checks them).
                 "stacks": stacks,
+                "planned_at": chrono::Utc::now().to_rfc3339(),
                 "outputs": landfall_engine::PLAN_UNKNOWN,
             }),
         }))
@@ -1136,6 +1159,50 @@ pub(crate) fn cfn_parameters(params: &BTreeMap<String, String>) -> Vec<Parameter
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn applying(planned_at: chrono::DateTime<chrono::Utc>, region: &str) -> DeployConfig {
+        serde_json::from_value(json!({
+            "package": "acme-baseline@2",
+            "target": { "account": "acme-prod", "account_id": "111122223333", "region": "us-east-1" },
+            "plan": [{
+                "status": "changes", "summary": "s", "changes": [],
+                "outputs": {
+                    "account_id": "111122223333", "region": region,
+                    "planned_at": planned_at.to_rfc3339(),
+                    "stacks": [{ "action": "none", "stack": "acme-network" }],
+                },
+            }],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_target_applies_its_own_part_of_a_fresh_plan_only() {
+        let now = chrono::Utc::now();
+        let c = applying(now, "us-east-1");
+        let (stacks, digest) = c.planned().unwrap().unwrap();
+        assert_eq!(
+            stacks,
+            [json!({ "action": "none", "stack": "acme-network" })]
+        );
+        assert_eq!(digest, landfall_engine::digest_of(c.plan.as_ref().unwrap()));
+        let old = applying(now - chrono::Duration::hours(25), "us-east-1");
+        let e = old.planned().unwrap_err();
+        assert!(
+            e.message
+                .contains("expired (plans may be applied for 1day)"),
+            "{}",
+            e.message
+        );
+        let elsewhere = applying(now, "eu-west-1");
+        let e = elsewhere.planned().unwrap_err();
+        assert!(
+            e.message
+                .contains("the plan has nothing for target acme-prod/us-east-1"),
+            "{}",
+            e.message
+        );
+    }
 
     #[test]
     fn tokens_are_stable_and_distinct_per_operation() {
