@@ -276,6 +276,45 @@ mod tests {
     use super::*;
     use ErrorClass::*;
 
+    /// A service answer with `code` as the SDK hands it over; and one that never got an answer.
+    fn answered(
+        code: &str,
+    ) -> SdkError<aws_sdk_organizations::operation::tag_resource::TagResourceError, HttpResponse>
+    {
+        use aws_sdk_organizations::operation::tag_resource::TagResourceError;
+        use aws_smithy_types::body::SdkBody;
+        use aws_smithy_types::error::ErrorMetadata;
+        let status = aws_smithy_runtime_api::http::StatusCode::try_from(400).expect("a status");
+        SdkError::service_error(
+            TagResourceError::generic(ErrorMetadata::builder().code(code).build()),
+            HttpResponse::new(status, SdkBody::empty()),
+        )
+    }
+
+    /// "Already so" is read from a service's answer only: a call that got no answer (a
+    /// time-out) says nothing about the thing, whatever its error looks like.
+    #[test]
+    fn outcomes_come_from_service_answers() {
+        assert_eq!(
+            outcome(&answered("DuplicateOrganizationalUnitException")),
+            Outcome::AlreadyExists
+        );
+        assert_eq!(
+            outcome(&answered("PolicyTypeAlreadyEnabledException")),
+            Outcome::AlreadyDone
+        );
+        assert_eq!(
+            outcome(&answered("PolicyNotAttachedException")),
+            Outcome::AlreadyGone
+        );
+        assert_eq!(outcome(&answered("AccessDeniedException")), Outcome::Failed);
+        let timed_out: SdkError<
+            aws_sdk_organizations::operation::tag_resource::TagResourceError,
+            HttpResponse,
+        > = SdkError::timeout_error("no answer");
+        assert_eq!(outcome(&timed_out), Outcome::Failed);
+    }
+
     #[test]
     fn throttling_5xx_and_timeouts_are_transient() {
         for code in [
