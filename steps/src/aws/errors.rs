@@ -291,6 +291,78 @@ mod tests {
         )
     }
 
+    /// Each kind of SDK failure is named as it is: a request that could not be built is
+    /// permanent, a time-out or a lost connection says what happened (not "unreadable
+    /// response"), a service answer keeps its code, message and `Reason`.
+    #[test]
+    fn step_errors_say_what_happened() {
+        use aws_sdk_organizations::operation::tag_resource::TagResourceError;
+        use aws_smithy_runtime_api::client::result::ConnectorError;
+        use aws_smithy_types::body::SdkBody;
+        use aws_smithy_types::error::ErrorMetadata;
+        type E = SdkError<TagResourceError, HttpResponse>;
+        let service = |code: &str, body: &str| -> E {
+            let status = aws_smithy_runtime_api::http::StatusCode::try_from(400).expect("a status");
+            SdkError::service_error(
+                TagResourceError::generic(ErrorMetadata::builder().code(code).message("m").build()),
+                HttpResponse::new(status, SdkBody::from(body.to_string())),
+            )
+        };
+        let e = step_error("TagResource", service("AccessDeniedException", "{}"));
+        assert_eq!(
+            (e.class, e.message.as_str()),
+            (Permanent, "TagResource: AccessDeniedException: m")
+        );
+        let e = step_error(
+            "CreateAccount",
+            service(
+                "ConstraintViolationException",
+                r#"{"Reason":"ACCOUNT_NUMBER_LIMIT_EXCEEDED"}"#,
+            ),
+        );
+        assert_eq!(
+            e.message,
+            "CreateAccount: ConstraintViolationException (ACCOUNT_NUMBER_LIMIT_EXCEEDED): m"
+        );
+        assert_eq!(e.context["reason"], "ACCOUNT_NUMBER_LIMIT_EXCEEDED");
+        let built: E = SdkError::construction_failure("a required field is missing");
+        let e = step_error("TagResource", built);
+        assert_eq!(e.class, Permanent);
+        assert!(
+            e.message.contains("a required field is missing"),
+            "{}",
+            e.message
+        );
+        let slow: E = SdkError::timeout_error("operation timed out after 30s");
+        let e = step_error("TagResource", slow);
+        assert_eq!(e.class, Transient);
+        assert!(e.message.contains("timed out after 30s"), "{}", e.message);
+        let lost: E =
+            SdkError::dispatch_failure(ConnectorError::io("connection reset by peer".into()));
+        let e = step_error("TagResource", lost);
+        assert_eq!(e.class, Transient);
+        assert!(
+            e.message.contains("connection reset by peer"),
+            "{}",
+            e.message
+        );
+        let garbled: E = SdkError::response_error(
+            "not XML",
+            HttpResponse::new(
+                aws_smithy_runtime_api::http::StatusCode::try_from(502).expect("a status"),
+                SdkBody::from("<html>"),
+            ),
+        );
+        let e = step_error("TagResource", garbled);
+        assert_eq!(
+            (e.class, e.message.as_str()),
+            (
+                Transient,
+                "TagResource: HTTP 502 with an unreadable error response"
+            )
+        );
+    }
+
     /// "Already so" is read from a service's answer only: a call that got no answer (a
     /// time-out) says nothing about the thing, whatever its error looks like.
     #[test]
