@@ -346,6 +346,12 @@ mod tests {
             "{}",
             e.message
         );
+        // A long description is cut at 300 bytes, on a character boundary.
+        let long: E = SdkError::dispatch_failure(ConnectorError::io("é".repeat(400).into()));
+        let e = step_error("TagResource", long);
+        let kept = e.message.strip_suffix('…').expect("marked as cut");
+        assert!(kept.len() <= 300 && kept.len() >= 298, "{}", kept.len());
+        assert!(kept.ends_with('é'));
         let garbled: E = SdkError::response_error(
             "not XML",
             HttpResponse::new(
