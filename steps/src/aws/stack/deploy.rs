@@ -242,26 +242,7 @@ impl Plugin for Deploy {
                 c.role, c.target.account
             ));
         }
-        let customer = pkg
-            .content
-            .manifest
-            .get("customer")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let job = Job {
-            cfn,
-            target: c.target.clone(),
-            tags: TagSet {
-                customer,
-                package: pkg.id.clone(),
-                version: pkg.version.to_string(),
-                run: ctx.run_id.to_string(),
-            },
-            poll: c.poll,
-            ctx: ctx.clone(),
-            board: Arc::new(Mutex::new(Board::default())),
-        };
+        let job = Job::new(cfn, &c, &pkg, &ctx);
         let results = match c.planned()? {
             Some((changes, digest)) => {
                 ctx.log(format!(
@@ -319,25 +300,7 @@ impl Plugin for Deploy {
             c.fallback_role.as_deref(),
         )
         .await?;
-        let job = Job {
-            cfn,
-            target: c.target.clone(),
-            tags: TagSet {
-                customer: pkg
-                    .content
-                    .manifest
-                    .get("customer")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                package: pkg.id.clone(),
-                version: pkg.version.to_string(),
-                run: ctx.run_id.to_string(),
-            },
-            poll: c.poll,
-            ctx: ctx.clone(),
-            board: Arc::new(Mutex::new(Board::default())),
-        };
+        let job = Job::new(cfn, &c, &pkg, &ctx);
         let stacks = job.preview_all(&plans).await?;
         let changes: Vec<Value> = stacks
             .iter()
@@ -541,6 +504,29 @@ pub(crate) struct Job {
 }
 
 impl Job {
+    /// One target's deployment of `pkg`, as `deploy` runs, plans or applies it.
+    fn new(cfn: Client, c: &DeployConfig, pkg: &Package, ctx: &StepContext) -> Self {
+        Job {
+            cfn,
+            target: c.target.clone(),
+            tags: TagSet {
+                customer: pkg
+                    .content
+                    .manifest
+                    .get("customer")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                package: pkg.id.clone(),
+                version: pkg.version.to_string(),
+                run: ctx.run_id.to_string(),
+            },
+            poll: c.poll,
+            ctx: ctx.clone(),
+            board: Arc::new(Mutex::new(Board::default())),
+        }
+    }
+
     /// Deploys `plans` wave by wave; stops after the first wave with a failure.
     pub(crate) async fn deploy_all(
         &self,
