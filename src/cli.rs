@@ -320,6 +320,11 @@ pub struct RunArgs {
     /// Most nodes running at once (overrides the workflow and the configuration)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_parallel: Option<u32>,
+    /// Apply a stored plan (`landfall plan`): the run takes the plan's inputs, and its
+    /// `plan: true` steps take what was planned instead of planning again. Refused when FILE
+    /// is not the file planned, or the plan expired or could not be planned whole
+    #[arg(long, value_name = "PLAN_ID", conflicts_with_all = ["input", "sets"])]
+    pub plan: Option<String>,
     /// Print the run as JSON on stdout when it ends
     #[arg(long)]
     pub json: bool,

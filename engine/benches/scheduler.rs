@@ -138,6 +138,7 @@ fn run(
                 &wf,
                 NewRun {
                     run_id: None,
+                    plan: None,
                     inputs: Default::default(),
                     trigger: Trigger {
                         source: "bench".into(),

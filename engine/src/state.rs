@@ -152,6 +152,10 @@ pub struct RunRecord {
     pub started_at: DateTime<Utc>,
     #[serde(default)]
     pub finished_at: Option<DateTime<Utc>>,
+    /// The stored plan this run applies (`landfall run --plan`): its `plan: true` steps take
+    /// their outputs from it instead of planning again, so what was approved is what runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<String>,
 }
 
 /// A decision or datum delivered to a waiting node from outside the run (an approval from

@@ -96,7 +96,9 @@ impl From<EngineError> for Failure {
             | EngineError::Inputs(_)
             | EngineError::NoSuchRun(_)
             | EngineError::NoSuchNode(..)
-            | EngineError::NodeFinished(..) => EXIT_INVALID,
+            | EngineError::NodeFinished(..)
+            | EngineError::NoSuchPlan(_)
+            | EngineError::PlanRefused { .. } => EXIT_INVALID,
         };
         Failure {
             code,

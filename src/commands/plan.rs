@@ -37,6 +37,13 @@ impl App {
                 plan.plan_id
             )));
         }
+        if !args.json && !self.quiet() {
+            eprintln!(
+                "apply exactly this plan with: landfall run {} --plan {}",
+                args.file.display(),
+                plan.plan_id
+            );
+        }
         Ok(EXIT_OK)
     }
 

@@ -65,7 +65,11 @@ impl App {
 
     pub(super) async fn run(&self, args: RunArgs) -> Res<i32> {
         let wf = self.load_workflow(&args.file)?;
-        let inputs = self.read_inputs(&wf, args.input.as_deref(), &args.sets)?;
+        let inputs = match args.plan {
+            // The plan holds its inputs (checked when the run is created).
+            Some(_) => Map::new(),
+            None => self.read_inputs(&wf, args.input.as_deref(), &args.sets)?,
+        };
         let store = self.open_store()?;
         let engine = self.engine(Arc::clone(&store));
         let max_parallel = args
@@ -77,6 +81,7 @@ impl App {
             &wf,
             NewRun {
                 run_id: args.run_id.clone(),
+                plan: args.plan.clone(),
                 inputs,
                 trigger: cli_trigger(),
                 max_parallel,

@@ -136,6 +136,7 @@ fn run(script: Arc<Script>) -> RunStatus {
                 &wf,
                 NewRun {
                     run_id: None,
+                    plan: None,
                     inputs,
                     trigger: Trigger {
                         source: "test".into(),

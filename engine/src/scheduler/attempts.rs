@@ -91,8 +91,24 @@ impl Execution<'_> {
             let err = StepError::permanent(format!("no plugin named `{uses}`"));
             return self.fail_attempt(node, err);
         };
-        let breaker = self.breaker(step_i, &*plugin, &with);
         let planning = self.wf.steps[step_i].plan;
+        if planning {
+            if let Some(plan) = &self.plan {
+                // Applying a stored plan: what was planned (and approved) is this node's
+                // answer; planning again could plan something else.
+                let id = &*self.nodes[node].id;
+                let result = match plan.node(id) {
+                    Some(p) if !p.outputs.is_null() => Ok(p.outputs.clone()),
+                    _ => Err(StepError::permanent(format!(
+                        "node `{id}` is not in plan `{}` (its inputs or the workflow's shape changed): plan again",
+                        plan.plan_id
+                    ))),
+                };
+                self.finished_inline.push((node, false, result));
+                return;
+            }
+        }
+        let breaker = self.breaker(step_i, &*plugin, &with);
         let cancel = CancellationToken::new();
         let mut limit = self.wf.steps[step_i].attempt_timeout;
         if let Some(d) = self.deadlines.get(&node) {

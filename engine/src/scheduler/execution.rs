@@ -122,6 +122,7 @@ impl<'a> Execution<'a> {
             link: RunLink::new(Some(report_tx), Some(Arc::clone(&engine.store))),
             run_id,
             actor,
+            plan: None,
             now: Utc::now(),
         }
     }

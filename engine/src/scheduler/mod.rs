@@ -56,6 +56,11 @@ pub enum EngineError {
     NoSuchNode(String, String),
     #[error("node `{0}` has already finished ({1})")]
     NodeFinished(String, NodeStatus),
+    #[error("no plan `{0}`: `landfall plans list` shows the stored plans")]
+    NoSuchPlan(String),
+    /// The plan cannot be applied as it stands; `why` says what to do.
+    #[error("plan `{plan_id}` cannot be applied: {why}")]
+    PlanRefused { plan_id: String, why: String },
 }
 
 /// How a caller stops a run.
@@ -76,6 +81,9 @@ pub struct NewRun {
     pub inputs: Map<String, Value>,
     pub trigger: Trigger,
     pub max_parallel: usize,
+    /// A stored plan to apply (`landfall run --plan`): the run takes its inputs from it, and
+    /// its `plan: true` steps take their outputs from it.
+    pub plan: Option<String>,
 }
 
 /// The executor: a registry of plugins, a store, and the breakers shared by all its runs.
@@ -119,9 +127,12 @@ impl Engine {
     /// Creates a run (durably) or, for a `run_id` that exists with the same workflow and
     /// inputs, returns that run so the caller resumes it instead of starting a duplicate.
     pub fn create_run(&self, wf: &Workflow, new: NewRun) -> Result<RunRecord, EngineError> {
-        let inputs =
-            crate::inputs::resolve(&wf.inputs, new.inputs, &[]).map_err(EngineError::Inputs)?;
-        let inputs = Value::Object(inputs);
+        let inputs = match &new.plan {
+            Some(plan_id) => self.applicable_plan(wf, plan_id, &new.inputs)?.inputs,
+            None => Value::Object(
+                crate::inputs::resolve(&wf.inputs, new.inputs, &[]).map_err(EngineError::Inputs)?,
+            ),
+        };
         let inputs_digest = crate::digest::digest_of(&inputs);
         if let Some(id) = &new.run_id {
             if !valid_run_id(id) {
@@ -159,24 +170,71 @@ impl Engine {
             max_parallel: new.max_parallel.max(1),
             started_at: Utc::now(),
             finished_at: None,
+            plan_id: new.plan.clone(),
         };
-        let audit = AuditDraft::new(
-            &new.trigger.actor,
-            &run_id,
-            "run_created",
-            json!({
-                "workflow": wf.name,
-                "workflow_digest": wf.digest,
-                "inputs_digest": record.inputs_digest,
-                "trigger": new.trigger.source,
-            }),
-        );
+        let mut detail = json!({
+            "workflow": wf.name,
+            "workflow_digest": wf.digest,
+            "inputs_digest": record.inputs_digest,
+            "trigger": new.trigger.source,
+        });
+        if let Some(p) = &new.plan {
+            detail["plan_id"] = json!(p);
+        }
+        let audit = AuditDraft::new(&new.trigger.actor, &run_id, "run_created", detail);
         self.store.commit(Batch {
             runs: vec![record.clone()],
             audit: vec![audit.into()],
             ..Batch::default()
         })?;
         Ok(record)
+    }
+
+    /// The stored plan `plan_id`, if a run of `wf` may apply it: planned from this very
+    /// workflow, complete, not expired, and (when `inputs` are given at all) with these inputs.
+    pub fn applicable_plan(
+        &self,
+        wf: &Workflow,
+        plan_id: &str,
+        inputs: &Map<String, Value>,
+    ) -> Result<crate::plan::Plan, EngineError> {
+        let plan = self
+            .store
+            .plan(plan_id)?
+            .ok_or_else(|| EngineError::NoSuchPlan(plan_id.to_string()))?;
+        let refuse = |why: String| EngineError::PlanRefused {
+            plan_id: plan_id.to_string(),
+            why,
+        };
+        if plan.workflow_digest != wf.digest {
+            return Err(refuse(format!(
+                "it was planned from another version of the workflow (`{}` as it was then); plan again with this file",
+                plan.workflow_file
+            )));
+        }
+        if !inputs.is_empty() {
+            let given = crate::inputs::resolve(&wf.inputs, inputs.clone(), &[])
+                .map_err(EngineError::Inputs)?;
+            if crate::digest::digest_of(&Value::Object(given)) != plan.inputs_digest {
+                return Err(refuse(
+                    "the inputs given differ from the plan's; leave them out (the plan has its own) or plan again".into(),
+                ));
+            }
+        }
+        if plan.failed() {
+            return Err(refuse(
+                "some of its nodes could not be planned (`landfall plans show` says which); plan again".into(),
+            ));
+        }
+        let now = Utc::now();
+        if plan.expires_at <= now {
+            return Err(refuse(format!(
+                "it expired at {} (AWS may have changed since); plan again",
+                plan.expires_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )));
+        }
+        Ok(plan)
     }
 
     /// Delivers a signal (an approval) to a node of a run, durably, with an audit entry. Works
@@ -248,8 +306,17 @@ impl Engine {
         };
         let mut obs: Vec<Arc<dyn Observer>> = self.observers.clone();
         obs.extend(observers.iter().cloned());
+        let plan = match &run.plan_id {
+            Some(id) => Some(Arc::new(
+                self.store
+                    .plan(id)?
+                    .ok_or_else(|| EngineError::NoSuchPlan(id.clone()))?,
+            )),
+            None => None,
+        };
         let existing = self.store.nodes(&run.run_id)?;
         let mut ex = Execution::new(self, wf, run, control, obs, existing);
+        ex.plan = plan;
         let res = ex.run().await;
         drop(lease);
         res
@@ -348,6 +415,8 @@ struct Execution<'a> {
     /// The run's id and actor, shared by its audit entries.
     run_id: Arc<str>,
     actor: Arc<str>,
+    /// The stored plan this run applies: its `plan: true` nodes answer from it.
+    plan: Option<Arc<crate::plan::Plan>>,
     /// The time of this turn: what the scheduler records happened at one moment (one commit's
     /// transitions) gets one timestamp, read once (see [`Self::tick`]).
     now: DateTime<Utc>,

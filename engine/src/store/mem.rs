@@ -243,7 +243,10 @@ impl Store for MemStore {
     }
 
     fn save_plan(&self, plan: &Plan) -> Result<(), StoreError> {
-        self.lock().plans.push(plan.clone());
+        // As the redb store: one plan per id, a second save replaces the first.
+        let mut inner = self.lock();
+        inner.plans.retain(|p| p.plan_id != plan.plan_id);
+        inner.plans.push(plan.clone());
         Ok(())
     }
 

@@ -571,6 +571,7 @@ mod tests {
             max_parallel: 8,
             started_at: DateTime::from_timestamp(1_764_000_000, 5).unwrap(),
             finished_at: None,
+            plan_id: None,
         };
         let mut buf = Vec::new();
         encode_run(&mut buf, &r).unwrap();

@@ -266,6 +266,7 @@ pub(crate) fn workflow(yaml: &str, registry: &Registry) -> Workflow {
 pub(crate) fn new_run(max_parallel: usize) -> NewRun {
     NewRun {
         run_id: None,
+        plan: None,
         inputs: Map::new(),
         trigger: Trigger {
             source: "test".into(),

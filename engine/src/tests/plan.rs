@@ -4,6 +4,9 @@
 
 use super::*;
 use crate::plan::{NewPlan, PlanStatus, UNKNOWN};
+use crate::scheduler::EngineError;
+use crate::state::RunStatus;
+use chrono::Utc;
 
 fn engine(probe: &Arc<Probe>) -> (Engine, Arc<MemStore>, Registry) {
     let store = Arc::new(MemStore::new());
@@ -145,4 +148,170 @@ steps:
     assert_eq!(plan.node("read").unwrap().summary, "reading failed");
     assert_eq!(plan.node("next").unwrap().status, PlanStatus::Skipped);
     assert_eq!(plan.node("apart").unwrap().status, PlanStatus::NoChanges);
+}
+
+const APPLIED: &str = r#"
+name: t
+inputs:
+  customer: { type: string }
+steps:
+  - id: plan
+    uses: planned
+    plan: true
+    for_each: [a, b]
+    with:
+      changes: [{ action: create, what: "{{ inputs.customer }}-{{ item }}" }]
+      outputs: { name: "{{ inputs.customer }}" }
+  - { id: apply, uses: planned, needs: [plan], with: { outputs: "{{ steps.plan.outputs }}" } }
+"#;
+
+fn with_customer(name: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("customer".into(), json!(name));
+    m
+}
+
+fn applying(plan_id: &str) -> NewRun {
+    NewRun {
+        plan: Some(plan_id.into()),
+        ..new_run(4)
+    }
+}
+
+/// `landfall run --plan`: the run's `plan: true` nodes answer with what the stored plan says
+/// (not a new plan), and the run takes the plan's inputs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_applies_the_stored_plan_not_a_new_one() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = Arc::new(workflow(APPLIED, &reg));
+    let mut plan = eng
+        .plan(
+            &wf,
+            NewPlan {
+                inputs: with_customer("acme"),
+                ..new_plan()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(plan.node("plan[1]").unwrap().outputs["changes"][0]["what"] == "acme-b");
+    // What is stored is what runs: mark the stored plan so a new plan would differ from it.
+    plan.nodes[1].outputs["summary"] = json!("as approved");
+    store.save_plan(&plan).unwrap();
+    let rec = eng.create_run(&wf, applying(&plan.plan_id)).unwrap();
+    assert_eq!(rec.plan_id.as_deref(), Some(plan.plan_id.as_str()));
+    assert_eq!(
+        rec.inputs,
+        json!({ "customer": "acme" }),
+        "the plan's inputs"
+    );
+    let out = eng
+        .execute(Arc::clone(&wf), rec, RunControl::default(), &[])
+        .await
+        .unwrap();
+    assert_eq!(out.status, RunStatus::Succeeded);
+    let nodes = store.nodes(&out.run_id).unwrap();
+    let outputs = |id: &str| {
+        nodes
+            .iter()
+            .find(|n| &*n.node_id == id)
+            .and_then(|n| n.outputs.clone())
+            .unwrap()
+    };
+    assert_eq!(outputs("plan[0]"), plan.nodes[0].outputs);
+    assert_eq!(outputs("plan[1]"), plan.nodes[1].outputs);
+    assert_eq!(outputs("plan[1]")["summary"], "as approved");
+    assert_eq!(outputs("apply")[1], plan.nodes[1].outputs);
+    let created = store
+        .audit(&out.run_id)
+        .unwrap()
+        .into_iter()
+        .find(|e| e.draft.kind == "run_created")
+        .unwrap();
+    assert_eq!(created.draft.details["plan_id"], json!(plan.plan_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_is_applied_only_as_planned() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = workflow(APPLIED, &reg);
+    let acme = NewPlan {
+        inputs: with_customer("acme"),
+        ..new_plan()
+    };
+    let plan = eng.plan(&wf, acme).await.unwrap();
+    let why = |e: EngineError| match e {
+        EngineError::PlanRefused { why, .. } => why,
+        other => panic!("{other}"),
+    };
+    // Another version of the workflow.
+    let edited = workflow(&APPLIED.replace("[a, b]", "[a, b, c]"), &reg);
+    let e = eng
+        .create_run(&edited, applying(&plan.plan_id))
+        .unwrap_err();
+    assert!(why(e).contains("another version of the workflow"));
+    // Other inputs.
+    let mut other = applying(&plan.plan_id);
+    other.inputs = with_customer("globex");
+    let e = eng.create_run(&wf, other).unwrap_err();
+    assert!(why(e).contains("inputs given differ"));
+    // The same inputs, given again: allowed.
+    let mut same = applying(&plan.plan_id);
+    same.inputs = with_customer("acme");
+    eng.create_run(&wf, same).unwrap();
+    // Expired.
+    let mut old = plan.clone();
+    old.plan_id = "p-old".into();
+    old.expires_at = Utc::now() - chrono::Duration::seconds(1);
+    store.save_plan(&old).unwrap();
+    let e = eng.create_run(&wf, applying("p-old")).unwrap_err();
+    assert!(why(e).contains("expired"));
+    // Incomplete.
+    let mut broken = plan.clone();
+    broken.plan_id = "p-broken".into();
+    broken.nodes[0].status = PlanStatus::Failed;
+    store.save_plan(&broken).unwrap();
+    let e = eng.create_run(&wf, applying("p-broken")).unwrap_err();
+    assert!(why(e).contains("could not be planned"));
+    // Unknown.
+    let e = eng.create_run(&wf, applying("p-none")).unwrap_err();
+    assert!(matches!(e, EngineError::NoSuchPlan(_)), "{e}");
+    assert_eq!(
+        store.runs().unwrap().len(),
+        1,
+        "only the allowed run exists"
+    );
+}
+
+/// A node the plan does not hold fails for good instead of planning on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_missing_from_the_plan_fails_instead_of_planning_anew() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = Arc::new(workflow(APPLIED, &reg));
+    let acme = NewPlan {
+        inputs: with_customer("acme"),
+        ..new_plan()
+    };
+    let mut plan = eng.plan(&wf, acme).await.unwrap();
+    plan.nodes.retain(|n| n.node != "plan[1]");
+    store.save_plan(&plan).unwrap();
+    let rec = eng.create_run(&wf, applying(&plan.plan_id)).unwrap();
+    let out = eng
+        .execute(Arc::clone(&wf), rec, RunControl::default(), &[])
+        .await
+        .unwrap();
+    assert_eq!(out.status, RunStatus::Failed);
+    let node = store
+        .nodes(&out.run_id)
+        .unwrap()
+        .into_iter()
+        .find(|n| &*n.node_id == "plan[1]")
+        .unwrap();
+    let err = node.error.unwrap();
+    assert_eq!(err.class, ErrorClass::Permanent);
+    assert!(err.message.contains("is not in plan"), "{}", err.message);
+    assert_eq!(node.attempts, 1, "no retry of a missing plan");
 }

@@ -469,6 +469,7 @@ proptest! {
             max_parallel: 3,
             started_at: chrono::Utc::now(),
             finished_at: None,
+            plan_id: None,
         };
         // Last write wins per node id, as in the store.
         let mut want: BTreeMap<String, NodeRecord> = BTreeMap::new();

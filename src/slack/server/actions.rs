@@ -241,6 +241,7 @@ impl FrontDoor {
             wf,
             NewRun {
                 run_id: None,
+                plan: None,
                 inputs,
                 trigger: Trigger {
                     source: "slack".into(),

@@ -568,6 +568,7 @@ mod tests {
             max_parallel: 1,
             started_at: chrono::Utc::now(),
             finished_at: None,
+            plan_id: None,
         };
         store
             .commit(Batch {
