@@ -451,6 +451,10 @@ pub trait DynPlugin: Send + Sync + 'static {
     ) -> Result<Option<PlanOutcome>, StepError> {
         Ok(None)
     }
+    /// Whether [`DynPlugin::plan`] only reads (see [`Plugin::PLAN_IS_PURE`]).
+    fn plan_is_pure(&self) -> bool {
+        false
+    }
     /// What one attempt with this rendered `with:` talks to, when its failures say nothing
     /// about other targets (an AWS account and region): the circuit breaker is then kept per
     /// scope, so one customer's throttled account does not stop the plugin for everyone.
@@ -467,6 +471,12 @@ pub trait Plugin: Send + Sync + 'static {
     const SUMMARY: &'static str;
     /// The step's `with:`; its doc comments are the user documentation.
     type Config: DeserializeOwned + JsonSchema + Send + 'static;
+
+    /// Whether [`Plugin::plan`] only reads, so that a run applying a stored plan may plan a
+    /// node again before its first attempt and refuse it when the answer differs from what
+    /// was approved ("changed since the plan"). Not so for `deploy`, whose plan creates a
+    /// change set: it checks its planned change sets itself.
+    const PLAN_IS_PURE: bool = false;
 
     /// Cheap, pure checks of a fully known config (no templates left in it).
     fn validate(_config: &Self::Config) -> Vec<ConfigProblem> {
@@ -534,6 +544,10 @@ impl<S: Plugin> DynPlugin for Typed<S> {
     async fn plan(&self, with: Value, ctx: StepContext) -> Result<Option<PlanOutcome>, StepError> {
         let cfg = Self::config(&with)?;
         self.0.plan(cfg, ctx).await
+    }
+
+    fn plan_is_pure(&self) -> bool {
+        S::PLAN_IS_PURE
     }
 
     fn circuit_scope(&self, with: &Value) -> Option<String> {

@@ -15,6 +15,7 @@ use crate::breaker::{Breaker, Outcome as BreakerOutcome, Transition};
 use crate::error::{ErrorClass, StepError};
 use crate::events::RunEvent;
 use crate::expr;
+use crate::plan::PlanStatus;
 use crate::plugin::{DynPlugin, StepContext, StepReport};
 use crate::state::NodeStatus;
 
@@ -108,6 +109,17 @@ impl Execution<'_> {
                 return;
             }
         }
+        // Applying a stored plan: a node the plan covers, whose plugin plans by reading only,
+        // is planned again before its first attempt; a different answer means AWS (or the
+        // inputs) moved since the approval, and nothing is written. Later attempts carry on
+        // the approved change (the first one may have written part of it).
+        let recheck = match &self.plan {
+            Some(plan) if attempts <= 1 && plugin.plan_is_pure() => plan
+                .node(&self.nodes[node].id)
+                .filter(|p| matches!(p.status, PlanStatus::Changes | PlanStatus::NoChanges))
+                .map(|p| (plan.plan_id.clone(), p.changes.clone())),
+            _ => None,
+        };
         let breaker = self.breaker(step_i, &*plugin, &with);
         let cancel = CancellationToken::new();
         let mut limit = self.wf.steps[step_i].attempt_timeout;
@@ -175,6 +187,24 @@ impl Execution<'_> {
                         .plan(with, ctx)
                         .await
                         .map(crate::plan::PlanOutcome::into_node_outputs)
+                })
+            } else if let Some((plan_id, planned)) = recheck {
+                Box::pin(async move {
+                    if let Some(now) = plugin.plan(with.clone(), ctx.clone()).await? {
+                        if now.changes != planned {
+                            return Err(StepError::permanent(format!(
+                                "changed since the plan: plan again (plan `{plan_id}` approved {}; now: {})",
+                                changes_said(&planned),
+                                match changes_said(&now.changes) {
+                                    same if same == changes_said(&planned) => {
+                                        format!("{same}, with other content")
+                                    }
+                                    other => other,
+                                }
+                            )));
+                        }
+                    }
+                    plugin.run(with, ctx).await
                 })
             } else {
                 plugin.run(with, ctx)
@@ -364,4 +394,21 @@ impl Execution<'_> {
             }
         }
     }
+}
+
+/// Changes as one line for an error: their actions, counted (`2 create, 1 update`).
+fn changes_said(changes: &[Value]) -> String {
+    if changes.is_empty() {
+        return "no changes".into();
+    }
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for c in changes {
+        let action = c.get("action").and_then(Value::as_str).unwrap_or("change");
+        *counts.entry(action).or_default() += 1;
+    }
+    counts
+        .iter()
+        .map(|(a, n)| format!("{n} {a}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

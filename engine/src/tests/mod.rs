@@ -163,6 +163,7 @@ pub(crate) struct PlannedConfig {
 impl Plugin for Planned {
     const NAME: &'static str = "planned";
     const SUMMARY: &'static str = "test plugin that plans";
+    const PLAN_IS_PURE: bool = true;
     type Config = PlannedConfig;
 
     async fn run(&self, c: PlannedConfig, _ctx: StepContext) -> Result<Value, StepError> {

@@ -315,3 +315,52 @@ async fn a_node_missing_from_the_plan_fails_instead_of_planning_anew() {
     assert!(err.message.contains("is not in plan"), "{}", err.message);
     assert_eq!(node.attempts, 1, "no retry of a missing plan");
 }
+
+/// Applying a plan re-plans each node whose plugin plans by reading only: an answer that is
+/// not the approved one (AWS moved since) fails the node before it writes anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_changes_moved_since_the_plan_writes_nothing() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = Arc::new(workflow(
+        r#"
+name: t
+steps:
+  - { id: scp, uses: planned, with: { changes: [{ action: update, policy: guard }], outputs: done } }
+  - { id: after, uses: test, needs: [scp] }
+"#,
+        &reg,
+    ));
+    let plan = eng.plan(&wf, new_plan()).await.unwrap();
+    // As planned: it runs.
+    let rec = eng.create_run(&wf, applying(&plan.plan_id)).unwrap();
+    let out = eng
+        .execute(Arc::clone(&wf), rec, RunControl::default(), &[])
+        .await
+        .unwrap();
+    assert_eq!(out.status, RunStatus::Succeeded);
+    // The approved plan said something else than what planning says now.
+    let mut approved = plan.clone();
+    approved.plan_id = "p-approved".into();
+    approved.nodes[0].changes = vec![json!({ "action": "update", "policy": "other" })];
+    store.save_plan(&approved).unwrap();
+    let rec = eng.create_run(&wf, applying("p-approved")).unwrap();
+    let out = eng
+        .execute(Arc::clone(&wf), rec, RunControl::default(), &[])
+        .await
+        .unwrap();
+    assert_eq!(out.status, RunStatus::Failed);
+    let nodes = store.nodes(&out.run_id).unwrap();
+    let scp = nodes.iter().find(|n| &*n.node_id == "scp").unwrap();
+    let err = scp.error.as_ref().unwrap();
+    assert_eq!(err.class, ErrorClass::Permanent);
+    assert_eq!(
+        err.message,
+        "changed since the plan: plan again (plan `p-approved` approved 1 update; now: 1 update, with other content)"
+    );
+    assert_eq!(
+        probe.count("after"),
+        1,
+        "only the first, as-planned run reached `after`"
+    );
+}
