@@ -48,7 +48,8 @@ pub use lock::RunLease;
 pub use package::{valid_package_id, Package, PackageContent, PackageRef};
 pub use path::Path;
 pub use plan::{
-    contains_unknown, NewPlan, Plan, PlanOutcome, PlanStatus, PlannedNode, UNKNOWN as PLAN_UNKNOWN,
+    actions_counted, contains_unknown, NewPlan, Plan, PlanOutcome, PlanStatus, PlannedNode,
+    UNKNOWN as PLAN_UNKNOWN,
 };
 pub use plugin::{ConfigProblem, DynPlugin, Plugin, PluginInfo, Registry, StepContext, StepReport};
 pub use retry::RetryPolicy;

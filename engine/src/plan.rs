@@ -174,6 +174,27 @@ impl Plan {
     }
 }
 
+/// Changes as one line: their actions, counted, in order of first appearance (`2 create,
+/// 1 attach`), or `no changes`.
+pub fn actions_counted(changes: &[Value]) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for c in changes {
+        let action = c.get("action").and_then(Value::as_str).unwrap_or("change");
+        match counts.iter_mut().find(|(a, _)| *a == action) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((action, 1)),
+        }
+    }
+    if counts.is_empty() {
+        return "no changes".into();
+    }
+    counts
+        .iter()
+        .map(|(a, n)| format!("{n} {a}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// What a plan is made from.
 pub struct NewPlan {
     pub inputs: Map<String, Value>,

@@ -137,6 +137,18 @@ pub(crate) fn show(plan: &Plan) -> String {
         ));
         for c in &n.changes {
             out.push_str(&format!("      {}\n", change_line(c)));
+            // A document's JSON Patch (an SCP or IAM policy to update), one operation a line.
+            for op in c["diff"].as_array().into_iter().flatten() {
+                let value = match &op["value"] {
+                    Value::Null => String::new(),
+                    v => format!(" {v}"),
+                };
+                out.push_str(&format!(
+                    "          {} {}{value}\n",
+                    op["op"].as_str().unwrap_or("?"),
+                    op["path"].as_str().unwrap_or("")
+                ));
+            }
         }
     }
     out.push_str(&format!(
@@ -208,12 +220,27 @@ mod tests {
                     "acme-prod/us-east-1: update acme-network: 2 to add, 0 to modify, 0 to remove (0 replacements)",
                     vec![json!({ "action": "update", "stack": "acme-network", "adds": 2, "change_set": { "id": "arn:cs/1" } })],
                 ),
+                PlannedNode {
+                    plugin: "policy".into(),
+                    ..node(
+                        "policy",
+                        PlanStatus::Changes,
+                        "SCPs: 1 update",
+                        vec![json!({
+                            "action": "update", "policy": "landfall-acme-region-guard", "id": "p-1",
+                            "diff": [
+                                { "op": "replace", "path": "/Statement/0/Action", "value": "s3:*" },
+                                { "op": "remove", "path": "/Statement/0/Condition" },
+                            ],
+                        })],
+                    )
+                },
                 node("exec_it", PlanStatus::Unknown, "changes unknown until apply: `exec` does not plan", vec![]),
                 node("rollback", PlanStatus::Skipped, "skipped: runs only when an earlier step fails", vec![]),
             ],
             digest: String::new(),
         };
-        plan.nodes[2].maybe = true;
+        plan.nodes[3].maybe = true;
         plan.digest = plan.compute_digest();
         insta::assert_snapshot!(show(&plan));
         insta::assert_json_snapshot!(plan);

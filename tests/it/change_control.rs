@@ -498,3 +498,186 @@ async fn apply_executes_exactly_the_approved_plan_and_refuses_a_changed_stack() 
     assert!(!expected.is_empty());
     assert_eq!(executed, expected);
 }
+
+/// `org`, `policy` and `iam` plan too: on a fresh organization the plan creates the
+/// organization, OUs and accounts (what reads a new id is known after apply); once onboarded,
+/// nothing; an SCP edited by hand is planned back with its JSON diff. Applying that plan puts
+/// it back; applying it a second time is refused, since AWS no longer is what was planned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onboarding_plans_org_policy_and_iam_and_applies_only_what_it_planned() {
+    let emu = Emulator::start();
+    let sb = Sandbox::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let wf = root.join("workflows/onboarding.yaml");
+    let input = root.join("examples/customers/acme.yaml");
+    let plan = |sb: &Sandbox| -> Value {
+        let out = landfall(
+            sb,
+            &emu,
+            &[
+                "plan",
+                wf.to_str().unwrap(),
+                "--input",
+                input.to_str().unwrap(),
+                "--json",
+            ],
+        )
+        .output()
+        .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let planned = |p: &Value, id: &str| -> Value {
+        p["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {id} in {p:#}"))
+    };
+
+    let fresh = plan(&sb);
+    let org = planned(&fresh, "org");
+    assert_eq!(org["status"], "changes", "{org:#}");
+    let created: Vec<&str> = org["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["action"] == "create")
+        .filter_map(|c| c["what"].as_str())
+        .collect();
+    assert_eq!(created.iter().filter(|w| **w == "account").count(), 2);
+    assert!(created.contains(&"OU"), "{created:?}");
+    // The OU and accounts do not exist yet: what reads their ids is known after apply.
+    for n in ["policy", "iam"] {
+        assert_eq!(planned(&fresh, n)["status"], "unknown", "{n}");
+    }
+    let orgs = emu.organizations().await;
+    let accounts = orgs.list_accounts().send().await.unwrap();
+    assert!(
+        accounts.accounts().len() <= 1,
+        "planning created no account"
+    );
+
+    let accounts = onboard(&sb, &emu);
+    let settled = plan(&sb);
+    for n in ["org", "policy", "iam"] {
+        let node = planned(&settled, n);
+        assert_eq!(node["status"], "no_changes", "{n}: {node:#}");
+    }
+
+    // Someone edits a guard rail by hand.
+    let listed = orgs
+        .list_policies()
+        .filter(aws_sdk_organizations::types::PolicyType::ServiceControlPolicy)
+        .send()
+        .await
+        .unwrap();
+    let guard = listed
+        .policies()
+        .iter()
+        .find(|p| p.name() == Some("landfall-acme-region-guard"))
+        .unwrap();
+    let edited = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"s3:*","Resource":"*"}]}"#;
+    orgs.update_policy()
+        .policy_id(guard.id().unwrap())
+        .content(edited)
+        .send()
+        .await
+        .unwrap();
+    // And widens the deployer's permissions in one account.
+    let iam = emu.iam_in(&accounts["acme-dev"]).await;
+    let wide =
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#;
+    iam.put_role_policy()
+        .role_name("landfall-deployer")
+        .policy_name("landfall-deployer-permissions")
+        .policy_document(wide)
+        .send()
+        .await
+        .unwrap();
+    let drift = plan(&sb);
+    let roles = planned(&drift, "iam");
+    assert_eq!(roles["status"], "changes", "{roles:#}");
+    let changes = roles["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 1, "{roles:#}");
+    assert_eq!(changes[0]["action"], "update");
+    assert_eq!(changes[0]["account"], "acme-dev");
+    assert_eq!(changes[0]["policy"], "landfall-deployer-permissions");
+    assert!(!changes[0]["diff"].as_array().unwrap().is_empty());
+    let policy = planned(&drift, "policy");
+    assert_eq!(policy["status"], "changes", "{policy:#}");
+    let update = &policy["changes"][0];
+    assert_eq!(update["action"], "update");
+    assert_eq!(update["policy"], "landfall-acme-region-guard");
+    let ops: Vec<&str> = update["diff"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|op| op["op"].as_str())
+        .collect();
+    assert!(!ops.is_empty(), "{update:#}");
+    assert_eq!(planned(&drift, "org")["status"], "no_changes");
+
+    // Applying the plan puts the guard rail back...
+    let plan_id = drift["plan_id"].as_str().unwrap();
+    let apply = |sb: &Sandbox| {
+        let out = landfall(
+            sb,
+            &emu,
+            &["run", wf.to_str().unwrap(), "--plan", plan_id, "--json"],
+        )
+        .output()
+        .unwrap();
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (out, doc)
+    };
+    let (out, _) = apply(&sb);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let content = orgs
+        .describe_policy()
+        .policy_id(guard.id().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .policy()
+        .and_then(|p| p.content())
+        .unwrap()
+        .to_string();
+    assert_ne!(content, edited);
+    assert!(content.contains("aws:RequestedRegion"), "{content}");
+    let restored = iam
+        .get_role_policy()
+        .role_name("landfall-deployer")
+        .policy_name("landfall-deployer-permissions")
+        .send()
+        .await
+        .unwrap();
+    // IAM answers the document URL-encoded.
+    let doc: Value = serde_json::from_str(
+        &percent_encoding::percent_decode_str(restored.policy_document()).decode_utf8_lossy(),
+    )
+    .unwrap();
+    let granted: Vec<&str> = doc["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["Action"].as_array().into_iter().flatten())
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(granted.len() > 1, "{doc:#}");
+    assert!(!granted.contains(&"*"), "{doc:#}");
+    // ...and a second apply of the same plan is refused before it writes: AWS has moved.
+    let (out, doc) = apply(&sb);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = node(&doc, "policy")["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        err.starts_with("changed since the plan: plan again"),
+        "{err}"
+    );
+    assert!(err.contains("now: no changes"), "{err}");
+}

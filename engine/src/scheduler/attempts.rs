@@ -194,9 +194,9 @@ impl Execution<'_> {
                         if now.changes != planned {
                             return Err(StepError::permanent(format!(
                                 "changed since the plan: plan again (plan `{plan_id}` approved {}; now: {})",
-                                changes_said(&planned),
-                                match changes_said(&now.changes) {
-                                    same if same == changes_said(&planned) => {
+                                crate::plan::actions_counted(&planned),
+                                match crate::plan::actions_counted(&now.changes) {
+                                    same if same == crate::plan::actions_counted(&planned) => {
                                         format!("{same}, with other content")
                                     }
                                     other => other,
@@ -394,21 +394,4 @@ impl Execution<'_> {
             }
         }
     }
-}
-
-/// Changes as one line for an error: their actions, counted (`2 create, 1 update`).
-fn changes_said(changes: &[Value]) -> String {
-    if changes.is_empty() {
-        return "no changes".into();
-    }
-    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
-    for c in changes {
-        let action = c.get("action").and_then(Value::as_str).unwrap_or("change");
-        *counts.entry(action).or_default() += 1;
-    }
-    counts
-        .iter()
-        .map(|(a, n)| format!("{n} {a}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 use aws_sdk_iam::Client as Iam;
-use landfall_engine::{Plugin, StepContext, StepError};
+use landfall_engine::{actions_counted, PlanOutcome, Plugin, StepContext, StepError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -400,7 +400,83 @@ impl Plugin for IamRoles {
     const NAME: &'static str = "iam";
     const SUMMARY: &'static str =
         "Ensure Landfall's deployer (permissions derived from the package) and verifier roles in each account";
+    // Planning assumes a role into each account and reads; it writes nothing.
+    const PLAN_IS_PURE: bool = true;
     type Config = IamConfig;
+
+    /// Per account: roles to create, trust and permission documents to change (a JSON Patch
+    /// from what IAM holds to what would be written), the read-only policy to attach.
+    async fn plan(&self, c: IamConfig, ctx: StepContext) -> Result<Option<PlanOutcome>, StepError> {
+        let policy = deployer_policy(&c.resource_types, &c.stack_prefix)?;
+        let trust = trust_policy(&c.management_account_id);
+        let mut changes = Vec::new();
+        let mut roles = Vec::new();
+        for account in &c.accounts {
+            let iam = self
+                .aws
+                .iam_in(&account.id, &c.member_role_name, ctx.idempotency_key())
+                .await?;
+            let mut arns = BTreeMap::new();
+            for role in [DEPLOYER_ROLE, VERIFIER_ROLE] {
+                let change = |action: &str| json!({ "action": action, "account": account.name, "role": role });
+                match read_role(&iam, role).await? {
+                    None => {
+                        let mut c = change("create");
+                        c["trust"] = trust.clone();
+                        changes.push(c);
+                        arns.insert(role, format!("arn:aws:iam::{}:role/{role}", account.id));
+                    }
+                    Some((arn, current)) => {
+                        if current.as_ref() != Some(&trust) {
+                            let mut c = change("update");
+                            c["document"] = json!("trust policy");
+                            c["diff"] = json!(json_patch::diff(
+                                current.as_ref().unwrap_or(&Value::Null),
+                                &trust
+                            ));
+                            changes.push(c);
+                        }
+                        arns.insert(role, arn);
+                    }
+                }
+            }
+            match read_inline(&iam, DEPLOYER_ROLE, DEPLOYER_POLICY).await? {
+                None => changes.push(json!({
+                    "action": "create", "account": account.name, "role": DEPLOYER_ROLE,
+                    "policy": DEPLOYER_POLICY, "document": policy,
+                })),
+                Some(current) if current != policy => changes.push(json!({
+                    "action": "update", "account": account.name, "role": DEPLOYER_ROLE,
+                    "policy": DEPLOYER_POLICY, "diff": json_patch::diff(&current, &policy),
+                })),
+                Some(_) => {}
+            }
+            if !read_attached(&iam, VERIFIER_ROLE)
+                .await?
+                .contains(VERIFIER_POLICY_ARN)
+            {
+                changes.push(json!({
+                    "action": "attach", "account": account.name, "role": VERIFIER_ROLE,
+                    "policy": VERIFIER_POLICY_ARN,
+                }));
+            }
+            roles.push(json!({
+                "account": account.name,
+                "account_id": account.id,
+                "deployer_role_arn": arns.get(DEPLOYER_ROLE),
+                "verifier_role_arn": arns.get(VERIFIER_ROLE),
+            }));
+        }
+        Ok(Some(PlanOutcome {
+            summary: format!("IAM: {}", actions_counted(&changes)),
+            changes,
+            outputs: json!({
+                "roles": roles,
+                "deployer_actions": action_count(&policy),
+                "deployer_policy": policy,
+            }),
+        }))
+    }
 
     /// IAM is global: the accounts the node visits are its scope.
     fn circuit_scope(with: &Value) -> Option<String> {
@@ -515,15 +591,86 @@ impl Plugin for IamRoles {
                 "verifier_role_arn": verifier,
             }));
         }
-        let actions: usize = policy["Statement"]
-            .as_array()
-            .map(|s| {
-                s.iter()
-                    .map(|x| x["Action"].as_array().map_or(1, Vec::len))
-                    .sum()
-            })
-            .unwrap_or(0);
+        let actions = action_count(&policy);
         Ok(json!({ "roles": out, "deployer_actions": actions, "deployer_policy": policy }))
+    }
+}
+
+/// How many actions a policy document grants, over its statements.
+fn action_count(policy: &Value) -> usize {
+    policy["Statement"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .map(|x| x["Action"].as_array().map_or(1, Vec::len))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A role's ARN and trust policy, or `None` when it does not exist.
+async fn read_role(iam: &Iam, name: &str) -> Result<Option<(String, Option<Value>)>, StepError> {
+    match iam.get_role().role_name(name).send().await {
+        Ok(r) => {
+            let role = r
+                .role()
+                .ok_or_else(|| StepError::transient("GetRole returned no role"))?;
+            let trust = role
+                .assume_role_policy_document()
+                .map(decode_policy)
+                .transpose()?;
+            Ok(Some((role.arn().to_string(), trust)))
+        }
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_no_such_entity_exception()) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(step_error("GetRole", e)),
+    }
+}
+
+/// A role's inline policy, or `None` when the role or the policy does not exist.
+async fn read_inline(iam: &Iam, role: &str, policy: &str) -> Result<Option<Value>, StepError> {
+    match iam
+        .get_role_policy()
+        .role_name(role)
+        .policy_name(policy)
+        .send()
+        .await
+    {
+        Ok(p) => decode_policy(p.policy_document()).map(Some),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_no_such_entity_exception()) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(step_error("GetRolePolicy", e)),
+    }
+}
+
+/// The managed policies attached to a role (none when the role does not exist).
+async fn read_attached(iam: &Iam, role: &str) -> Result<BTreeSet<String>, StepError> {
+    match iam
+        .list_attached_role_policies()
+        .role_name(role)
+        .send()
+        .await
+    {
+        Ok(r) => Ok(r
+            .attached_policies()
+            .iter()
+            .filter_map(|p| p.policy_arn().map(str::to_string))
+            .collect()),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_no_such_entity_exception()) =>
+        {
+            Ok(BTreeSet::new())
+        }
+        Err(e) => Err(step_error("ListAttachedRolePolicies", e)),
     }
 }
 

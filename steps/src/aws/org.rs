@@ -27,7 +27,7 @@ use aws_sdk_organizations::types::{
 };
 use aws_sdk_organizations::Client;
 use landfall_engine::ConfigProblem;
-use landfall_engine::{Plugin, StepContext, StepError};
+use landfall_engine::{actions_counted, PlanOutcome, Plugin, StepContext, StepError, PLAN_UNKNOWN};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -106,12 +106,21 @@ pub(crate) struct AccountOut {
     pub created: bool,
 }
 
-fn tags(base: &BTreeMap<String, String>, extra: &[(&str, &str)]) -> Result<Vec<Tag>, StepError> {
+/// `base` with `extra` (Landfall's own tags) over it.
+fn wanted_tags(
+    base: &BTreeMap<String, String>,
+    extra: &[(&str, &str)],
+) -> BTreeMap<String, String> {
     let mut all = base.clone();
     for (k, v) in extra {
         all.insert(k.to_string(), v.to_string());
     }
-    all.into_iter()
+    all
+}
+
+fn tags(base: &BTreeMap<String, String>, extra: &[(&str, &str)]) -> Result<Vec<Tag>, StepError> {
+    wanted_tags(base, extra)
+        .into_iter()
         .map(|(k, v)| {
             Tag::builder()
                 .key(k)
@@ -127,6 +136,8 @@ impl Plugin for Org {
     const NAME: &'static str = "org";
     const SUMMARY: &'static str =
         "Ensure the organization, the customer's OU and its accounts (idempotent)";
+    // Planning describes and lists, nothing else.
+    const PLAN_IS_PURE: bool = true;
     type Config = OrgConfig;
 
     fn validate(c: &OrgConfig) -> Vec<ConfigProblem> {
@@ -138,6 +149,149 @@ impl Plugin for Org {
             });
         }
         out
+    }
+
+    /// The organization, SCP policy type, OUs and accounts to create; accounts to move into the
+    /// customer's OU and tags to set. A new account's id is known only after apply.
+    async fn plan(
+        &self,
+        c: OrgConfig,
+        _ctx: StepContext,
+    ) -> Result<Option<PlanOutcome>, StepError> {
+        use aws_sdk_organizations::operation::describe_organization::DescribeOrganizationError;
+        let client = self.aws.organizations().await;
+        let unknown = || PLAN_UNKNOWN.to_string();
+        let mut changes = Vec::new();
+        let org = match client.describe_organization().send().await {
+            Ok(o) => o.organization().cloned(),
+            Err(e) => match e.as_service_error() {
+                Some(DescribeOrganizationError::AwsOrganizationsNotInUseException(_)) => None,
+                _ => return Err(step_error("DescribeOrganization", e)),
+            },
+        };
+        let (org_id, management, root) = match &org {
+            None => {
+                changes.push(
+                    json!({ "action": "create", "what": "organization", "feature_set": "ALL" }),
+                );
+                changes.push(json!({ "action": "enable", "what": "service control policies" }));
+                (unknown(), unknown(), None)
+            }
+            Some(o) => {
+                if o.feature_set() != Some(&OrganizationFeatureSet::All) {
+                    return Err(StepError::permanent(
+                        "the organization does not have all features enabled; enable them in the console (SCPs need them)",
+                    ));
+                }
+                let roots = client
+                    .list_roots()
+                    .send()
+                    .await
+                    .map_err(|e| step_error("ListRoots", e))?;
+                let root = roots.roots().first();
+                let enabled = root.is_some_and(|r| {
+                    r.policy_types().iter().any(|p| {
+                        p.r#type() == Some(&PolicyType::ServiceControlPolicy)
+                            && p.status() == Some(&PolicyTypeStatus::Enabled)
+                    })
+                });
+                if !enabled {
+                    changes.push(json!({ "action": "enable", "what": "service control policies" }));
+                }
+                (
+                    o.id().unwrap_or_default().to_string(),
+                    o.master_account_id().unwrap_or_default().to_string(),
+                    root.and_then(|r| r.id()).map(str::to_string),
+                )
+            }
+        };
+        let parent = match &root {
+            Some(root) => find_ou(&client, root, &c.parent_ou).await?,
+            None => None,
+        };
+        if parent.is_none() {
+            changes.push(json!({ "action": "create", "what": "OU", "ou": c.parent_ou }));
+        }
+        let ou_path = format!("{}/{}", c.parent_ou, c.customer);
+        let ou = match &parent {
+            Some(p) => find_ou(&client, p, &c.customer).await?,
+            None => None,
+        };
+        if ou.is_none() {
+            changes.push(json!({ "action": "create", "what": "OU", "ou": ou_path }));
+        }
+        let existing = match &org {
+            Some(_) => list_accounts(&client).await?,
+            None => Vec::new(),
+        };
+        let mut accounts = Vec::new();
+        for a in &c.accounts {
+            let wanted = wanted_tags(
+                &c.tags,
+                &[
+                    ("managed-by", "landfall"),
+                    ("customer", &c.customer),
+                    ("environment", a.environment.as_str()),
+                ],
+            );
+            let found = existing
+                .iter()
+                .find(|(_, email)| email.eq_ignore_ascii_case(&a.email))
+                .map(|(id, _)| id.clone());
+            let id = match (found, &root) {
+                (Some(id), Some(root)) => {
+                    let (current, tags) =
+                        placement(&client, &id, ou.as_deref(), root, a, &c.customer).await?;
+                    if Some(current.as_str()) != ou.as_deref() {
+                        changes.push(json!({
+                            "action": "move", "what": "account", "account": a.name,
+                            "id": id, "to": ou_path,
+                        }));
+                    }
+                    let differing: BTreeMap<&String, &String> = wanted
+                        .iter()
+                        .filter(|(k, v)| tags.get(*k) != Some(*v))
+                        .collect();
+                    if !differing.is_empty() {
+                        changes.push(json!({
+                            "action": "tag", "what": "account", "account": a.name,
+                            "id": id, "tags": differing,
+                        }));
+                    }
+                    id
+                }
+                _ => {
+                    let under_way = match &org {
+                        Some(_) => in_progress(&client, &a.name).await?,
+                        None => None,
+                    };
+                    changes.push(json!({
+                        "action": "create", "what": "account", "account": a.name,
+                        "email": a.email, "environment": a.environment.as_str(),
+                        "to": ou_path, "tags": wanted,
+                        "request_under_way": under_way,
+                    }));
+                    unknown()
+                }
+            };
+            accounts.push(json!({
+                "name": a.name, "email": a.email, "id": id,
+                "environment": a.environment.as_str(),
+                "created": id == PLAN_UNKNOWN,
+            }));
+        }
+        Ok(Some(PlanOutcome {
+            summary: format!("Organizations: {}", actions_counted(&changes)),
+            changes,
+            outputs: json!({
+                "organization_id": org_id,
+                "management_account_id": management,
+                "root_id": root.unwrap_or_else(unknown),
+                "ou_id": ou.unwrap_or_else(unknown),
+                "ou_path": ou_path,
+                "accounts": accounts,
+            }),
+        }))
     }
 
     async fn run(&self, c: OrgConfig, ctx: StepContext) -> Result<Value, StepError> {
@@ -565,33 +719,33 @@ async fn list_accounts(client: &Client) -> Result<Vec<(String, String)>, StepErr
     Ok(out)
 }
 
-/// Moves an account into the customer's OU, from the root only: an account that sits in another
-/// OU belongs to someone else (another customer, a team's own OU), and taking it because an
-/// email matched would hand one customer's account to another. AWS's `MoveAccount` accepts it;
-/// Landfall refuses, naming where the account is.
-async fn move_into(
+/// Where an account found by email sits (its parent) and its tags, refusing another customer's:
+/// an account that sits in another OU belongs to someone else (another customer, a team's own
+/// OU), and taking it because an email matched would hand one customer's account to another.
+/// AWS's `MoveAccount` accepts it; Landfall refuses, naming where the account is. `ou` is the
+/// customer's OU, `None` while it does not exist (a plan).
+async fn placement(
     client: &Client,
     account: &str,
-    ou: &str,
+    ou: Option<&str>,
     root: &str,
     a: &OrgAccount,
     customer: &str,
-) -> Result<(), StepError> {
+) -> Result<(String, BTreeMap<String, String>), StepError> {
     // Tagged with its customer when it was created: another customer's account is refused even
     // while it still waits at the root to be moved by that customer's run.
-    let tags = client
+    let listed = client
         .list_tags_for_resource()
         .resource_id(account)
         .send()
         .await
         .map_err(|e| step_error("ListTagsForResource", e))?;
-    if let Some(owner) = tags
+    let tags: BTreeMap<String, String> = listed
         .tags()
         .iter()
-        .find(|t| t.key() == "customer")
-        .map(|t| t.value())
-        .filter(|owner| *owner != customer)
-    {
+        .map(|t| (t.key().to_string(), t.value().to_string()))
+        .collect();
+    if let Some(owner) = tags.get("customer").filter(|owner| *owner != customer) {
         return Err(StepError::permanent(format!(
             "the email {} of account {} belongs to account {account} of customer {owner}: an account serves one customer; choose another email",
             a.email, a.name
@@ -610,7 +764,7 @@ async fn move_into(
         .and_then(|p| p.id())
         .ok_or_else(|| StepError::transient(format!("account {account} has no parent")))?
         .to_string();
-    if current != ou && current != root {
+    if Some(current.as_str()) != ou && current != root {
         let name = client
             .describe_organizational_unit()
             .organizational_unit_id(&current)
@@ -628,6 +782,19 @@ async fn move_into(
         ))
         .with_context(json!({ "account_id": account, "email": a.email, "ou": name })));
     }
+    Ok((current, tags))
+}
+
+/// Moves an account into the customer's OU, from the root only (see [`placement`]).
+async fn move_into(
+    client: &Client,
+    account: &str,
+    ou: &str,
+    root: &str,
+    a: &OrgAccount,
+    customer: &str,
+) -> Result<(), StepError> {
+    let (current, _) = placement(client, account, Some(ou), root, a, customer).await?;
     if current != ou {
         let moved = waiting_out_conflicts(|| {
             client

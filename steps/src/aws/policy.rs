@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use aws_sdk_organizations::types::{PolicyType, Tag};
 use aws_sdk_organizations::Client;
-use landfall_engine::{Plugin, StepContext, StepError};
+use landfall_engine::{PlanOutcome, Plugin, StepContext, StepError, PLAN_UNKNOWN as UNKNOWN};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -154,7 +154,71 @@ impl Plugin for Policy {
     const NAME: &'static str = "policy";
     const SUMMARY: &'static str =
         "Render the SCP templates, create or update them, attach them to the customer's OU, verify";
+    // Planning lists and describes policies, nothing else.
+    const PLAN_IS_PURE: bool = true;
     type Config = PolicyConfig;
+
+    /// SCPs to create (with their document) or update (with a JSON Patch from what AWS holds
+    /// to what would be sent), and policies to attach to or detach from the target.
+    async fn plan(
+        &self,
+        c: PolicyConfig,
+        _ctx: StepContext,
+    ) -> Result<Option<PlanOutcome>, StepError> {
+        let scps = render(&self.templates_dir, &c)?;
+        let client = self.aws.organizations().await;
+        let existing = list_scps(&client).await?;
+        let mut changes = Vec::new();
+        let mut policies = Vec::new();
+        for scp in &scps {
+            let id = match existing.get(&scp.name) {
+                None => {
+                    changes.push(json!({
+                        "action": "create", "policy": scp.name, "template": scp.template,
+                        "characters": scp.content.chars().count(), "document": scp.document,
+                    }));
+                    Value::String(UNKNOWN.into())
+                }
+                Some(id) => {
+                    let current = describe(&client, id).await?;
+                    if current != scp.document {
+                        changes.push(json!({
+                            "action": "update", "policy": scp.name, "id": id,
+                            "diff": json_patch::diff(&current, &scp.document),
+                        }));
+                    }
+                    Value::String(id.clone())
+                }
+            };
+            policies.push(json!({
+                "name": scp.name, "id": id, "template": scp.template,
+                "characters": scp.content.chars().count(),
+            }));
+        }
+        let attached = attached_scps(&client, &c.target_id).await?;
+        let names: Vec<&str> = scps.iter().map(|s| s.name.as_str()).collect();
+        let (attach, stale) = attachments(&c, &attached, &names)?;
+        for name in attach {
+            changes.push(json!({ "action": "attach", "policy": name, "target": c.target_id }));
+        }
+        for name in stale {
+            changes.push(json!({ "action": "detach", "policy": name, "target": c.target_id }));
+        }
+        let prefix = format!("landfall-{}-", c.customer);
+        let others: Vec<&String> = attached
+            .keys()
+            .filter(|n| !n.starts_with(&prefix))
+            .collect();
+        Ok(Some(PlanOutcome {
+            summary: format!("SCPs: {}", landfall_engine::actions_counted(&changes)),
+            changes,
+            outputs: json!({
+                "target_id": c.target_id,
+                "policies": policies,
+                "other_attached": others,
+            }),
+        }))
+    }
 
     async fn run(&self, c: PolicyConfig, ctx: StepContext) -> Result<Value, StepError> {
         let scps = render(&self.templates_dir, &c)?;
@@ -227,22 +291,11 @@ impl Plugin for Policy {
 
         let prefix = format!("landfall-{}-", c.customer);
         let attached = attached_scps(&client, &c.target_id).await?;
-        let foreign: Vec<&String> = attached
-            .keys()
-            .filter(|n| !n.starts_with(&prefix))
-            .collect();
-        if foreign.len() + ids.len() > SCPS_PER_TARGET {
-            return Err(StepError::permanent(format!(
-                "{} has {} SCPs that Landfall does not manage ({}); with Landfall's {} that is more than the {SCPS_PER_TARGET} AWS allows on one target. Detach what is not needed, or select fewer templates.",
-                c.target_id,
-                foreign.len(),
-                foreign.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
-                ids.len()
-            )));
-        }
+        let names: Vec<&str> = ids.keys().map(String::as_str).collect();
+        let (_, stale) = attachments(&c, &attached, &names)?;
         let mut stale: Vec<(&String, &String)> = attached
             .iter()
-            .filter(|(name, _)| name.starts_with(&prefix) && !ids.contains_key(*name))
+            .filter(|(name, _)| stale.contains(&name.as_str()))
             .collect();
         let mut count = attached.len();
         for (name, id) in &ids {
@@ -308,6 +361,42 @@ impl Plugin for Policy {
             "other_attached": others,
         }))
     }
+}
+
+/// Which of `intended` are not attached to the target yet, and which of Landfall's policies
+/// for this customer are attached but no longer intended; refused when the target's foreign
+/// SCPs leave no room (AWS's five per target).
+fn attachments<'a>(
+    c: &PolicyConfig,
+    attached: &'a BTreeMap<String, String>,
+    intended: &[&'a str],
+) -> Result<(Vec<&'a str>, Vec<&'a str>), StepError> {
+    let prefix = format!("landfall-{}-", c.customer);
+    let foreign: Vec<&str> = attached
+        .keys()
+        .map(String::as_str)
+        .filter(|n| !n.starts_with(&prefix))
+        .collect();
+    if foreign.len() + intended.len() > SCPS_PER_TARGET {
+        return Err(StepError::permanent(format!(
+            "{} has {} SCPs that Landfall does not manage ({}); with Landfall's {} that is more than the {SCPS_PER_TARGET} AWS allows on one target. Detach what is not needed, or select fewer templates.",
+            c.target_id,
+            foreign.len(),
+            foreign.join(", "),
+            intended.len()
+        )));
+    }
+    let attach = intended
+        .iter()
+        .copied()
+        .filter(|n| !attached.contains_key(*n))
+        .collect();
+    let stale = attached
+        .keys()
+        .map(String::as_str)
+        .filter(|n| n.starts_with(&prefix) && !intended.contains(n))
+        .collect();
+    Ok((attach, stale))
 }
 
 async fn update(client: &Client, id: &str, content: &str) -> Result<(), StepError> {
