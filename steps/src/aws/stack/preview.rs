@@ -28,15 +28,21 @@ fn is_iam(resource_type: &str) -> bool {
 }
 
 /// A change set's changes as approvers read them: per resource its action (`Add`, `Modify`,
-/// `Remove`, …), logical id, type and replacement (`True`, `Conditional`, `False`), with
-/// counts, the IAM resources flagged, and what the change set changes in parameters and tags.
+/// `Remove`, …), logical id, type and replacement (`True`, `Conditional`, `False`), what
+/// triggers a modification (scope, and each changed property with whether it forces
+/// recreation), with counts, the IAM resources flagged, and what the change set changes in
+/// parameters and stack tags (Landfall's per-run tag aside: it changes on every run).
 pub(crate) fn summarise(
     d: &DescribeChangeSetOutput,
     old_parameters: &BTreeMap<String, String>,
     new_parameters: &BTreeMap<String, String>,
+    old_tags: &BTreeMap<String, String>,
 ) -> Value {
     let mut resources = Vec::new();
-    let (mut adds, mut modifies, mut removes, mut replacements) = (0, 0, 0, 0);
+    let (mut adds, mut modifies, mut removes) = (0, 0, 0);
+    // `True`: replaced for sure; `Conditional`: replaced if a value known only while the
+    // update runs says so (AWS: "may require replacement").
+    let (mut replacements, mut conditional) = (0, 0);
     let mut iam = Vec::new();
     for c in d.changes() {
         let Some(r) = c.resource_change() else {
@@ -50,21 +56,62 @@ pub(crate) fn summarise(
             "Remove" => removes += 1,
             _ => {}
         }
-        if matches!(replacement, Some("True" | "Conditional")) {
-            replacements += 1;
+        match replacement {
+            Some("True") => replacements += 1,
+            Some("Conditional") => conditional += 1,
+            _ => {}
         }
         let ty = r.resource_type().unwrap_or_default();
         if is_iam(ty) {
             iam.push(r.logical_resource_id().unwrap_or_default().to_string());
         }
-        resources.push(json!({
+        let mut resource = json!({
             "action": action,
             "logical_id": r.logical_resource_id(),
             "type": ty,
             "replacement": replacement,
             "iam": is_iam(ty),
-        }));
+        });
+        if !r.scope().is_empty() {
+            resource["scope"] = json!(r.scope().iter().map(|a| a.as_str()).collect::<Vec<_>>());
+        }
+        let details: Vec<Value> = r
+            .details()
+            .iter()
+            .filter_map(|d| {
+                let t = d.target()?;
+                Some(json!({
+                    "attribute": t.attribute().map(|a| a.as_str()),
+                    "name": t.name(),
+                    "recreation": t.requires_recreation().map(|x| x.as_str()),
+                    "source": d.change_source().map(|x| x.as_str()),
+                    "caused_by": d.causing_entity(),
+                }))
+            })
+            .collect();
+        if !details.is_empty() {
+            resource["details"] = json!(details);
+        }
+        resources.push(resource);
     }
+    let new_tags: BTreeMap<&str, &str> = d
+        .tags()
+        .iter()
+        .filter_map(|t| Some((t.key()?, t.value()?)))
+        .filter(|(k, _)| *k != super::deploy::TAG_RUN)
+        .collect();
+    let mut tags: Vec<Value> = new_tags
+        .iter()
+        .filter(|(k, v)| old_tags.get(**k).map(String::as_str) != Some(**v))
+        .map(|(k, v)| json!({ "key": k, "from": old_tags.get(*k), "to": v }))
+        .collect();
+    tags.extend(
+        old_tags
+            .iter()
+            .filter(|(k, _)| k.as_str() != super::deploy::TAG_RUN)
+            .filter(|(k, _)| !new_tags.contains_key(k.as_str()))
+            .map(|(k, v)| json!({ "key": k, "from": v, "to": null })),
+    );
     let parameters: Vec<Value> = new_parameters
         .iter()
         .filter(|(k, v)| old_parameters.get(*k) != Some(*v))
@@ -75,9 +122,11 @@ pub(crate) fn summarise(
         "modifies": modifies,
         "removes": removes,
         "replacements": replacements,
+        "conditional_replacements": conditional,
         "iam": iam,
         "resources": resources,
         "parameters": parameters,
+        "tags": tags,
     })
 }
 
@@ -103,12 +152,16 @@ pub(crate) fn describe_change(c: &Value) -> String {
                 .map(|a| a.iter().filter_map(Value::as_str).collect())
                 .unwrap_or_default();
             format!(
-                "update {stack}: {} to add, {} to modify, {} to remove ({} replacement{}{})",
+                "update {stack}: {} to add, {} to modify, {} to remove ({} replacement{}{}{})",
                 c["adds"],
                 c["modifies"],
                 c["removes"],
                 c["replacements"],
                 if c["replacements"] == 1 { "" } else { "s" },
+                match c["conditional_replacements"].as_u64().unwrap_or(0) {
+                    0 => String::new(),
+                    n => format!(", {n} conditional"),
+                },
                 if iam.is_empty() {
                     String::new()
                 } else {
@@ -275,7 +328,12 @@ impl Job {
                 ))
             })
             .collect();
-        let mut change = summarise(&described, &old, params);
+        let old_tags: BTreeMap<String, String> = stack
+            .tags()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+            .collect();
+        let mut change = summarise(&described, &old, params, &old_tags);
         change["action"] = json!("update");
         change["stack"] = json!(p.stack_name);
         change["change_set"] = json!({ "id": change_set_id, "name": name });
@@ -312,6 +370,103 @@ mod tests {
             .build()
     }
 
+    /// `DescribeChangeSet` answers in AWS's wire format (`steps/fixtures/describe-change-set`),
+    /// read by the real SDK client and summarised: what approvers see, pinned per answer.
+    #[test]
+    fn change_sets_as_aws_answers_them_are_summarised_for_approvers() {
+        use aws_sdk_cloudformation::config::{Credentials, Region};
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        insta::glob!("../../../fixtures/describe-change-set", "*.xml", |path| {
+            // The stack as it stands before each change set: its parameters and tags.
+            let name = path.file_name().unwrap().to_str().unwrap();
+            let (old_parameters, old_tags) = match name {
+                "network-third-az.xml" => (
+                    map(&[
+                        ("Customer", "acme"),
+                        ("Environment", "production"),
+                        ("VpcCidr", "10.20.0.0/16"),
+                    ]),
+                    map(&[
+                        ("customer", "acme"),
+                        ("landfall:run", "r-01kbefore"),
+                        ("landfall:created-by-run", "r-01kfirst"),
+                    ]),
+                ),
+                "network-new-cidr.xml" => (
+                    map(&[
+                        ("Customer", "acme"),
+                        ("Environment", "production"),
+                        ("VpcCidr", "10.20.0.0/16"),
+                    ]),
+                    map(&[("customer", "acme"), ("landfall:run", "r-01kbefore")]),
+                ),
+                "access-roles.xml" => (
+                    map(&[
+                        ("Customer", "acme"),
+                        ("Environment", "production"),
+                        ("ManagementAccountId", "111122223333"),
+                    ]),
+                    map(&[("customer", "acme"), ("landfall:run", "r-01kbefore")]),
+                ),
+                other => panic!("{other}: say what the stack was before it"),
+            };
+            let body = std::fs::read_to_string(path).unwrap();
+            let http = aws_smithy_http_client::test_util::infallible_client_fn(move |_| {
+                http::Response::builder()
+                    .status(200)
+                    .header("content-type", "text/xml")
+                    .body(body.clone())
+                    .unwrap()
+            });
+            let conf = aws_sdk_cloudformation::Config::builder()
+                .behavior_version_latest()
+                .region(Region::new("us-east-1"))
+                .credentials_provider(Credentials::new(
+                    "AKIDEXAMPLE",
+                    "secret",
+                    None,
+                    None,
+                    "test",
+                ))
+                .http_client(http)
+                .build();
+            let client = aws_sdk_cloudformation::Client::from_conf(conf);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let d = rt
+                .block_on(
+                    client
+                        .describe_change_set()
+                        .stack_name("s")
+                        .change_set_name("c")
+                        .send(),
+                )
+                .unwrap();
+            // What apply would send: each answer's own parameters, against the stack's old ones.
+            let new: BTreeMap<String, String> = d
+                .parameters()
+                .iter()
+                .filter_map(|p| {
+                    Some((
+                        p.parameter_key()?.to_string(),
+                        p.parameter_value()?.to_string(),
+                    ))
+                })
+                .collect();
+            let mut s = summarise(&d, &old_parameters, &new, &old_tags);
+            s["action"] = json!("update");
+            s["stack"] = json!(d.stack_name());
+            insta::assert_json_snapshot!(json!({ "line": describe_change(&s), "summary": s }));
+        });
+    }
+
     /// A change set as AWS describes one for a network gaining a third availability zone and
     /// a role whose policy changes.
     #[test]
@@ -345,7 +500,7 @@ mod tests {
             .build();
         let old = BTreeMap::from([("Azs".to_string(), "2".to_string())]);
         let new = BTreeMap::from([("Azs".to_string(), "3".to_string())]);
-        let mut s = summarise(&d, &old, &new);
+        let mut s = summarise(&d, &old, &new, &BTreeMap::new());
         assert_eq!(
             (
                 &s["adds"],
@@ -353,8 +508,9 @@ mod tests {
                 &s["removes"],
                 &s["replacements"]
             ),
-            (&json!(2), &json!(2), &json!(1), &json!(1))
+            (&json!(2), &json!(2), &json!(1), &json!(0))
         );
+        assert_eq!(s["conditional_replacements"], json!(1));
         assert_eq!(s["iam"], json!(["DeployerRole"]));
         assert_eq!(
             s["parameters"],
@@ -368,7 +524,7 @@ mod tests {
         s["stack"] = json!("acme-network");
         assert_eq!(
             describe_change(&s),
-            "update acme-network: 2 to add, 2 to modify, 1 to remove (1 replacement, IAM: DeployerRole)"
+            "update acme-network: 2 to add, 2 to modify, 1 to remove (0 replacements, 1 conditional, IAM: DeployerRole)"
         );
         assert_eq!(
             describe_change(
