@@ -186,20 +186,36 @@ fn reply_for(e: &RunEvent, run_id: &str) -> Option<(String, Option<Value>)> {
                 if !policies.is_empty() {
                     text.push_str(&format!("\nneeds {}", escape(&policies.join(", "))));
                 }
-                if !r.details.is_null() {
+                let header = text.clone();
+                // The plan's own records, when the request carries them (`details.plan`), are
+                // shown as blocks; the lines of the other details are the text fallback.
+                let mut rest = r.details.clone();
+                let planned = rest.as_object_mut().and_then(|m| m.remove("plan"));
+                if rest.as_object().is_some_and(|m| !m.is_empty())
+                    || !rest.is_object() && !rest.is_null()
+                {
                     text.push('\n');
-                    text.push_str(&escape(&truncate(&details_text(&r.details), 2500)));
+                    text.push_str(&escape(&truncate(&details_text(&rest), 2500)));
                 }
-                let blocks = json!([
-                    { "type": "section", "text": { "type": "mrkdwn", "text": text } },
-                    { "type": "actions", "elements": [
-                        { "type": "button", "action_id": "approve", "style": "primary",
-                          "text": { "type": "plain_text", "text": "Approve" }, "value": value },
-                        { "type": "button", "action_id": "reject", "style": "danger",
-                          "text": { "type": "plain_text", "text": "Reject" }, "value": value },
-                    ]},
-                ]);
-                Some((text, Some(blocks)))
+                let mut blocks = match planned.as_ref().and_then(plan_blocks) {
+                    Some(plan) => {
+                        let mut b = vec![
+                            json!({ "type": "section", "text": { "type": "mrkdwn", "text": header } }),
+                        ];
+                        b.extend(plan);
+                        b
+                    }
+                    None => vec![
+                        json!({ "type": "section", "text": { "type": "mrkdwn", "text": text } }),
+                    ],
+                };
+                blocks.push(json!({ "type": "actions", "elements": [
+                    { "type": "button", "action_id": "approve", "style": "primary",
+                      "text": { "type": "plain_text", "text": "Approve" }, "value": value },
+                    { "type": "button", "action_id": "reject", "style": "danger",
+                      "text": { "type": "plain_text", "text": "Reject" }, "value": value },
+                ]}));
+                Some((text, Some(Value::Array(blocks))))
             }
             Milestone::ApprovalDecided {
                 decision,
@@ -388,6 +404,102 @@ async fn run_thread(
     }
 }
 
+/// Most targets shown one section each: Slack takes 50 blocks per message, and the header,
+/// the divider and the buttons need three.
+const PLAN_TARGETS_SHOWN: usize = 40;
+
+/// A plan as Block Kit: one section per target (a deploy plan node's outputs: `summary`,
+/// `changes`), each stack a line with what it adds, modifies and removes, replacements said,
+/// IAM changes flagged. `None` when `plan` is not such a list (the text stands alone).
+fn plan_blocks(plan: &Value) -> Option<Vec<Value>> {
+    let targets = plan.as_array()?;
+    if targets.is_empty() || !targets.iter().all(|t| t["changes"].is_array()) {
+        return None;
+    }
+    let mut blocks = vec![json!({ "type": "divider" })];
+    for t in targets.iter().take(PLAN_TARGETS_SHOWN) {
+        let summary = t["summary"].as_str().unwrap_or_default();
+        let label = summary.split_once(':').map_or(summary, |(l, _)| l);
+        let changes = t["changes"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut lines = vec![format!("*{}*", escape(label))];
+        if changes.is_empty() {
+            lines.push("no changes".into());
+        }
+        for c in changes {
+            lines.push(stack_line(c));
+        }
+        blocks.push(json!({
+            "type": "section",
+            "text": { "type": "mrkdwn", "text": truncate(&lines.join("\n"), 2900) },
+        }));
+    }
+    if targets.len() > PLAN_TARGETS_SHOWN {
+        blocks.push(
+            json!({ "type": "context", "elements": [{ "type": "mrkdwn", "text": format!(
+            "and {} more targets: `landfall status` of this run shows every one",
+            targets.len() - PLAN_TARGETS_SHOWN
+        ) }] }),
+        );
+    }
+    Some(blocks)
+}
+
+/// One stack of a target's plan: `• update *acme-network*: +4 ~1 -0 · 1 replacement` and
+/// `:warning: IAM: OperatorRole` when roles or policies change.
+fn stack_line(c: &Value) -> String {
+    let stack = escape(c["stack"].as_str().unwrap_or("?"));
+    let names = |k: &str| -> Vec<String> {
+        c[k].as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).map(escape).collect())
+            .unwrap_or_default()
+    };
+    let iam = names("iam");
+    let mut line = match c["action"].as_str().unwrap_or_default() {
+        "create" => format!("• create *{stack}*: {} resources", c["resources"]),
+        "update" if c["known"] == false => {
+            format!("• update *{stack}*: changes known after apply")
+        }
+        "update" => {
+            let mut l = format!(
+                "• update *{stack}*: +{} ~{} -{}",
+                c["adds"], c["modifies"], c["removes"]
+            );
+            let replaced = c["replacements"].as_u64().unwrap_or(0);
+            let maybe = c["conditional_replacements"].as_u64().unwrap_or(0);
+            if replaced > 0 {
+                l.push_str(&format!(
+                    " · :warning: {replaced} replacement{}",
+                    if replaced == 1 { "" } else { "s" }
+                ));
+            }
+            if maybe > 0 {
+                l.push_str(&format!(
+                    " · {maybe} conditional replacement{}",
+                    if maybe == 1 { "" } else { "s" }
+                ));
+            }
+            let params: Vec<String> = c["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["name"].as_str().map(escape))
+                .collect();
+            if !params.is_empty() {
+                l.push_str(&format!(" · parameters: {}", params.join(", ")));
+            }
+            l
+        }
+        other => format!("• {} *{stack}*", escape(other)),
+    };
+    if !iam.is_empty() {
+        line.push_str(&format!("\n    :warning: *IAM*: {}", iam.join(", ")));
+    }
+    line
+}
+
 /// Slack allows 3,000 characters per section: longer text is cut, and says so.
 /// What an approver reads of a request's details: each list of lines (a plan's summaries) as
 /// bullets under its name, anything else as JSON.
@@ -465,10 +577,22 @@ mod tests {
             data: json!({
                 "title": "Deploy acme-baseline@2 to acme",
                 "digest": "c202b04509b9d1e8f0a7c6b5a4938271605f4e3d2c1b0a9f8e7d6c5b4a392817",
-                "details": { "changes": [
-                    "acme-prod/us-east-1: acme-security-baseline unchanged; update acme-network: 4 to add, 0 to modify, 0 to remove (0 replacements); acme-access unchanged",
-                    "acme-dev/us-east-1: create acme-network (21 resources)",
-                ] },
+                "details": {
+                    "changes": [
+                        "acme-prod/us-east-1: acme-security-baseline unchanged; update acme-network: 4 to add, 0 to modify, 0 to remove (0 replacements); acme-access unchanged",
+                        "acme-dev/us-east-1: create acme-network (21 resources)",
+                    ],
+                    "plan": [
+                        { "status": "changes", "summary": "acme-prod/us-east-1: acme-security-baseline unchanged; update acme-network: 4 to add, 1 to modify, 0 to remove (1 replacement, 2 conditional); update acme-access: 1 to add, 1 to modify, 1 to remove (0 replacements, IAM: OperatorRole, AuditorRole, BreakGlassRole)",
+                          "changes": [
+                            { "action": "update", "stack": "acme-network", "adds": 4, "modifies": 1, "removes": 0, "replacements": 1, "conditional_replacements": 2, "iam": [], "parameters": [{ "name": "VpcCidr", "from": "10.20.0.0/16", "to": "10.30.0.0/16" }] },
+                            { "action": "update", "stack": "acme-access", "adds": 1, "modifies": 1, "removes": 1, "replacements": 0, "conditional_replacements": 0, "iam": ["OperatorRole", "AuditorRole", "BreakGlassRole"], "parameters": [] },
+                          ] },
+                        { "status": "changes", "summary": "acme-dev/us-east-1: create acme-network (21 resources)",
+                          "changes": [{ "action": "create", "stack": "acme-network", "resources": 21, "iam": [] }] },
+                        { "status": "no_changes", "summary": "acme-dev/eu-west-1: acme-network unchanged", "changes": [] },
+                    ],
+                },
                 "timeout_s": 86400,
                 "requester": "U1",
                 "asks": [{ "policy": "production", "min_approvals": 2, "approvers": ["U2", "S0PLATFORM"], "forbid_requester": true, "expires_after_s": 86400 }],

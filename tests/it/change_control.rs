@@ -483,6 +483,18 @@ async fn apply_executes_exactly_the_approved_plan_and_refuses_a_changed_stack() 
         .collect();
     expected.sort();
     let audit = sb.json(&["audit", "cc-2", "--json"]);
+    // The approval request carried the plan's records, which Slack shows as blocks per target.
+    let asked = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "milestone" && e["details"]["kind"] == "approval_requested")
+        .expect("an approval request");
+    let shown = asked["details"]["data"]["details"]["plan"]
+        .as_array()
+        .unwrap();
+    assert_eq!(shown.len(), 4, "one per target");
+    assert!(shown.iter().all(|t| t["changes"].is_array()));
     let mut executed: Vec<String> = audit
         .as_array()
         .unwrap()
