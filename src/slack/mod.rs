@@ -1,6 +1,7 @@
 //! The Slack front door: the server (HTTP and Socket Mode), request signatures, the run
 //! threads, the Web API client and the installed tokens.
 
+mod approval_message;
 pub mod server;
 pub mod setup;
 pub mod signature;

@@ -73,7 +73,10 @@ pub fn registry(settings: &Settings) -> Registry {
             templates_dir: settings.templates_dir.clone(),
         })
         .register(aws::org::Org::new(aws.clone()))
-        .register(aws::iam::IamRoles { aws: aws.clone() })
+        .register(aws::iam::IamRoles {
+            aws: aws.clone(),
+            policies: Arc::clone(&policies),
+        })
         .register(aws::targets::Targets { aws: aws.clone() })
         .register(aws::stack::deploy::Deploy {
             aws: aws.clone(),
@@ -84,6 +87,7 @@ pub fn registry(settings: &Settings) -> Registry {
         .register(aws::policy::Policy {
             aws: aws.clone(),
             templates_dir: settings.templates_dir.clone(),
+            policies: Arc::clone(&policies),
         });
     let rules = settings.templates_dir.join("rules");
     r.register_input_check(

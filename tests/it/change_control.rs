@@ -27,6 +27,61 @@ fn approve_as(sb: &Sandbox, emu: &Emulator, user: &str, run: &str) -> Output {
         .unwrap()
 }
 
+/// Starts `args` as the OS user bob and waits until its approval step waits for decisions.
+fn started_by_bob(sb: &Sandbox, emu: &Emulator, args: &[&str], run: &str) -> std::process::Child {
+    let child = landfall(sb, emu, args)
+        .env("USER", "bob")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the approval to wait", Duration::from_secs(180), || {
+        node_status(sb, emu, run, "approve") == "waiting"
+    });
+    child
+}
+
+/// What someone editing a guard rail by hand writes into acme's region guard.
+const EDITED: &str =
+    r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"s3:*","Resource":"*"}]}"#;
+
+/// Edits acme's region guard by hand, as someone in the console would; its policy id.
+async fn edit_region_guard(orgs: &aws_sdk_organizations::Client) -> String {
+    let listed = orgs
+        .list_policies()
+        .filter(aws_sdk_organizations::types::PolicyType::ServiceControlPolicy)
+        .send()
+        .await
+        .unwrap();
+    let id = listed
+        .policies()
+        .iter()
+        .find(|p| p.name() == Some("landfall-acme-region-guard"))
+        .and_then(|p| p.id())
+        .unwrap()
+        .to_string();
+    orgs.update_policy()
+        .policy_id(&id)
+        .content(EDITED)
+        .send()
+        .await
+        .unwrap();
+    id
+}
+
+/// An SCP's content as AWS holds it.
+async fn scp_content(orgs: &aws_sdk_organizations::Client, id: &str) -> String {
+    orgs.describe_policy()
+        .policy_id(id)
+        .send()
+        .await
+        .unwrap()
+        .policy()
+        .and_then(|p| p.content())
+        .unwrap()
+        .to_string()
+}
+
 fn node_status(sb: &Sandbox, emu: &Emulator, run: &str, id: &str) -> String {
     let out = landfall(sb, emu, &["status", run, "--json"])
         .output()
@@ -53,15 +108,7 @@ async fn a_production_target_deploys_only_after_two_approvers_other_than_the_req
     // bob starts the run; the policy covers acme-prod (tagged `production` at onboarding).
     let args = provision_args(&["--run-id", "cc-1", "--set", "poll_initial=1s"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let child = landfall(&sb, &emu, &args)
-        .env("USER", "bob")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_until("the approval to wait", Duration::from_secs(120), || {
-        node_status(&sb, &emu, "cc-1", "approve") == "waiting"
-    });
+    let child = started_by_bob(&sb, &emu, &args, "cc-1");
 
     // The requester's approval is refused, and so is an outsider's; nothing is recorded.
     let own = approve_as(&sb, &emu, "bob", "cc-1");
@@ -402,16 +449,7 @@ async fn apply_executes_exactly_the_approved_plan_and_refuses_a_changed_stack() 
     let start = |run: &str| {
         let args = provision_args(&["--run-id", run, "--set", "poll_initial=1s"]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let child = landfall(&sb, &emu, &args)
-            .env("USER", "bob")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        wait_until("the approval to wait", Duration::from_secs(180), || {
-            node_status(&sb, &emu, run, "approve") == "waiting"
-        });
-        child
+        started_by_bob(&sb, &emu, &args, run)
     };
     let planned_ids = |run: &str| -> Vec<String> {
         let doc = sb.json(&["status", run, "--json"]);
@@ -580,24 +618,7 @@ async fn onboarding_plans_org_policy_and_iam_and_applies_only_what_it_planned() 
     }
 
     // Someone edits a guard rail by hand.
-    let listed = orgs
-        .list_policies()
-        .filter(aws_sdk_organizations::types::PolicyType::ServiceControlPolicy)
-        .send()
-        .await
-        .unwrap();
-    let guard = listed
-        .policies()
-        .iter()
-        .find(|p| p.name() == Some("landfall-acme-region-guard"))
-        .unwrap();
-    let edited = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"s3:*","Resource":"*"}]}"#;
-    orgs.update_policy()
-        .policy_id(guard.id().unwrap())
-        .content(edited)
-        .send()
-        .await
-        .unwrap();
+    let guard = edit_region_guard(&orgs).await;
     // And widens the deployer's permissions in one account.
     let iam = emu.iam_in(&accounts["acme-dev"]).await;
     let wide =
@@ -647,17 +668,8 @@ async fn onboarding_plans_org_policy_and_iam_and_applies_only_what_it_planned() 
     };
     let (out, _) = apply(&sb);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let content = orgs
-        .describe_policy()
-        .policy_id(guard.id().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .policy()
-        .and_then(|p| p.content())
-        .unwrap()
-        .to_string();
-    assert_ne!(content, edited);
+    let content = scp_content(&orgs, &guard).await;
+    assert_ne!(content, EDITED);
     assert!(content.contains("aws:RequestedRegion"), "{content}");
     let restored = iam
         .get_role_policy()
@@ -692,4 +704,117 @@ async fn onboarding_plans_org_policy_and_iam_and_applies_only_what_it_planned() 
         "{err}"
     );
     assert!(err.contains("now: no changes"), "{err}");
+}
+
+/// `policy` (and `iam`) are enforcement points too: updating a guard rail of an OU that holds a
+/// production account waits, in the onboarding workflow, for the production policy's
+/// approvals of exactly that plan; and a workflow that skips the plan and the approval is
+/// refused by the plugin before it writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_an_existing_production_guard_rail_needs_the_policys_approvals() {
+    let emu = Emulator::start();
+    let sb = Sandbox::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let wf = root.join("workflows/onboarding.yaml");
+    let input = root.join("examples/customers/acme.yaml");
+    let accounts = onboard(&sb, &emu);
+    sb.write("landfall.toml", POLICY);
+    let orgs = emu.organizations().await;
+    let guard = edit_region_guard(&orgs).await;
+
+    // Without a plan and an approval, the plugin refuses.
+    let roots = orgs.list_roots().send().await.unwrap();
+    let root_id = roots.roots()[0].id().unwrap().to_string();
+    let ou_of = |parent: String, name: &'static str| {
+        let orgs = orgs.clone();
+        async move {
+            orgs.list_organizational_units_for_parent()
+                .parent_id(parent)
+                .send()
+                .await
+                .unwrap()
+                .organizational_units()
+                .iter()
+                .find(|o| o.name() == Some(name))
+                .and_then(|o| o.id())
+                .unwrap()
+                .to_string()
+        }
+    };
+    let customers = ou_of(root_id, "Customers").await;
+    let acme_ou = ou_of(customers, "acme").await;
+    let management = orgs
+        .describe_organization()
+        .send()
+        .await
+        .unwrap()
+        .organization()
+        .and_then(|o| o.master_account_id())
+        .unwrap()
+        .to_string();
+    let prod = &accounts["acme-prod"];
+    // The same guard rails as onboarding; a deployer confined to other resource types than
+    // onboarding gave it, in the production account.
+    let bare = sb.write(
+        "rails.yaml",
+        &format!(
+            "name: rails\nsteps:\n  - id: policy\n    uses: policy\n    with: {{ customer: acme, target_id: {acme_ou}, regions: [eu-west-1, us-east-1] }}\n  - id: iam\n    uses: iam\n    with: {{ accounts: [{{ name: acme-prod, id: '{prod}' }}], management_account_id: '{management}', resource_types: ['AWS::EC2::VPC'], stack_prefix: acme- }}\n"
+        ),
+    );
+    let out = landfall(&sb, &emu, &["run", bare.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let err = node(&doc, "policy")["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(err.contains("approval policy production covers"), "{err}");
+    assert!(err.contains("plan it first"), "{err}");
+    assert_eq!(scp_content(&orgs, &guard).await, EDITED, "nothing written");
+    let err = node(&doc, "iam")["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        err.starts_with("the roles in acme-prod would change what exists in accounts approval policy production covers"),
+        "{err}"
+    );
+
+    // Onboarding again plans, asks the production policy, and applies once it is satisfied.
+    let child = started_by_bob(
+        &sb,
+        &emu,
+        &[
+            "run",
+            wf.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--run-id",
+            "ob-2",
+            "--json",
+        ],
+        "ob-2",
+    );
+    let o = approve_as(&sb, &emu, "alice", "ob-2");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        node_status(&sb, &emu, "ob-2", "approve"),
+        "waiting",
+        "one of two"
+    );
+    assert_eq!(scp_content(&orgs, &guard).await, EDITED);
+    let o = approve_as(&sb, &emu, "carol", "ob-2");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let now = scp_content(&orgs, &guard).await;
+    assert!(now.contains("aws:RequestedRegion"), "{now}");
+    // The plugin said whose approvals let it write (the console shows step logs).
+    assert!(
+        stderr(&out).contains("approved under policy production by cli:alice, cli:carol"),
+        "{}",
+        stderr(&out)
+    );
 }

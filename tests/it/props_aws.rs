@@ -124,7 +124,7 @@ proptest! {
                 "accounts": [{ "name": format!("{customer}-prod"), "email": format!("aws+prod@{customer}.example"), "environment": "production" }],
             })).unwrap(), StepContext::detached("org")).await.unwrap();
             let ou = out["ou_id"].as_str().unwrap().to_string();
-            let policy = Policy { aws, templates_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("templates") };
+            let policy = Policy { aws, templates_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"), policies: Default::default() };
             let admins = vec![format!("arn:aws:iam::*:role/{customer}-admin")];
             let protected = vec!["arn:aws:iam::*:role/Landfall*".to_string()];
             let cfg = |set: &[&str]| -> PolicyConfig {

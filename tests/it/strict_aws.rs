@@ -270,6 +270,7 @@ async fn org_and_policy_ride_out_thirty_percent_faults_at_the_call() {
     let policy = Policy {
         aws: emu.landfall_aws(),
         templates_dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"),
+        policies: Default::default(),
     };
     let cfg: PolicyConfig = serde_json::from_value(json!({
         "customer": "acme", "target_id": out["ou_id"], "regions": ["us-east-1"],

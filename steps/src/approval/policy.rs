@@ -350,7 +350,8 @@ pub fn votes_of(signals: &[(String, Signal)]) -> Vec<Vote> {
 
 /// The enforcement point of the plugins that write: refuses unless the run's recorded
 /// decisions satisfy every policy covering the target, for `digest`. `Ok` with the counts
-/// (for the step's outputs) when they do, or when no policy covers the target.
+/// (for the step's outputs, and said in its log) when they do, or when no policy covers the
+/// target.
 pub fn enforce(
     policies: &[ApprovalPolicy],
     ctx: &StepContext,
@@ -379,7 +380,16 @@ pub fn enforce(
     let requester = ctx.requester()?;
     let votes = votes_of(&ctx.run_signals()?);
     match tally(&asks, &requester, digest, &votes, Utc::now()) {
-        Standing::Approved(counts) => Ok(counts),
+        Standing::Approved(counts) => {
+            for count in &counts {
+                ctx.log(format!(
+                    "{what}: approved under policy {} by {}",
+                    count.policy,
+                    count.have.join(", ")
+                ));
+            }
+            Ok(counts)
+        }
         Standing::Rejected {
             by,
             policy,

@@ -289,7 +289,7 @@ pub(crate) struct IamAccount {
     pub id: String,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct IamConfig {
     /// Member accounts (`steps.org.outputs.accounts`): name and id of each.
@@ -304,6 +304,11 @@ pub(crate) struct IamConfig {
     /// Role to assume in member accounts.
     #[serde(default = "default_member_role")]
     pub member_role_name: String,
+    /// The approved plan of these roles (`steps.<plan step>.outputs`, or a list of plans one
+    /// approval covers). Needed when an approval policy covers an account whose existing
+    /// roles would change: the changes must be the planned ones, approved for its digest.
+    #[serde(default)]
+    pub plan: Option<Value>,
 }
 
 fn default_member_role() -> String {
@@ -312,6 +317,50 @@ fn default_member_role() -> String {
 
 pub(crate) struct IamRoles {
     pub aws: Aws,
+    /// The operators' approval policies: changing the existing roles of a covered account
+    /// needs approvals of the plan (see [`super::approved_modification`]).
+    pub policies: std::sync::Arc<Vec<crate::approval::policy::ApprovalPolicy>>,
+}
+
+impl IamRoles {
+    /// Refuses before any write when the existing roles of an account an approval policy
+    /// covers would change, unless that is the approved plan.
+    async fn approved(&self, c: &IamConfig, ctx: &StepContext) -> Result<(), StepError> {
+        let Some(now) = Plugin::plan(self, c.clone(), ctx.clone()).await? else {
+            return Ok(());
+        };
+        let modified: BTreeSet<&str> = now
+            .changes
+            .iter()
+            .filter(|ch| ch["action"] == "update")
+            .filter_map(|ch| ch["account"].as_str())
+            .collect();
+        if modified.is_empty() {
+            return Ok(());
+        }
+        let accounts = c
+            .accounts
+            .iter()
+            .filter(|a| modified.contains(a.name.as_str()))
+            .map(|a| a.id.clone())
+            .collect();
+        let what = format!(
+            "the roles in {}",
+            modified.into_iter().collect::<Vec<_>>().join(", ")
+        );
+        super::approved_modification(
+            &self.aws,
+            &self.policies,
+            ctx,
+            super::Modification {
+                accounts,
+                changes: &now.changes,
+                plan: c.plan.as_ref(),
+                what,
+            },
+        )
+        .await
+    }
 }
 
 fn decode_policy(text: &str) -> Result<Value, StepError> {
@@ -489,6 +538,9 @@ impl Plugin for IamRoles {
     }
 
     async fn run(&self, c: IamConfig, ctx: StepContext) -> Result<Value, StepError> {
+        if !self.policies.is_empty() {
+            self.approved(&c, &ctx).await?;
+        }
         let policy = deployer_policy(&c.resource_types, &c.stack_prefix)?;
         let trust = trust_policy(&c.management_account_id);
         let mut out = Vec::new();

@@ -347,6 +347,96 @@ impl ClassifyRetry for TransientCodes {
     }
 }
 
+/// The `environment` tags of accounts, read from Organizations (set at onboarding, outside any
+/// workflow's reach): what selects the operators' approval policies.
+pub(crate) async fn account_environments(
+    aws: &Aws,
+    accounts: impl IntoIterator<Item = &str>,
+) -> Result<Vec<String>, StepError> {
+    let client = aws.organizations().await;
+    let mut out = Vec::new();
+    for id in accounts {
+        let tags = client
+            .list_tags_for_resource()
+            .resource_id(id)
+            .send()
+            .await
+            .map_err(|e| errors::step_error("ListTagsForResource", e))?;
+        out.extend(
+            tags.tags()
+                .iter()
+                .filter(|t| t.key() == "environment")
+                .map(|t| t.value().to_string()),
+        );
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// What a write of `policy` or `iam` would change and where, for [`approved_modification`].
+pub(crate) struct Modification<'a> {
+    /// The accounts whose existing guard rails or roles it changes: their `environment` tags
+    /// select the approval policies.
+    pub accounts: Vec<String>,
+    /// What the node would do now (its own plan, made just before).
+    pub changes: &'a [serde_json::Value],
+    /// Its `plan:` config: the approved plan (a `plan: true` node's outputs, or a list of them).
+    pub plan: Option<&'a serde_json::Value>,
+    /// What is changed, as messages name it (`the guard rails of ou-…`).
+    pub what: String,
+}
+
+/// The enforcement point of `policy` and `iam`: a write that modifies or removes what exists
+/// in accounts an approval policy covers goes ahead only as planned and approved: one entry of
+/// the plan must hold exactly these changes, and the run must hold approvals for its digest.
+pub(crate) async fn approved_modification(
+    aws: &Aws,
+    policies: &[crate::approval::policy::ApprovalPolicy],
+    ctx: &landfall_engine::StepContext,
+    m: Modification<'_>,
+) -> Result<(), StepError> {
+    let Modification {
+        accounts,
+        changes,
+        plan,
+        what,
+    } = m;
+    let what = what.as_str();
+    let environments = account_environments(aws, accounts.iter().map(String::as_str)).await?;
+    let envs: Vec<&str> = environments.iter().map(String::as_str).collect();
+    if !policies.iter().any(|p| p.covers(envs.iter().copied())) {
+        return Ok(());
+    }
+    let Some(plan) = plan else {
+        let names: Vec<&str> = policies
+            .iter()
+            .filter(|p| p.covers(envs.iter().copied()))
+            .map(|p| p.name.as_str())
+            .collect();
+        return Err(StepError::permanent(format!(
+            "{what} would change what exists in accounts approval policy {} covers: plan it first (a `plan: true` step of this plugin), have the plan approved, and pass it as `plan:`",
+            names.join(", ")
+        )));
+    };
+    let entries: Vec<&serde_json::Value> = match plan.as_array() {
+        Some(list) => list.iter().collect(),
+        None => vec![plan],
+    };
+    if !entries
+        .iter()
+        .any(|e| e["changes"].as_array().map(Vec::as_slice) == Some(changes))
+    {
+        return Err(StepError::permanent(format!(
+            "{what} changed since the plan: plan again (now: {})",
+            landfall_engine::actions_counted(changes)
+        )));
+    }
+    let digest = landfall_engine::digest_of(plan);
+    crate::approval::policy::enforce(policies, ctx, &envs, Some(&digest), what)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -38,6 +38,9 @@ pub(crate) const MAX_LANDFALL_SCPS: usize = SCPS_PER_TARGET - 1;
 pub struct Policy {
     pub aws: Aws,
     pub templates_dir: PathBuf,
+    /// The operators' approval policies: updating or detaching a guard rail of an OU holding a
+    /// covered account needs approvals of the plan (see [`super::approved_modification`]).
+    pub policies: std::sync::Arc<Vec<crate::approval::policy::ApprovalPolicy>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -59,6 +62,12 @@ pub struct PolicyConfig {
     /// Roles nobody else may change (Landfall's own).
     #[serde(default = "default_protected")]
     pub protected_roles: Vec<String>,
+    /// The approved plan of these guard rails (`steps.<plan step>.outputs`, or a list of plans
+    /// one approval covers). Needed when an approval policy covers an account of the OU and
+    /// an existing guard rail would be updated or detached: the changes must be the planned
+    /// ones, approved for this plan's digest.
+    #[serde(default)]
+    pub plan: Option<Value>,
 }
 
 fn default_admins() -> Vec<String> {
@@ -221,6 +230,9 @@ impl Plugin for Policy {
     }
 
     async fn run(&self, c: PolicyConfig, ctx: StepContext) -> Result<Value, StepError> {
+        if !self.policies.is_empty() {
+            self.approved(&c, &ctx).await?;
+        }
         let scps = render(&self.templates_dir, &c)?;
         let client = self.aws.organizations().await;
         let existing = list_scps(&client).await?;
@@ -360,6 +372,50 @@ impl Plugin for Policy {
             })).collect::<Vec<_>>(),
             "other_attached": others,
         }))
+    }
+}
+
+impl Policy {
+    /// Refuses before any write when an existing guard rail would be updated or detached on an
+    /// OU that holds an account an approval policy covers, unless that is the approved plan.
+    async fn approved(&self, c: &PolicyConfig, ctx: &StepContext) -> Result<(), StepError> {
+        let Some(now) = Plugin::plan(self, c.clone(), ctx.clone()).await? else {
+            return Ok(());
+        };
+        let modifies = now
+            .changes
+            .iter()
+            .any(|ch| matches!(ch["action"].as_str(), Some("update" | "detach")));
+        if !modifies {
+            return Ok(());
+        }
+        let client = self.aws.organizations().await;
+        let mut accounts = Vec::new();
+        let mut pages = client
+            .list_accounts_for_parent()
+            .parent_id(&c.target_id)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| step_error("ListAccountsForParent", e))?;
+            accounts.extend(
+                page.accounts()
+                    .iter()
+                    .filter_map(|a| a.id().map(str::to_string)),
+            );
+        }
+        super::approved_modification(
+            &self.aws,
+            &self.policies,
+            ctx,
+            super::Modification {
+                accounts,
+                changes: &now.changes,
+                plan: c.plan.as_ref(),
+                what: format!("the guard rails of {}", c.target_id),
+            },
+        )
+        .await
     }
 }
 
@@ -509,6 +565,7 @@ mod tests {
             templates: None,
             admin_principals: default_admins(),
             protected_roles: default_protected(),
+            plan: None,
         }
     }
 

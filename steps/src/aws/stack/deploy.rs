@@ -54,20 +54,9 @@ impl Deploy {
             .iter()
             .any(|p| !p.selects.environment.is_empty())
         {
-            let tags = self
-                .aws
-                .organizations()
-                .await
-                .list_tags_for_resource()
-                .resource_id(&c.target.account_id)
-                .send()
-                .await
-                .map_err(|e| step_error("ListTagsForResource", e))?;
             environments.extend(
-                tags.tags()
-                    .iter()
-                    .filter(|t| t.key() == "environment")
-                    .map(|t| t.value().to_string()),
+                super::super::account_environments(&self.aws, [c.target.account_id.as_str()])
+                    .await?,
             );
         }
         let refs: Vec<&str> = environments.iter().map(String::as_str).collect();
@@ -77,14 +66,7 @@ impl Deploy {
             Some((_, plan_digest)) => Some(plan_digest),
             None => c.digest.clone(),
         };
-        let counts = enforce(&self.policies, ctx, &refs, digest.as_deref(), &what)?;
-        for count in counts {
-            ctx.log(format!(
-                "{what}: approved under policy {} by {}",
-                count.policy,
-                count.have.join(", ")
-            ));
-        }
+        enforce(&self.policies, ctx, &refs, digest.as_deref(), &what)?;
         Ok(())
     }
 }
