@@ -2,8 +2,8 @@
 //! we know (answered with help). Pure: no Slack, no store; the server acts on the [`Intent`].
 //!
 //! A message is `[@landfall|/landfall] WORD ARG… [key=value…]`. `WORD` is a built-in (`help`,
-//! `status [RUN]`, `runs`, `cancel RUN`, `resume RUN`, `approve RUN NODE`, `reject RUN NODE`)
-//! or a workflow's `trigger.slack.command`. Positional words fill the workflow's `args` in
+//! `status [RUN]`, `runs`, `cancel RUN`, `resume RUN`, `approve RUN NODE`, `reject RUN NODE`,
+//! `plan COMMAND ARG…`, `apply PLAN`) or a workflow's `trigger.slack.command`. Positional words fill the workflow's `args` in
 //! order; the words `for`, `to`, `into`, `in`, `on`, `with` and `please` between them are
 //! ignored, so `provision acme-baseline@latest for acme` reads naturally. Quotes group words
 //! (`name="Acme Corp"`).
@@ -49,6 +49,15 @@ pub enum Intent {
         run: String,
         node: String,
         verdict: Verdict,
+    },
+    /// Plan `workflow` with these inputs (`plan` followed by a workflow's command).
+    Plan {
+        workflow: String,
+        inputs: BTreeMap<String, String>,
+    },
+    /// Apply a stored plan.
+    Apply {
+        plan: String,
     },
     /// Understood the command but not its arguments: say how to use it.
     Usage {
@@ -154,7 +163,8 @@ pub fn help(routes: &[Route]) -> String {
     }
     out.push_str(
         "• `/landfall status [RUN]` · `/landfall runs` · `/landfall cancel RUN` · `/landfall resume RUN`\n\
-         • `/landfall approve RUN NODE` · `/landfall reject RUN NODE` · `/landfall help`",
+         • `/landfall approve RUN NODE` · `/landfall reject RUN NODE` · `/landfall help`\n\
+         • `/landfall plan COMMAND …`: what it would change, with an Apply button · `/landfall apply PLAN`",
     );
     out
 }
@@ -212,6 +222,44 @@ pub fn classify(text: &str, routes: &[Route]) -> Intent {
                 &format!("/landfall {command} RUN NODE"),
                 "give the run id and the waiting step",
             ),
+        },
+        "plan" => match rest.split_first() {
+            None => usage(
+                "/landfall plan COMMAND ARG…",
+                "say which workflow to plan, as you would start it",
+            ),
+            Some((what, args)) => {
+                match routes
+                    .iter()
+                    .find(|r| r.trigger.command == what.to_lowercase())
+                {
+                    None => usage(
+                        "/landfall plan COMMAND ARG…",
+                        &format!("no workflow answers to `{what}`"),
+                    ),
+                    Some(r) => match start(r, args) {
+                        Intent::Start { workflow, inputs } => Intent::Plan { workflow, inputs },
+                        Intent::Usage {
+                            command,
+                            usage,
+                            problem,
+                        } => Intent::Usage {
+                            command,
+                            usage: format!(
+                                "/landfall plan {}",
+                                usage.trim_start_matches("/landfall ")
+                            ),
+                            problem,
+                        },
+                        other => other,
+                    },
+                }
+            }
+        },
+        "apply" => match rest {
+            [plan] => Intent::Apply { plan: plan.clone() },
+            [] => usage("/landfall apply PLAN", "the plan id is missing"),
+            _ => usage("/landfall apply PLAN", "too many words"),
         },
         _ => match routes.iter().find(|r| r.trigger.command == command) {
             Some(r) => start(r, rest),
@@ -320,6 +368,48 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         }
+    }
+
+    /// `plan` reads the rest as a workflow's command (so a plan has the inputs a start would
+    /// have); `apply` takes one plan id.
+    #[test]
+    fn plans_read_as_the_start_they_plan() {
+        let r = routes();
+        assert_eq!(
+            classify("/landfall plan provision acme-baseline@latest for acme", &r),
+            Intent::Plan {
+                workflow: "provision-wf".into(),
+                inputs: [
+                    ("package".to_string(), "acme-baseline@latest".to_string()),
+                    ("customer".to_string(), "acme".to_string()),
+                ]
+                .into(),
+            }
+        );
+        assert_eq!(
+            classify("apply p-01k", &r),
+            Intent::Apply {
+                plan: "p-01k".into()
+            }
+        );
+        let usage_of = |text: &str| match classify(text, &r) {
+            Intent::Usage { usage, problem, .. } => (usage, problem),
+            other => panic!("{text}: {other:?}"),
+        };
+        assert_eq!(
+            usage_of("plan onboard"),
+            (
+                "/landfall plan onboard CUSTOMER [key=value …]".into(),
+                "CUSTOMER is missing".into()
+            )
+        );
+        assert_eq!(
+            usage_of("plan deploy everything").1,
+            "no workflow answers to `deploy`"
+        );
+        assert_eq!(usage_of("plan").0, "/landfall plan COMMAND ARG…");
+        assert_eq!(usage_of("apply").1, "the plan id is missing");
+        assert_eq!(usage_of("apply p-1 p-2").1, "too many words");
     }
 
     #[test]

@@ -76,8 +76,8 @@ pub struct SlackTrigger {
 }
 
 /// Words `/landfall` itself understands; a workflow cannot take them as its command.
-pub(crate) const BUILTIN_COMMANDS: [&str; 8] = [
-    "help", "status", "runs", "cancel", "resume", "approve", "reject", "run",
+pub(crate) const BUILTIN_COMMANDS: [&str; 10] = [
+    "help", "status", "runs", "cancel", "resume", "approve", "reject", "run", "plan", "apply",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

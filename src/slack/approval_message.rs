@@ -64,6 +64,61 @@ pub(crate) fn request(r: &Request, run_id: &str, node: &str) -> (String, Value) 
     (text, Value::Array(blocks))
 }
 
+/// A stored plan as Slack shows it: one line per node that changes something (or may), the
+/// deploy plans as blocks per target, the digest and expiry, and an Apply button carrying the
+/// plan's id and digest (none when a node could not be planned, or nothing would change).
+pub(crate) fn plan(plan: &landfall_engine::Plan) -> (String, Value) {
+    use landfall_engine::PlanStatus;
+    let mut lines = vec![format!(
+        ":clipboard: Plan `{}` of *{}*: {} of {} node(s) would change something",
+        escape(&plan.plan_id),
+        escape(&plan.workflow),
+        plan.changing(),
+        plan.nodes.len()
+    )];
+    for n in &plan.nodes {
+        let mark = match n.status {
+            PlanStatus::Changes => "~",
+            PlanStatus::Unknown => "?",
+            PlanStatus::Failed => ":x:",
+            PlanStatus::NoChanges | PlanStatus::Skipped => continue,
+        };
+        lines.push(format!(
+            "{mark} `{}` {}",
+            escape(&n.node),
+            escape(&n.summary)
+        ));
+    }
+    lines.push(format!(
+        "digest `{}` · expires {}",
+        escape(&plan.digest),
+        plan.expires_at.format("%Y-%m-%d %H:%M UTC")
+    ));
+    let text = truncate(&lines.join("\n"), 2900);
+    let mut blocks = vec![json!({ "type": "section", "text": { "type": "mrkdwn", "text": text } })];
+    // The stack plans of `plan: true` deploy nodes, per target.
+    let stacks: Vec<Value> = plan
+        .nodes
+        .iter()
+        .filter(|n| n.plugin == "deploy" && n.outputs["changes"].is_array())
+        .map(|n| n.outputs.clone())
+        .collect();
+    if let Some(more) = plan_blocks(&Value::Array(stacks)) {
+        blocks.extend(more);
+    }
+    if plan.failed() {
+        blocks.push(json!({ "type": "context", "elements": [{ "type": "mrkdwn",
+            "text": "A node could not be planned (marked :x:): fix what it says and plan again." }] }));
+    } else if plan.changing() > 0 {
+        let value = json!({ "plan": plan.plan_id, "digest": plan.digest }).to_string();
+        blocks.push(json!({ "type": "actions", "elements": [
+            { "type": "button", "action_id": "apply", "style": "primary",
+              "text": { "type": "plain_text", "text": "Apply" }, "value": value },
+        ]}));
+    }
+    (text, Value::Array(blocks))
+}
+
 /// What an approver reads of a request's details: each list of lines (a plan's summaries) as
 /// bullets under its name, anything else as JSON.
 fn details_text(details: &Value) -> String {
@@ -221,5 +276,56 @@ mod tests {
         let (text, blocks) = super::super::thread::reply_for(&e, "r-1").unwrap();
         insta::assert_snapshot!(text);
         insta::assert_json_snapshot!(blocks.unwrap());
+    }
+
+    /// A plan posted in answer to `/landfall plan`: the nodes that change, the deploy plan
+    /// per target, and an Apply button carrying the plan's id and digest.
+    #[test]
+    fn a_plan_reads_as_pinned_with_its_apply_button() {
+        use landfall_engine::{Plan, PlanStatus, PlannedNode};
+        let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let node = |id: &str, plugin: &str, status, summary: &str, outputs: Value| PlannedNode {
+            node: id.into(),
+            step: id.split('[').next().unwrap_or(id).into(),
+            plugin: plugin.into(),
+            status,
+            maybe: false,
+            summary: summary.into(),
+            changes: outputs["changes"].as_array().cloned().unwrap_or_default(),
+            outputs,
+        };
+        let mut plan = Plan {
+            plan_id: "p-01kexample".into(),
+            workflow: "provisioning".into(),
+            workflow_file: "workflows/provisioning.yaml".into(),
+            workflow_text: String::new(),
+            workflow_digest: "w".into(),
+            inputs: json!({ "customer": "acme" }),
+            inputs_digest: "i".into(),
+            requester: "U1".into(),
+            created_at: at,
+            expires_at: at + chrono::Duration::hours(24),
+            nodes: vec![
+                node("fetch", "package", PlanStatus::NoChanges, "no changes (reads only)", Value::Null),
+                node(
+                    "plan[0]",
+                    "deploy",
+                    PlanStatus::Changes,
+                    "acme-prod/us-east-1: update acme-network: 2 to add, 0 to modify, 0 to remove (0 replacements)",
+                    json!({ "status": "changes", "summary": "acme-prod/us-east-1: update acme-network: 2 to add, 0 to modify, 0 to remove (0 replacements)",
+                            "changes": [{ "action": "update", "stack": "acme-network", "adds": 2, "modifies": 0, "removes": 0, "replacements": 0, "conditional_replacements": 0, "iam": [], "parameters": [] }] }),
+                ),
+                node("notify", "notify", PlanStatus::Unknown, "changes unknown until apply: `notify` does not plan", Value::Null),
+            ],
+            digest: String::new(),
+        };
+        plan.digest = plan.compute_digest();
+        let (text, blocks) = super::plan(&plan);
+        insta::assert_snapshot!(text);
+        insta::assert_json_snapshot!(blocks);
+        // A plan that could not be planned whole offers nothing to apply.
+        plan.nodes[2].status = PlanStatus::Failed;
+        let (_, blocks) = super::plan(&plan);
+        assert!(!blocks.to_string().contains("\"apply\""), "{blocks:#}");
     }
 }

@@ -29,6 +29,7 @@ use super::signature;
 
 mod actions;
 mod decisions;
+mod plans;
 use crate::route::{self, Route};
 
 /// How the server is set up.

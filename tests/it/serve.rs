@@ -1156,3 +1156,101 @@ steps:
         "{calls:#?}"
     );
 }
+
+/// `/landfall plan hello world` plans (reading only) and posts the plan with an Apply button;
+/// the button, clicked by someone the workflow lets start it, starts a run that applies that
+/// stored plan; a button whose digest is not the plan's, or a person not allowed, starts
+/// nothing.
+#[test]
+fn a_plan_from_slack_is_applied_with_its_button() {
+    let api = crate::slack_api::SlackApi::start(0);
+    let sb = Sandbox::new();
+    workflows(&sb);
+    // A step that cannot plan: what it changes is known only when it runs.
+    sb.write(
+        "wf/touch.yaml",
+        r#"
+name: touch
+inputs:
+  name: { type: string }
+trigger:
+  slack: { command: touch, args: [name] }
+steps:
+  - { id: write, uses: exec, with: { argv: [touch, "{{ inputs.name }}"] } }
+"#,
+    );
+    let s = serve_with(&sb, &["U1"], |cmd| {
+        cmd.env("SLACK_BOT_TOKEN", "xoxb-test-token-000000")
+            .env("SLACK_API_URL", &api.url);
+    });
+    let (_, reply) = signed(
+        &s,
+        "/slack/commands",
+        &command("U1", "plan touch planned", "t1"),
+    );
+    assert!(reply.contains("Planning touch"), "{reply}");
+    let button = || {
+        api.calls().iter().find_map(|c| {
+            c.body["blocks"]
+                .as_array()?
+                .iter()
+                .flat_map(|b| b["elements"].as_array().cloned().unwrap_or_default())
+                .find(|e| e["action_id"] == "apply")
+                .and_then(|e| e["value"].as_str().map(str::to_string))
+        })
+    };
+    wait_until(
+        "the plan with its Apply button",
+        Duration::from_secs(30),
+        || button().is_some(),
+    );
+    let value: Value = serde_json::from_str(&button().unwrap()).unwrap();
+    let plan_id = value["plan"].as_str().unwrap().to_string();
+    assert!(runs(&sb).is_empty(), "planning started no run");
+    assert!(!sb.path("planned").exists(), "planning ran nothing");
+    let click = |user: &str, value: &Value| {
+        let payload = serde_json::json!({
+            "type": "block_actions", "user": { "id": user }, "channel": { "id": "C1" },
+            "actions": [{ "action_id": "apply", "value": value.to_string() }],
+        });
+        let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
+        assert_eq!(signed(&s, "/slack/interactions", &body).0, 200);
+    };
+    let said = |what: &str| {
+        api.calls()
+            .iter()
+            .any(|c| c.body["text"].as_str().unwrap_or_default().contains(what))
+    };
+    // A stale digest, then someone not allowed: nothing starts.
+    click(
+        "U1",
+        &serde_json::json!({ "plan": plan_id, "digest": "d-old" }),
+    );
+    wait_until(
+        "the outdated button refused",
+        Duration::from_secs(30),
+        || said("This plan is outdated"),
+    );
+    click("U9", &value);
+    wait_until("the outsider refused", Duration::from_secs(30), || {
+        said("you are not allowed to apply plans")
+    });
+    assert!(runs(&sb).is_empty(), "{:#?}", runs(&sb));
+    // The button as posted: a run applying exactly that plan.
+    click("U1", &value);
+    wait_until("the applied run", Duration::from_secs(60), || {
+        runs(&sb).iter().any(|r| r["status"] == "succeeded")
+    });
+    let run = runs(&sb)[0]["run_id"].as_str().unwrap().to_string();
+    assert!(said(&format!("Applying plan `{plan_id}` as `{run}`")));
+    let audit = sb.json(&["audit", &run, "--json"]);
+    let created = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "run_created")
+        .unwrap();
+    assert_eq!(created["details"]["plan_id"], plan_id.as_str());
+    assert_eq!(created["actor"], "U1");
+    assert!(sb.path("planned").exists(), "the applied run ran");
+}

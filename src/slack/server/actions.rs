@@ -60,18 +60,34 @@ impl FrontDoor {
             Intent::Start { workflow, inputs } => {
                 self.start(&workflow, inputs, user, channel, text).await
             }
+            Intent::Plan { workflow, inputs } => self.plan(&workflow, inputs, user, channel).await,
+            Intent::Apply { plan } => self.apply(&plan, user, channel, None).await,
         }
     }
 
     /// Answers where the request came from, without holding up the HTTP response.
     pub(super) fn say(&self, channel: &str, thread_ts: Option<&str>, text: String) {
+        self.say_blocks(channel, thread_ts, text, None);
+    }
+
+    /// [`Self::say`] with Block Kit blocks (the text is their fallback).
+    pub(super) fn say_blocks(
+        &self,
+        channel: &str,
+        thread_ts: Option<&str>,
+        text: String,
+        blocks: Option<Value>,
+    ) {
         match &self.chat {
             None => println!("[slack {channel}] {text}"),
             Some(chat) => {
                 let chat = Arc::clone(chat);
                 let (channel, thread) = (channel.to_string(), thread_ts.map(str::to_string));
                 tokio::spawn(async move {
-                    if let Err(e) = chat.post(&channel, thread.as_deref(), &text, None).await {
+                    if let Err(e) = chat
+                        .post(&channel, thread.as_deref(), &text, blocks.as_ref())
+                        .await
+                    {
                         tracing::warn!(%channel, error = %e, "a reply was not delivered");
                     }
                 });
@@ -196,6 +212,43 @@ impl FrontDoor {
         }
     }
 
+    /// The workflow `workflow` and its inputs from a message's arguments, if `user` in
+    /// `channel` may `doing` it: the trigger's allowlists, then every input checked.
+    pub(super) async fn checked(
+        &self,
+        workflow: &str,
+        args: std::collections::BTreeMap<String, String>,
+        user: &str,
+        channel: &str,
+        doing: &str,
+    ) -> Result<(Arc<Workflow>, Map<String, Value>), String> {
+        let (Some(route), Some(wf)) = (
+            self.routes.iter().find(|r| r.workflow == workflow),
+            self.workflows.get(workflow),
+        ) else {
+            return Err(format!("No workflow `{workflow}`."));
+        };
+        let t = &route.trigger;
+        self.workflow_allows(t, user, channel, &format!("{doing} {workflow}"))
+            .await?;
+        let provided = match &t.input_file {
+            None => Map::new(),
+            Some(template) => input_file(template, &args)?,
+        };
+        let sets: Vec<(String, String)> = args.into_iter().collect();
+        match landfall_engine::resolve_and_check(wf, &self.registry, provided, &sets) {
+            Ok(i) => Ok((Arc::clone(wf), i)),
+            Err(errs) => Err(format!(
+                "Cannot {doing} {workflow}:\n{}",
+                errs.iter()
+                    .map(|e| format!("• `{}`: {}", e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )),
+        }
+    }
+
+    /// Starts `workflow` for `user`; the reply says where its updates go.
     pub(super) async fn start(
         self: &Arc<Self>,
         workflow: &str,
@@ -204,39 +257,11 @@ impl FrontDoor {
         channel: &str,
         text: &str,
     ) -> String {
-        let (Some(route), Some(wf)) = (
-            self.routes.iter().find(|r| r.workflow == workflow),
-            self.workflows.get(workflow),
-        ) else {
-            return format!("No workflow `{workflow}`.");
+        let (wf, inputs) = match self.checked(workflow, args, user, channel, "start").await {
+            Ok(x) => x,
+            Err(refusal) => return refusal,
         };
-        let t = &route.trigger;
-        if let Err(refusal) = self
-            .workflow_allows(t, user, channel, &format!("start {workflow}"))
-            .await
-        {
-            return refusal;
-        }
-        let provided = match &t.input_file {
-            None => Map::new(),
-            Some(template) => match input_file(template, &args) {
-                Ok(m) => m,
-                Err(e) => return e,
-            },
-        };
-        let sets: Vec<(String, String)> = args.into_iter().collect();
-        let inputs = match landfall_engine::resolve_and_check(wf, &self.registry, provided, &sets) {
-            Ok(i) => i,
-            Err(errs) => {
-                return format!(
-                    "Cannot start {workflow}:\n{}",
-                    errs.iter()
-                        .map(|e| format!("• `{}`: {}", e.field, e.message))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                )
-            }
-        };
+        let wf = &wf;
         let record = match self.engine.create_run(
             wf,
             NewRun {

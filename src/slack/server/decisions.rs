@@ -27,15 +27,39 @@ impl FrontDoor {
             .or(payload["message"]["ts"].as_str())
             .map(str::to_string);
         for a in payload["actions"].as_array().into_iter().flatten() {
-            let verdict = match a["action_id"].as_str() {
-                Some("approve") => Verdict::Approve,
-                Some("reject") => Verdict::Reject,
-                _ => continue,
-            };
             let value: Value = a["value"]
                 .as_str()
                 .and_then(|s| serde_json::from_str(s).ok())
                 .unwrap_or_default();
+            let verdict = match a["action_id"].as_str() {
+                Some("approve") => Verdict::Approve,
+                Some("reject") => Verdict::Reject,
+                Some("apply") => {
+                    // A plan's Apply button: its id and the digest the person saw.
+                    let (Some(plan), Some(seen)) =
+                        (value["plan"].as_str(), value["digest"].as_str())
+                    else {
+                        continue;
+                    };
+                    let (fd, user, channel, thread) = (
+                        Arc::clone(self),
+                        user.clone(),
+                        channel.clone(),
+                        thread.clone(),
+                    );
+                    let (plan, seen) = (plan.to_string(), seen.to_string());
+                    tokio::spawn(async move {
+                        let reply = if fd.allowed(&user, &channel) {
+                            fd.apply(&plan, &user, &channel, Some(&seen)).await
+                        } else {
+                            fd.refuse(&user, &channel, "apply plans")
+                        };
+                        fd.say(&channel, thread.as_deref(), reply);
+                    });
+                    continue;
+                }
+                _ => continue,
+            };
             let (Some(run), Some(node)) = (value["run"].as_str(), value["node"].as_str()) else {
                 continue;
             };
