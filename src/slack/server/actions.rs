@@ -261,24 +261,39 @@ impl FrontDoor {
             Ok(x) => x,
             Err(refusal) => return refusal,
         };
-        let wf = &wf;
-        let record = match self.engine.create_run(
-            wf,
+        let trigger = Trigger {
+            source: "slack".into(),
+            actor: user.to_string(),
+            details: json!({ "channel": channel, "text": text }),
+        };
+        match self.launch(wf, None, inputs, trigger, channel) {
+            Ok(run_id) => {
+                format!("Started {workflow} as `{run_id}`. Updates follow in this run's thread.")
+            }
+            Err(e) => format!("Cannot start {workflow}: {e}"),
+        }
+    }
+
+    /// Creates a run of `wf` (applying `plan`, if given), keeps `channel` as its thread's
+    /// place and executes it in the background; its id.
+    pub(super) fn launch(
+        self: &Arc<Self>,
+        wf: Arc<Workflow>,
+        plan: Option<String>,
+        inputs: Map<String, Value>,
+        trigger: Trigger,
+        channel: &str,
+    ) -> Result<String, landfall_engine::EngineError> {
+        let record = self.engine.create_run(
+            &wf,
             NewRun {
                 run_id: None,
-                plan: None,
+                plan,
                 inputs,
-                trigger: Trigger {
-                    source: "slack".into(),
-                    actor: user.to_string(),
-                    details: json!({ "channel": channel, "text": text }),
-                },
+                trigger,
                 max_parallel: wf.max_parallel.unwrap_or(self.opts.max_parallel),
             },
-        ) {
-            Ok(r) => r,
-            Err(e) => return format!("Cannot start {workflow}: {e}"),
-        };
+        )?;
         let run_id = record.run_id.clone();
         if let Err(e) = self
             .engine
@@ -286,8 +301,8 @@ impl FrontDoor {
         {
             tracing::warn!(run = %run_id, error = %e, "cannot record the run's thread");
         }
-        self.spawn(Arc::clone(wf), record, channel.to_string());
-        format!("Started {workflow} as `{run_id}`. Updates follow in this run's thread.")
+        self.spawn(wf, record, channel.to_string());
+        Ok(run_id)
     }
 
     pub(super) fn spawn(

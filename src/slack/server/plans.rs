@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use landfall_engine::state::Trigger;
-use landfall_engine::{NewPlan, NewRun};
+use landfall_engine::NewPlan;
 use serde_json::{json, Map};
 
 use super::FrontDoor;
@@ -83,36 +83,26 @@ impl FrontDoor {
         {
             return refusal;
         }
-        let record = match self.engine.create_run(
-            wf,
-            NewRun {
-                run_id: None,
-                plan: Some(plan_id.to_string()),
-                inputs: Map::new(),
-                trigger: Trigger {
-                    source: "slack".into(),
-                    actor: user.to_string(),
-                    details: json!({ "channel": channel, "plan": plan_id }),
-                },
-                max_parallel: wf.max_parallel.unwrap_or(self.opts.max_parallel),
-            },
+        let trigger = Trigger {
+            source: "slack".into(),
+            actor: user.to_string(),
+            details: json!({ "channel": channel, "plan": plan_id }),
+        };
+        let run_id = match self.launch(
+            Arc::clone(wf),
+            Some(plan_id.to_string()),
+            Map::new(),
+            trigger,
+            channel,
         ) {
-            Ok(r) => r,
+            Ok(id) => id,
             Err(e) => return format!("Cannot apply: {e}"),
         };
-        let run_id = record.run_id.clone();
-        if let Err(e) = self
-            .engine
-            .annotate(&run_id, "slack.thread", json!({ "channel": channel }))
-        {
-            tracing::warn!(run = %run_id, error = %e, "cannot record the run's thread");
-        }
         self.audit(
             user,
             "slack_apply",
             json!({ "plan": plan_id, "run": run_id }),
         );
-        self.spawn(Arc::clone(wf), record, channel.to_string());
         format!("Applying plan `{plan_id}` as `{run_id}`. Updates follow in this run's thread.")
     }
 }
