@@ -485,6 +485,60 @@ pub(crate) struct Job {
     pub board: Arc<Mutex<Board>>,
 }
 
+/// How a change set's computation ended.
+pub(crate) enum Computed {
+    Ready(Box<aws_sdk_cloudformation::operation::describe_change_set::DescribeChangeSetOutput>),
+    /// CloudFormation found nothing to change; the change set is deleted.
+    NoChanges,
+    /// It failed, for this reason.
+    Failed(String),
+}
+
+impl Job {
+    /// Waits for change set `name` of `stack_id` to be computed (seconds, usually), the first
+    /// look after `first_wait`, the waits growing to the poll's maximum.
+    pub(crate) async fn computed_change_set(
+        &self,
+        stack_id: &str,
+        name: &str,
+        first_wait: Duration,
+    ) -> Result<Computed, StepError> {
+        let mut patience = crate::aws::Patience::new(first_wait, None);
+        loop {
+            let d = self
+                .cfn
+                .describe_change_set()
+                .stack_name(stack_id)
+                .change_set_name(name)
+                .send()
+                .await
+                .map_err(|e| step_error("DescribeChangeSet", e))?;
+            match d.status().map(|s| s.as_str()).unwrap_or_default() {
+                "CREATE_PENDING" | "CREATE_IN_PROGRESS" => {
+                    patience.sleep(&self.ctx).await?;
+                    patience.grow(2.0, self.poll.max);
+                }
+                "FAILED" => {
+                    let reason = d.status_reason().unwrap_or_default().to_string();
+                    if !no_changes(&reason) {
+                        return Ok(Computed::Failed(reason));
+                    }
+                    // Nothing to change after all; leave no change set behind.
+                    let _ = self
+                        .cfn
+                        .delete_change_set()
+                        .stack_name(stack_id)
+                        .change_set_name(name)
+                        .send()
+                        .await;
+                    return Ok(Computed::NoChanges);
+                }
+                _ => return Ok(Computed::Ready(Box::new(d))),
+            }
+        }
+    }
+}
+
 impl Job {
     /// One target's deployment of `pkg`, as `deploy` runs, plans or applies it.
     fn new(cfn: Client, c: &DeployConfig, pkg: &Package, ctx: &StepContext) -> Self {
@@ -809,45 +863,17 @@ impl Job {
                 }
             }
         }
-        // Wait for the change set to be computed (seconds, usually).
-        let mut patience = crate::aws::Patience::new(Duration::from_secs(1), None);
-        let described = loop {
-            let d = self
-                .cfn
-                .describe_change_set()
-                .stack_name(&stack_id)
-                .change_set_name(&name)
-                .send()
-                .await
-                .map_err(|e| step_error("DescribeChangeSet", e))?;
-            let status = d
-                .status()
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_default();
-            match status.as_str() {
-                "CREATE_PENDING" | "CREATE_IN_PROGRESS" => {
-                    patience.sleep(&self.ctx).await?;
-                    patience.grow(2.0, self.poll.max);
-                }
-                "FAILED" => {
-                    let reason = d.status_reason().unwrap_or_default().to_string();
-                    if no_changes(&reason) {
-                        // Nothing to change after all; leave no change set behind.
-                        let _ = self
-                            .cfn
-                            .delete_change_set()
-                            .stack_name(&stack_id)
-                            .change_set_name(&name)
-                            .send()
-                            .await;
-                        return Ok(self.unchanged(p, stack, slot));
-                    }
-                    return Err(StepError::permanent(format!(
-                        "change set for {} failed: {reason}",
-                        p.stack_name
-                    )));
-                }
-                _ => break d,
+        let described = match self
+            .computed_change_set(&stack_id, &name, Duration::from_secs(1))
+            .await?
+        {
+            Computed::Ready(d) => d,
+            Computed::NoChanges => return Ok(self.unchanged(p, stack, slot)),
+            Computed::Failed(reason) => {
+                return Err(StepError::permanent(format!(
+                    "change set for {} failed: {reason}",
+                    p.stack_name
+                )))
             }
         };
         let changes: Vec<Value> = described

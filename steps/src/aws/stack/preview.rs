@@ -13,7 +13,7 @@ use aws_sdk_cloudformation::types::{Capability, ChangeSetType};
 use landfall_engine::StepError;
 use serde_json::{json, Value};
 
-use super::deploy::{cfn_parameters, client_token, no_changes, outputs_of, tag_of, Job};
+use super::deploy::{cfn_parameters, client_token, no_changes, outputs_of, tag_of, Computed, Job};
 use super::monitor::{describe, phase, Phase};
 use super::plan::StackPlan;
 use crate::aws::errors::step_error;
@@ -283,39 +283,25 @@ impl Job {
                 return Err(err);
             }
         };
-        let mut patience = crate::aws::Patience::new(Duration::from_millis(500), None);
-        let described = loop {
-            let d = self
-                .cfn
-                .describe_change_set()
-                .stack_name(&stack_id)
-                .change_set_name(&name)
-                .send()
-                .await
-                .map_err(|e| step_error("DescribeChangeSet", e))?;
-            match d.status().map(|s| s.as_str()).unwrap_or_default() {
-                "CREATE_PENDING" | "CREATE_IN_PROGRESS" => {
-                    patience.sleep(&self.ctx).await?;
-                    patience.grow(2.0, Duration::from_secs(10));
-                }
-                "FAILED" => {
-                    let reason = d.status_reason().unwrap_or_default().to_string();
-                    let _ = self
-                        .cfn
-                        .delete_change_set()
-                        .stack_name(&stack_id)
-                        .change_set_name(&name)
-                        .send()
-                        .await;
-                    if no_changes(&reason) {
-                        return Ok((none, Some(current)));
-                    }
-                    return Err(StepError::permanent(format!(
-                        "the change set planned for {} failed: {reason}",
-                        p.stack_name
-                    )));
-                }
-                _ => break d,
+        let described = match self
+            .computed_change_set(&stack_id, &name, Duration::from_millis(500))
+            .await?
+        {
+            Computed::Ready(d) => d,
+            Computed::NoChanges => return Ok((none, Some(current))),
+            Computed::Failed(reason) => {
+                // A plan leaves nothing behind, a failed change set neither.
+                let _ = self
+                    .cfn
+                    .delete_change_set()
+                    .stack_name(&stack_id)
+                    .change_set_name(&name)
+                    .send()
+                    .await;
+                return Err(StepError::permanent(format!(
+                    "the change set planned for {} failed: {reason}",
+                    p.stack_name
+                )));
             }
         };
         let old: BTreeMap<String, String> = stack
