@@ -237,19 +237,34 @@ impl StepContext {
         timeout: Option<std::time::Duration>,
         poll: std::time::Duration,
     ) -> Result<Option<Vec<Signal>>, StepError> {
+        self.waiting_for(timeout, poll, || {
+            let mine: Vec<Signal> = self
+                .run_signals()?
+                .into_iter()
+                .filter(|(n, _)| *n == *self.node_id)
+                .map(|(_, s)| s)
+                .collect();
+            Ok((mine.len() > seen).then_some(mine))
+        })
+        .await
+    }
+
+    /// Polls `look` every `poll` until it finds something (`Ok(Some)`), the time-out passes
+    /// (`Ok(None)`) or the run is cancelled. The node shows as `waiting` meanwhile and holds no
+    /// parallelism slot.
+    async fn waiting_for<T>(
+        &self,
+        timeout: Option<std::time::Duration>,
+        poll: std::time::Duration,
+        mut look: impl FnMut() -> Result<Option<T>, StepError>,
+    ) -> Result<Option<T>, StepError> {
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let mut waiting = false;
         let result = loop {
-            let mine: Vec<Signal> = match self.run_signals() {
-                Ok(all) => all
-                    .into_iter()
-                    .filter(|(n, _)| *n == *self.node_id)
-                    .map(|(_, s)| s)
-                    .collect(),
+            match look() {
+                Ok(Some(found)) => break Ok(Some(found)),
+                Ok(None) => {}
                 Err(e) => break Err(e),
-            };
-            if mine.len() > seen {
-                break Ok(Some(mine));
             }
             if !waiting {
                 self.send(StepReport::Waiting);
@@ -297,36 +312,14 @@ impl StepContext {
         let store = self.link.store.as_ref().ok_or_else(|| {
             StepError::permanent("this step can only wait for signals inside a run")
         })?;
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-        let mut waiting = false;
-        let result = loop {
+        self.waiting_for(timeout, poll, || {
             match store.signal(&self.run_id, &self.node_id) {
-                Ok(Some(sig)) if after.is_none_or(|a| sig.at > a) => break Ok(Some(sig)),
-                Ok(Some(_)) => {}
-                Ok(None) => {}
-                Err(e) => break Err(StepError::transient(format!("cannot read signals: {e}"))),
+                Ok(Some(sig)) if after.is_none_or(|a| sig.at > a) => Ok(Some(sig)),
+                Ok(_) => Ok(None),
+                Err(e) => Err(StepError::transient(format!("cannot read signals: {e}"))),
             }
-            if !waiting {
-                self.send(StepReport::Waiting);
-                waiting = true;
-            }
-            let now = tokio::time::Instant::now();
-            let nap = match deadline {
-                Some(d) if now >= d => break Ok(None),
-                Some(d) => poll.min(d - now),
-                None => poll,
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(nap) => {}
-                _ = self.cancel.cancelled() => {
-                    break Err(StepError::transient("cancelled while waiting"))
-                }
-            }
-        };
-        if waiting {
-            self.send(StepReport::Resumed);
-        }
-        result
+        })
+        .await
     }
 
     fn send(&self, s: StepReport) {
