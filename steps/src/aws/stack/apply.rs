@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use super::deploy::{client_token, tag_of, Action, Job, StackResult, TAG_RUN};
 use super::monitor::{describe, watch};
-use super::plan::{waves, StackPlan};
+use super::plan::StackPlan;
 use crate::aws::errors::step_error;
 use crate::milestone::Milestone;
 
@@ -123,59 +123,11 @@ impl Job {
             }
         }
 
-        let slots: Vec<usize> = {
-            let mut b = self.board.lock().unwrap_or_else(|p| p.into_inner());
-            plans
-                .iter()
-                .map(|p| b.add(&p.name, p.facts.resources.clone()))
-                .collect()
-        };
-        self.report("applying the plan");
-        let mut results: Vec<StackResult> = Vec::new();
-        let mut outputs: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-        let mut i = 0;
-        for wave in waves(plans) {
-            let mut set = tokio::task::JoinSet::new();
-            for p in wave {
-                let job = self.clone();
-                let params = p.resolve(&outputs);
-                let p = p.clone();
-                let change = planned_for(planned, &p.stack_name).cloned();
-                let slot = slots[i];
-                i += 1;
-                set.spawn(async move {
-                    let params = params?;
-                    job.apply_one(&p, params, change, slot).await
-                });
-            }
-            let mut first_err: Option<StepError> = None;
-            while let Some(joined) = set.join_next().await {
-                match joined {
-                    Ok(Ok(r)) => {
-                        outputs.insert(r.name.clone(), r.outputs.clone());
-                        results.push(r);
-                    }
-                    Ok(Err(e)) => {
-                        first_err.get_or_insert(e);
-                    }
-                    Err(e) => {
-                        first_err.get_or_insert(StepError::transient(format!(
-                            "a stack task ended abnormally: {e}"
-                        )));
-                    }
-                }
-            }
-            if let Some(e) = first_err {
-                return Err(e);
-            }
-        }
-        results.sort_by_key(|r| {
-            plans
-                .iter()
-                .position(|p| p.name == r.name)
-                .unwrap_or(usize::MAX)
-        });
-        Ok(results)
+        self.in_waves(plans, "applying the plan", |job, p, params, slot| {
+            let change = planned_for(planned, &p.stack_name).cloned();
+            async move { job.apply_one(&p, params?, change, slot).await }
+        })
+        .await
     }
 
     async fn apply_one(

@@ -568,6 +568,26 @@ impl Job {
         &self,
         plans: &[StackPlan],
     ) -> Result<Vec<StackResult>, StepError> {
+        self.in_waves(plans, "starting", |job, p, params, slot| async move {
+            job.deploy_one(&p, params?, slot).await
+        })
+        .await
+    }
+
+    /// Runs `one` for each stack, wave by wave (a wave's stacks at once, each with the
+    /// parameters its predecessors' outputs give, or why they cannot be given); stops after
+    /// the first wave with a failure, once all of that wave's stacks have ended. The results
+    /// in the package's order.
+    pub(crate) async fn in_waves<F, Fut>(
+        &self,
+        plans: &[StackPlan],
+        starting: &str,
+        one: F,
+    ) -> Result<Vec<StackResult>, StepError>
+    where
+        F: Fn(Job, StackPlan, Result<BTreeMap<String, String>, StepError>, usize) -> Fut,
+        Fut: std::future::Future<Output = Result<StackResult, StepError>> + Send + 'static,
+    {
         let slots: Vec<usize> = {
             let mut b = self.board.lock().unwrap_or_else(|p| p.into_inner());
             plans
@@ -575,19 +595,16 @@ impl Job {
                 .map(|p| b.add(&p.name, p.facts.resources.clone()))
                 .collect()
         };
-        self.report("starting");
+        self.report(starting);
         let mut results: Vec<StackResult> = Vec::new();
         let mut outputs: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         let mut i = 0;
         for wave in waves(plans) {
             let mut set = tokio::task::JoinSet::new();
             for p in wave {
-                let job = self.clone();
-                let params = p.resolve(&outputs)?;
-                let p = p.clone();
-                let slot = slots[i];
+                let params = p.resolve(&outputs);
+                set.spawn(one(self.clone(), p.clone(), params, slots[i]));
                 i += 1;
-                set.spawn(async move { job.deploy_one(&p, params, slot).await });
             }
             let mut first_err: Option<StepError> = None;
             while let Some(joined) = set.join_next().await {
