@@ -217,15 +217,20 @@ impl StepContext {
     /// `signal_received` entries (the store keeps only a node's latest signal; the audit keeps
     /// them all, so two approvals given a second apart are both seen).
     pub fn run_signals(&self) -> Result<Vec<(String, Signal)>, StepError> {
+        Ok(crate::store::signals_in(&self.run_audit()?))
+    }
+
+    /// The run's audit so far, oldest first: what earlier attempts of this node (before a
+    /// crash or a resume) said and were told.
+    pub fn run_audit(&self) -> Result<Vec<crate::store::AuditEntry>, StepError> {
         let store = self
             .link
             .store
             .as_ref()
-            .ok_or_else(|| StepError::permanent("signals can only be read inside a run"))?;
-        let audit = store
+            .ok_or_else(|| StepError::permanent("the audit can only be read inside a run"))?;
+        store
             .audit(&self.run_id)
-            .map_err(|e| StepError::transient(format!("cannot read the run's audit: {e}")))?;
-        Ok(crate::store::signals_in(&audit))
+            .map_err(|e| StepError::transient(format!("cannot read the run's audit: {e}")))
     }
 
     /// Waits until this node has received more than `seen` signals, and returns them all

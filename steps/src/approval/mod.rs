@@ -197,6 +197,22 @@ impl Decision {
     }
 }
 
+/// How many decisions this node has answered in earlier attempts (its `approval_decided` and
+/// `approval_ignored` milestones in the audit, one per signal judged, in order).
+fn announced(ctx: &StepContext) -> Result<usize, StepError> {
+    Ok(ctx
+        .run_audit()?
+        .iter()
+        .filter(|e| e.draft.kind == "milestone" && e.draft.node.as_deref() == Some(&*ctx.node_id))
+        .filter(|e| {
+            matches!(
+                e.draft.details["kind"].as_str(),
+                Some("approval_decided" | "approval_ignored")
+            )
+        })
+        .count())
+}
+
 /// The latest request a node made (its last `approval_requested` milestone), or why there is
 /// none.
 pub fn pending(store: &dyn Store, run_id: &str, node: &str) -> Result<Request, String> {
@@ -397,9 +413,11 @@ impl Plugin for Approval {
             ctx.node_id
         ));
         let deadline = tokio::time::Instant::now() + c.timeout;
-        // Signals to this node already judged. A resumed attempt judges them all again (and
-        // says so again): what counts is recomputed from the whole run every time.
+        // Signals to this node already judged. A resumed attempt judges them all again (what
+        // counts is recomputed from the whole run every time) but says only what earlier
+        // attempts did not: its first `announced` judgements are in the audit already.
         let mut judged = 0;
+        let announced = announced(&ctx)?;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let Some(mine) = ctx.wait_signals(judged, Some(left), self.poll).await? else {
@@ -413,7 +431,10 @@ impl Plugin for Approval {
             // given to this node are the ones to answer.
             let votes = policy::votes_of(&ctx.run_signals()?);
             let standing = request.standing(&votes);
-            for sig in &mine[judged.min(mine.len())..] {
+            for (k, sig) in mine.iter().enumerate().skip(judged) {
+                if k < announced {
+                    continue;
+                }
                 let why = match Vote::from_signal(sig) {
                     None => Some(match Decision::from_signal(sig) {
                         Err(why) => why,
@@ -647,6 +668,69 @@ mod tests {
         let out = task.await.unwrap().unwrap();
         assert_eq!(out["approvers"], json!(["U2", "cli:alice"]));
         assert_eq!(out["policies"][0]["policy"], "production");
+    }
+
+    /// A resumed approval step recounts every decision but announces only those its earlier
+    /// attempt did not (the thread would otherwise say "approved by U2" twice).
+    #[tokio::test]
+    async fn a_resumed_step_does_not_announce_a_decision_twice() {
+        let store = store_with_run("U1");
+        let d3 = |v: &str| json!({ "decision": v, "digest": "d3" });
+        send(&store, "U2", d3("approve"));
+        // What the first attempt said of it, as the scheduler recorded it.
+        let (kind, data) = Milestone::ApprovalDecided {
+            actor: "U2".into(),
+            decision: Verdict::Approve,
+            digest: "d3".into(),
+            comment: None,
+            standing: "recorded 1 of 2 approvals (policy production)".into(),
+        }
+        .into_parts();
+        let said = landfall_engine::store::AuditDraft::new(
+            "U1",
+            "r",
+            "milestone",
+            json!({ "kind": kind, "data": data }),
+        )
+        .node("approve");
+        store
+            .commit(Batch {
+                audit: vec![said.into()],
+                ..Batch::default()
+            })
+            .unwrap();
+        let step = Approval {
+            poll: Duration::from_millis(5),
+            policies: production(),
+        };
+        let mut c = config(&[]);
+        c.required = false;
+        c.targets = vec![json!({ "environment": "production" })];
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let ctx = StepContext::new(
+            "r",
+            "approve",
+            "approve",
+            2,
+            CancellationToken::new(),
+            Some(tx),
+        )
+        .with_store(Arc::clone(&store) as Arc<dyn Store>);
+        let task = tokio::spawn(async move { step.run(c, ctx).await });
+        send(&store, "cli:alice", d3("approve"));
+        let out = task.await.unwrap().unwrap();
+        assert_eq!(out["approvers"], json!(["U2", "cli:alice"]), "both count");
+        let mut decided = Vec::new();
+        while let Ok((_, r)) = rx.try_recv() {
+            if let landfall_engine::StepReport::Milestone { kind, data } = r {
+                if let Some(Milestone::ApprovalDecided { actor, .. }) =
+                    Milestone::parse(&kind, &data)
+                {
+                    decided.push(actor);
+                }
+            }
+        }
+        assert_eq!(decided, ["cli:alice"], "U2's was said by the first attempt");
     }
 
     #[tokio::test]
