@@ -98,11 +98,16 @@ impl Header {
     }
 }
 
+/// A stakeholder or actor as Slack markup when it is shaped like a Slack id (a user, channel
+/// or user group), else as escaped text: data never becomes a ping or a link.
 fn mention(who: &str) -> String {
-    if who.starts_with('U') || who.starts_with('W') {
-        format!("<@{who}>")
-    } else {
-        who.to_string()
+    use landfall_steps::SlackTarget;
+    match landfall_steps::slack_target(who) {
+        Ok(SlackTarget::User(id)) => format!("<@{id}>"),
+        Ok(SlackTarget::Channel(id)) => format!("<#{id}>"),
+        Ok(SlackTarget::Group(id)) => format!("<!subteam^{id}>"),
+        Ok(SlackTarget::ChannelName(name)) => escape(&name),
+        Err(_) => escape(who),
     }
 }
 

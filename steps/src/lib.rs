@@ -15,6 +15,7 @@ mod exec;
 mod notify;
 mod package;
 mod requirements;
+mod stakeholder;
 mod templates;
 
 pub use aws::errors::step_error;
@@ -25,6 +26,7 @@ pub use cfn::build::build as build_package;
 pub use cfn::validate::{check_package, Severity};
 pub use notify::Notify;
 pub use requirements::Requirements;
+pub use stakeholder::{slack_target, SlackTarget};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -84,7 +84,12 @@ impl Plugin for Notify {
         "Send a message rendered from templates/messages/ to stakeholders";
     type Config = NotifyConfig;
 
+    fn validate(c: &NotifyConfig) -> Vec<landfall_engine::ConfigProblem> {
+        crate::stakeholder::config_problems(&c.to)
+    }
+
     async fn run(&self, c: NotifyConfig, ctx: StepContext) -> Result<Value, StepError> {
+        crate::stakeholder::check(&c.to)?;
         let set = TemplateSet::load(&self.templates_dir.join("messages"))
             .map_err(|e| StepError::permanent(e.to_string()))?;
         let file = format!("{}.txt.j2", c.template);

@@ -438,18 +438,8 @@ impl Requirements {
                 ));
             }
         }
-        for (i, ch) in self.stakeholders.slack.iter().enumerate() {
-            let ok = (ch.starts_with('#') && ch.len() > 1 && ch.len() <= 81)
-                || (ch.len() >= 9
-                    && ch
-                        .chars()
-                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()));
-            if !ok {
-                out.push(err(
-                    format!("stakeholders.slack[{i}]"),
-                    format!("{ch:?} is neither `#channel` nor a channel id"),
-                ));
-            }
+        for (i, why) in crate::stakeholder::problems(&self.stakeholders.slack) {
+            out.push(err(format!("stakeholders.slack[{i}]"), why));
         }
         for (k, v) in &self.tags {
             if k.is_empty() || k.chars().count() > 128 || k.starts_with("aws:") {

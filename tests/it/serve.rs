@@ -1254,3 +1254,60 @@ steps:
     assert_eq!(created["actor"], "U1");
     assert!(sb.path("planned").exists(), "the applied run ran");
 }
+
+/// What Slack users type comes back as text only: a mention asking for an unknown command with
+/// `@channel` and a disguised link in it is answered without either (Slack sends typed `<`
+/// as `&lt;`, which routing reads back as `<`), and a long mention is not posted back whole.
+#[test]
+fn echoed_words_can_neither_ping_nor_link() {
+    let api = crate::slack_api::SlackApi::start(0);
+    let sb = Sandbox::new();
+    workflows(&sb);
+    let s = serve_with(&sb, &["U1"], |cmd| {
+        cmd.env("SLACK_BOT_TOKEN", "xoxb-test-token-000000")
+            .env("SLACK_API_URL", &api.url);
+    });
+    let mention = |id: &str, text: &str| {
+        let event = serde_json::json!({
+            "type": "event_callback", "event_id": id,
+            "event": { "type": "app_mention", "user": "U1", "channel": "C7", "ts": "1699999999.000001", "text": text },
+        })
+        .to_string();
+        assert_eq!(signed(&s, "/slack/events", &event).0, 200);
+    };
+    mention(
+        "Ev1",
+        "<@UBOT> x &lt;!channel&gt; <https://evil.example|Approve deploy> &lt;https://evil.example|Approve&gt;",
+    );
+    // As long as this server's body limit (4 KiB here) lets it be.
+    mention("Ev2", &format!("<@UBOT> {}", "y".repeat(3_500)));
+    wait_until("both answers", Duration::from_secs(30), || {
+        api.calls()
+            .iter()
+            .filter(|c| {
+                c.body["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("I don't know")
+            })
+            .count()
+            == 2
+    });
+    for c in api.calls() {
+        let text = c.body["text"].as_str().unwrap_or_default();
+        assert!(!text.contains("<!channel>"), "{text}");
+        assert!(!text.contains("<https://"), "{text}");
+        assert!(
+            !text.contains(&"y".repeat(200)),
+            "{} bytes posted back",
+            text.len()
+        );
+    }
+    // The slash command's answer (the HTTP response) is escaped the same way.
+    let (_, reply) = signed(
+        &s,
+        "/slack/commands",
+        &command("U1", "approve &lt;!here&gt; x", "t9"),
+    );
+    assert!(!reply.contains("<!here>"), "{reply}");
+}

@@ -16,8 +16,12 @@ use crate::route::{self, Intent};
 use landfall_engine::RunControl;
 
 impl FrontDoor {
-    /// Acts on one message; the text is the reply.
+    /// Acts on one message; the text is the reply (see [`reply`]).
     pub async fn act(self: &Arc<Self>, text: &str, user: &str, channel: &str) -> String {
+        reply(user, &self.act_on(text, user, channel).await)
+    }
+
+    async fn act_on(self: &Arc<Self>, text: &str, user: &str, channel: &str) -> String {
         let intent = route::classify(text, &self.routes);
         if !matches!(
             intent,
@@ -37,6 +41,7 @@ impl FrontDoor {
         match intent {
             Intent::Help => route::help(&self.routes),
             Intent::Unknown { text } => {
+                let text = crate::slack::thread::truncate(&text, 100);
                 format!("I don't know `{text}`.\n{}", route::help(&self.routes))
             }
             Intent::Usage { usage, problem, .. } => format!("{problem}. Usage: `{usage}`"),
@@ -441,5 +446,38 @@ impl Observer for Console {
         if let Some(l) = line {
             println!("[slack {} · {}] {l}", self.channel, self.run_id);
         }
+    }
+}
+
+/// What the bot answers a person is data (run ids, node names, the words they typed): escaped,
+/// so it can neither ping `@channel` nor hide a link, and bounded. The one markup kept is the
+/// mention of the person answered, whose id Slack verified.
+pub(super) fn reply(user: &str, text: &str) -> String {
+    let text = crate::slack::thread::escape(&crate::slack::thread::truncate(text, 3000));
+    match landfall_steps::slack_target(user) {
+        Ok(landfall_steps::SlackTarget::User(id)) => {
+            text.replace(&format!("&lt;@{id}&gt;"), &format!("<@{id}>"))
+        }
+        _ => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Words echoed back cannot ping, link or flood; the answered person's mention stays.
+    #[test]
+    fn replies_carry_no_markup_but_the_answered_mention() {
+        assert_eq!(
+            super::reply(
+                "U0123ABCD",
+                "I don't know `x <!channel> <https://evil.example|Approve deploy>`"
+            ),
+            "I don't know `x &lt;!channel&gt; &lt;https://evil.example|Approve deploy&gt;`"
+        );
+        assert_eq!(
+            super::reply("U0123ABCD", "<@U0123ABCD> approved `<@U9>`"),
+            "<@U0123ABCD> approved `&lt;@U9&gt;`"
+        );
+        assert!(super::reply("U0123ABCD", &"x".repeat(200_000)).len() < 3200);
     }
 }

@@ -54,7 +54,11 @@ impl FrontDoor {
                         } else {
                             fd.refuse(&user, &channel, "apply plans")
                         };
-                        fd.say(&channel, thread.as_deref(), reply);
+                        fd.say(
+                            &channel,
+                            thread.as_deref(),
+                            super::actions::reply(&user, &reply),
+                        );
                     });
                     continue;
                 }
@@ -83,7 +87,11 @@ impl FrontDoor {
                 } else {
                     fd.decide(&run, &node, verdict, &user, Some(&seen)).await
                 };
-                fd.say(&channel, thread.as_deref(), reply);
+                fd.say(
+                    &channel,
+                    thread.as_deref(),
+                    super::actions::reply(&user, &reply),
+                );
             });
         }
     }

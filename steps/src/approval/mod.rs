@@ -376,10 +376,12 @@ impl Plugin for Approval {
                 message: "the time-out must be longer than zero".into(),
             });
         }
+        out.extend(crate::stakeholder::config_problems(&c.to));
         out
     }
 
     async fn run(&self, c: ApprovalConfig, ctx: StepContext) -> Result<Value, StepError> {
+        crate::stakeholder::check(&c.to)?;
         let asks = self.asks(&c);
         if asks.is_empty() {
             ctx.log(format!(
