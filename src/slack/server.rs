@@ -217,16 +217,20 @@ impl FrontDoor {
     }
 
     /// True the first time an id is seen.
-    fn first_time(&self, id: &str) -> bool {
+    /// Whether a delivery of `kind` with Slack's `id` is new. One without an id cannot be
+    /// told from another, so it is always new (checked before the kind is prefixed: `trigger:`
+    /// alone would match every later request without an id).
+    fn first_time(&self, kind: &str, id: &str) -> bool {
         if id.is_empty() {
             return true;
         }
+        let key = format!("{kind}:{id}");
         let mut guard = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let (set, order) = &mut *guard;
-        if !set.insert(id.to_string()) {
+        if !set.insert(key.clone()) {
             return false;
         }
-        order.push_back(id.to_string());
+        order.push_back(key);
         if order.len() > SEEN_MAX {
             if let Some(old) = order.pop_front() {
                 set.remove(&old);
@@ -263,7 +267,7 @@ impl FrontDoor {
         channel: &str,
         trigger_id: &str,
     ) -> String {
-        if !self.first_time(&format!("trigger:{trigger_id}")) {
+        if !self.first_time("trigger", trigger_id) {
             return "Already on it.".into();
         }
         self.act(text, user, channel).await
@@ -273,7 +277,7 @@ impl FrontDoor {
     /// thread; a delivery already seen is ignored.
     pub async fn on_event(self: &Arc<Self>, v: &Value) {
         let id = v["event_id"].as_str().unwrap_or_default();
-        if !self.first_time(&format!("event:{id}")) {
+        if !self.first_time("event", id) {
             return;
         }
         let e = &v["event"];
@@ -282,7 +286,8 @@ impl FrontDoor {
             let user = e["user"].as_str().unwrap_or_default();
             let channel = e["channel"].as_str().unwrap_or_default();
             let reply = self.act(text, user, channel).await;
-            self.say(channel, e["ts"].as_str(), reply);
+            // In the thread the mention was made in (its parent), else under the mention.
+            self.say(channel, e["thread_ts"].as_str().or(e["ts"].as_str()), reply);
         }
     }
 }

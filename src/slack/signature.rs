@@ -38,8 +38,9 @@ pub fn verify(
     let ts = timestamp.ok_or(Refusal::Missing("X-Slack-Request-Timestamp"))?;
     let sig = signature.ok_or(Refusal::Missing("X-Slack-Signature"))?;
     let t: i64 = ts.trim().parse().map_err(|_| Refusal::BadTimestamp)?;
-    let skew = now - t;
-    if skew.abs() > WINDOW_SECS {
+    // Checked: a timestamp near `i64::MIN` or `MAX` would wrap (release) or panic (debug).
+    let skew = now.saturating_sub(t);
+    if skew.unsigned_abs() > WINDOW_SECS.unsigned_abs() {
         return Err(Refusal::OutsideWindow(skew));
     }
     let given = sig
@@ -136,5 +137,16 @@ mod tests {
             verify(SECRET, Some("soon"), Some(SIG), b, now),
             Err(Refusal::BadTimestamp)
         );
+        // Absurd timestamps are outside the window, never an overflow.
+        for absurd in [i64::MIN, i64::MIN + 1, i64::MAX, -1] {
+            assert!(matches!(
+                verify(SECRET, Some(&absurd.to_string()), Some(SIG), b, now),
+                Err(Refusal::OutsideWindow(_))
+            ));
+        }
+        assert!(matches!(
+            verify(SECRET, Some(TS), Some(SIG), b, i64::MIN),
+            Err(Refusal::OutsideWindow(_))
+        ));
     }
 }

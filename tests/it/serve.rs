@@ -1311,3 +1311,74 @@ fn echoed_words_can_neither_ping_nor_link() {
     );
     assert!(!reply.contains("<!here>"), "{reply}");
 }
+
+/// Requests Slack sends without an id are each acted on (none is "already on it" for want of
+/// an id), and a mention made inside a thread is answered in that thread (its parent's `ts`).
+#[test]
+fn requests_without_ids_are_each_answered_and_thread_mentions_stay_in_their_thread() {
+    let api = crate::slack_api::SlackApi::start(0);
+    let sb = Sandbox::new();
+    workflows(&sb);
+    let s = serve_with(&sb, &["U1"], |cmd| {
+        cmd.env("SLACK_BOT_TOKEN", "xoxb-test-token-000000")
+            .env("SLACK_API_URL", &api.url);
+    });
+    let without_id = serde_urlencoded::to_string([
+        ("command", "/landfall"),
+        ("text", "runs"),
+        ("user_id", "U1"),
+        ("channel_id", "C1"),
+    ])
+    .unwrap();
+    for _ in 0..3 {
+        let (code, reply) = signed(&s, "/slack/commands", &without_id);
+        assert_eq!(code, 200);
+        assert!(reply.contains("No runs yet"), "{reply}");
+    }
+    let event = serde_json::json!({
+        "type": "event_callback", "event_id": "Ev7",
+        "event": { "type": "app_mention", "user": "U1", "channel": "C7", "ts": "1700000005.000200",
+                   "thread_ts": "1700000001.000100", "text": "<@UBOT> help" },
+    })
+    .to_string();
+    assert_eq!(signed(&s, "/slack/events", &event).0, 200);
+    wait_until("the answer in the thread", Duration::from_secs(30), || {
+        api.calls()
+            .iter()
+            .any(|c| c.body["channel"] == "C7" && c.body["thread_ts"] == "1700000001.000100")
+    });
+}
+
+/// `/landfall resume` of a run this server is executing changes nothing (before, it replaced
+/// the run's entry in the live map and then removed it: the run could no longer be cancelled);
+/// the run is still cancellable after.
+#[test]
+fn resuming_a_run_that_is_running_here_changes_nothing() {
+    let sb = Sandbox::new();
+    workflows(&sb);
+    let s = serve(&sb, &["U1"]);
+    let (_, reply) = signed(&s, "/slack/commands", &command("U1", "ship", "t1"));
+    assert!(reply.contains("Started gated"), "{reply}");
+    wait_until("the run to wait", Duration::from_secs(30), || {
+        runs(&sb).first().is_some_and(|r| {
+            let id = r["run_id"].as_str().unwrap_or_default();
+            sb.json(&["status", id, "--json"])["nodes"][0]["status"] == "waiting"
+        })
+    });
+    let run = runs(&sb)[0]["run_id"].as_str().unwrap().to_string();
+    let (_, reply) = signed(
+        &s,
+        "/slack/commands",
+        &command("U1", &format!("resume {run}"), "t2"),
+    );
+    assert_eq!(reply, format!("`{run}` is already running here."));
+    let (_, reply) = signed(
+        &s,
+        "/slack/commands",
+        &command("U1", &format!("cancel {run}"), "t3"),
+    );
+    assert_eq!(reply, format!("Cancelling {run}."));
+    wait_until("the run cancelled", Duration::from_secs(30), || {
+        runs(&sb)[0]["status"] == "cancelled"
+    });
+}

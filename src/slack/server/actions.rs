@@ -310,6 +310,14 @@ impl FrontDoor {
         Ok(run_id)
     }
 
+    /// Whether this server executes `run` now.
+    pub(super) fn is_live(&self, run: &str) -> bool {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(run)
+    }
+
     pub(super) fn spawn(
         self: &Arc<Self>,
         wf: Arc<Workflow>,
@@ -361,6 +369,11 @@ impl FrontDoor {
     }
 
     pub(super) fn resume(self: &Arc<Self>, run: &str, user: &str) -> String {
+        if self.is_live(run) {
+            // Spawning it again would replace its entry in the live map (and then remove it):
+            // the run could no longer be cancelled or drained.
+            return format!("`{run}` is already running here.");
+        }
         let record = match self.store.run(run) {
             Ok(Some(r)) => r,
             Ok(None) => return format!("No run `{run}`."),
@@ -368,6 +381,13 @@ impl FrontDoor {
         };
         if record.status.is_terminal() {
             return format!("`{run}` already finished ({}).", record.status);
+        }
+        // Another process (a CLI run, another server) holding the run's lease: say so rather
+        // than "resuming" a run the engine will refuse to execute.
+        match self.store.lease(run) {
+            Ok(Some(_probe)) => {}
+            Ok(None) => return format!("`{run}` is being executed by another process."),
+            Err(e) => return format!("Cannot read {run}: {e}"),
         }
         let source = Source::new(record.workflow_file.clone(), record.workflow_text.clone());
         let Some(wf) = landfall_engine::compile(&source, &self.registry).workflow else {
