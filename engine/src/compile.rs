@@ -184,6 +184,13 @@ fn build(
     let ids: Vec<&str> = specs.iter().map(|(_, s)| s.id.as_str()).collect();
     let mut spec = header?;
     spec.inputs = inputs;
+    if specs.is_empty() && value.get("steps").is_some_and(Value::is_array) {
+        diags.push(
+            Diagnostic::error(codes::INVALID_VALUE, "a workflow needs at least one step")
+                .with_path(Path::root().key("steps"))
+                .with_help("add a step (`- { id: hello, uses: log, with: { message: hi } }`)"),
+        );
+    }
     if spec.max_parallel == Some(0) {
         diags.push(
             Diagnostic::error(codes::INVALID_VALUE, "`max_parallel` must be at least 1")
