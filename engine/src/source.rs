@@ -21,7 +21,42 @@ pub struct Source {
     pub text: Arc<str>,
 }
 
+/// The largest file Landfall reads as a workflow, inputs or requirements: far above any real
+/// one, far below what would exhaust memory.
+pub(crate) const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+/// The most values one YAML document may hold once its aliases are expanded (a "billion
+/// laughs" file of 1 KB names 10⁹), bounding the loader near 60 MB: the 10,000-step
+/// benchmark workflow holds about 70,000.
+pub(crate) const MAX_YAML_NODES: usize = 400_000;
+/// The deepest nesting of a YAML document (each level is a recursion of the loader).
+pub(crate) const MAX_YAML_DEPTH: usize = 128;
+
 impl Source {
+    /// Reads a file, refusing one larger than [`MAX_FILE_BYTES`] before reading it whole.
+    pub fn read(path: &std::path::Path) -> Result<Source, String> {
+        use std::io::Read;
+        let name = path.display().to_string();
+        let too_big = || {
+            format!(
+                "{name} is larger than {} MiB, the most Landfall reads as a workflow, inputs or requirements: is it the right file?",
+                MAX_FILE_BYTES / (1024 * 1024)
+            )
+        };
+        let file = std::fs::File::open(path).map_err(|e| format!("cannot read {name}: {e}"))?;
+        if file.metadata().is_ok_and(|m| m.len() > MAX_FILE_BYTES) {
+            return Err(too_big());
+        }
+        let mut text = String::new();
+        // Bounded even where the length lies (a pipe, a file still growing).
+        file.take(MAX_FILE_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| format!("cannot read {name}: {e}"))?;
+        if text.len() as u64 > MAX_FILE_BYTES {
+            return Err(too_big());
+        }
+        Ok(Source::new(name, text))
+    }
+
     pub fn new(name: impl Into<String>, text: impl Into<Arc<str>>) -> Self {
         Source {
             name: name.into(),
@@ -235,8 +270,12 @@ struct YamlBuilder<'a> {
     events: std::iter::Peekable<Parser<'a, saphyr_parser::StrInput<'a>>>,
     offsets: Offsets,
     map: SourceMap,
-    anchors: HashMap<usize, Value>,
+    /// Anchored values with how many values each holds (what an alias to it adds).
+    anchors: HashMap<usize, (Value, usize)>,
     issues: Vec<Diagnostic>,
+    /// Values built so far, aliases expanded: bounded by [`MAX_YAML_NODES`].
+    nodes: usize,
+    depth: usize,
 }
 
 fn scan_error(e: saphyr_parser::ScanError, off: &Offsets) -> Diagnostic {
@@ -264,16 +303,35 @@ impl<'a> YamlBuilder<'a> {
     ) -> Result<(Value, Range<usize>), Diagnostic> {
         let (ev, span) = first;
         let here = self.offsets.range(span);
+        let before = self.nodes;
+        self.count(1, &here)?;
         match ev {
             Event::Scalar(text, style, anchor, tag) => {
                 let v = resolve_scalar(&text, style, tag.as_deref().map(|t| t.suffix.as_str()));
                 if anchor > 0 {
-                    self.anchors.insert(anchor, v.clone());
+                    self.anchors.insert(anchor, (v.clone(), 1));
                 }
                 Ok((v, here))
             }
-            Event::Alias(id) => Ok((self.anchors.get(&id).cloned().unwrap_or(Value::Null), here)),
+            Event::Alias(id) => {
+                let Some((v, size)) = self.anchors.get(&id) else {
+                    return Ok((Value::Null, here));
+                };
+                let (v, size) = (v.clone(), *size);
+                // Counted before the copy is made: the copy is what would exhaust memory.
+                self.count(size.saturating_sub(1), &here)?;
+                Ok((v, here))
+            }
+            Event::SequenceStart(..) | Event::MappingStart(..) if self.depth >= MAX_YAML_DEPTH => {
+                Err(Diagnostic::error(
+                    codes::SYNTAX,
+                    format!("the YAML nests deeper than {MAX_YAML_DEPTH} levels"),
+                )
+                .with_span(here, "too deep from here")
+                .with_help("flatten the document; no workflow or inputs file needs this"))
+            }
             Event::SequenceStart(anchor, _) => {
+                self.depth += 1;
                 let mut items = Vec::new();
                 let mut head = None;
                 loop {
@@ -287,13 +345,16 @@ impl<'a> YamlBuilder<'a> {
                     self.map.insert(p, None, s);
                     items.push(v);
                 }
+                self.depth -= 1;
                 let v = Value::Array(items);
                 if anchor > 0 {
-                    self.anchors.insert(anchor, v.clone());
+                    self.anchors
+                        .insert(anchor, (v.clone(), self.nodes - before));
                 }
                 Ok((v, head.unwrap_or(here)))
             }
             Event::MappingStart(anchor, _) => {
+                self.depth += 1;
                 let mut obj = Map::new();
                 let mut head = None;
                 loop {
@@ -331,9 +392,11 @@ impl<'a> YamlBuilder<'a> {
                     self.map.insert(p, Some(kspan), vspan);
                     obj.insert(key, v);
                 }
+                self.depth -= 1;
                 let v = Value::Object(obj);
                 if anchor > 0 {
-                    self.anchors.insert(anchor, v.clone());
+                    self.anchors
+                        .insert(anchor, (v.clone(), self.nodes - before));
                 }
                 Ok((v, head.unwrap_or(here)))
             }
@@ -343,6 +406,24 @@ impl<'a> YamlBuilder<'a> {
             )
             .with_span(here, "here")),
         }
+    }
+}
+
+impl YamlBuilder<'_> {
+    /// Counts `n` more values, refusing past [`MAX_YAML_NODES`].
+    fn count(&mut self, n: usize, at: &Range<usize>) -> Result<(), Diagnostic> {
+        self.nodes = self.nodes.saturating_add(n);
+        if self.nodes > MAX_YAML_NODES {
+            return Err(Diagnostic::error(
+                codes::SYNTAX,
+                format!(
+                    "the YAML expands to more than {MAX_YAML_NODES} values (aliases of aliases: a \"billion laughs\" document?)"
+                ),
+            )
+            .with_span(at.clone(), "the limit is passed here")
+            .with_help("write the values out, or use fewer nested aliases"));
+        }
+        Ok(())
     }
 }
 
@@ -358,6 +439,8 @@ fn parse_yaml(text: &str) -> Result<(Value, SourceMap, Vec<Diagnostic>), Diagnos
         map: SourceMap::default(),
         anchors: HashMap::new(),
         issues: Vec::new(),
+        nodes: 0,
+        depth: 0,
     };
     let mut value = None;
     while let Some((ev, span)) = b.next()? {
@@ -506,5 +589,49 @@ mod tests {
     fn anchors_and_aliases_copy_values() {
         let d = yaml("base: &b {x: 1}\nother: *b\n");
         assert_eq!(d.value["other"], json!({"x": 1}));
+    }
+
+    /// The "billion laughs": nine levels of ten aliases each name 10⁹ values in under 1 KB.
+    pub(crate) const LAUGHS: &str = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g, *g]
+i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h, *h]
+";
+
+    #[test]
+    fn alias_bombs_and_deep_nesting_are_refused_located() {
+        let e = parse(&Source::new("bomb.yaml", LAUGHS)).unwrap_err();
+        assert_eq!(e.code, codes::SYNTAX);
+        assert!(
+            e.message.contains("more than 400000 values"),
+            "{}",
+            e.message
+        );
+        // Five levels (10⁵ values) load.
+        let five: String = LAUGHS.lines().take(5).collect::<Vec<_>>().join("\n");
+        assert!(parse(&Source::new("ok.yaml", five)).is_ok());
+        let deep = format!("x: {}1{}", "[".repeat(200), "]".repeat(200));
+        let e = parse(&Source::new("deep.yaml", deep)).unwrap_err();
+        assert!(e.message.contains("deeper than 128"), "{}", e.message);
+        let fine = format!("x: {}1{}", "[".repeat(100), "]".repeat(100));
+        assert!(parse(&Source::new("fine.yaml", fine)).is_ok());
+    }
+
+    #[test]
+    fn files_past_the_size_limit_are_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.yaml");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_FILE_BYTES + 1).unwrap(); // sparse: no disk, no time
+        let e = Source::read(&big).unwrap_err();
+        assert!(e.contains("larger than 16 MiB"), "{e}");
+        let small = dir.path().join("small.yaml");
+        std::fs::write(&small, "a: 1\n").unwrap();
+        assert_eq!(&*Source::read(&small).unwrap().text, "a: 1\n");
     }
 }

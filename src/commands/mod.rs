@@ -208,10 +208,7 @@ fn print_json(v: &Value) {
 }
 
 fn read_source(path: &Path) -> Res<Source> {
-    let name = path.display().to_string();
-    std::fs::read_to_string(path)
-        .map(|text| Source::new(name.clone(), text))
-        .map_err(|e| Failure::invalid(format!("cannot read {name}: {e}")))
+    Source::read(path).map_err(Failure::invalid)
 }
 
 /// Who a command run from a terminal acts as.

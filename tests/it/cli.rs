@@ -983,3 +983,55 @@ fn a_damaged_state_file_never_ends_in_a_panic() {
     // The damage was real: some copies were refused.
     assert!(codes.get(&Some(3)).copied().unwrap_or(0) > 0, "{codes:?}");
 }
+
+/// Input files cannot exhaust memory: a "billion laughs" YAML (as a workflow or as inputs) and
+/// a file past the size limit are refused with exit 2 before anything runs. (Time and memory
+/// of the refusals: RELIABILITY.md.)
+#[test]
+fn alias_bombs_and_huge_files_are_refused_before_anything_runs() {
+    let sb = Sandbox::new();
+    let mut bomb = String::from(
+        "name: bomb\nx:\n  a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n",
+    );
+    for (prev, cur) in "abcdefgh".chars().zip("bcdefghi".chars()) {
+        bomb.push_str(&format!(
+            "  {cur}: &{cur} [{}]\n",
+            vec![format!("*{prev}"); 10].join(", ")
+        ));
+    }
+    bomb.push_str("steps: [{ id: a, uses: log, with: { message: hi } }]\n");
+    sb.write("bomb.yaml", &bomb);
+    let out = sb.run(&["validate", "bomb.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("expands to more than"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("bomb.yaml:"),
+        "located: {}",
+        stderr(&out)
+    );
+    sb.write(
+        "hello.yaml",
+        "name: hello\nsteps: [{ id: a, uses: log, with: { message: hi } }]\n",
+    );
+    let out = sb.run(&["run", "hello.yaml", "--input", "bomb.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("expands to more than"),
+        "{}",
+        stderr(&out)
+    );
+    let big = std::fs::File::create(sb.path("big.yaml")).unwrap();
+    big.set_len(100 * 1024 * 1024).unwrap(); // sparse: 100 MB that cost nothing to make
+    let out = sb.run(&["run", "hello.yaml", "--input", "big.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("larger than 16 MiB"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!sb.path(".landfall/state.redb").exists(), "nothing ran");
+}

@@ -417,10 +417,14 @@ fn input_file(
     if path.contains("..") {
         return Err(format!("`{path}` is not a file I may read."));
     }
-    let text = std::fs::read_to_string(&path)
-        .map_err(|_| format!("There is no `{path}`: check the name, or add the file."))?;
-    let (doc, _) = parse_document(&Source::new(path.clone(), text))
-        .map_err(|d| format!("`{path}` is not valid: {}", d.message))?;
+    if !std::path::Path::new(&path).is_file() {
+        return Err(format!(
+            "There is no `{path}`: check the name, or add the file."
+        ));
+    }
+    let source = Source::read(std::path::Path::new(&path))?;
+    let (doc, _) =
+        parse_document(&source).map_err(|d| format!("`{path}` is not valid: {}", d.message))?;
     match doc.value {
         Value::Object(m) => Ok(m),
         _ => Err(format!(
