@@ -92,6 +92,9 @@ pub struct SlackConfig {
     /// The OAuth redirect URL registered with the app, when it is not the default one.
     #[serde(default)]
     pub redirect_url: Option<String>,
+    /// The slash command the app registers (`/landfall` by default): any other is refused.
+    #[serde(default)]
+    pub command: Option<String>,
 }
 
 impl SlackConfig {
@@ -198,6 +201,7 @@ struct SlackLayer {
     client_secret: Option<String>,
     authorize_url: Option<String>,
     redirect_url: Option<String>,
+    command: Option<String>,
 }
 
 /// Values given on the command line (the top layer).

@@ -44,6 +44,8 @@ pub struct Options {
     pub max_parallel: usize,
     /// When the server stops, how long running attempts may finish before they are cut off.
     pub grace: std::time::Duration,
+    /// The slash command this app answers (`/landfall`); Slack names it in every command.
+    pub command: String,
 }
 
 /// The app's OAuth credentials, for installs (`/slack/install` → Slack → `/slack/oauth/callback`).
@@ -262,11 +264,28 @@ impl FrontDoor {
     /// A slash command (over HTTP or Socket Mode); the text is the ephemeral answer.
     pub async fn on_command(
         self: &Arc<Self>,
+        command: &str,
         text: &str,
         user: &str,
         channel: &str,
         trigger_id: &str,
     ) -> String {
+        if command != self.opts.command {
+            // Another app's command, or a request not made by Slack's `/landfall`.
+            self.audit(
+                user,
+                "slack_command_refused",
+                json!({ "channel": channel, "what": "unknown slash command", "command": command }),
+            );
+            return actions::reply(
+                user,
+                &format!(
+                    "This app answers `{}`, not `{}`.",
+                    self.opts.command,
+                    crate::slack::thread::truncate(command, 40)
+                ),
+            );
+        }
         if !self.first_time("trigger", trigger_id) {
             return "Already on it.".into();
         }
@@ -300,6 +319,7 @@ async fn commands(State(fd): State<Arc<FrontDoor>>, headers: HeaderMap, body: By
     let get = |k: &str| f.get(k).map(String::as_str).unwrap_or_default();
     let reply = fd
         .on_command(
+            get("command"),
             get("text"),
             get("user_id"),
             get("channel_id"),

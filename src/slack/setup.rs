@@ -134,6 +134,7 @@ pub fn front_door(
         max_body: s.max_body,
         max_parallel: s.max_parallel,
         grace: s.grace,
+        command: slack.command.clone().unwrap_or_else(|| "/landfall".into()),
     };
     let api_url = slack.api_url();
     let oauth = match (&slack.client_id, &slack.client_secret) {

@@ -110,6 +110,7 @@ async fn on_command<S: SlackClientHttpConnector + Send + Sync>(
         Some(fd) => {
             let text = ev.text.as_deref().unwrap_or_default();
             fd.on_command(
+                ev.command.as_ref(),
                 text,
                 ev.user_id.as_ref(),
                 ev.channel_id.as_ref(),

@@ -1382,3 +1382,36 @@ fn resuming_a_run_that_is_running_here_changes_nothing() {
         runs(&sb)[0]["status"] == "cancelled"
     });
 }
+
+/// A slash command that is not this app's (`/hello-world` sent to our endpoint) is refused and
+/// audited, never read as `/landfall`.
+#[test]
+fn another_slash_command_is_refused() {
+    let sb = Sandbox::new();
+    workflows(&sb);
+    let s = serve(&sb, &["U1"]);
+    let other = serde_urlencoded::to_string([
+        ("command", "/hello-world"),
+        ("text", "hello world"),
+        ("user_id", "U1"),
+        ("channel_id", "C1"),
+        ("trigger_id", "t1"),
+    ])
+    .unwrap();
+    let (code, reply) = signed(&s, "/slack/commands", &other);
+    assert_eq!(code, 200);
+    assert_eq!(reply, "This app answers `/landfall`, not `/hello-world`.");
+    assert!(runs(&sb).is_empty());
+    let audit = sb.json(&["audit", "-", "--json"]);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "slack_command_refused"
+                && e["details"]["command"] == "/hello-world"),
+        "{audit:#}"
+    );
+    let (_, reply) = signed(&s, "/slack/commands", &command("U1", "hello world", "t2"));
+    assert!(reply.contains("Started hello"), "{reply}");
+}
