@@ -556,9 +556,17 @@ impl<S: Plugin> DynPlugin for Typed<S> {
 impl<S: Plugin> Typed<S> {
     /// The typed config of a rendered `with:`, checked.
     fn config(with: &Value) -> Result<S::Config, StepError> {
-        // Plain serde first; only a config that fails is decoded again to name the path.
+        // Plain serde first; only a config that fails is looked at again: a number or boolean
+        // a template gave where the schema wants text becomes its text (`argv: [sleep, "{{
+        // item }}"]` over numbers), then it is decoded once more to name the path.
         let cfg = <S::Config as serde::Deserialize>::deserialize(with)
-            .or_else(|_| decode::<S::Config>(with))
+            .or_else(|_| {
+                let schema =
+                    serde_json::to_value(schemars::schema_for!(S::Config)).unwrap_or_default();
+                let mut typed = with.clone();
+                as_text_where_text_is_wanted(&schema, &schema, &mut typed);
+                decode::<S::Config>(&typed)
+            })
             .map_err(|p| {
                 StepError::permanent(format!(
                     "invalid `with` for `{}` after rendering: {}{}",
@@ -580,6 +588,44 @@ impl<S: Plugin> Typed<S> {
             )));
         }
         Ok(cfg)
+    }
+}
+
+/// Turns numbers and booleans into their text where the schema asks for a string only (the
+/// other way round stays an error: text is not silently read as a number).
+fn as_text_where_text_is_wanted(root: &Value, schema: &Value, v: &mut Value) {
+    let schema = resolve(root, schema);
+    match v {
+        Value::Number(_) | Value::Bool(_) => {
+            let wants_text = match schema.get("type") {
+                Some(Value::String(t)) => t == "string",
+                Some(Value::Array(ts)) => {
+                    ts.iter().any(|t| t == "string")
+                        && !ts
+                            .iter()
+                            .any(|t| matches!(t.as_str(), Some("number" | "integer" | "boolean")))
+                }
+                _ => false,
+            };
+            if wants_text {
+                *v = Value::String(v.to_string());
+            }
+        }
+        Value::Array(items) => {
+            let item_schema = schema.get("items").unwrap_or(&Value::Null);
+            for i in items {
+                as_text_where_text_is_wanted(root, item_schema, i);
+            }
+        }
+        Value::Object(map) => {
+            let props = schema.get("properties");
+            let extra = schema.get("additionalProperties").unwrap_or(&Value::Null);
+            for (k, val) in map.iter_mut() {
+                let s = props.and_then(|p| p.get(k)).unwrap_or(extra);
+                as_text_where_text_is_wanted(root, s, val);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -864,5 +910,19 @@ mod tests {
     fn semantic_checks_run_when_no_templates_remain() {
         let p = check(json!({"argv": []}));
         assert_eq!(p[0].message, "argv must not be empty");
+    }
+
+    /// A number or boolean a template rendered where text is wanted is its text
+    /// (`argv: [sleep, "{{ item }}"]` over numbers); text where a number is wanted stays an error.
+    #[test]
+    fn rendered_numbers_become_text_where_text_is_wanted() {
+        let cfg = Typed::<Demo>::config(&json!({"argv": ["sleep", 5, true, 1.5], "count": 3}))
+            .unwrap_or_else(|e| panic!("{}", e.message));
+        assert_eq!(cfg.argv, ["sleep", "5", "true", "1.5"]);
+        assert_eq!(cfg.count, Some(3));
+        let e = Typed::<Demo>::config(&json!({"argv": ["a"], "count": "3"}))
+            .err()
+            .unwrap();
+        assert!(e.message.contains("count"), "{}", e.message);
     }
 }

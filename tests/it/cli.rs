@@ -1035,3 +1035,26 @@ fn alias_bombs_and_huge_files_are_refused_before_anything_runs() {
     );
     assert!(!sb.path(".landfall/state.redb").exists(), "nothing ran");
 }
+
+/// `argv: [echo, "{{ item }}"]` over numbers: the template gives an integer where `exec`
+/// wants text, and the integer's text is what runs (every node used to fail).
+#[test]
+fn a_rendered_number_in_a_text_field_runs_as_its_text() {
+    let sb = Sandbox::new();
+    sb.write(
+        "numbers.yaml",
+        r#"
+name: numbers
+steps:
+  - id: each
+    uses: exec
+    for_each: [1, 2, 3]
+    with: { argv: [sh, -c, 'echo "$0" >> seen.log', "{{ item }}"] }
+"#,
+    );
+    let out = sb.run(&["run", "numbers.yaml", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut seen = lines(&sb.path("seen.log"));
+    seen.sort();
+    assert_eq!(seen, ["1", "2", "3"]);
+}
