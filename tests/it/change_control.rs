@@ -82,6 +82,23 @@ async fn scp_content(orgs: &aws_sdk_organizations::Client, id: &str) -> String {
         .to_string()
 }
 
+/// The change sets a run executed, sorted: the ids its `stack_started` milestones name.
+fn executed_change_sets(audit: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "milestone" && e["details"]["kind"] == "stack_started")
+        .filter_map(|e| {
+            e["details"]["data"]["change_set"]["id"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
 fn node_status(sb: &Sandbox, emu: &Emulator, run: &str, id: &str) -> String {
     let out = landfall(sb, emu, &["status", run, "--json"])
         .output()
@@ -392,18 +409,7 @@ async fn a_plan_shows_what_would_change_changes_nothing_and_applies_as_planned()
         .collect();
     planned.sort();
     let audit = sb.json(&["audit", run["run_id"].as_str().unwrap(), "--json"]);
-    let mut executed: Vec<String> = audit
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "milestone" && e["details"]["kind"] == "stack_started")
-        .filter_map(|e| {
-            e["details"]["data"]["change_set"]["id"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
-    executed.sort();
+    let executed = executed_change_sets(&audit);
     assert!(!planned.is_empty());
     assert_eq!(executed, planned);
     let created = audit
@@ -533,18 +539,7 @@ async fn apply_executes_exactly_the_approved_plan_and_refuses_a_changed_stack() 
         .unwrap();
     assert_eq!(shown.len(), 4, "one per target");
     assert!(shown.iter().all(|t| t["changes"].is_array()));
-    let mut executed: Vec<String> = audit
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "milestone" && e["details"]["kind"] == "stack_started")
-        .filter_map(|e| {
-            e["details"]["data"]["change_set"]["id"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
-    executed.sort();
+    let executed = executed_change_sets(&audit);
     assert!(!expected.is_empty());
     assert_eq!(executed, expected);
 }

@@ -1078,17 +1078,7 @@ impl Job {
         params: &BTreeMap<String, String>,
         stack: &Stack,
     ) -> Result<bool, StepError> {
-        let actual: BTreeMap<String, String> = stack
-            .parameters()
-            .iter()
-            .filter_map(|x| {
-                Some((
-                    x.parameter_key()?.to_string(),
-                    x.parameter_value()?.to_string(),
-                ))
-            })
-            .collect();
-        if actual != p.effective(params) {
+        if parameters_of(stack.parameters()) != p.effective(params) {
             return Ok(false);
         }
         let ignore = |k: &str| k == TAG_RUN || k == TAG_CREATED_BY;
@@ -1163,6 +1153,20 @@ pub(crate) fn cfn_parameters(params: &BTreeMap<String, String>) -> Vec<Parameter
                 .parameter_key(k)
                 .parameter_value(v)
                 .build()
+        })
+        .collect()
+}
+
+/// CloudFormation parameters (a stack's, a change set's) as a map of key to value.
+pub(crate) fn parameters_of(
+    list: &[aws_sdk_cloudformation::types::Parameter],
+) -> BTreeMap<String, String> {
+    list.iter()
+        .filter_map(|x| {
+            Some((
+                x.parameter_key()?.to_string(),
+                x.parameter_value()?.to_string(),
+            ))
         })
         .collect()
 }

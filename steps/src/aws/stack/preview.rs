@@ -304,16 +304,7 @@ impl Job {
                 )));
             }
         };
-        let old: BTreeMap<String, String> = stack
-            .parameters()
-            .iter()
-            .filter_map(|p| {
-                Some((
-                    p.parameter_key()?.to_string(),
-                    p.parameter_value()?.to_string(),
-                ))
-            })
-            .collect();
+        let old = super::deploy::parameters_of(stack.parameters());
         let old_tags: BTreeMap<String, String> = stack
             .tags()
             .iter()
@@ -436,16 +427,7 @@ mod tests {
                 )
                 .unwrap();
             // What apply would send: each answer's own parameters, against the stack's old ones.
-            let new: BTreeMap<String, String> = d
-                .parameters()
-                .iter()
-                .filter_map(|p| {
-                    Some((
-                        p.parameter_key()?.to_string(),
-                        p.parameter_value()?.to_string(),
-                    ))
-                })
-                .collect();
+            let new = crate::aws::stack::deploy::parameters_of(d.parameters());
             let mut s = summarise(&d, &old_parameters, &new, &old_tags);
             s["action"] = json!("update");
             s["stack"] = json!(d.stack_name());
