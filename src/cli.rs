@@ -274,9 +274,9 @@ pub struct ServeArgs {
     /// configuration's workflows_dir]
     #[arg(long, value_name = "DIR")]
     pub workflows: Option<PathBuf>,
-    /// Largest request body accepted, in bytes
-    #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
-    pub max_body: usize,
+    /// Largest request body accepted, in bytes [default: serve.max_body, 1 MiB]
+    #[arg(long, value_name = "BYTES")]
+    pub max_body: Option<usize>,
     /// Take Slack's commands, mentions and button clicks over Socket Mode (a WebSocket this
     /// process opens) instead of HTTP requests: no public URL needed. Needs an app-level token
     /// (SLACK_APP_TOKEN, `xapp-…`); --listen still serves /healthz and OAuth installs

@@ -37,6 +37,48 @@ pub struct Config {
     /// Who must agree before Landfall changes a target (see `landfall_steps::approval::policy`).
     #[serde(default)]
     pub approval: ApprovalSettings,
+    /// The limits of `landfall serve`'s HTTP listener.
+    #[serde(default)]
+    pub serve: ServeConfig,
+}
+
+/// `[serve]`: what `landfall serve` admits. The defaults suit a server Slack calls directly;
+/// behind a proxy every request comes from the proxy's address, so raise
+/// `max_connections_per_peer` there.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// A request's headers must arrive within this; also how long an idle connection stays.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A request's body must arrive within this once its headers have.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Open connections at most (kept below the open-file limit); when full, the longest idle
+    /// connection is closed for a new one.
+    pub max_connections: usize,
+    /// Open connections from one address at most.
+    pub max_connections_per_peer: usize,
+    /// Largest request body, in bytes (`serve --max-body` wins). Slack repeats a whole modal
+    /// in each of its button clicks: 1 MiB admits the largest views Slack allows.
+    pub max_body: usize,
+    /// Refused requests (bad signature, too large, too many connections) are counted and
+    /// audited as one summary per this period.
+    #[serde(with = "humantime_serde")]
+    pub refusal_summary_every: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_connections_per_peer: 64,
+            max_body: 1024 * 1024,
+            refusal_summary_every: Duration::from_secs(60),
+        }
+    }
 }
 
 /// `[approval]`: the operators' approval policies, one `[[approval.policies]]` table each.
@@ -120,6 +162,7 @@ impl Default for Config {
             },
             slack: SlackConfig::default(),
             approval: ApprovalSettings::default(),
+            serve: ServeConfig::default(),
         }
     }
 }
@@ -159,6 +202,7 @@ struct FileLayer {
     aws: Option<AwsLayer>,
     slack: Option<SlackLayer>,
     approval: Option<ApprovalSettings>,
+    serve: Option<ServeLayer>,
     #[serde(default)]
     env: std::collections::BTreeMap<String, EnvLayer>,
 }
@@ -176,6 +220,22 @@ struct EnvLayer {
     aws: Option<AwsLayer>,
     slack: Option<SlackLayer>,
     approval: Option<ApprovalSettings>,
+    serve: Option<ServeLayer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct ServeLayer {
+    #[serde(default, with = "humantime_serde")]
+    header_read_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    body_read_timeout: Option<Duration>,
+    max_connections: Option<usize>,
+    max_connections_per_peer: Option<usize>,
+    max_body: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    refusal_summary_every: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -354,6 +414,28 @@ pub fn load(path: Option<&Path>, env: Option<&str>, flags: Flags) -> Result<Load
         .map_err(|e| ConfigError::Merge(e.to_string()))?;
     if config.max_parallel == 0 {
         return Err(ConfigError::Merge("max_parallel must be at least 1".into()));
+    }
+    let sv = &config.serve;
+    for (key, zero) in [
+        ("serve.max_connections", sv.max_connections == 0),
+        (
+            "serve.max_connections_per_peer",
+            sv.max_connections_per_peer == 0,
+        ),
+        ("serve.max_body", sv.max_body == 0),
+        (
+            "serve.header_read_timeout",
+            sv.header_read_timeout.is_zero(),
+        ),
+        ("serve.body_read_timeout", sv.body_read_timeout.is_zero()),
+        (
+            "serve.refusal_summary_every",
+            sv.refusal_summary_every.is_zero(),
+        ),
+    ] {
+        if zero {
+            return Err(ConfigError::Merge(format!("{key} must be more than 0")));
+        }
     }
     let problems = check_policies(&config.approval.policies);
     if !problems.is_empty() {

@@ -50,6 +50,7 @@ impl App {
                 socket_mode: a.socket_mode,
                 allow_users: a.allow_user.clone(),
                 allow_channels: a.allow_channel.clone(),
+                limits: self.loaded.config.serve.clone(),
                 max_body: a.max_body,
                 max_parallel: self.loaded.config.max_parallel,
                 grace: self.loaded.config.grace,
@@ -83,7 +84,7 @@ impl App {
             eprintln!("warning: no --allow-user or --allow-channel: nobody may start runs");
         }
         let stop = tokio_util::sync::CancellationToken::new();
-        let http = tokio::spawn(Arc::clone(&fd).serve(listener, stop.clone().cancelled_owned()));
+        let http = tokio::spawn(Arc::clone(&fd).serve(listener, stop.clone()));
         if let Some(token) = &serving.app_token {
             let socket = socket::serve(
                 &serving.api_url,

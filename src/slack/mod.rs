@@ -2,6 +2,8 @@
 //! threads, the Web API client and the installed tokens.
 
 mod approval_message;
+pub mod listen;
+pub mod refusals;
 pub mod server;
 pub mod setup;
 pub mod signature;

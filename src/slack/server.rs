@@ -14,8 +14,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -41,6 +41,12 @@ pub struct Options {
     pub allow_channels: Vec<String>,
     /// Largest request body accepted.
     pub max_body: usize,
+    /// A request's body must arrive within this once its headers have.
+    pub body_read_timeout: std::time::Duration,
+    /// Refusals are audited as one summary per this period.
+    pub refusal_summary_every: std::time::Duration,
+    /// What the HTTP listener admits.
+    pub limits: super::listen::Limits,
     pub max_parallel: usize,
     /// When the server stops, how long running attempts may finish before they are cut off.
     pub grace: std::time::Duration,
@@ -84,6 +90,8 @@ pub struct FrontDoor {
     states: Mutex<HashMap<String, std::time::Instant>>,
     /// User groups' members as Slack last listed them, and when.
     groups: tokio::sync::Mutex<HashMap<String, (std::time::Instant, Vec<String>)>>,
+    /// Requests refused before anyone was known, audited as periodic summaries.
+    refusals: Arc<super::refusals::Refusals>,
 }
 
 /// How long a user group's membership is trusted before it is listed again.
@@ -118,6 +126,7 @@ impl FrontDoor {
             oauth,
             states: Mutex::new(HashMap::new()),
             groups: tokio::sync::Mutex::new(HashMap::new()),
+            refusals: Arc::default(),
         }))
     }
 
@@ -171,19 +180,115 @@ impl FrontDoor {
         }
         r.route("/slack/install", get(install))
             .route("/slack/oauth/callback", get(oauth_callback))
-            .layer(DefaultBodyLimit::max(self.opts.max_body))
+            // Bodies are read by `body()`, which audits what it refuses.
+            .layer(DefaultBodyLimit::disable())
             .with_state(Arc::clone(self))
     }
 
-    /// Serves until `shutdown` resolves.
+    /// Serves until `shutdown` is cancelled, with the listener's limits; refusals are audited
+    /// as a summary every period and once more at the end.
     pub async fn serve(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
-        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+        shutdown: tokio_util::sync::CancellationToken,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
+        let (limits, lowered) = self.opts.limits.effective();
+        if let Some(why) = lowered {
+            tracing::warn!("{why}");
+        }
+        let me = Arc::clone(&self);
+        let stop = shutdown.clone();
+        let summaries = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(me.opts.refusal_summary_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => me.audit_refusals(),
+                }
+            }
+        });
+        let served = super::listen::serve(
+            listener,
+            self.router(),
+            limits,
+            Arc::clone(&self.refusals),
+            shutdown,
+            std::time::Duration::from_secs(5),
+        )
+        .await;
+        let _ = summaries.await;
+        self.audit_refusals();
+        served
+    }
+
+    /// The period's refusals as one audit entry (none when there were none).
+    pub fn audit_refusals(&self) {
+        let Some(s) = self.refusals.take() else {
+            return;
+        };
+        tracing::warn!(
+            total = s.total,
+            addresses = s.refusals.len(),
+            "refused {} request(s) since {} (see `landfall audit - --kind slack_requests_refused`)",
+            s.total,
+            s.since.format("%H:%M:%S")
+        );
+        self.audit(
+            "slack:unverified",
+            "slack_requests_refused",
+            serde_json::to_value(&s).unwrap_or_default(),
+        );
+    }
+
+    /// A request's body, within `max_body` and `body_read_timeout`; what is refused is
+    /// counted with the peer's address.
+    async fn body(
+        &self,
+        peer: Option<std::net::IpAddr>,
+        req: Request,
+    ) -> Result<(HeaderMap, Bytes), Response> {
+        let (parts, body) = req.into_parts();
+        let claimed = parts
+            .headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let too_large = |bytes: u64| {
+            self.refusals.note(
+                "body over the limit",
+                peer,
+                usize::try_from(bytes).unwrap_or(usize::MAX),
+            );
+            (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response()
+        };
+        if let Some(n) = claimed.filter(|n| *n > self.opts.max_body as u64) {
+            return Err(too_large(n));
+        }
+        match tokio::time::timeout(
+            self.opts.body_read_timeout,
+            axum::body::to_bytes(Body::new(body), self.opts.max_body),
+        )
+        .await
+        {
+            Ok(Ok(b)) => Ok((parts.headers, b)),
+            Ok(Err(e)) => {
+                let over = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                    || e.to_string().contains("length limit");
+                if over {
+                    Err(too_large(self.opts.max_body as u64 + 1))
+                } else {
+                    self.refusals.note("body unreadable", peer, 0);
+                    Err((StatusCode::BAD_REQUEST, "request body unreadable").into_response())
+                }
+            }
+            Err(_) => {
+                self.refusals.note("body not sent in time", peer, 0);
+                Err((StatusCode::REQUEST_TIMEOUT, "request body not sent in time").into_response())
+            }
+        }
     }
 
     fn audit(&self, actor: &str, kind: &str, details: Value) {
@@ -196,8 +301,25 @@ impl FrontDoor {
         }
     }
 
-    /// Verifies a request; a refusal is audited and answered 401.
-    fn check(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Response> {
+    /// Reads and verifies a request: its headers and body, or the answer that refused it
+    /// (counted for the refusal summary).
+    async fn verified(&self, req: Request) -> Result<(HeaderMap, Bytes), Response> {
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let (headers, body) = self.body(peer, req).await?;
+        self.check(peer, &headers, &body)?;
+        Ok((headers, body))
+    }
+
+    /// Verifies a request's signature; a refusal is counted and answered 401.
+    fn check(
+        &self,
+        peer: Option<std::net::IpAddr>,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(), Response> {
         let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
         let now = chrono::Utc::now().timestamp();
         signature::verify(
@@ -208,12 +330,7 @@ impl FrontDoor {
             now,
         )
         .map_err(|refusal| {
-            tracing::warn!(%refusal, "refused an unverified Slack request");
-            self.audit(
-                "slack:unverified",
-                "slack_request_refused",
-                json!({ "reason": refusal.to_string(), "bytes": body.len() }),
-            );
+            self.refusals.note(refusal.reason(), peer, body.len());
             (StatusCode::UNAUTHORIZED, "request signature not verified").into_response()
         })
     }
@@ -311,10 +428,11 @@ impl FrontDoor {
     }
 }
 
-async fn commands(State(fd): State<Arc<FrontDoor>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = fd.check(&headers, &body) {
-        return r;
-    }
+async fn commands(State(fd): State<Arc<FrontDoor>>, req: Request) -> Response {
+    let body = match fd.verified(req).await {
+        Ok((_, body)) => body,
+        Err(r) => return r,
+    };
     let f = form(&body);
     let get = |k: &str| f.get(k).map(String::as_str).unwrap_or_default();
     let reply = fd
@@ -329,10 +447,11 @@ async fn commands(State(fd): State<Arc<FrontDoor>>, headers: HeaderMap, body: By
     Json(json!({ "response_type": "ephemeral", "text": reply })).into_response()
 }
 
-async fn events(State(fd): State<Arc<FrontDoor>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = fd.check(&headers, &body) {
-        return r;
-    }
+async fn events(State(fd): State<Arc<FrontDoor>>, req: Request) -> Response {
+    let body = match fd.verified(req).await {
+        Ok((_, body)) => body,
+        Err(r) => return r,
+    };
     let v: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(_) => return (StatusCode::BAD_REQUEST, "not JSON").into_response(),
@@ -347,14 +466,11 @@ async fn events(State(fd): State<Arc<FrontDoor>>, headers: HeaderMap, body: Byte
     }
 }
 
-async fn interactions(
-    State(fd): State<Arc<FrontDoor>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Err(r) = fd.check(&headers, &body) {
-        return r;
-    }
+async fn interactions(State(fd): State<Arc<FrontDoor>>, req: Request) -> Response {
+    let body = match fd.verified(req).await {
+        Ok((_, body)) => body,
+        Err(r) => return r,
+    };
     let f = form(&body);
     let Some(payload) = f
         .get("payload")

@@ -68,7 +68,9 @@ pub struct ServeSettings {
     /// Added to `slack.allow_users` / `slack.allow_channels`.
     pub allow_users: Vec<String>,
     pub allow_channels: Vec<String>,
-    pub max_body: usize,
+    /// `[serve]`, and `--max-body` which wins over its `max_body`.
+    pub limits: crate::config::ServeConfig,
+    pub max_body: Option<usize>,
     pub max_parallel: usize,
     pub grace: Duration,
     /// Seals OAuth grants; needed only when the app's client id and secret are set.
@@ -131,7 +133,14 @@ pub fn front_door(
         signing_secret: slack.signing_secret.clone(),
         allow_users,
         allow_channels,
-        max_body: s.max_body,
+        max_body: s.max_body.unwrap_or(s.limits.max_body),
+        body_read_timeout: s.limits.body_read_timeout,
+        refusal_summary_every: s.limits.refusal_summary_every,
+        limits: super::listen::Limits {
+            header_read_timeout: s.limits.header_read_timeout,
+            max_connections: s.limits.max_connections,
+            max_connections_per_peer: s.limits.max_connections_per_peer,
+        },
         max_parallel: s.max_parallel,
         grace: s.grace,
         command: slack.command.clone().unwrap_or_else(|| "/landfall".into()),

@@ -27,6 +27,20 @@ pub enum Refusal {
     TooLarge(usize),
 }
 
+impl Refusal {
+    /// The refusal without its numbers, to tally refusals by (`the request is 600 s away`
+    /// and `… 601 s away` are one reason).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Missing(_) => "a signature header is missing",
+            Refusal::BadTimestamp => "the request timestamp is not a number",
+            Refusal::OutsideWindow(_) => "the request timestamp is too old or in the future",
+            Refusal::BadSignature => "the signature does not match",
+            Refusal::TooLarge(_) => "body over the limit",
+        }
+    }
+}
+
 /// Checks one request. `now` is Unix seconds.
 pub fn verify(
     secret: &str,

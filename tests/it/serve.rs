@@ -9,11 +9,11 @@ use serde_json::Value;
 
 use crate::support::{node, wait_until, Emulator, Sandbox};
 
-const SECRET: &str = "test-signing-secret";
+pub(crate) const SECRET: &str = "test-signing-secret";
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     /// Everything the server wrote on stderr so far.
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -25,7 +25,7 @@ impl Drop for Server {
     }
 }
 
-fn workflows(sb: &Sandbox) {
+pub(crate) fn workflows(sb: &Sandbox) {
     std::fs::create_dir_all(sb.path("wf")).unwrap();
     sb.write(
         "wf/hello.yaml",
@@ -66,21 +66,27 @@ fn serve_with(
     allow: &[&str],
     setup: impl FnOnce(&mut std::process::Command),
 ) -> Server {
-    let mut args = vec![
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--workflows",
-        "wf",
-        "--max-body",
-        "4096",
-    ];
+    serve_limited(sb, allow, Some("4096"), setup)
+}
+
+/// `serve` with `--max-body` when given (else the configuration's, 1 MiB by default).
+pub(crate) fn serve_limited(
+    sb: &Sandbox,
+    allow: &[&str],
+    max_body: Option<&str>,
+    setup: impl FnOnce(&mut std::process::Command),
+) -> Server {
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--workflows", "wf"];
+    if let Some(m) = max_body {
+        args.extend(["--max-body", m]);
+    }
     for u in allow {
         args.push("--allow-user");
         args.push(u);
     }
     let mut cmd = sb.cmd(&args);
-    cmd.env("SLACK_SIGNING_SECRET", SECRET);
+    cmd.env("SLACK_SIGNING_SECRET", SECRET)
+        .env("LANDFALL_SERVE__REFUSAL_SUMMARY_EVERY", "1s");
     setup(&mut cmd);
     cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
@@ -108,12 +114,18 @@ fn serve_with(
     Server { child, base, log }
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     chrono::Utc::now().timestamp().to_string()
 }
 
 /// Posts `body` to `path`, signed as Slack would (or with the given headers).
-fn post(s: &Server, path: &str, body: &str, ts: Option<&str>, sig: Option<&str>) -> (u16, String) {
+pub(crate) fn post(
+    s: &Server,
+    path: &str,
+    body: &str,
+    ts: Option<&str>,
+    sig: Option<&str>,
+) -> (u16, String) {
     let mut req = ureq::post(&format!("{}{path}", s.base));
     if let Some(t) = ts {
         req = req.set("X-Slack-Request-Timestamp", t);
@@ -133,7 +145,20 @@ fn post(s: &Server, path: &str, body: &str, ts: Option<&str>, sig: Option<&str>)
     }
 }
 
-fn signed(s: &Server, path: &str, body: &str) -> (u16, String) {
+/// Writes `request` as is on a new connection and reads the answer until the server closes
+/// it (or 20 s pass): for requests a client library would not send.
+pub(crate) fn raw_http(s: &Server, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let to = s.base.trim_start_matches("http://");
+    let mut c = std::net::TcpStream::connect(to).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(request).unwrap();
+    let mut answer = String::new();
+    let _ = c.read_to_string(&mut answer);
+    answer
+}
+
+pub(crate) fn signed(s: &Server, path: &str, body: &str) -> (u16, String) {
     let ts = now();
     post(
         s,
@@ -144,7 +169,7 @@ fn signed(s: &Server, path: &str, body: &str) -> (u16, String) {
     )
 }
 
-fn command(user: &str, text: &str, trigger: &str) -> String {
+pub(crate) fn command(user: &str, text: &str, trigger: &str) -> String {
     serde_urlencoded::to_string([
         ("command", "/landfall"),
         ("text", text),
@@ -220,20 +245,66 @@ fn unverified_requests_are_refused_and_audited_never_acted_on() {
         401,
         "body changed"
     );
-    let big = format!("{body}&pad={}", "x".repeat(8192));
-    let (code, _) = signed(&s, "/slack/commands", &big);
-    assert_eq!(code, 413, "over --max-body");
+    let answer = raw_http(
+        &s,
+        b"POST /slack/commands HTTP/1.1\r\nHost: landfall\r\nContent-Length: 8192\r\n\r\n",
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 413"),
+        "over --max-body: {answer}"
+    );
     assert!(runs(&sb).is_empty(), "nothing ran");
     let (code, _) = signed(&s, "/slack/commands", &body);
     assert_eq!(code, 200);
-    let audit = sb.json(&["audit", "-", "--json"]);
-    let refused = audit
-        .as_array()
-        .unwrap()
+    // Counted, then audited as one summary per period (1 s here) naming reason and address.
+    let summaries = || -> Vec<Value> {
+        sb.json(&["audit", "-", "--json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "slack_requests_refused")
+            .cloned()
+            .collect()
+    };
+    wait_until("the refusals' summary", Duration::from_secs(30), || {
+        summaries()
+            .iter()
+            .map(|e| e["details"]["total"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+            == 6
+    });
+    let all = summaries();
+    let tally: Vec<(String, String, u64)> = all
         .iter()
-        .filter(|e| e["kind"] == "slack_request_refused")
-        .count();
-    assert_eq!(refused, 5, "{audit}");
+        .flat_map(|e| {
+            e["details"]["refusals"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|r| {
+            (
+                r["reason"].as_str().unwrap().to_string(),
+                r["peer"].as_str().unwrap().to_string(),
+                r["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        tally.iter().all(|(_, peer, _)| peer == "127.0.0.1"),
+        "{tally:?}"
+    );
+    let count = |why: &str| -> u64 {
+        tally
+            .iter()
+            .filter(|(r, _, _)| r.contains(why))
+            .map(|(_, _, n)| n)
+            .sum()
+    };
+    assert_eq!(count("body over the limit"), 1, "{tally:?}");
+    assert_eq!(count("missing"), 1, "{tally:?}");
+    assert_eq!(count("too old or in the future"), 1, "{tally:?}");
+    assert_eq!(count("does not match"), 3, "{tally:?}");
     assert_eq!(sb.run(&["audit", "-", "--verify"]).status.code(), Some(0));
 }
 
