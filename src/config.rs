@@ -137,6 +137,13 @@ pub struct SlackConfig {
     /// The slash command the app registers (`/landfall` by default): any other is refused.
     #[serde(default)]
     pub command: Option<String>,
+    /// The workspace (`T…`) or Enterprise Grid organization (`E…`) this app serves: requests
+    /// and installs from any other are refused. Unset: any workspace the app is in.
+    #[serde(default)]
+    pub team_id: Option<String>,
+    /// The app's id (`A…`, Basic Information page): requests naming another app are refused.
+    #[serde(default)]
+    pub app_id: Option<String>,
 }
 
 impl SlackConfig {
@@ -262,6 +269,8 @@ struct SlackLayer {
     authorize_url: Option<String>,
     redirect_url: Option<String>,
     command: Option<String>,
+    team_id: Option<String>,
+    app_id: Option<String>,
 }
 
 /// Values given on the command line (the top layer).

@@ -10,10 +10,13 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn init_logs(format: LogFormat, verbose: u8, quiet: bool) {
-    // Progress lines already tell people what failed; logs add detail on request.
+fn init_logs(format: LogFormat, verbose: u8, quiet: bool, server: bool) {
+    // Progress lines already tell people what failed; logs add detail on request. A server has
+    // no progress lines: its warnings (refused requests, undelivered replies) are its voice.
     let default = match (quiet, verbose) {
-        (true, _) | (_, 0) => "error",
+        (true, _) => "error",
+        (_, 0) if server => "warn",
+        (_, 0) => "error",
         (_, 1) => "info",
         _ => "debug",
     };
@@ -44,7 +47,13 @@ fn init_logs(format: LogFormat, verbose: u8, quiet: bool) {
 
 fn main() {
     let cli = Cli::parse();
-    init_logs(cli.global.log_format, cli.global.verbose, cli.global.quiet);
+    let server = matches!(cli.command, landfall::cli::Command::Serve(_));
+    init_logs(
+        cli.global.log_format,
+        cli.global.verbose,
+        cli.global.quiet,
+        server,
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -52,6 +52,10 @@ pub struct Options {
     pub grace: std::time::Duration,
     /// The slash command this app answers (`/landfall`); Slack names it in every command.
     pub command: String,
+    /// The workspace or Grid organization served, when pinned (`slack.team_id`).
+    pub team_id: Option<String>,
+    /// This app's id, when configured (`slack.app_id`).
+    pub app_id: Option<String>,
 }
 
 /// The app's OAuth credentials, for installs (`/slack/install` → Slack → `/slack/oauth/callback`).
@@ -89,13 +93,34 @@ pub struct FrontDoor {
     /// Install `state` values handed out and not yet used (CSRF protection), with their age.
     states: Mutex<HashMap<String, std::time::Instant>>,
     /// User groups' members as Slack last listed them, and when.
-    groups: tokio::sync::Mutex<HashMap<String, (std::time::Instant, Vec<String>)>>,
+    groups: Mutex<HashMap<String, (std::time::Instant, Vec<String>)>>,
     /// Requests refused before anyone was known, audited as periodic summaries.
     refusals: Arc<super::refusals::Refusals>,
 }
 
+/// A slash command as Slack sends it (HTTP form or Socket Mode envelope).
+pub struct SlashCommand<'a> {
+    pub command: &'a str,
+    pub text: &'a str,
+    pub user: &'a str,
+    pub channel: &'a str,
+    pub trigger_id: &'a str,
+    pub team: &'a str,
+    pub enterprise: &'a str,
+    /// `api_app_id` (HTTP); `None` over Socket Mode, whose connection belongs to one app.
+    pub app: Option<&'a str>,
+}
+
 /// How long a user group's membership is trusted before it is listed again.
 const GROUP_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How long a group's listing may take (Slack's retries included) before the answer is "cannot
+/// check".
+const GROUP_LOOKUP: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Slack wants an answer within 3 seconds; what is not decided by then is answered "working on
+/// it" and followed up in the channel.
+const ACK_WITHIN: std::time::Duration = std::time::Duration::from_millis(2000);
 
 const SEEN_MAX: usize = 10_000;
 
@@ -125,7 +150,7 @@ impl FrontDoor {
             chat,
             oauth,
             states: Mutex::new(HashMap::new()),
-            groups: tokio::sync::Mutex::new(HashMap::new()),
+            groups: Mutex::new(HashMap::new()),
             refusals: Arc::default(),
         }))
     }
@@ -358,6 +383,41 @@ impl FrontDoor {
         true
     }
 
+    /// Whether a verified request comes from the workspace and app this server is set up for
+    /// (`slack.team_id`, `slack.app_id`, when configured). `app` is `None` where the channel
+    /// itself proves the app (Socket Mode: the connection belongs to one app). A refusal is
+    /// audited.
+    pub fn from_expected(
+        &self,
+        team: &str,
+        enterprise: &str,
+        app: Option<&str>,
+        user: &str,
+    ) -> bool {
+        let team_ok = self
+            .opts
+            .team_id
+            .as_deref()
+            .is_none_or(|t| t == team || (!enterprise.is_empty() && t == enterprise));
+        let app_ok = match (self.opts.app_id.as_deref(), app) {
+            (Some(want), Some(got)) => want == got,
+            _ => true,
+        };
+        if team_ok && app_ok {
+            return true;
+        }
+        self.audit(
+            user,
+            "slack_command_refused",
+            json!({
+                "what": "a request from another workspace or app",
+                "team": crate::slack::thread::truncate(team, 40),
+                "app": app.map(|a| crate::slack::thread::truncate(a, 40)),
+            }),
+        );
+        false
+    }
+
     fn allowed(&self, user: &str, channel: &str) -> bool {
         self.opts.allow_users.iter().any(|u| u == user)
             || self.opts.allow_channels.iter().any(|c| c == channel)
@@ -379,14 +439,18 @@ fn form(body: &[u8]) -> HashMap<String, String> {
 
 impl FrontDoor {
     /// A slash command (over HTTP or Socket Mode); the text is the ephemeral answer.
-    pub async fn on_command(
-        self: &Arc<Self>,
-        command: &str,
-        text: &str,
-        user: &str,
-        channel: &str,
-        trigger_id: &str,
-    ) -> String {
+    pub async fn on_command(self: &Arc<Self>, c: SlashCommand<'_>) -> String {
+        let SlashCommand {
+            command,
+            text,
+            user,
+            channel,
+            trigger_id,
+            ..
+        } = c;
+        if !self.from_expected(c.team, c.enterprise, c.app, user) {
+            return "This Landfall is not set up for this workspace.".into();
+        }
         if command != self.opts.command {
             // Another app's command, or a request not made by Slack's `/landfall`.
             self.audit(
@@ -406,24 +470,70 @@ impl FrontDoor {
         if !self.first_time("trigger", trigger_id) {
             return "Already on it.".into();
         }
-        self.act(text, user, channel).await
+        self.act_in_time(text, user, channel).await
+    }
+
+    /// [`Self::act`] within Slack's window: what takes longer (a user group listed by a slow
+    /// Slack) is answered "working on it" now and followed up, only to `user`, when decided.
+    async fn act_in_time(self: &Arc<Self>, text: &str, user: &str, channel: &str) -> String {
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<String>();
+        let me = Arc::clone(self);
+        let (text, user, channel) = (text.to_string(), user.to_string(), channel.to_string());
+        tokio::spawn(async move {
+            let reply = me.act(&text, &user, &channel).await;
+            if let Err(late) = tx.send(reply) {
+                me.say_to(&channel, &user, late);
+            }
+        });
+        match tokio::time::timeout(ACK_WITHIN, &mut rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => "Something went wrong on my side; see the server's log.".into(),
+            Err(_) => {
+                // Closed first: an answer sent from now on comes back to the task (which
+                // follows up); one sent just before is still read here.
+                rx.close();
+                rx.try_recv().unwrap_or_else(|_| {
+                    "Working on it: the answer follows here in a moment.".into()
+                })
+            }
+        }
     }
 
     /// An Events API callback (`event_callback`): mentions are acted on, answered in their
-    /// thread; a delivery already seen is ignored.
-    pub async fn on_event(self: &Arc<Self>, v: &Value) {
+    /// thread; a delivery already seen is ignored. Acknowledged at once: the work and the
+    /// answer happen after.
+    pub fn on_event(self: &Arc<Self>, v: &Value) {
         let id = v["event_id"].as_str().unwrap_or_default();
         if !self.first_time("event", id) {
             return;
         }
         let e = &v["event"];
         if matches!(e["type"].as_str(), Some("app_mention")) && e["bot_id"].is_null() {
-            let text = e["text"].as_str().unwrap_or_default();
-            let user = e["user"].as_str().unwrap_or_default();
-            let channel = e["channel"].as_str().unwrap_or_default();
-            let reply = self.act(text, user, channel).await;
+            let enterprise = v["enterprise_id"]
+                .as_str()
+                .or(v["authorizations"][0]["enterprise_id"].as_str())
+                .unwrap_or_default();
+            if !self.from_expected(
+                v["team_id"].as_str().unwrap_or_default(),
+                enterprise,
+                Some(v["api_app_id"].as_str().unwrap_or_default()),
+                e["user"].as_str().unwrap_or_default(),
+            ) {
+                return;
+            }
+            let text = e["text"].as_str().unwrap_or_default().to_string();
+            let user = e["user"].as_str().unwrap_or_default().to_string();
+            let channel = e["channel"].as_str().unwrap_or_default().to_string();
             // In the thread the mention was made in (its parent), else under the mention.
-            self.say(channel, e["thread_ts"].as_str().or(e["ts"].as_str()), reply);
+            let thread = e["thread_ts"]
+                .as_str()
+                .or(e["ts"].as_str())
+                .map(str::to_string);
+            let me = Arc::clone(self);
+            tokio::spawn(async move {
+                let reply = me.act(&text, &user, &channel).await;
+                me.say(&channel, thread.as_deref(), reply);
+            });
         }
     }
 }
@@ -436,13 +546,16 @@ async fn commands(State(fd): State<Arc<FrontDoor>>, req: Request) -> Response {
     let f = form(&body);
     let get = |k: &str| f.get(k).map(String::as_str).unwrap_or_default();
     let reply = fd
-        .on_command(
-            get("command"),
-            get("text"),
-            get("user_id"),
-            get("channel_id"),
-            get("trigger_id"),
-        )
+        .on_command(SlashCommand {
+            command: get("command"),
+            text: get("text"),
+            user: get("user_id"),
+            channel: get("channel_id"),
+            trigger_id: get("trigger_id"),
+            team: get("team_id"),
+            enterprise: get("enterprise_id"),
+            app: Some(get("api_app_id")),
+        })
         .await;
     Json(json!({ "response_type": "ephemeral", "text": reply })).into_response()
 }
@@ -459,7 +572,7 @@ async fn events(State(fd): State<Arc<FrontDoor>>, req: Request) -> Response {
     match v["type"].as_str() {
         Some("url_verification") => Json(json!({ "challenge": v["challenge"] })).into_response(),
         Some("event_callback") => {
-            fd.on_event(&v).await;
+            fd.on_event(&v);
             StatusCode::OK.into_response()
         }
         _ => StatusCode::OK.into_response(),

@@ -144,6 +144,8 @@ pub fn front_door(
         max_parallel: s.max_parallel,
         grace: s.grace,
         command: slack.command.clone().unwrap_or_else(|| "/landfall".into()),
+        team_id: slack.team_id.clone(),
+        app_id: slack.app_id.clone(),
     };
     let api_url = slack.api_url();
     let oauth = match (&slack.client_id, &slack.client_secret) {

@@ -2,7 +2,8 @@
 //! for installations Slack cannot reach over HTTP. slack-morphism keeps the connections
 //! (opened with the app-level token through `apps.connections.open`, pinged, reopened when
 //! Slack says `disconnect`); each envelope goes to the [`FrontDoor`] exactly as its HTTP twin
-//! would, and is acknowledged once acted on (runs start in the background, so that is quick).
+//! would, and is acknowledged within Slack's window: work that could take longer (a user
+//! group listed by a slow Slack) continues after the acknowledgement and answers later.
 //!
 //! No request signatures here: the WebSocket is authenticated by the app token. Redelivered
 //! envelopes are deduplicated like HTTP retries, by trigger and event id.
@@ -13,7 +14,8 @@ use hyper_util::client::legacy::connect::Connect;
 use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
 
-use super::server::FrontDoor;
+use super::refusals::Every;
+use super::server::{FrontDoor, SlashCommand};
 
 /// Why Socket Mode could not start.
 #[derive(Debug, thiserror::Error)]
@@ -109,13 +111,16 @@ async fn on_command<S: SlackClientHttpConnector + Send + Sync>(
     let reply = match front_door(&state).await {
         Some(fd) => {
             let text = ev.text.as_deref().unwrap_or_default();
-            fd.on_command(
-                ev.command.as_ref(),
+            fd.on_command(SlashCommand {
+                command: ev.command.as_ref(),
                 text,
-                ev.user_id.as_ref(),
-                ev.channel_id.as_ref(),
-                ev.trigger_id.as_ref(),
-            )
+                user: ev.user_id.as_ref(),
+                channel: ev.channel_id.as_ref(),
+                trigger_id: ev.trigger_id.as_ref(),
+                team: ev.team_id.as_ref(),
+                enterprise: "",
+                app: None,
+            })
             .await
         }
         None => "Landfall is starting; try again in a moment.".into(),
@@ -132,7 +137,7 @@ async fn on_push<S: SlackClientHttpConnector + Send + Sync>(
     state: SlackClientEventsUserState,
 ) -> UserCallbackResult<()> {
     if let Some(fd) = front_door(&state).await {
-        fd.on_event(&serde_json::to_value(&ev)?).await;
+        fd.on_event(&serde_json::to_value(&ev)?);
     }
     Ok(())
 }
@@ -163,9 +168,23 @@ fn on_error<S: SlackClientHttpConnector + Send + Sync>(
             .downcast_ref::<slack_morphism::errors::SlackClientProtocolError>()
             .map(|p| &p.json_error),
     };
-    match protocol {
-        Some(e) => tracing::warn!(error = %e, "a Socket Mode envelope could not be read"),
-        None => tracing::warn!(error = %err, "a Socket Mode envelope was not handled"),
+    // Said once a minute at most: Slack can send many frames this build does not read.
+    static EVERY: std::sync::Mutex<Option<Every>> = std::sync::Mutex::new(None);
+    let (due, suppressed) = {
+        let mut g = EVERY.lock().unwrap_or_else(|p| p.into_inner());
+        let e = g.get_or_insert_with(|| Every::new(std::time::Duration::from_secs(60)));
+        let suppressed = e.suppressed;
+        (e.due(), suppressed)
+    };
+    if due {
+        match protocol {
+            Some(e) => {
+                tracing::warn!(error = %e, suppressed, "a Socket Mode envelope could not be read")
+            }
+            None => {
+                tracing::warn!(error = %err, suppressed, "a Socket Mode envelope was not handled")
+            }
+        }
     }
     HttpStatusCode::OK
 }

@@ -25,6 +25,8 @@ pub trait Chat: Send + Sync {
         text: &str,
         blocks: Option<&Value>,
     ) -> Result<String, Undelivered>;
+    /// Posts a message only `user` sees (an answer that came after the acknowledgement).
+    async fn ephemeral(&self, channel: &str, user: &str, text: &str) -> Result<(), Undelivered>;
     /// Replaces the text of message `ts`.
     async fn update(&self, channel: &str, ts: &str, text: &str) -> Result<(), Undelivered>;
     /// The members of a user group (`usergroups.users.list`), for workflows' `allowed_groups`.
@@ -193,6 +195,20 @@ impl<C: SlackClientHttpConnector + Send + Sync> Chat for Web<C> {
             .await
             .inspect_err(|e| self.dead_token(e))?;
         Ok(out.ts.to_string())
+    }
+
+    async fn ephemeral(&self, channel: &str, user: &str, text: &str) -> Result<(), Undelivered> {
+        let req = SlackApiChatPostEphemeralRequest::new(
+            channel.into(),
+            user.into(),
+            SlackMessageContent::new().with_text(text.to_string()),
+        );
+        let token = self.token().await?;
+        let session = self.client.open_session(&token);
+        with_retries("chat.postEphemeral", || session.chat_post_ephemeral(&req))
+            .await
+            .inspect_err(|e| self.dead_token(e))?;
+        Ok(())
     }
 
     async fn update(&self, channel: &str, ts: &str, text: &str) -> Result<(), Undelivered> {

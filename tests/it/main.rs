@@ -11,6 +11,7 @@ mod props_provisioning;
 mod props_slack;
 mod provisioning;
 mod serve;
+mod serve_acks;
 mod serve_limits;
 mod slack_api;
 mod strict_aws;

@@ -15,7 +15,7 @@ pub(crate) struct Server {
     child: Child,
     pub(crate) base: String,
     /// Everything the server wrote on stderr so far.
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub(crate) log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Drop for Server {
@@ -61,7 +61,7 @@ fn serve(sb: &Sandbox, allow: &[&str]) -> Server {
     serve_with(sb, allow, |_| {})
 }
 
-fn serve_with(
+pub(crate) fn serve_with(
     sb: &Sandbox,
     allow: &[&str],
     setup: impl FnOnce(&mut std::process::Command),
@@ -180,7 +180,7 @@ pub(crate) fn command(user: &str, text: &str, trigger: &str) -> String {
     .unwrap()
 }
 
-fn runs(sb: &Sandbox) -> Vec<Value> {
+pub(crate) fn runs(sb: &Sandbox) -> Vec<Value> {
     if !sb.path(".landfall/state.redb").exists() {
         return Vec::new();
     }
@@ -347,9 +347,8 @@ fn a_signed_command_starts_a_run_as_its_user_once() {
         .any(|e| e["kind"] == "slack_command_refused" && e["actor"] == "U2"));
     assert_eq!(runs(&sb).len(), 1);
 
-    // A mention, retried by Slack with the same event id: one run. The server decides (and
-    // records a run it starts) before it answers, so once both answers are in, a run the retry
-    // started would already be listed: no wait is needed to see that none was.
+    // A mention, retried by Slack with the same event id: one run. The retry is recognised
+    // before either is acknowledged (the work happens after), so the second never starts one.
     let event = serde_json::json!({
         "type": "event_callback", "event_id": "Ev1",
         "event": { "type": "app_mention", "user": "U1", "channel": "C1", "text": "<@UBOT> hello there" },
@@ -978,7 +977,7 @@ steps:
 }
 
 /// A Socket Mode envelope as Slack sends it.
-fn envelope(id: &str, kind: &str, payload: Value) -> Value {
+pub(crate) fn envelope(id: &str, kind: &str, payload: Value) -> Value {
     serde_json::json!({
         "envelope_id": id,
         "type": kind,
@@ -987,7 +986,7 @@ fn envelope(id: &str, kind: &str, payload: Value) -> Value {
     })
 }
 
-fn slash(user: &str, text: &str, trigger: &str) -> Value {
+pub(crate) fn slash(user: &str, text: &str, trigger: &str) -> Value {
     serde_json::json!({
         "token": "unused", "team_id": "T1", "team_domain": "acme", "channel_id": "C1",
         "channel_name": "ops", "user_id": user, "user_name": "someone", "command": "/landfall",

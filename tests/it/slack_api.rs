@@ -178,6 +178,10 @@ async fn oauth(
     headers: HeaderMap,
     Query(q): Query<std::collections::BTreeMap<String, String>>,
 ) -> Response {
+    let delay = s.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     let n = s.next.fetch_add(1, Ordering::SeqCst) + 1;
     s.calls.lock().unwrap().push(Call {
         method: method.clone(),

@@ -11,7 +11,7 @@ use landfall_engine::{Observer, RunEvent};
 use landfall_steps::milestone::Milestone;
 use serde_json::{json, Map, Value};
 
-use super::{FrontDoor, GROUP_TTL};
+use super::{FrontDoor, GROUP_LOOKUP, GROUP_TTL};
 use crate::route::{self, Intent};
 use landfall_engine::RunControl;
 
@@ -73,6 +73,22 @@ impl FrontDoor {
     /// Answers where the request came from, without holding up the HTTP response.
     pub(super) fn say(&self, channel: &str, thread_ts: Option<&str>, text: String) {
         self.say_blocks(channel, thread_ts, text, None);
+    }
+
+    /// Answers `user` alone in `channel` (an answer that came after the acknowledgement).
+    pub(super) fn say_to(&self, channel: &str, user: &str, text: String) {
+        match &self.chat {
+            None => println!("[slack {channel} to {user}] {text}"),
+            Some(chat) => {
+                let chat = Arc::clone(chat);
+                let (channel, user) = (channel.to_string(), user.to_string());
+                tokio::spawn(async move {
+                    if let Err(e) = chat.ephemeral(&channel, &user, &text).await {
+                        tracing::warn!(%channel, error = %e, "a reply was not delivered");
+                    }
+                });
+            }
+        }
     }
 
     /// [`Self::say`] with Block Kit blocks (the text is their fallback).
@@ -144,17 +160,32 @@ impl FrontDoor {
         let Some(chat) = &self.chat else {
             return Err("group membership cannot be checked without a Slack bot token".into());
         };
-        let mut cache = self.groups.lock().await;
         for g in groups {
-            let fresh = cache.get(g).filter(|(at, _)| at.elapsed() < GROUP_TTL);
+            // The cache's lock is never held across the call to Slack: a slow or throttled
+            // answer for one group must not hold up every other request.
+            let fresh = self
+                .groups
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(g)
+                .filter(|(at, _)| at.elapsed() < GROUP_TTL)
+                .map(|(_, m)| m.clone());
             let members = match fresh {
-                Some((_, m)) => m.clone(),
+                Some(m) => m,
                 None => {
-                    let m = chat.group_members(g).await.map_err(|e| {
-                        tracing::warn!(group = %g, error = %e, "cannot list a user group");
-                        format!("cannot check membership of group {g}")
-                    })?;
-                    cache.insert(g.clone(), (std::time::Instant::now(), m.clone()));
+                    let m = tokio::time::timeout(GROUP_LOOKUP, chat.group_members(g))
+                        .await
+                        .map_err(|_| format!("Slack did not list group {g} in time"))
+                        .and_then(|r| {
+                            r.map_err(|e| {
+                                tracing::warn!(group = %g, error = %e, "cannot list a user group");
+                                format!("cannot check membership of group {g}")
+                            })
+                        })?;
+                    self.groups
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(g.clone(), (std::time::Instant::now(), m.clone()));
                     m
                 }
             };

@@ -17,8 +17,22 @@ impl FrontDoor {
             .as_str()
             .unwrap_or_default()
             .to_string();
+        if !self.from_expected(
+            payload["team"]["id"].as_str().unwrap_or_default(),
+            payload["enterprise"]["id"]
+                .as_str()
+                .or(payload["team"]["enterprise_id"].as_str())
+                .unwrap_or_default(),
+            Some(payload["api_app_id"].as_str().unwrap_or_default()),
+            &user,
+        ) {
+            return;
+        }
+        // An ephemeral message has no `message` and no `channel` in some payloads: its
+        // container says where it was.
         let channel = payload["channel"]["id"]
             .as_str()
+            .or(payload["container"]["channel_id"].as_str())
             .unwrap_or_default()
             .to_string();
         let thread = payload["message"]["thread_ts"]
@@ -26,6 +40,10 @@ impl FrontDoor {
             .or(payload["container"]["thread_ts"].as_str())
             .or(payload["message"]["ts"].as_str())
             .map(str::to_string);
+        // A click on a message only the user sees: answered the same way (a thread under a
+        // message nobody else can see would be posted to the channel for all).
+        let ephemeral = payload["container"]["is_ephemeral"].as_bool() == Some(true);
+        let thread = if ephemeral { None } else { thread };
         for a in payload["actions"].as_array().into_iter().flatten() {
             let value: Value = a["value"]
                 .as_str()
@@ -54,11 +72,7 @@ impl FrontDoor {
                         } else {
                             fd.refuse(&user, &channel, "apply plans")
                         };
-                        fd.say(
-                            &channel,
-                            thread.as_deref(),
-                            super::actions::reply(&user, &reply),
-                        );
+                        fd.answer(&channel, thread.as_deref(), ephemeral, &user, &reply);
                     });
                     continue;
                 }
@@ -87,12 +101,26 @@ impl FrontDoor {
                 } else {
                     fd.decide(&run, &node, verdict, &user, Some(&seen)).await
                 };
-                fd.say(
-                    &channel,
-                    thread.as_deref(),
-                    super::actions::reply(&user, &reply),
-                );
+                fd.answer(&channel, thread.as_deref(), ephemeral, &user, &reply);
             });
+        }
+    }
+
+    /// The answer to a click: to the clicker alone when the message was theirs alone, else
+    /// in the message's thread.
+    fn answer(
+        &self,
+        channel: &str,
+        thread: Option<&str>,
+        ephemeral: bool,
+        user: &str,
+        reply: &str,
+    ) {
+        let text = super::actions::reply(user, reply);
+        if ephemeral {
+            self.say_to(channel, user, text);
+        } else {
+            self.say(channel, thread, text);
         }
     }
 
