@@ -177,7 +177,43 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Slack app administration (install links)
+    Slack {
+        #[command(subcommand)]
+        command: SlackCommand,
+    },
 }
+
+#[derive(Debug, Subcommand)]
+pub enum SlackCommand {
+    /// Make a one-time link that installs the Slack app (OAuth); `/slack/install` refuses
+    /// anyone without one
+    #[command(after_help = INSTALL_LINK_HELP)]
+    InstallLink {
+        /// How long the link stays valid
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, value_name = "DURATION")]
+        expires: std::time::Duration,
+        /// Where `landfall serve` is reached from the browser [default: the origin of
+        /// slack.redirect_url, else http://127.0.0.1:3000]
+        #[arg(long, value_name = "URL")]
+        base_url: Option<String>,
+        /// File holding the data key (64 hex digits); or set LANDFALL_DATA_KEY. The same key
+        /// `landfall serve` uses
+        #[arg(long, value_name = "FILE")]
+        data_key_file: Option<PathBuf>,
+        /// Print the link and its expiry as JSON on stdout
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+const INSTALL_LINK_HELP: &str = "\
+The link is valid once, until it expires; open it in the browser that will finish the install \
+(the install is tied to that browser by a cookie). With slack.team_id set, only that workspace \
+can be installed; without it, an install for another workspace never replaces the current one.\n\n\
+Example:\n  \
+landfall slack install-link --base-url https://landfall.example.com --expires 30m\n\n\
+Exit codes: 0 made, 2 OAuth not configured or no data key.";
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {

@@ -14,6 +14,7 @@ mod render;
 mod rotate_key;
 mod run;
 mod serve;
+mod slack;
 mod status;
 mod steps;
 mod validate;
@@ -29,7 +30,7 @@ use landfall_engine::Source;
 use landfall_engine::{Engine, EngineError, Registry, Workflow};
 use serde_json::Value;
 
-use crate::cli::{Cli, Command, ConfigCommand};
+use crate::cli::{Cli, Command, ConfigCommand, SlackCommand};
 use crate::config::{self as configuration, ConfigError, Flags, Loaded};
 use crate::render as show;
 
@@ -188,6 +189,15 @@ pub async fn run(cli: Cli) -> i32 {
             new_key_file,
         } => app.rotate_key(data_key_file.as_deref(), &new_key_file),
         Command::Render { requirements, out } => app.render(&requirements, &out),
+        Command::Slack {
+            command:
+                SlackCommand::InstallLink {
+                    expires,
+                    base_url,
+                    data_key_file,
+                    json,
+                },
+        } => app.install_link(expires, base_url, data_key_file.as_deref(), json),
     };
     match res {
         Ok(code) => code,

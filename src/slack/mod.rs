@@ -2,6 +2,7 @@
 //! threads, the Web API client and the installed tokens.
 
 mod approval_message;
+pub mod install;
 pub mod listen;
 pub mod refusals;
 pub mod server;

@@ -28,6 +28,9 @@ pub struct Grant {
     pub expires_at: Option<i64>,
     #[serde(default)]
     pub team_id: Option<String>,
+    /// The Enterprise Grid organization, for an org-wide install.
+    #[serde(default)]
+    pub enterprise_id: Option<String>,
     /// Slack said `token_revoked` / `invalid_auth`: never used again until a new install.
     #[serde(default)]
     pub revoked: bool,
@@ -39,6 +42,7 @@ impl std::fmt::Debug for Grant {
         f.debug_struct("Grant")
             .field("expires_at", &self.expires_at)
             .field("team_id", &self.team_id)
+            .field("enterprise_id", &self.enterprise_id)
             .field("revoked", &self.revoked)
             .finish_non_exhaustive()
     }
@@ -156,6 +160,22 @@ pub fn load_grant(store: &dyn Store, key: &DataKey) -> Result<Option<Grant>, Tok
         .map_err(|_| TokenError::Malformed)
 }
 
+/// What went wrong with a call to `oauth.v2.access`, never with the answer's body: an error
+/// answer may carry tokens (and a proxy's error page anything), and this text reaches logs
+/// and browsers.
+fn without_body(e: &slack_morphism::errors::SlackClientError) -> String {
+    use slack_morphism::errors::SlackClientError as E;
+    match e {
+        E::ApiError(a) => format!("Slack answered `{}`", super::thread::truncate(&a.code, 60)),
+        E::HttpError(h) => format!("Slack answered HTTP {}", h.status_code),
+        E::RateLimitError(_) => "Slack is rate-limiting this app; try again in a minute".into(),
+        E::ProtocolError(_) | E::HttpProtocolError(_) | E::EndOfStream(_) => {
+            "Slack's answer could not be read".into()
+        }
+        E::SystemError(_) | E::SocketModeProtocolError(_) => "Slack could not be reached".into(),
+    }
+}
+
 /// `oauth.v2.access` with an install's `code`: the grant (refresh token and expiry included
 /// when the app rotates tokens; slack-morphism's own response type drops them).
 pub async fn exchange_code(
@@ -194,6 +214,7 @@ pub async fn exchange_code(
         refresh_token: r.refresh_token,
         expires_at: r.expires_in.map(|s| now + s),
         team_id: r.team.and_then(|t| t.id),
+        enterprise_id: r.enterprise.and_then(|t| t.id),
         revoked: false,
     })
 }
@@ -207,6 +228,8 @@ struct Installed {
     expires_in: Option<i64>,
     #[serde(default)]
     team: Option<Team>,
+    #[serde(default)]
+    enterprise: Option<Team>,
 }
 
 #[derive(Deserialize)]
@@ -241,7 +264,7 @@ where
             {
                 TokenError::Revoked
             }
-            other => TokenError::Refresh(other.to_string()),
+            other => TokenError::Refresh(without_body(&other)),
         })
 }
 
@@ -301,6 +324,7 @@ impl<C: SlackClientHttpConnector + Send + Sync> Tokens<C> {
             refresh_token: r.refresh_token.or_else(|| g.refresh_token.clone()),
             expires_at: r.expires_in.map(|s| now + s),
             team_id: g.team_id.clone(),
+            enterprise_id: g.enterprise_id.clone(),
             revoked: false,
         })
     }

@@ -734,6 +734,7 @@ fn rotate_key_reseals_every_secret_or_changes_nothing() {
         refresh_token: Some("xoxe-1-refresh".into()),
         expires_at: Some(4_000_000_000),
         team_id: Some("T1".into()),
+        enterprise_id: None,
         revoked: false,
     };
     {

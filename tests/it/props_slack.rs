@@ -169,7 +169,7 @@ proptest! {
         let store = Arc::new(MemStore::default());
         let t = tokens(&api, Arc::clone(&store));
         let now = 1_800_000_000i64;
-        let g = Grant { access_token: access.clone(), refresh_token: refresh.clone(), expires_at: expires_in.map(|s| now + s), team_id: None, revoked };
+        let g = Grant { access_token: access.clone(), refresh_token: refresh.clone(), expires_at: expires_in.map(|s| now + s), team_id: None, enterprise_id: None, revoked };
         t.save(&g).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let got = rt.block_on(t.current(now));

@@ -676,43 +676,100 @@ fn an_oauth_install_checks_its_state_and_seals_the_grant() {
     let api = crate::slack_api::SlackApi::start(0);
     let sb = Sandbox::new();
     workflows(&sb);
-    let s = serve_with(&sb, &["U1"], |cmd| {
+    let oauth_env = |cmd: &mut std::process::Command| {
         cmd.env("SLACK_API_URL", &api.url)
             .env("SLACK_CLIENT_ID", "cid-1")
             .env("SLACK_CLIENT_SECRET", "csecret-1")
-            .env("LANDFALL_DATA_KEY", "11".repeat(32))
-            .env("LANDFALL_LOG", "trace");
+            .env("LANDFALL_DATA_KEY", "11".repeat(32));
+    };
+    let s = serve_with(&sb, &["U1"], |cmd| {
+        oauth_env(cmd);
+        cmd.env("LANDFALL_LOG", "trace");
     });
     let agent = ureq::AgentBuilder::new().redirects(0).build();
-    let r = agent
-        .get(&format!("{}/slack/install", s.base))
-        .call()
-        .unwrap();
-    assert_eq!(r.status(), 302);
-    let location = r.header("location").unwrap().to_string();
-    assert!(location.contains("client_id=cid-1"), "{location}");
-    let state = location
-        .split("state=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap()
-        .to_string();
-    let callback = |state: &str| match agent
-        .get(&format!(
-            "{}/slack/oauth/callback?code=the-code&state={state}",
-            s.base
-        ))
-        .call()
-    {
-        Ok(r) => r.status(),
-        Err(ureq::Error::Status(code, _)) => code,
+    let status = |r: Result<ureq::Response, ureq::Error>| match r {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
         Err(e) => panic!("{e}"),
     };
-    assert_eq!(callback("forged"), 403, "a state we never handed out");
-    assert_eq!(callback(&state), 200);
-    assert_eq!(callback(&state), 403, "a state is used once");
+    // Nobody starts an install without an operator's link.
+    let (code, text) = status(agent.get(&format!("{}/slack/install", s.base)).call());
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("landfall slack install-link"), "{text}");
+    let new_link = || -> String {
+        let mut cmd = sb.cmd(&["slack", "install-link", "--json", "--base-url", &s.base]);
+        oauth_env(&mut cmd);
+        let out = cmd.output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            crate::support::stderr(&out)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["url"].as_str().unwrap().to_string()
+    };
+    // A link starts one install: Slack's page, with a fresh state, and a cookie for this browser.
+    let start = |link: &str| -> (String, String) {
+        let r = agent.get(link).call().unwrap();
+        assert_eq!(r.status(), 302);
+        let location = r.header("location").unwrap().to_string();
+        assert!(location.contains("client_id=cid-1"), "{location}");
+        let cookie = r
+            .header("set-cookie")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        assert!(r.header("set-cookie").unwrap().contains("HttpOnly"));
+        let state = location
+            .split("state=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap()
+            .to_string();
+        (state, cookie)
+    };
+    let callback = |state: &str, code: &str, cookie: Option<&str>| {
+        let mut req = agent.get(&format!(
+            "{}/slack/oauth/callback?code={code}&state={state}",
+            s.base
+        ));
+        if let Some(c) = cookie {
+            req = req.set("Cookie", c);
+        }
+        status(req.call())
+    };
+    let link = new_link();
+    let (stolen_state, _) = start(&link);
+    assert_eq!(
+        status(agent.get(&link).call()).0,
+        403,
+        "a link is used once"
+    );
+    assert_eq!(
+        callback("forged", "the-code", None).0,
+        403,
+        "a state we never handed out"
+    );
+    let (code, text) = callback(
+        &stolen_state,
+        "the-code",
+        Some("landfall_install=someone-else"),
+    );
+    assert_eq!(code, 403, "a state from another browser: {text}");
+    assert!(text.contains("another browser"), "{text}");
+
+    let (state, cookie) = start(&new_link());
+    assert_eq!(callback(&state, "the-code", Some(&cookie)).0, 200);
+    assert_eq!(
+        callback(&state, "the-code", Some(&cookie)).0,
+        403,
+        "a state is used once"
+    );
     let exchange = api
         .calls()
         .into_iter()
@@ -772,6 +829,47 @@ fn an_oauth_install_checks_its_state_and_seals_the_grant() {
     for secret in ["the-code", "fresh-token", "refresh-token", "csecret-1"] {
         assert!(!log.contains(secret), "{secret} was logged");
     }
+
+    // An install for another workspace never replaces this one's grant.
+    let exchanges = || {
+        api.calls()
+            .iter()
+            .filter(|c| c.method == "oauth.v2.access")
+            .count()
+    };
+    let before = exchanges();
+    let (state, cookie) = start(&new_link());
+    let (code, text) = callback(&state, "code-for-T0OUTSIDER", Some(&cookie));
+    assert_eq!(code, 409, "{text}");
+    assert!(text.contains("slack.team_id"), "{text}");
+    assert_eq!(exchanges(), before + 1);
+    let (_, reply) = signed(&s, "/slack/commands", &command("U1", "hello again", "t9"));
+    assert!(reply.contains("Started"), "{reply}");
+    wait_until("the second run's thread", Duration::from_secs(30), || {
+        api.calls()
+            .iter()
+            .filter(|c| c.method == "chat.postMessage")
+            .count()
+            >= 2
+    });
+    let last = api
+        .calls()
+        .into_iter()
+        .rfind(|c| c.method == "chat.postMessage")
+        .unwrap();
+    assert_eq!(
+        last.authorization, post.authorization,
+        "still this workspace's token"
+    );
+
+    // A failed exchange says what failed, never what Slack (or a proxy) answered.
+    let (state, cookie) = start(&new_link());
+    let (code, text) = callback(&state, "leaky-code", Some(&cookie));
+    assert_eq!(code, 502, "{text}");
+    assert!(text.contains("HTTP 502"), "{text}");
+    assert!(!text.contains("leaked"), "{text}");
+    let log = s.log.lock().unwrap().join("\n");
+    assert!(!log.contains("leaked-in-body"), "the body was logged");
 }
 
 #[test]

@@ -196,6 +196,20 @@ async fn oauth(
         };
         return Json(json!({ "ok": true, "users": users })).into_response();
     }
+    // Install codes: `code-for-T…` installs into that workspace; `leaky-code` fails with a body
+    // holding a token (which must not travel further).
+    let code = q.get("code").map(String::as_str).unwrap_or_default();
+    if code == "leaky-code" {
+        return (
+            StatusCode::BAD_GATEWAY,
+            "upstream error; request had access_token=xoxb-leaked-in-body",
+        )
+            .into_response();
+    }
+    let team = code
+        .strip_prefix("code-for-")
+        .unwrap_or("T0TEAM")
+        .to_string();
     if q.get("refresh_token").map(String::as_str) == Some("xoxe-1-revoked-refresh-token") {
         return Json(json!({ "ok": false, "error": "invalid_refresh_token" })).into_response();
     }
@@ -205,7 +219,7 @@ async fn oauth(
         "refresh_token": format!("xoxe-1-refresh-token-{n:04}"),
         "expires_in": 43200,
         "token_type": "bot",
-        "team": { "id": "T0TEAM" },
+        "team": { "id": team },
     }))
     .into_response()
 }
