@@ -26,7 +26,7 @@ pub enum CryptoError {
 
 /// The key that seals secrets. Not `Debug`, not `Display`: it is never printed.
 #[derive(Clone)]
-pub struct DataKey(XChaCha20Poly1305);
+pub struct DataKey(XChaCha20Poly1305, [u8; 32]);
 
 impl DataKey {
     /// From 64 hex digits (surrounding whitespace ignored, so a key file may end in a newline).
@@ -39,9 +39,29 @@ impl DataKey {
         if bytes.len() != 32 {
             return Err(CryptoError::BadKey);
         }
-        XChaCha20Poly1305::new_from_slice(bytes)
-            .map(DataKey)
-            .map_err(|_| CryptoError::BadKey)
+        let aead = XChaCha20Poly1305::new_from_slice(bytes).map_err(|_| CryptoError::BadKey)?;
+        // A separate key for fingerprints, so a MAC never uses the sealing key itself.
+        let mac_key: [u8; 32] = {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            h.update(b"landfall fingerprint key\0");
+            h.update(bytes);
+            h.finalize().into()
+        };
+        Ok(DataKey(aead, mac_key))
+    }
+
+    /// A keyed fingerprint (HMAC-SHA256, hex) of `data` under the name `aad`: equal values give
+    /// equal fingerprints under one key, and without the key a fingerprint says nothing about
+    /// a low-entropy value (a plain hash of a password can be guessed offline).
+    pub fn fingerprint(&self, aad: &[u8], data: &[u8]) -> String {
+        use hmac::{Hmac, Mac};
+        let mut m = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.1)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        m.update(aad);
+        m.update(&[0]);
+        m.update(data);
+        hex::encode(m.finalize().into_bytes())
     }
 
     /// Seals `plain` under the name `aad`.

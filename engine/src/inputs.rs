@@ -246,3 +246,201 @@ tier: { type: string, enum: [gold, silver] , default: silver }
         assert!(check_value("customer", &d["customer"], &json!("acme!")).is_err());
     }
 }
+
+/// How a sealed input is kept in a run or plan record: the name of its sealed value (in the
+/// store's secrets, opened with the data key only to run).
+pub(crate) const SEALED: &str = "$sealed";
+
+/// Why secret inputs could not be sealed or opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretInputError {
+    #[error("the workflow's secret input(s) {} need a data key to be stored sealed: set LANDFALL_DATA_KEY (64 hex digits, e.g. `openssl rand -hex 32`; `serve` also takes --data-key-file); nothing ran", .0.join(", "))]
+    NoKey(Vec<String>),
+    #[error("secret input `{0}` is not in the state file")]
+    Missing(String),
+    #[error("secret input `{0}` does not open with this data key (another key, or `rotate-key` ran with a key this process does not have)")]
+    Rejected(String),
+}
+
+/// A run's or plan's inputs as they are stored: secret values replaced by a reference to their
+/// sealed value, the sealed values to commit with the record, and the digest of the inputs
+/// (over keyed fingerprints of the secrets, never over their values).
+pub(crate) struct Sealed {
+    pub(crate) stored: Value,
+    pub(crate) secrets: Vec<(String, Vec<u8>)>,
+    pub(crate) digest: String,
+}
+
+fn secret_values<'a>(
+    declared: &'a IndexMap<String, InputSpec>,
+    values: &'a Value,
+) -> impl Iterator<Item = (&'a String, &'a Value)> {
+    declared
+        .iter()
+        .filter(|(_, spec)| spec.secret)
+        .filter_map(move |(name, _)| values.get(name).map(|v| (name, v)))
+        .filter(|(_, v)| !v.is_null())
+}
+
+/// The digest of `values` (plain), with secret values fingerprinted under `key`. Without
+/// secret values it is the plain digest, as before secrets were sealed.
+pub(crate) fn digest(
+    declared: &IndexMap<String, InputSpec>,
+    values: &Value,
+    key: Option<&crate::DataKey>,
+) -> Result<String, SecretInputError> {
+    let secret: Vec<(&String, &Value)> = secret_values(declared, values).collect();
+    if secret.is_empty() {
+        return Ok(crate::digest::digest_of(values));
+    }
+    let key = key.ok_or_else(|| {
+        SecretInputError::NoKey(secret.iter().map(|(n, _)| (*n).clone()).collect())
+    })?;
+    let mut form = values.clone();
+    for (name, v) in secret {
+        let fp = key.fingerprint(name.as_bytes(), v.to_string().as_bytes());
+        form[name.as_str()] = serde_json::json!({ "$secret": fp });
+    }
+    Ok(crate::digest::digest_of(&form))
+}
+
+/// Seals the secret values of `values` (plain) for the record of `owner` (a run or plan id).
+pub(crate) fn seal(
+    declared: &IndexMap<String, InputSpec>,
+    values: &Value,
+    owner: &str,
+    key: Option<&crate::DataKey>,
+) -> Result<Sealed, SecretInputError> {
+    let digest = digest(declared, values, key)?;
+    let mut stored = values.clone();
+    let mut secrets = Vec::new();
+    if let Some(key) = key {
+        for (name, v) in secret_values(declared, values) {
+            let sealed_name = format!("input.{owner}.{name}");
+            secrets.push((
+                sealed_name.clone(),
+                key.seal(v.to_string().as_bytes(), sealed_name.as_bytes()),
+            ));
+            stored[name.as_str()] = serde_json::json!({ SEALED: sealed_name });
+        }
+    }
+    Ok(Sealed {
+        stored,
+        secrets,
+        digest,
+    })
+}
+
+/// `stored` inputs with each sealed value opened. Records written before inputs were sealed
+/// hold plain values, which pass through.
+pub(crate) fn open(
+    stored: &Value,
+    store: &dyn crate::store::Store,
+    key: Option<&crate::DataKey>,
+) -> Result<Value, OpenError> {
+    let mut out = stored.clone();
+    let Some(obj) = out.as_object_mut() else {
+        return Ok(out);
+    };
+    let sealed: Vec<(String, String)> = obj
+        .iter()
+        .filter_map(|(k, v)| {
+            let o = v.as_object()?;
+            (o.len() == 1)
+                .then(|| o.get(SEALED)?.as_str().map(|n| (k.clone(), n.to_string())))
+                .flatten()
+        })
+        .collect();
+    if sealed.is_empty() {
+        return Ok(out);
+    }
+    let key = key.ok_or_else(|| {
+        OpenError::Secret(SecretInputError::NoKey(
+            sealed.iter().map(|(k, _)| k.clone()).collect(),
+        ))
+    })?;
+    for (input, name) in sealed {
+        let bytes = store
+            .secret(&name)?
+            .ok_or_else(|| OpenError::Secret(SecretInputError::Missing(input.clone())))?;
+        let plain = key
+            .open(&bytes, name.as_bytes())
+            .map_err(|_| OpenError::Secret(SecretInputError::Rejected(input.clone())))?;
+        let v: Value = serde_json::from_slice(&plain)
+            .map_err(|_| OpenError::Secret(SecretInputError::Rejected(input.clone())))?;
+        obj.insert(input, v);
+    }
+    Ok(out)
+}
+
+/// Why stored inputs could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpenError {
+    #[error(transparent)]
+    Secret(#[from] SecretInputError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+#[cfg(test)]
+mod sealing_tests {
+    use super::*;
+    use crate::store::{Batch, MemStore, Store};
+    use serde_json::json;
+
+    fn declared() -> IndexMap<String, InputSpec> {
+        serde_yaml::from_str("user: { type: string }\ntoken: { type: string, secret: true }\n")
+            .unwrap()
+    }
+
+    fn key(b: u8) -> crate::DataKey {
+        crate::DataKey::from_bytes(&[b; 32]).unwrap()
+    }
+
+    #[test]
+    fn sealed_inputs_open_to_what_they_were_and_keep_no_value() {
+        let plain = json!({ "user": "bob", "token": "xoxb-hunter2" });
+        let s = seal(&declared(), &plain, "r-1", Some(&key(1))).unwrap();
+        assert_eq!(s.stored["user"], "bob");
+        assert_eq!(s.stored["token"], json!({ "$sealed": "input.r-1.token" }));
+        assert!(!s.stored.to_string().contains("hunter2"));
+        let store = MemStore::default();
+        store
+            .commit(Batch {
+                secrets: s.secrets,
+                ..Batch::default()
+            })
+            .unwrap();
+        assert_eq!(open(&s.stored, &store, Some(&key(1))).unwrap(), plain);
+        assert!(matches!(
+            open(&s.stored, &store, Some(&key(2))),
+            Err(OpenError::Secret(SecretInputError::Rejected(_)))
+        ));
+        assert!(matches!(
+            open(&s.stored, &store, None),
+            Err(OpenError::Secret(SecretInputError::NoKey(_)))
+        ));
+        // Records from before sealing hold plain values: they pass through.
+        assert_eq!(open(&plain, &store, None).unwrap(), plain);
+    }
+
+    #[test]
+    fn the_digest_is_keyed_for_secrets_and_plain_without_them() {
+        let d = declared();
+        let a = json!({ "user": "bob", "token": "t1" });
+        let b = json!({ "user": "bob", "token": "t2" });
+        let k = key(1);
+        assert_eq!(digest(&d, &a, Some(&k)), digest(&d, &a, Some(&k)));
+        assert_ne!(digest(&d, &a, Some(&k)), digest(&d, &b, Some(&k)));
+        assert_ne!(
+            digest(&d, &a, Some(&k)).unwrap(),
+            crate::digest::digest_of(&a)
+        );
+        assert!(matches!(digest(&d, &a, None), Err(SecretInputError::NoKey(n)) if n == ["token"]));
+        let no_secret = json!({ "user": "bob" });
+        assert_eq!(
+            digest(&d, &no_secret, None).unwrap(),
+            crate::digest::digest_of(&no_secret)
+        );
+    }
+}

@@ -43,7 +43,7 @@ pub use digest::{digest_of, sha256_hex};
 pub use error::{ErrorClass, StepError};
 pub use events::{LogLevel, Observer, RunEvent};
 pub use expr::{ctx_value, render_str};
-pub use inputs::{redacted as redacted_inputs, resolve_and_check, InputError};
+pub use inputs::{redacted as redacted_inputs, resolve_and_check, InputError, SecretInputError};
 pub use lock::RunLease;
 pub use package::{valid_package_id, Package, PackageContent, PackageRef};
 pub use path::Path;

@@ -247,6 +247,8 @@ impl Engine {
         let inputs = Value::Object(inputs);
         let now = Utc::now();
         let plan_id = format!("p-{}", ulid::Ulid::new().to_string().to_lowercase());
+        // Refused before anything is planned when secret inputs cannot be sealed.
+        let sealed = crate::inputs::seal(&wf.inputs, &inputs, &plan_id, self.data_key())?;
         let link = RunLink::new(None, Some(std::sync::Arc::clone(&self.store)));
         let mut steps = Map::new();
         let mut nodes: Vec<PlannedNode> = Vec::new();
@@ -468,8 +470,8 @@ impl Engine {
             workflow_file: wf.source.name.clone(),
             workflow_text: wf.source.text.to_string(),
             workflow_digest: wf.digest.clone(),
-            inputs_digest: digest_of(&inputs),
-            inputs,
+            inputs_digest: sealed.digest,
+            inputs: sealed.stored,
             requester: new.requester,
             created_at: now,
             expires_at: now + ttl,
@@ -477,6 +479,14 @@ impl Engine {
             digest: String::new(),
         };
         plan.digest = plan.compute_digest();
+        // The sealed values first: a plan never refers to a value that is not stored (a crash
+        // in between leaves only an unused sealed value).
+        if !sealed.secrets.is_empty() {
+            self.store.commit(crate::store::Batch {
+                secrets: sealed.secrets,
+                ..Default::default()
+            })?;
+        }
         self.store.save_plan(&plan)?;
         Ok(plan)
     }

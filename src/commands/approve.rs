@@ -39,7 +39,7 @@ impl App {
             )));
         }
         let actor = decision.actor.clone();
-        self.engine(Arc::clone(&store)).signal(
+        self.engine(Arc::clone(&store))?.signal(
             &a.run_id,
             &a.node,
             decision.into_signal(chrono::Utc::now()),

@@ -99,7 +99,8 @@ impl From<EngineError> for Failure {
             | EngineError::NoSuchNode(..)
             | EngineError::NodeFinished(..)
             | EngineError::NoSuchPlan(_)
-            | EngineError::PlanRefused { .. } => EXIT_INVALID,
+            | EngineError::PlanRefused { .. }
+            | EngineError::SecretInputs(_) => EXIT_INVALID,
         };
         Failure {
             code,
@@ -306,8 +307,10 @@ impl App {
         Ok(Arc::new(RedbStore::open(&self.loaded.config.db)?))
     }
 
-    fn engine(&self, store: Arc<RedbStore>) -> Engine {
-        Engine::new(Arc::clone(&self.registry), store)
+    /// An engine on `store`, with the data key from `LANDFALL_DATA_KEY` (secret inputs).
+    fn engine(&self, store: Arc<RedbStore>) -> Res<Engine> {
+        let key = rotate_key::data_key(None, "LANDFALL_DATA_KEY")?;
+        Ok(Engine::new(Arc::clone(&self.registry), store).with_data_key(key))
     }
 
     /// Compiles a workflow; on errors prints the report and fails with exit 2.

@@ -15,7 +15,7 @@ impl App {
         let wf = self.load_workflow(&args.file)?;
         let inputs = self.read_inputs(&wf, args.input.as_deref(), &args.sets)?;
         let store = self.open_store()?;
-        let engine = self.engine(Arc::clone(&store));
+        let engine = self.engine(Arc::clone(&store))?;
         let plan = engine
             .plan(
                 &wf,

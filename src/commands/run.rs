@@ -71,7 +71,7 @@ impl App {
             None => self.read_inputs(&wf, args.input.as_deref(), &args.sets)?,
         };
         let store = self.open_store()?;
-        let engine = self.engine(Arc::clone(&store));
+        let engine = self.engine(Arc::clone(&store))?;
         let max_parallel = args
             .max_parallel
             .map(|n| n as usize)
@@ -122,7 +122,7 @@ impl App {
                 "this build's plugins reject it (see above)".into(),
             ))
         })?;
-        let engine = self.engine(Arc::clone(&store));
+        let engine = self.engine(Arc::clone(&store))?;
         self.execute(engine, store, Arc::new(wf), record, json)
             .await
     }

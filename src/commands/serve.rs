@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use landfall_engine::Engine;
+
 use super::rotate_key::data_key;
 use super::{wait_for_stop_signal, App, Failure, Res, EXIT_OK};
 use crate::cli::ServeArgs;
@@ -44,6 +46,8 @@ impl App {
             workflows.push((f.clone(), self.load_workflow(&f)?));
         }
         let store = self.open_store()?;
+        let key = data_key(a.data_key_file.as_deref(), "data key")?;
+        let engine = Engine::new(Arc::clone(&self.registry), store).with_data_key(key.clone());
         let serving = setup::front_door(
             slack,
             ServeSettings {
@@ -54,9 +58,9 @@ impl App {
                 max_body: a.max_body,
                 max_parallel: self.loaded.config.max_parallel,
                 grace: self.loaded.config.grace,
-                data_key: data_key(a.data_key_file.as_deref(), "data key")?,
+                data_key: key,
             },
-            self.engine(store),
+            engine,
             Arc::clone(&self.registry),
             workflows,
         )?;

@@ -506,15 +506,19 @@ steps:
   - { id: a, uses: log, with: { message: "hello {{ inputs.user }}" } }
 "#,
     );
-    let out = sb.run(&[
-        "run",
-        "secret.yaml",
-        "--set",
-        "token=xoxb-hunter2",
-        "--set",
-        "user=bob",
-        "--json",
-    ]);
+    let out = sb
+        .cmd(&[
+            "run",
+            "secret.yaml",
+            "--set",
+            "token=xoxb-hunter2",
+            "--set",
+            "user=bob",
+            "--json",
+        ])
+        .env("LANDFALL_DATA_KEY", "5a".repeat(32))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = format!("{}{}", stdout(&out), stderr(&out));
     assert!(!text.contains("hunter2"), "{text}");
@@ -1058,4 +1062,102 @@ steps:
     let mut seen = lines(&sb.path("seen.log"));
     seen.sort();
     assert_eq!(seen, ["1", "2", "3"]);
+}
+
+/// A `secret: true` input is sealed at rest: refused without a data key (nothing ran), never
+/// in the state file in clear, re-sealed by `rotate-key`, opened again only with the key to
+/// resume.
+#[test]
+fn secret_inputs_are_sealed_at_rest_and_follow_the_data_key() {
+    let sb = Sandbox::new();
+    let value = "hunter2-sealed-input-value";
+    sb.write(
+        "secret.yaml",
+        r#"
+name: secret
+inputs:
+  password: { type: string, secret: true }
+steps:
+  - id: approve
+    uses: approval
+    with: { title: "Use the password", digest: "d-secret", timeout: 10m }
+  - id: use
+    uses: exec
+    needs: [approve]
+    with: { argv: ["sh", "-c", "test \"$0\" = \"$(cat expected.txt)\"", "{{ inputs.password }}"] }
+"#,
+    );
+    // Not in the workflow's text (which the run record keeps): in a file the step reads.
+    sb.write("expected.txt", value);
+    let set = format!("password={value}");
+    let refused = sb.run(&["run", "secret.yaml", "--set", &set, "--run-id", "s-1"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("LANDFALL_DATA_KEY"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(
+        stderr(&refused).contains("password"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(
+        sb.run(&["status", "s-1"]).status.code(),
+        Some(2),
+        "no run was made"
+    );
+
+    let (old, new) = ("21".repeat(32), "43".repeat(32));
+    sb.write("old.key", &old);
+    sb.write("new.key", &new);
+    let mut child = sb
+        .cmd(&["run", "secret.yaml", "--set", &set, "--run-id", "s-1"])
+        .env("LANDFALL_DATA_KEY", &old)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the approval to wait", Duration::from_secs(60), || {
+        sb.path(".landfall/state.redb").exists() && node_status(&sb, "s-1", "approve") == "waiting"
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let in_clear = |what: &str| {
+        let db = std::fs::read(sb.path(".landfall/state.redb")).unwrap();
+        db.windows(what.len()).any(|w| w == what.as_bytes())
+    };
+    assert!(!in_clear(value), "the secret is in the state file in clear");
+    let shown = sb.run(&["status", "s-1", "--json"]);
+    assert!(!String::from_utf8_lossy(&shown.stdout).contains(value));
+
+    let rotated = sb.run(&[
+        "rotate-key",
+        "--data-key-file",
+        "old.key",
+        "--new-key-file",
+        "new.key",
+    ]);
+    assert_eq!(rotated.status.code(), Some(0), "{}", stderr(&rotated));
+    let approved = sb.run(&["approve", "s-1", "approve"]);
+    assert_eq!(approved.status.code(), Some(0), "{}", stderr(&approved));
+    // The old key no longer opens it; the new one does, and the step sees the value.
+    let with_old = sb
+        .cmd(&["resume", "s-1"])
+        .env("LANDFALL_DATA_KEY", &old)
+        .output()
+        .unwrap();
+    assert_eq!(with_old.status.code(), Some(2), "{}", stderr(&with_old));
+    assert!(
+        stderr(&with_old).contains("does not open"),
+        "{}",
+        stderr(&with_old)
+    );
+    let with_new = sb
+        .cmd(&["resume", "s-1"])
+        .env("LANDFALL_DATA_KEY", &new)
+        .output()
+        .unwrap();
+    assert_eq!(with_new.status.code(), Some(0), "{}", stderr(&with_new));
+    assert!(!in_clear(value), "resuming wrote the secret in clear");
 }

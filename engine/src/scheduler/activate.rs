@@ -174,7 +174,7 @@ impl Execution<'_> {
             })
             .collect();
         json!({
-            "inputs": self.run.inputs,
+            "inputs": self.inputs,
             "steps": steps,
             "run": {
                 "id": self.run.run_id,

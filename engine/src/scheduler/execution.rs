@@ -89,6 +89,7 @@ impl<'a> Execution<'a> {
         Execution {
             engine,
             wf,
+            inputs: run.inputs.clone(),
             run,
             control,
             observers,

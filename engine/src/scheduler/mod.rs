@@ -61,6 +61,18 @@ pub enum EngineError {
     /// The plan cannot be applied as it stands; `why` says what to do.
     #[error("plan `{plan_id}` cannot be applied: {why}")]
     PlanRefused { plan_id: String, why: String },
+    /// Secret inputs cannot be sealed or opened (no data key, another key).
+    #[error(transparent)]
+    SecretInputs(#[from] crate::inputs::SecretInputError),
+}
+
+impl From<crate::inputs::OpenError> for EngineError {
+    fn from(e: crate::inputs::OpenError) -> Self {
+        match e {
+            crate::inputs::OpenError::Secret(s) => EngineError::SecretInputs(s),
+            crate::inputs::OpenError::Store(s) => EngineError::Store(s),
+        }
+    }
 }
 
 /// How a caller stops a run.
@@ -93,6 +105,8 @@ pub struct Engine {
     pub store: Arc<dyn Store>,
     pub breakers: Arc<Breakers>,
     observers: Vec<Arc<dyn Observer>>,
+    /// Seals secret inputs in the records it writes and opens them to run.
+    data_key: Option<crate::DataKey>,
 }
 
 /// How a run ended.
@@ -117,7 +131,18 @@ impl Engine {
             store,
             breakers: Arc::new(Breakers::default()),
             observers: Vec::new(),
+            data_key: None,
         }
+    }
+
+    /// The data key secret inputs are sealed with (runs with secret inputs need one).
+    pub fn with_data_key(mut self, key: Option<crate::DataKey>) -> Self {
+        self.data_key = key;
+        self
+    }
+
+    pub(crate) fn data_key(&self) -> Option<&crate::DataKey> {
+        self.data_key.as_ref()
     }
 
     pub fn observe(&mut self, o: Arc<dyn Observer>) {
@@ -128,12 +153,15 @@ impl Engine {
     /// inputs, returns that run so the caller resumes it instead of starting a duplicate.
     pub fn create_run(&self, wf: &Workflow, new: NewRun) -> Result<RunRecord, EngineError> {
         let inputs = match &new.plan {
-            Some(plan_id) => self.applicable_plan(wf, plan_id, &new.inputs)?.inputs,
+            Some(plan_id) => {
+                let plan = self.applicable_plan(wf, plan_id, &new.inputs)?;
+                crate::inputs::open(&plan.inputs, self.store.as_ref(), self.data_key())?
+            }
             None => Value::Object(
                 crate::inputs::resolve(&wf.inputs, new.inputs, &[]).map_err(EngineError::Inputs)?,
             ),
         };
-        let inputs_digest = crate::digest::digest_of(&inputs);
+        let inputs_digest = crate::inputs::digest(&wf.inputs, &inputs, self.data_key())?;
         if let Some(id) = &new.run_id {
             if !valid_run_id(id) {
                 return Err(EngineError::BadRunId(id.clone()));
@@ -157,6 +185,9 @@ impl Engine {
         let run_id = new
             .run_id
             .unwrap_or_else(|| format!("r-{}", ulid::Ulid::new().to_string().to_lowercase()));
+        // Secret values go into the store's sealed secrets, the record keeps references.
+        let sealed = crate::inputs::seal(&wf.inputs, &inputs, &run_id, self.data_key())?;
+        let inputs = sealed.stored;
         let record = RunRecord {
             run_id: run_id.clone(),
             workflow: wf.name.clone(),
@@ -185,6 +216,7 @@ impl Engine {
         self.store.commit(Batch {
             runs: vec![record.clone()],
             audit: vec![audit.into()],
+            secrets: sealed.secrets,
             ..Batch::default()
         })?;
         Ok(record)
@@ -215,7 +247,8 @@ impl Engine {
         if !inputs.is_empty() {
             let given = crate::inputs::resolve(&wf.inputs, inputs.clone(), &[])
                 .map_err(EngineError::Inputs)?;
-            if crate::digest::digest_of(&Value::Object(given)) != plan.inputs_digest {
+            let given = crate::inputs::digest(&wf.inputs, &Value::Object(given), self.data_key())?;
+            if given != plan.inputs_digest {
                 return Err(refuse(
                     "the inputs given differ from the plan's; leave them out (the plan has its own) or plan again".into(),
                 ));
@@ -315,7 +348,10 @@ impl Engine {
             None => None,
         };
         let existing = self.store.nodes(&run.run_id)?;
+        // Opened here, kept in memory only: the record the execution writes keeps references.
+        let inputs = crate::inputs::open(&run.inputs, self.store.as_ref(), self.data_key())?;
         let mut ex = Execution::new(self, wf, run, control, obs, existing);
+        ex.inputs = inputs;
         ex.plan = plan;
         let res = ex.run().await;
         drop(lease);
@@ -358,6 +394,9 @@ struct Execution<'a> {
     engine: &'a Engine,
     wf: Arc<Workflow>,
     run: RunRecord,
+    /// The run's inputs with secret values opened: what steps see. `run.inputs`, which is
+    /// written back with every status change, keeps only references to sealed values.
+    inputs: Value,
     control: RunControl,
     observers: Vec<Arc<dyn Observer>>,
     /// Every node of the run. A node is named by its index everywhere inside the scheduler;

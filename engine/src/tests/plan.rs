@@ -364,3 +364,78 @@ steps:
         "only the first, as-planned run reached `after`"
     );
 }
+
+/// A plan of a workflow with a secret input keeps it sealed (in the plan and in the run that
+/// applies it), and the run's steps see the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_keeps_secret_inputs_sealed_and_its_run_opens_them() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let eng = eng.with_data_key(Some(crate::DataKey::from_bytes(&[9; 32]).unwrap()));
+    let wf = Arc::new(workflow(
+        r#"
+name: t
+inputs:
+  token: { type: string, secret: true }
+steps:
+  - { id: use, uses: planned, with: { outputs: "{{ inputs.token }}" } }
+"#,
+        &reg,
+    ));
+    let mut inputs = Map::new();
+    inputs.insert("token".into(), json!("xoxb-hunter2"));
+    let plan = eng
+        .plan(
+            &wf,
+            NewPlan {
+                inputs,
+                ..new_plan()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!serde_json::to_string(&plan.inputs)
+        .unwrap()
+        .contains("hunter2"));
+    let rec = eng.create_run(&wf, applying(&plan.plan_id)).unwrap();
+    assert!(
+        !rec.inputs.to_string().contains("hunter2"),
+        "{}",
+        rec.inputs
+    );
+    let out = eng
+        .execute(Arc::clone(&wf), rec, RunControl::default(), &[])
+        .await
+        .unwrap();
+    assert_eq!(out.status, RunStatus::Succeeded);
+    let stored = store.run(&out.run_id).unwrap().unwrap();
+    assert!(
+        !stored.inputs.to_string().contains("hunter2"),
+        "{}",
+        stored.inputs
+    );
+    let used = store
+        .nodes(&out.run_id)
+        .unwrap()
+        .into_iter()
+        .find(|n| &*n.node_id == "use")
+        .and_then(|n| n.outputs)
+        .unwrap();
+    assert_eq!(used, json!("xoxb-hunter2"), "the step saw the value");
+    // Without the key, neither a plan nor a run is made.
+    let keyless = Engine::new(Arc::new(reg.clone()), store.clone());
+    let mut inputs = Map::new();
+    inputs.insert("token".into(), json!("x"));
+    assert!(matches!(
+        keyless
+            .plan(
+                &wf,
+                NewPlan {
+                    inputs,
+                    ..new_plan()
+                }
+            )
+            .await,
+        Err(EngineError::SecretInputs(_))
+    ));
+}
