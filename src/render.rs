@@ -48,6 +48,38 @@ pub fn input_errors(errs: &[landfall_engine::InputError]) -> String {
         .collect()
 }
 
+/// Input problems: those about values of `doc` (an inputs or requirements file) as one report
+/// on that file, each at its file:line:column; the rest (`--set`, defaults, missing inputs
+/// when there is no file) one line each.
+pub fn input_problems(
+    doc: Option<&landfall_engine::Document>,
+    errs: &[landfall_engine::InputError],
+    color: bool,
+) -> String {
+    let in_file = |e: &landfall_engine::InputError| {
+        doc.is_some_and(|d| {
+            let path = landfall_engine::Path::parse(&e.field);
+            match path.0.first() {
+                Some(landfall_engine::Seg::Key(k)) => {
+                    d.value.get(k).is_some() || e.message.starts_with("missing field")
+                }
+                _ => false,
+            }
+        })
+    };
+    let (located, plain): (Vec<_>, Vec<_>) = errs.iter().cloned().partition(|e| in_file(e));
+    let mut out = String::new();
+    if let (Some(d), false) = (doc, located.is_empty()) {
+        let diags = located.iter().map(|e| e.diagnostic()).collect();
+        out.push_str(&report(
+            &landfall_engine::diag::Report::new(d.source.clone(), Some(&d.map), diags),
+            color,
+        ));
+    }
+    out.push_str(&input_errors(&plain));
+    out
+}
+
 pub fn stderr_color() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }

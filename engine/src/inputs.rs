@@ -19,6 +19,27 @@ pub struct InputError {
 }
 
 impl InputError {
+    /// The problem as a diagnostic located by its field path, for a report on the file the
+    /// value came from (`Report::new` with the file's source map finds the line and column).
+    pub fn diagnostic(&self) -> crate::diag::Diagnostic {
+        use crate::diag::Diagnostic;
+        let d = Diagnostic::error(
+            self.code,
+            format!("input `{}`: {}", self.field, self.message),
+        )
+        .with_path(crate::Path::parse(&self.field));
+        if self.code == codes::INPUT_MISSING || self.message.starts_with("missing field") {
+            d.with_label("missing in here")
+                .with_help("add it (or give it with `--set NAME=VALUE`)")
+        } else if self.code == codes::INPUT_UNKNOWN || self.message.starts_with("unknown field") {
+            d.at_key()
+                .with_label("unknown")
+                .with_help("remove it, or fix its spelling")
+        } else {
+            d.with_label("here")
+        }
+    }
+
     /// A value that is there but wrong (the usual case, and what input checks report).
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         InputError {
@@ -175,12 +196,28 @@ pub fn resolve_and_check(
     provided: Map<String, Value>,
     sets: &[(String, String)],
 ) -> Result<Map<String, Value>, Vec<InputError>> {
-    let values = resolve(&wf.inputs, provided, sets)?;
-    if let Some(check) = wf
+    let check = wf
         .input_check
         .as_deref()
-        .and_then(|n| registry.input_check(n))
-    {
+        .and_then(|n| registry.input_check(n));
+    let values = match resolve(&wf.inputs, provided.clone(), sets) {
+        Ok(v) => v,
+        Err(mut errors) => {
+            // The check still looks at what was given, so one unknown or missing input does
+            // not hide the other problems; a field reported twice is reported once.
+            if let Some(check) = check {
+                let mut given = provided;
+                given.retain(|k, _| wf.inputs.contains_key(k));
+                for p in check(&given) {
+                    if !errors.iter().any(|e| e.field == p.field) {
+                        errors.push(p);
+                    }
+                }
+            }
+            return Err(errors);
+        }
+    };
+    if let Some(check) = check {
         let problems = check(&values);
         if !problems.is_empty() {
             return Err(problems);

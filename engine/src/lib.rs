@@ -46,7 +46,7 @@ pub use expr::{ctx_value, render_str};
 pub use inputs::{redacted as redacted_inputs, resolve_and_check, InputError, SecretInputError};
 pub use lock::RunLease;
 pub use package::{valid_package_id, Package, PackageContent, PackageRef};
-pub use path::Path;
+pub use path::{Path, Seg};
 pub use plan::{
     actions_counted, contains_unknown, NewPlan, Plan, PlanOutcome, PlanStatus, PlannedNode,
     UNKNOWN as PLAN_UNKNOWN,

@@ -65,6 +65,48 @@ impl Path {
     }
 }
 
+impl Path {
+    /// Reads a path as [`Path`]'s `Display` writes it (`accounts[1].email`, `tags["a.b"]`);
+    /// what it cannot read ends the path there (its nearest readable ancestor is then used).
+    pub fn parse(text: &str) -> Path {
+        let mut out = Path::root();
+        let b = text.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'.' => i += 1,
+                b'[' if b.get(i + 1) == Some(&b'"') => {
+                    // A quoted key: a JSON-compatible string literal up to `"]`.
+                    let Some(end) = text[i + 1..].find("\"]").map(|e| i + 1 + e + 1) else {
+                        break;
+                    };
+                    match serde_json::from_str::<String>(&text[i + 1..end]) {
+                        Ok(k) => out.0.push(Seg::Key(k)),
+                        Err(_) => break,
+                    }
+                    i = end + 1;
+                }
+                b'[' => {
+                    let Some(end) = text[i..].find(']').map(|e| i + e) else {
+                        break;
+                    };
+                    match text[i + 1..end].parse::<usize>() {
+                        Ok(n) => out.0.push(Seg::Index(n)),
+                        Err(_) => break,
+                    }
+                    i = end + 1;
+                }
+                _ => {
+                    let end = text[i..].find(['.', '[']).map_or(text.len(), |e| i + e);
+                    out.0.push(Seg::Key(text[i..end].to_string()));
+                    i = end;
+                }
+            }
+        }
+        out
+    }
+}
+
 impl fmt::Display for Path {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.0.is_empty() {
@@ -95,6 +137,19 @@ impl fmt::Display for Path {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_displayed_path_reads_back() {
+        for p in [
+            Path::root().key("accounts").index(1).key("email"),
+            Path::root().key("tags").key("cost.center").key("x"),
+            Path::root().key("regions").index(0),
+            Path::root().key("a-b_c"),
+        ] {
+            assert_eq!(Path::parse(&p.to_string()), p, "{p}");
+        }
+        assert_eq!(Path::parse("a[x].b"), Path::root().key("a"));
+    }
 
     #[test]
     fn displays_like_a_user_would_write_it() {

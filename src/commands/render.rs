@@ -30,9 +30,10 @@ impl App {
         let templates = &self.loaded.config.templates_dir;
         let req =
             Requirements::from_inputs(&map, Some(&templates.join("rules"))).map_err(|errs| {
-                for e in &errs {
-                    eprintln!("error[{}]: {}: {e}", e.code, source.name);
-                }
+                eprint!(
+                    "{}",
+                    show::input_problems(Some(&doc), &errs, show::stderr_color())
+                );
                 Failure::invalid(format!(
                     "{} problem(s) in {}; nothing rendered",
                     errs.len(),

@@ -29,6 +29,7 @@ impl App {
         input: Option<&std::path::Path>,
         sets: &[(String, String)],
     ) -> Res<Map<String, Value>> {
+        let mut file = None;
         let provided = match input {
             None => Map::new(),
             Some(p) => {
@@ -41,8 +42,8 @@ impl App {
                         return Err(Failure::invalid(""));
                     }
                 };
-                match doc.value {
-                    Value::Object(m) => m,
+                let provided = match &doc.value {
+                    Value::Object(m) => m.clone(),
                     Value::Null => Map::new(),
                     _ => {
                         return Err(Failure::invalid(format!(
@@ -50,11 +51,26 @@ impl App {
                             source.name
                         )))
                     }
-                }
+                };
+                file = Some(doc);
+                provided
             }
         };
         landfall_engine::resolve_and_check(wf, &self.registry, provided, sets).map_err(|errs| {
-            eprint!("{}", render::input_errors(&errs));
+            // A `--set` wins over the file: its problems are not the file's.
+            let from_sets: Vec<&str> = sets.iter().map(|(k, _)| k.as_str()).collect();
+            let (set_errs, rest): (Vec<_>, Vec<_>) = errs.iter().cloned().partition(|e| {
+                from_sets.iter().any(|k| {
+                    e.field == *k
+                        || e.field.starts_with(&format!("{k}."))
+                        || e.field.starts_with(&format!("{k}["))
+                })
+            });
+            eprint!(
+                "{}{}",
+                render::input_problems(file.as_ref(), &rest, render::stderr_color()),
+                render::input_errors(&set_errs)
+            );
             Failure::invalid(format!(
                 "{} invalid input{}; nothing ran",
                 errs.len(),

@@ -133,16 +133,6 @@ pub struct Requirements {
     pub tags: BTreeMap<String, String>,
 }
 
-/// Fields of [`Requirements`] that have no default (pinned to the struct's schema by a test).
-const REQUIRED: [&str; 6] = [
-    "customer",
-    "display_name",
-    "contact_email",
-    "accounts",
-    "regions",
-    "network",
-];
-
 /// Reads `v` (found at `at`) as a `T`; a problem names the full path of the bad value.
 fn read<T: serde::de::DeserializeOwned>(
     at: &landfall_engine::Path,
@@ -165,52 +155,184 @@ fn plain(message: &str) -> String {
     .fold(message.to_string(), |m, (rust, said)| m.replace(rust, said))
 }
 
-/// Every shape problem of the inputs (a wrong type, an unknown value or field, a missing
-/// field), not only the first one serde meets: each field is read on its own, and each account,
-/// so one bad environment does not hide a bad network.
-fn shape_problems(inputs: &Map<String, Value>) -> Vec<InputError> {
+/// The inputs with every unreadable part (a wrong type, an unknown value, a missing field)
+/// replaced by a stand-in that reads, and the problems found: each field is read on its own,
+/// down to each account's and the network's fields, so one bad environment hides neither a
+/// bad network nor the checks of the values that did read. Unknown fields are dropped.
+fn lenient(inputs: &Map<String, Value>) -> (Map<String, Value>, Vec<InputError>) {
     use landfall_engine::Path;
-    fn check<T: serde::de::DeserializeOwned>(at: Path, v: &Value, out: &mut Vec<InputError>) {
-        if let Err(e) = read::<T>(&at, v) {
-            out.push(e);
+    use serde_json::json;
+    /// `v` at `at` if it reads as a `T`, else the problem and `stand_in`.
+    fn field<T: serde::de::DeserializeOwned>(
+        at: &Path,
+        v: Option<&Value>,
+        stand_in: Value,
+        out: &mut Vec<InputError>,
+    ) -> Value {
+        match v {
+            None => {
+                out.push(missing(at));
+                stand_in
+            }
+            Some(v) => match read::<T>(at, v) {
+                Ok(_) => v.clone(),
+                Err(e) => {
+                    out.push(e);
+                    stand_in
+                }
+            },
         }
     }
-    let mut out = Vec::new();
-    for (k, v) in inputs {
-        let at = Path::root().key(k.as_str());
-        match k.as_str() {
-            "customer" | "display_name" | "contact_email" => check::<String>(at, v, &mut out),
-            "accounts" => match v.as_array() {
-                Some(items) => {
-                    for (i, a) in items.iter().enumerate() {
-                        check::<Account>(at.index(i), a, &mut out);
-                    }
-                }
-                None => check::<Vec<Account>>(at, v, &mut out),
-            },
-            "regions" | "compliance" => check::<Vec<String>>(at, v, &mut out),
-            "network" => check::<Network>(at, v, &mut out),
-            "budget" => check::<Option<Budget>>(at, v, &mut out),
-            "stakeholders" => check::<Stakeholders>(at, v, &mut out),
-            "tags" => check::<BTreeMap<String, String>>(at, v, &mut out),
-            other => {
-                let known = REQUIRED
-                    .iter()
-                    .chain(["budget", "compliance", "stakeholders", "tags"].iter())
-                    .copied();
-                let hint = landfall_engine::diag::did_you_mean(other, known)
-                    .map(|m| format!(" (did you mean `{m}`?)"))
+    /// An object read field by field (`fields`: name, reader), unknown keys reported.
+    #[allow(clippy::type_complexity)]
+    fn object(
+        at: &Path,
+        v: Option<&Value>,
+        fields: &[(
+            &str,
+            &dyn Fn(&Path, Option<&Value>, &mut Vec<InputError>) -> Value,
+        )],
+        out: &mut Vec<InputError>,
+    ) -> Value {
+        let Some(m) = v.and_then(Value::as_object) else {
+            match v {
+                None => out.push(missing(at)),
+                Some(_) => out.push(err(
+                    at.to_string(),
+                    "expected a mapping (`key: value` lines)",
+                )),
+            }
+            let mut blank = Vec::new();
+            let stand_in: Map<String, Value> = fields
+                .iter()
+                .map(|(k, f)| (k.to_string(), f(&at.key(*k), None, &mut blank)))
+                .collect();
+            return Value::Object(stand_in);
+        };
+        for k in m.keys() {
+            if !fields.iter().any(|(f, _)| f == k) {
+                let hint = landfall_engine::diag::did_you_mean(k, fields.iter().map(|(f, _)| *f))
+                    .map(|x| format!(" (did you mean `{x}`?)"))
                     .unwrap_or_default();
-                out.push(err(other, format!("unknown field `{other}`{hint}")));
+                out.push(err(
+                    at.key(k.as_str()).to_string(),
+                    format!("unknown field `{k}`{hint}"),
+                ));
             }
         }
+        Value::Object(
+            fields
+                .iter()
+                .map(|(k, f)| (k.to_string(), f(&at.key(*k), m.get(*k), out)))
+                .collect(),
+        )
     }
-    for field in REQUIRED {
-        if !inputs.contains_key(field) {
-            out.push(err(field, format!("missing field `{field}`")));
+    fn missing(at: &Path) -> InputError {
+        let name = match at.0.last() {
+            Some(landfall_engine::Seg::Key(k)) => k.clone(),
+            _ => at.to_string(),
+        };
+        err(at.to_string(), format!("missing field `{name}`"))
+    }
+    let text = |stand_in: &'static str| {
+        move |at: &Path, v: Option<&Value>, out: &mut Vec<InputError>| {
+            field::<String>(at, v, json!(stand_in), out)
         }
-    }
-    out
+    };
+    let optional = |reader: fn(&Path, &Value, &mut Vec<InputError>) -> Value| {
+        move |at: &Path, v: Option<&Value>, out: &mut Vec<InputError>| match v {
+            None => Value::Null,
+            Some(v) => reader(at, v, out),
+        }
+    };
+    let account = |at: &Path, v: Option<&Value>, out: &mut Vec<InputError>| {
+        object(
+            at,
+            v,
+            &[
+                ("name", &text("stand-in")),
+                ("email", &text("stand-in@example.com")),
+                ("environment", &|at, v, out| {
+                    field::<Environment>(at, v, json!("sandbox"), out)
+                }),
+            ],
+            out,
+        )
+    };
+    let accounts = |at: &Path, v: Option<&Value>, out: &mut Vec<InputError>| match v {
+        Some(Value::Array(items)) => Value::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, a)| account(&at.index(i), Some(a), out))
+                .collect(),
+        ),
+        other => field::<Vec<Account>>(at, other, json!([]), out),
+    };
+    let network = |at: &Path, v: Option<&Value>, out: &mut Vec<InputError>| {
+        object(
+            at,
+            v,
+            &[
+                ("cidr", &text("10.0.0.0/16")),
+                ("availability_zones", &|at, v, out| {
+                    field::<u8>(at, v, json!(1), out)
+                }),
+                ("nat_gateways", &|at, v, out| {
+                    field::<NatGateways>(at, v, json!("none"), out)
+                }),
+            ],
+            out,
+        )
+    };
+    let mut out = Vec::new();
+    let top = object(
+        &Path::root(),
+        Some(&Value::Object(inputs.clone())),
+        &[
+            ("customer", &text("stand-in")),
+            ("display_name", &text("stand-in")),
+            ("contact_email", &text("stand-in@example.com")),
+            ("accounts", &accounts),
+            ("regions", &|at, v, out| {
+                field::<Vec<String>>(at, v, json!([]), out)
+            }),
+            ("network", &network),
+            (
+                "budget",
+                &optional(|at, v, out| field::<Option<Budget>>(at, Some(v), Value::Null, out)),
+            ),
+            (
+                "compliance",
+                &optional(|at, v, out| field::<Vec<String>>(at, Some(v), json!([]), out)),
+            ),
+            (
+                "stakeholders",
+                &optional(|at, v, out| field::<Stakeholders>(at, Some(v), json!({}), out)),
+            ),
+            (
+                "tags",
+                &optional(|at, v, out| {
+                    field::<BTreeMap<String, String>>(at, Some(v), json!({}), out)
+                }),
+            ),
+        ],
+        &mut out,
+    );
+    // Optional fields left out stay out (their defaults apply).
+    let map = match top {
+        Value::Object(m) => m.into_iter().filter(|(_, v)| !v.is_null()).collect(),
+        _ => Map::new(),
+    };
+    (map, out)
+}
+
+/// Whether problem `p` is about a value under a path already reported as unreadable (its
+/// check ran on a stand-in, so it says nothing about the file).
+fn under(p: &str, unreadable: &[String]) -> bool {
+    unreadable.iter().any(|u| {
+        p == u || p.starts_with(&format!("{u}.")) || p.starts_with(&format!("{u}[")) || u.is_empty()
+    })
 }
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> InputError {
@@ -252,16 +374,19 @@ impl Requirements {
         inputs: &Map<String, Value>,
         rules_dir: Option<&Path>,
     ) -> Result<Requirements, Vec<InputError>> {
-        let shape = shape_problems(inputs);
-        if !shape.is_empty() {
-            return Err(shape);
-        }
-        let req: Requirements = read(
-            &landfall_engine::Path::root(),
-            &Value::Object(inputs.clone()),
-        )
-        .map_err(|e| vec![e])?;
-        let problems = req.problems(rules_dir);
+        let (readable, mut problems) = lenient(inputs);
+        let unreadable: Vec<String> = problems.iter().map(|p| p.field.clone()).collect();
+        let req: Requirements = read(&landfall_engine::Path::root(), &Value::Object(readable))
+            .map_err(|e| {
+                let mut all = problems.clone();
+                all.push(e);
+                all
+            })?;
+        problems.extend(
+            req.problems(rules_dir)
+                .into_iter()
+                .filter(|p| !under(&p.field, &unreadable)),
+        );
         if problems.is_empty() {
             Ok(req)
         } else {
@@ -559,31 +684,38 @@ mod tests {
         v["regions"] = json!("us-east-1");
         v["tag"] = json!({ "team": "platform" });
         v.as_object_mut().unwrap().shift_remove("contact_email");
+        // A semantic problem too: checks of the values that did read still run.
+        v["network"]["cidr"] = json!("8.8.0.0/16");
         let p = check(v);
-        let fields: Vec<&str> = p.iter().map(|(f, _)| f.as_str()).collect();
-        // In the file's order, then the missing fields.
+        let mut fields: Vec<&str> = p.iter().map(|(f, _)| f.as_str()).collect();
+        fields.sort_unstable();
         assert_eq!(
             fields,
             [
                 "accounts[0].environment",
                 "accounts[1].email",
-                "regions",
+                "contact_email",
                 "network.availability_zones",
+                "network.cidr",
+                "regions",
                 "tag",
-                "contact_email"
             ],
             "{p:#?}"
         );
+        let said = |f: &str| p.iter().find(|(x, _)| x == f).unwrap().1.clone();
         assert!(
-            p[4].1
-                .contains("unknown field `tag` (did you mean `tags`?)"),
+            said("tag").contains("unknown field `tag` (did you mean `tags`?)"),
             "{p:#?}"
         );
-        assert!(p[5].1.contains("missing field `contact_email`"), "{p:#?}");
+        assert!(
+            said("contact_email").contains("missing field `contact_email`"),
+            "{p:#?}"
+        );
+        assert!(said("network.cidr").contains("not a private"), "{p:#?}");
     }
 
     /// The per-field reading knows every field of the struct, and which have no default: a
-    /// field added to `Requirements` and not to `shape_problems` fails here.
+    /// field added to `Requirements` and not to `lenient` fails here.
     #[test]
     fn the_shape_check_knows_every_field_of_the_schema() {
         let schema = serde_json::to_value(schemars::schema_for!(Requirements)).unwrap();
@@ -594,12 +726,13 @@ mod tests {
             .filter_map(Value::as_str)
             .collect();
         required.sort_unstable();
-        let mut ours = REQUIRED.to_vec();
+        let (_, empty) = lenient(&Map::new());
+        let mut ours: Vec<&str> = empty.iter().map(|p| p.field.as_str()).collect();
         ours.sort_unstable();
         assert_eq!(required, ours);
         for field in schema["properties"].as_object().unwrap().keys() {
             // A number is the wrong shape for every field: each must be read as its own type.
-            let problems = shape_problems(json!({ field.as_str(): 12345 }).as_object().unwrap());
+            let (_, problems) = lenient(json!({ field.as_str(): 12345 }).as_object().unwrap());
             let own = problems
                 .iter()
                 .find(|p| p.field == *field || p.field.starts_with(&format!("{field}.")));
