@@ -40,6 +40,9 @@ pub struct Config {
     /// The limits of `landfall serve`'s HTTP listener.
     #[serde(default)]
     pub serve: ServeConfig,
+    /// What files and templates may hold (file size, YAML expansion, fan-out, template fuel).
+    #[serde(default)]
+    pub limits: landfall_engine::limits::Limits,
 }
 
 /// `[serve]`: what `landfall serve` admits. The defaults suit a server Slack calls directly;
@@ -170,6 +173,7 @@ impl Default for Config {
             slack: SlackConfig::default(),
             approval: ApprovalSettings::default(),
             serve: ServeConfig::default(),
+            limits: landfall_engine::limits::Limits::default(),
         }
     }
 }
@@ -210,6 +214,7 @@ struct FileLayer {
     slack: Option<SlackLayer>,
     approval: Option<ApprovalSettings>,
     serve: Option<ServeLayer>,
+    limits: Option<landfall_engine::limits::Limits>,
     #[serde(default)]
     env: std::collections::BTreeMap<String, EnvLayer>,
 }
@@ -228,6 +233,7 @@ struct EnvLayer {
     slack: Option<SlackLayer>,
     approval: Option<ApprovalSettings>,
     serve: Option<ServeLayer>,
+    limits: Option<landfall_engine::limits::Limits>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -441,6 +447,11 @@ pub fn load(path: Option<&Path>, env: Option<&str>, flags: Flags) -> Result<Load
             "serve.refusal_summary_every",
             sv.refusal_summary_every.is_zero(),
         ),
+        ("limits.max_file_bytes", config.limits.max_file_bytes == 0),
+        ("limits.max_yaml_nodes", config.limits.max_yaml_nodes == 0),
+        ("limits.max_yaml_depth", config.limits.max_yaml_depth == 0),
+        ("limits.max_fan_out", config.limits.max_fan_out == 0),
+        ("limits.template_fuel", config.limits.template_fuel == 0),
     ] {
         if zero {
             return Err(ConfigError::Merge(format!("{key} must be more than 0")));

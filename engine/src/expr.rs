@@ -60,6 +60,10 @@ fn kind_text(k: minijinja::ErrorKind) -> String {
     match k {
         minijinja::ErrorKind::UndefinedError => "undefined value".into(),
         minijinja::ErrorKind::SyntaxError => "syntax error".into(),
+        minijinja::ErrorKind::OutOfFuel => format!(
+            "the template took more than {} evaluation steps (limits.template_fuel in landfall.toml): does it loop over a huge range?",
+            crate::limits::get().template_fuel
+        ),
         other => other.to_string(),
     }
 }
@@ -77,6 +81,9 @@ pub(crate) fn env() -> &'static Environment<'static> {
     ENV.get_or_init(|| {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        // Bounded evaluation: a template looping over `range(10**6)` twice runs out of fuel
+        // in milliseconds with an error, instead of holding a worker for hours.
+        env.set_fuel(Some(crate::limits::get().template_fuel));
         env.add_function("success", |state: &State| !status_flag(state, "failure"));
         env.add_function("failure", |state: &State| status_flag(state, "failure"));
         env.add_function("always", |_state: &State| true);

@@ -11,6 +11,7 @@
 // of it is part of the engine's interface is re-exported below, so a caller names
 // `landfall_engine::RetryPolicy`, never a path into the engine's layout.
 pub mod diag;
+pub mod limits;
 pub mod state;
 pub mod store;
 

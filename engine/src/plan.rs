@@ -337,6 +337,18 @@ impl Engine {
                         nodes.push(n);
                         continue;
                     }
+                    Ok(Value::Array(items)) if items.len() > crate::limits::get().max_fan_out => {
+                        broken[i] = true;
+                        nodes.push(one(
+                            PlanStatus::Failed,
+                            format!(
+                                "`for_each` gives {} items; at most {} instances per step (limits.max_fan_out)",
+                                items.len(),
+                                crate::limits::get().max_fan_out
+                            ),
+                        ));
+                        continue;
+                    }
                     Ok(Value::Array(items)) => Some(items),
                     Ok(other) => {
                         broken[i] = true;

@@ -21,37 +21,27 @@ pub struct Source {
     pub text: Arc<str>,
 }
 
-/// The largest file Landfall reads as a workflow, inputs or requirements: far above any real
-/// one, far below what would exhaust memory.
-pub(crate) const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
-/// The most values one YAML document may hold once its aliases are expanded (a "billion
-/// laughs" file of 1 KB names 10⁹), bounding the loader near 60 MB: the 10,000-step
-/// benchmark workflow holds about 70,000.
-pub(crate) const MAX_YAML_NODES: usize = 400_000;
-/// The deepest nesting of a YAML document (each level is a recursion of the loader).
-pub(crate) const MAX_YAML_DEPTH: usize = 128;
-
 impl Source {
-    /// Reads a file, refusing one larger than [`MAX_FILE_BYTES`] before reading it whole.
+    /// Reads a file, refusing one larger than `limits.max_file_bytes` before reading it whole.
     pub fn read(path: &std::path::Path) -> Result<Source, String> {
         use std::io::Read;
         let name = path.display().to_string();
+        let max = crate::limits::get().max_file_bytes;
         let too_big = || {
             format!(
-                "{name} is larger than {} MiB, the most Landfall reads as a workflow, inputs or requirements: is it the right file?",
-                MAX_FILE_BYTES / (1024 * 1024)
+                "{name} is larger than {max} bytes, the most Landfall reads as a workflow, inputs or requirements (limits.max_file_bytes in landfall.toml): is it the right file?"
             )
         };
         let file = std::fs::File::open(path).map_err(|e| format!("cannot read {name}: {e}"))?;
-        if file.metadata().is_ok_and(|m| m.len() > MAX_FILE_BYTES) {
+        if file.metadata().is_ok_and(|m| m.len() > max) {
             return Err(too_big());
         }
         let mut text = String::new();
         // Bounded even where the length lies (a pipe, a file still growing).
-        file.take(MAX_FILE_BYTES + 1)
+        file.take(max.saturating_add(1))
             .read_to_string(&mut text)
             .map_err(|e| format!("cannot read {name}: {e}"))?;
-        if text.len() as u64 > MAX_FILE_BYTES {
+        if text.len() as u64 > max {
             return Err(too_big());
         }
         Ok(Source::new(name, text))
@@ -273,7 +263,7 @@ struct YamlBuilder<'a> {
     /// Anchored values with how many values each holds (what an alias to it adds).
     anchors: HashMap<usize, (Value, usize)>,
     issues: Vec<Diagnostic>,
-    /// Values built so far, aliases expanded: bounded by [`MAX_YAML_NODES`].
+    /// Values built so far, aliases expanded: bounded by `limits.max_yaml_nodes`.
     nodes: usize,
     depth: usize,
 }
@@ -322,10 +312,15 @@ impl<'a> YamlBuilder<'a> {
                 self.count(size.saturating_sub(1), &here)?;
                 Ok((v, here))
             }
-            Event::SequenceStart(..) | Event::MappingStart(..) if self.depth >= MAX_YAML_DEPTH => {
+            Event::SequenceStart(..) | Event::MappingStart(..)
+                if self.depth >= crate::limits::get().max_yaml_depth =>
+            {
                 Err(Diagnostic::error(
                     codes::SYNTAX,
-                    format!("the YAML nests deeper than {MAX_YAML_DEPTH} levels"),
+                    format!(
+                        "the YAML nests deeper than {} levels (limits.max_yaml_depth)",
+                        crate::limits::get().max_yaml_depth
+                    ),
                 )
                 .with_span(here, "too deep from here")
                 .with_help("flatten the document; no workflow or inputs file needs this"))
@@ -410,14 +405,15 @@ impl<'a> YamlBuilder<'a> {
 }
 
 impl YamlBuilder<'_> {
-    /// Counts `n` more values, refusing past [`MAX_YAML_NODES`].
+    /// Counts `n` more values, refusing past `limits.max_yaml_nodes`.
     fn count(&mut self, n: usize, at: &Range<usize>) -> Result<(), Diagnostic> {
         self.nodes = self.nodes.saturating_add(n);
-        if self.nodes > MAX_YAML_NODES {
+        if self.nodes > crate::limits::get().max_yaml_nodes {
             return Err(Diagnostic::error(
                 codes::SYNTAX,
                 format!(
-                    "the YAML expands to more than {MAX_YAML_NODES} values (aliases of aliases: a \"billion laughs\" document?)"
+                    "the YAML expands to more than {} values (aliases of aliases: a \"billion laughs\" document?; limits.max_yaml_nodes)",
+                    crate::limits::get().max_yaml_nodes
                 ),
             )
             .with_span(at.clone(), "the limit is passed here")
@@ -627,7 +623,7 @@ i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h, *h]
         let dir = tempfile::tempdir().unwrap();
         let big = dir.path().join("big.yaml");
         let f = std::fs::File::create(&big).unwrap();
-        f.set_len(MAX_FILE_BYTES + 1).unwrap(); // sparse: no disk, no time
+        f.set_len(crate::limits::get().max_file_bytes + 1).unwrap(); // sparse: no disk, no time
         let e = Source::read(&big).unwrap_err();
         assert!(e.contains("larger than 16 MiB"), "{e}");
         let small = dir.path().join("small.yaml");

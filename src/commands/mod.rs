@@ -148,6 +148,8 @@ pub async fn run(cli: Cli) -> i32 {
             return EXIT_INVALID;
         }
     };
+    // Before any workflow, inputs or requirements file is read.
+    landfall_engine::limits::set(loaded.config.limits);
     let app = App {
         cli_global: cli.global,
         registry: Arc::new(landfall_steps::registry(&landfall_steps::Settings {

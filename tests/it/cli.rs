@@ -1161,3 +1161,65 @@ steps:
     assert_eq!(with_new.status.code(), Some(0), "{}", stderr(&with_new));
     assert!(!in_clear(value), "resuming wrote the secret in clear");
 }
+
+/// The limits on what files and templates may hold are enforced with errors that name the
+/// setting, and `[limits]` (here through `LANDFALL_LIMITS__*`) changes them.
+#[test]
+fn fan_out_template_and_yaml_limits_stop_with_clear_errors() {
+    let sb = Sandbox::new();
+    sb.write(
+        "fan.yaml",
+        "name: fan\nsteps:\n  - id: each\n    uses: log\n    for_each: \"{{ range(20) | list }}\"\n    with: { message: \"{{ item }}\" }\n",
+    );
+    let out = sb
+        .cmd(&["run", "fan.yaml"])
+        .env("LANDFALL_LIMITS__MAX_FAN_OUT", "10")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        said.contains("`for_each` gave 20 items; at most 10"),
+        "{said}"
+    );
+    assert!(said.contains("limits.max_fan_out"), "{said}");
+    // Within the default limit the same file runs.
+    assert_eq!(sb.run(&["run", "fan.yaml"]).status.code(), Some(0));
+
+    // 10¹⁰ iterations: out of fuel at once, not hours of a worker.
+    sb.write(
+        "spin.yaml",
+        "name: spin\nsteps:\n  - id: spin\n    uses: log\n    with: { message: \"{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}done\" }\n",
+    );
+    let out = sb.run(&["run", "spin.yaml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(said.contains("limits.template_fuel"), "{said}");
+
+    sb.write(
+        "deep.yaml",
+        "name: deep\nsteps:\n  - id: a\n    uses: log\n    with: { message: {a: {b: {c: {d: x}}}} }\n",
+    );
+    let out = sb
+        .cmd(&["validate", "deep.yaml"])
+        .env("LANDFALL_LIMITS__MAX_YAML_DEPTH", "4")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("limits.max_yaml_depth"),
+        "{}",
+        stderr(&out)
+    );
+    let out = sb
+        .cmd(&["validate", "deep.yaml"])
+        .env("LANDFALL_LIMITS__MAX_FILE_BYTES", "20")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("limits.max_file_bytes"),
+        "{}",
+        stderr(&out)
+    );
+}

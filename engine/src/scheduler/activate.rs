@@ -85,6 +85,16 @@ impl Execution<'_> {
                 )
             }
         };
+        let max = crate::limits::get().max_fan_out;
+        if items.len() > max {
+            return fail(
+                self,
+                StepError::permanent(format!(
+                    "`for_each` gave {} items; at most {max} instances per step (limits.max_fan_out in landfall.toml)",
+                    items.len()
+                )),
+            );
+        }
         if items.is_empty() {
             let mut rec = single_node(&step.id);
             rec.fan_out = Some(0);
