@@ -625,7 +625,7 @@ i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h, *h]
         let f = std::fs::File::create(&big).unwrap();
         f.set_len(crate::limits::get().max_file_bytes + 1).unwrap(); // sparse: no disk, no time
         let e = Source::read(&big).unwrap_err();
-        assert!(e.contains("larger than 16 MiB"), "{e}");
+        assert!(e.contains("larger than 16777216 bytes"), "{e}");
         let small = dir.path().join("small.yaml");
         std::fs::write(&small, "a: 1\n").unwrap();
         assert_eq!(&*Source::read(&small).unwrap().text, "a: 1\n");

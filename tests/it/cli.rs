@@ -1034,7 +1034,7 @@ fn alias_bombs_and_huge_files_are_refused_before_anything_runs() {
     let out = sb.run(&["run", "hello.yaml", "--input", "big.yaml"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("larger than 16 MiB"),
+        stderr(&out).contains("larger than 16777216 bytes"),
         "{}",
         stderr(&out)
     );
