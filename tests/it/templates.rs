@@ -245,3 +245,52 @@ fn the_block_kit_check_finds_what_slack_refuses() {
         assert_eq!(block_kit_problems(&bad).len(), 1, "{bad}");
     }
 }
+
+/// Rule files of AWS's Guard Rules Registry (copied with their licence) on the example
+/// customers' packages: every file is evaluated or reported as a rule-file problem naming it,
+/// and each finding names the resource that fails (no private subnet blamed for public IPs).
+#[test]
+fn guard_rules_registry_findings_on_the_example_customers() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let pack = root.join("tests/fixtures/guard-rules-registry/rules");
+    insta::glob!("../../examples/customers", "*.*", |path| {
+        let req = requirements(path);
+        let built =
+            landfall_steps::build_package(&root.join("templates"), &req, None, None).unwrap();
+        let found = landfall_steps::check_package(
+            &built.files,
+            &built.manifest,
+            std::slice::from_ref(&pack),
+        );
+        let lines: Vec<String> = found
+            .iter()
+            .map(|f| {
+                let at = match &f.resource {
+                    Some(r) => format!("{}/{r}", f.stack),
+                    None => f.stack.clone(),
+                };
+                let message = f.message.replace(&*pack.display().to_string(), "registry");
+                format!("{:?} {} in {at}: {message}", f.severity, f.rule)
+            })
+            .collect();
+        assert!(
+            !lines.iter().any(|l| l.contains("could not be read")),
+            "{lines:#?}"
+        );
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.contains("SUBNET_AUTO_ASSIGN_PUBLIC_IP_DISABLED")),
+            "no subnet of the package assigns public IPs: {lines:#?}"
+        );
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|l| l.contains("alb_waf_enabled.guard holds no rules"))
+                .count(),
+            1,
+            "{lines:#?}"
+        );
+        insta::assert_snapshot!(lines.join("\n"));
+    });
+}

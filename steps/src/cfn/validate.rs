@@ -529,7 +529,20 @@ pub(crate) fn check_compliance(stack: &str, text: &str, packs: &[PathBuf]) -> Ve
                     format!("{name} could not be evaluated: {e}"),
                     "fix the rule file's syntax",
                 )),
-                Ok(json) => out.extend(guard_findings(stack, &json)),
+                // A file of comments only (the registry keeps one per AWS Config rule that a
+                // template cannot show) evaluates nothing and reports nothing.
+                Ok(json) if json.trim().is_empty() => out.push(Finding {
+                    severity: Severity::Warning,
+                    ..finding(
+                        "compliance",
+                        "rule-file",
+                        "(rule packs)",
+                        None,
+                        format!("{name} holds no rules: it checks nothing"),
+                        "remove it from the pack, or write its rules",
+                    )
+                }),
+                Ok(json) => out.extend(guard_findings(stack, &name, &json)),
             }
         }
     }
@@ -537,15 +550,15 @@ pub(crate) fn check_compliance(stack: &str, text: &str, packs: &[PathBuf]) -> Ve
 }
 
 /// Turns cfn-guard's evaluation record into findings: one per failed clause, by resource.
-fn guard_findings(stack: &str, report: &str) -> Vec<Finding> {
+fn guard_findings(stack: &str, file: &str, report: &str) -> Vec<Finding> {
     let Ok(root) = serde_json::from_str::<Value>(report) else {
         return vec![finding(
             "compliance",
-            "report",
+            "rule-file",
             stack,
             None,
-            "unreadable cfn-guard report".into(),
-            "report this as a bug",
+            format!("cfn-guard's report on {file} could not be read"),
+            "report this as a Landfall bug, with the rule file",
         )];
     };
     let mut out = Vec::new();
@@ -568,7 +581,8 @@ fn guard_findings(stack: &str, report: &str) -> Vec<Finding> {
             .unwrap_or("unknown")
             .to_string();
         let mut failed = Vec::new();
-        failed_clauses(rule, &mut failed);
+        let mut absolved = false;
+        failed_clauses(rule, &mut failed, &mut absolved);
         // In `a or b << message >>` only the last clause carries the message: drop the
         // message-less twins of a resource that has a message.
         let with_message: BTreeSet<Option<String>> = failed
@@ -580,6 +594,11 @@ fn guard_findings(stack: &str, report: &str) -> Vec<Finding> {
             !m.trim().is_empty() || !with_message.contains(&resource_of(p.as_deref()))
         });
         if failed.is_empty() {
+            if absolved {
+                // Every resource satisfied one side of each `or`: cfn-guard's verdict over the
+                // whole set, not a violation by any resource.
+                continue;
+            }
             failed.push((None, String::new()));
         }
         for (path, message) in failed {
@@ -616,15 +635,64 @@ fn resource_of(path: Option<&str>) -> Option<String> {
 }
 
 /// (path of the offending value, custom message) of every failed clause under `node`.
-fn failed_clauses(node: &Value, out: &mut Vec<(Option<String>, String)>) {
+/// `absolved` is set when an `or` failed as cfn-guard judges it (each side over the whole
+/// set of resources) but every resource satisfied one of its sides.
+fn failed_clauses(node: &Value, out: &mut Vec<(Option<String>, String)>, absolved: &mut bool) {
     // A filter (`Resources.*[ Type == … ]`) "fails" for every resource it leaves out; those
     // are selections, not violations.
     if node.pointer("/container/Filter").is_some() {
         return;
     }
+    // `a or b` over a set of resources: cfn-guard fails it when `a` fails for some resources
+    // and `b` for others. A resource violates it only if it fails on every side (the private
+    // subnet without `MapPublicIpOnLaunch` passes `!exists` and fails `== false`: no
+    // violation). Failures are kept only for resources found failing on all sides.
+    if node.pointer("/container/Disjunction").is_some() {
+        let branches: Vec<Vec<(Option<String>, String)>> = node
+            .get("children")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|b| {
+                let mut f = Vec::new();
+                failed_clauses(b, &mut f, absolved);
+                f
+            })
+            .collect();
+        if branches.is_empty() || branches.iter().any(Vec::is_empty) {
+            return;
+        }
+        let per_resource = |b: &Vec<(Option<String>, String)>| -> Option<BTreeSet<String>> {
+            b.iter().map(|(p, _)| resource_of(p.as_deref())).collect()
+        };
+        let sets: Option<Vec<BTreeSet<String>>> = branches.iter().map(per_resource).collect();
+        match sets {
+            // A failure that names no resource: nothing to compare, keep them all.
+            None => out.extend(branches.into_iter().flatten()),
+            Some(sets) => {
+                let mut violators = sets[0].clone();
+                for s in &sets[1..] {
+                    violators.retain(|r| s.contains(r));
+                }
+                if violators.is_empty() {
+                    *absolved = true;
+                }
+                out.extend(branches.into_iter().flatten().filter(|(p, _)| {
+                    resource_of(p.as_deref()).is_some_and(|r| violators.contains(&r))
+                }));
+            }
+        }
+        return;
+    }
     if let Some(Value::Object(clause)) = node.pointer("/container/ClauseValueCheck") {
         for detail in clause.values() {
-            if detail.get("status").and_then(Value::as_str) == Some("FAIL") {
+            // A comparison (`a == b`) keeps its record at the top; a unary check (`exists`,
+            // `empty`) under `value`.
+            let record = match detail.get("status") {
+                Some(_) => detail,
+                None => detail.get("value").unwrap_or(detail),
+            };
+            if record.get("status").and_then(Value::as_str) == Some("FAIL") {
                 let path = [
                     "/from/Resolved/path",
                     "/from/UnResolved/traversed_to/path",
@@ -632,9 +700,9 @@ fn failed_clauses(node: &Value, out: &mut Vec<(Option<String>, String)>) {
                     "/value/UnResolved/traversed_to/path",
                 ]
                 .iter()
-                .find_map(|p| detail.pointer(p).and_then(Value::as_str))
+                .find_map(|p| record.pointer(p).and_then(Value::as_str))
                 .map(str::to_string);
-                let message = detail
+                let message = record
                     .get("custom_message")
                     .and_then(Value::as_str)
                     .unwrap_or_default()
@@ -649,7 +717,7 @@ fn failed_clauses(node: &Value, out: &mut Vec<(Option<String>, String)>) {
         .into_iter()
         .flatten()
     {
-        failed_clauses(child, out);
+        failed_clauses(child, out, absolved);
     }
 }
 
@@ -743,6 +811,9 @@ pub fn check_package(
         out.extend(check_template(name, text, &supplied));
         out.extend(check_compliance(name, text, packs));
     }
+    // What is said about a rule file (not about a stack) is said once.
+    let mut said = BTreeSet::new();
+    out.retain(|f| f.rule != "rule-file" || said.insert(f.message.clone()));
     out
 }
 
