@@ -4,6 +4,10 @@
 //! The file is first checked on its own (unknown keys, wrong types) so its errors point at
 //! file:line:column like a workflow's; figment then merges the layers and remembers where
 //! each value came from, which `landfall config show` prints.
+//!
+//! Long because every section is declared three times, on purpose: the effective value
+//! (`Config`), the file as written (`FileLayer`, every key optional, for located errors) and
+//! an `[env.NAME]` section (`EnvLayer`); splitting them apart would hide that they must agree.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -42,7 +46,7 @@ pub struct Config {
     pub serve: ServeConfig,
     /// What files and templates may hold (file size, YAML expansion, fan-out, template fuel).
     #[serde(default)]
-    pub limits: landfall_engine::limits::Limits,
+    pub limits: landfall_engine::Limits,
 }
 
 /// `[serve]`: what `landfall serve` admits. The defaults suit a server Slack calls directly;
@@ -173,7 +177,7 @@ impl Default for Config {
             slack: SlackConfig::default(),
             approval: ApprovalSettings::default(),
             serve: ServeConfig::default(),
-            limits: landfall_engine::limits::Limits::default(),
+            limits: landfall_engine::Limits::default(),
         }
     }
 }
@@ -214,7 +218,7 @@ struct FileLayer {
     slack: Option<SlackLayer>,
     approval: Option<ApprovalSettings>,
     serve: Option<ServeLayer>,
-    limits: Option<landfall_engine::limits::Limits>,
+    limits: Option<landfall_engine::Limits>,
     #[serde(default)]
     env: std::collections::BTreeMap<String, EnvLayer>,
 }
@@ -233,7 +237,7 @@ struct EnvLayer {
     slack: Option<SlackLayer>,
     approval: Option<ApprovalSettings>,
     serve: Option<ServeLayer>,
-    limits: Option<landfall_engine::limits::Limits>,
+    limits: Option<landfall_engine::Limits>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,7 +11,6 @@
 // of it is part of the engine's interface is re-exported below, so a caller names
 // `landfall_engine::RetryPolicy`, never a path into the engine's layout.
 pub mod diag;
-pub mod limits;
 pub mod state;
 pub mod store;
 
@@ -23,6 +22,7 @@ mod error;
 mod events;
 mod expr;
 mod inputs;
+mod limits;
 mod lock;
 mod package;
 mod path;
@@ -45,6 +45,7 @@ pub use error::{ErrorClass, StepError};
 pub use events::{LogLevel, Observer, RunEvent};
 pub use expr::{ctx_value, render_str};
 pub use inputs::{redacted as redacted_inputs, resolve_and_check, InputError, SecretInputError};
+pub use limits::{get as limits, set as set_limits, Limits};
 pub use lock::RunLease;
 pub use package::{valid_package_id, Package, PackageContent, PackageRef};
 pub use path::{Path, Seg};

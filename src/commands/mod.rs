@@ -149,7 +149,7 @@ pub async fn run(cli: Cli) -> i32 {
         }
     };
     // Before any workflow, inputs or requirements file is read.
-    landfall_engine::limits::set(loaded.config.limits);
+    landfall_engine::set_limits(loaded.config.limits);
     let app = App {
         cli_global: cli.global,
         registry: Arc::new(landfall_steps::registry(&landfall_steps::Settings {

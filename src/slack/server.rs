@@ -14,21 +14,19 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use landfall_engine::store::{AuditDraft, Batch, Store};
 use landfall_engine::RunControl;
 use landfall_engine::{Engine, Registry, Workflow};
 use serde_json::{json, Value};
 
-use super::signature;
-
 mod actions;
+mod allowed;
 mod decisions;
+mod http;
+mod oauth;
 mod plans;
 use crate::route::{self, Route};
 
@@ -92,7 +90,7 @@ pub struct FrontDoor {
     oauth: Option<OAuth>,
     /// Install `state` values handed out and not yet used (CSRF protection), with their age
     /// and the browser they were handed to.
-    states: Mutex<HashMap<String, PendingInstall>>,
+    states: Mutex<HashMap<String, oauth::PendingInstall>>,
     /// User groups' members as Slack last listed them, and when.
     groups: Mutex<HashMap<String, (std::time::Instant, Vec<String>)>>,
     /// Requests refused before anyone was known, audited as periodic summaries.
@@ -200,12 +198,12 @@ impl FrontDoor {
         let mut r = Router::new().route("/healthz", get(|| async { "ok" }));
         if self.opts.signing_secret.is_some() {
             r = r
-                .route("/slack/commands", post(commands))
-                .route("/slack/events", post(events))
-                .route("/slack/interactions", post(interactions));
+                .route("/slack/commands", post(http::commands))
+                .route("/slack/events", post(http::events))
+                .route("/slack/interactions", post(http::interactions));
         }
-        r.route("/slack/install", get(install))
-            .route("/slack/oauth/callback", get(oauth_callback))
+        r.route("/slack/install", get(oauth::install))
+            .route("/slack/oauth/callback", get(oauth::oauth_callback))
             // Bodies are read by `body()`, which audits what it refuses.
             .layer(DefaultBodyLimit::disable())
             .with_state(Arc::clone(self))
@@ -268,55 +266,6 @@ impl FrontDoor {
         );
     }
 
-    /// A request's body, within `max_body` and `body_read_timeout`; what is refused is
-    /// counted with the peer's address.
-    async fn body(
-        &self,
-        peer: Option<std::net::IpAddr>,
-        req: Request,
-    ) -> Result<(HeaderMap, Bytes), Response> {
-        let (parts, body) = req.into_parts();
-        let claimed = parts
-            .headers
-            .get(axum::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let too_large = |bytes: u64| {
-            self.refusals.note(
-                "body over the limit",
-                peer,
-                usize::try_from(bytes).unwrap_or(usize::MAX),
-            );
-            (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response()
-        };
-        if let Some(n) = claimed.filter(|n| *n > self.opts.max_body as u64) {
-            return Err(too_large(n));
-        }
-        match tokio::time::timeout(
-            self.opts.body_read_timeout,
-            axum::body::to_bytes(Body::new(body), self.opts.max_body),
-        )
-        .await
-        {
-            Ok(Ok(b)) => Ok((parts.headers, b)),
-            Ok(Err(e)) => {
-                let over = std::error::Error::source(&e)
-                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                    || e.to_string().contains("length limit");
-                if over {
-                    Err(too_large(self.opts.max_body as u64 + 1))
-                } else {
-                    self.refusals.note("body unreadable", peer, 0);
-                    Err((StatusCode::BAD_REQUEST, "request body unreadable").into_response())
-                }
-            }
-            Err(_) => {
-                self.refusals.note("body not sent in time", peer, 0);
-                Err((StatusCode::REQUEST_TIMEOUT, "request body not sent in time").into_response())
-            }
-        }
-    }
-
     fn audit(&self, actor: &str, kind: &str, details: Value) {
         let r = self.store.commit(Batch {
             audit: vec![AuditDraft::new(actor, "", kind, details).into()],
@@ -325,40 +274,6 @@ impl FrontDoor {
         if let Err(e) = r {
             tracing::error!(error = %e, "cannot write the front door's audit entry");
         }
-    }
-
-    /// Reads and verifies a request: its headers and body, or the answer that refused it
-    /// (counted for the refusal summary).
-    async fn verified(&self, req: Request) -> Result<(HeaderMap, Bytes), Response> {
-        let peer = req
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
-        let (headers, body) = self.body(peer, req).await?;
-        self.check(peer, &headers, &body)?;
-        Ok((headers, body))
-    }
-
-    /// Verifies a request's signature; a refusal is counted and answered 401.
-    fn check(
-        &self,
-        peer: Option<std::net::IpAddr>,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Result<(), Response> {
-        let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-        let now = chrono::Utc::now().timestamp();
-        signature::verify(
-            self.opts.signing_secret.as_deref().unwrap_or_default(),
-            h("x-slack-request-timestamp"),
-            h("x-slack-signature"),
-            body,
-            now,
-        )
-        .map_err(|refusal| {
-            self.refusals.note(refusal.reason(), peer, body.len());
-            (StatusCode::UNAUTHORIZED, "request signature not verified").into_response()
-        })
     }
 
     /// True the first time an id is seen.
@@ -432,10 +347,6 @@ impl FrontDoor {
         );
         format!("Sorry, you are not allowed to {what} here. Ask a Landfall admin to add you to the allowlist.")
     }
-}
-
-fn form(body: &[u8]) -> HashMap<String, String> {
-    serde_urlencoded::from_bytes(body).unwrap_or_default()
 }
 
 impl FrontDoor {
@@ -539,303 +450,9 @@ impl FrontDoor {
     }
 }
 
-async fn commands(State(fd): State<Arc<FrontDoor>>, req: Request) -> Response {
-    let body = match fd.verified(req).await {
-        Ok((_, body)) => body,
-        Err(r) => return r,
-    };
-    let f = form(&body);
-    let get = |k: &str| f.get(k).map(String::as_str).unwrap_or_default();
-    let reply = fd
-        .on_command(SlashCommand {
-            command: get("command"),
-            text: get("text"),
-            user: get("user_id"),
-            channel: get("channel_id"),
-            trigger_id: get("trigger_id"),
-            team: get("team_id"),
-            enterprise: get("enterprise_id"),
-            app: Some(get("api_app_id")),
-        })
-        .await;
-    Json(json!({ "response_type": "ephemeral", "text": reply })).into_response()
-}
-
-async fn events(State(fd): State<Arc<FrontDoor>>, req: Request) -> Response {
-    let body = match fd.verified(req).await {
-        Ok((_, body)) => body,
-        Err(r) => return r,
-    };
-    let v: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(_) => return (StatusCode::BAD_REQUEST, "not JSON").into_response(),
-    };
-    match v["type"].as_str() {
-        Some("url_verification") => Json(json!({ "challenge": v["challenge"] })).into_response(),
-        Some("event_callback") => {
-            fd.on_event(&v);
-            StatusCode::OK.into_response()
-        }
-        _ => StatusCode::OK.into_response(),
-    }
-}
-
-async fn interactions(State(fd): State<Arc<FrontDoor>>, req: Request) -> Response {
-    let body = match fd.verified(req).await {
-        Ok((_, body)) => body,
-        Err(r) => return r,
-    };
-    let f = form(&body);
-    let Some(payload) = f
-        .get("payload")
-        .and_then(|p| serde_json::from_str::<Value>(p).ok())
-    else {
-        return (StatusCode::BAD_REQUEST, "no payload").into_response();
-    };
-    fd.on_interaction(&payload);
-    StatusCode::OK.into_response()
-}
-
 /// Listens on `addr`; the bound address is returned (port 0 picks a free one).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
     let l = tokio::net::TcpListener::bind(addr).await?;
     let a = l.local_addr()?;
     Ok((l, a))
-}
-
-/// The cookie that ties an install's `state` to the browser that started it.
-const INSTALL_COOKIE: &str = "landfall_install";
-
-/// An install under way: handed to Slack as `state`, expected back from the same browser.
-pub(super) struct PendingInstall {
-    at: std::time::Instant,
-    /// SHA-256 of the browser's cookie.
-    browser: [u8; 32],
-    /// Who made the link it started from.
-    link_by: String,
-}
-
-fn random_hex() -> String {
-    use rand::Rng;
-    let bytes: [u8; 32] = rand::rng().random();
-    hex::encode(bytes)
-}
-
-fn sha256(s: &str) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(s.as_bytes()).into()
-}
-
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(axum::http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
-/// Starts an install from a one-time link (`landfall slack install-link`): the link is used
-/// up, the browser gets a cookie, Slack gets a fresh `state`; then Slack's consent page.
-async fn install(
-    State(fd): State<Arc<FrontDoor>>,
-    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
-) -> Response {
-    let Some(o) = &fd.oauth else {
-        return (StatusCode::NOT_FOUND, "OAuth installs are not configured").into_response();
-    };
-    let link = q.get("link").map(String::as_str).unwrap_or_default();
-    let now = chrono::Utc::now().timestamp();
-    let link_by = match super::install::redeem(fd.store.as_ref(), &o.key, link, now) {
-        Ok(by) => by,
-        Err(why) => {
-            fd.audit(
-                "slack:oauth",
-                "slack_install_refused",
-                json!({ "reason": why.to_string() }),
-            );
-            return (
-                StatusCode::FORBIDDEN,
-                format!("{why}. Installs start from a one-time link: ask a Landfall operator to run `landfall slack install-link`."),
-            )
-                .into_response();
-        }
-    };
-    let state = random_hex();
-    let browser = random_hex();
-    {
-        let mut states = fd.states.lock().unwrap_or_else(|p| p.into_inner());
-        states.retain(|_, p| p.at.elapsed() < STATE_TTL);
-        states.insert(
-            state.clone(),
-            PendingInstall {
-                at: std::time::Instant::now(),
-                browser: sha256(&browser),
-                link_by,
-            },
-        );
-    }
-    let mut params = vec![
-        ("client_id", o.client_id.as_str()),
-        ("scope", o.scopes.as_str()),
-        ("state", state.as_str()),
-    ];
-    if let Some(r) = &o.redirect_url {
-        params.push(("redirect_uri", r.as_str()));
-    }
-    let query = serde_urlencoded::to_string(&params).unwrap_or_default();
-    // Lax: the cookie comes back on Slack's top-level redirect to the callback, not on
-    // requests other sites make in the background.
-    let secure = if o
-        .redirect_url
-        .as_deref()
-        .is_some_and(|r| r.starts_with("https://"))
-    {
-        "; Secure"
-    } else {
-        ""
-    };
-    (
-        StatusCode::FOUND,
-        [
-            (
-                axum::http::header::LOCATION,
-                format!("{}?{query}", o.authorize_url),
-            ),
-            (
-                axum::http::header::SET_COOKIE,
-                format!(
-                    "{INSTALL_COOKIE}={browser}; Path=/slack/oauth; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
-                    STATE_TTL.as_secs()
-                ),
-            ),
-        ],
-    )
-        .into_response()
-}
-
-/// Finishes an install: the `state` must be one we handed out (once, recently) to this very
-/// browser; the code is exchanged; the grant is kept only for the workspace this server
-/// serves (`slack.team_id`), and never silently replaces another workspace's grant.
-async fn oauth_callback(
-    State(fd): State<Arc<FrontDoor>>,
-    headers: HeaderMap,
-    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
-) -> Response {
-    let Some(o) = &fd.oauth else {
-        return (StatusCode::NOT_FOUND, "OAuth installs are not configured").into_response();
-    };
-    let refuse = |status: StatusCode, reason: &str, say: String| {
-        fd.audit(
-            "slack:oauth",
-            "slack_install_refused",
-            json!({ "reason": reason }),
-        );
-        (status, say).into_response()
-    };
-    let state = q.get("state").cloned().unwrap_or_default();
-    let pending = {
-        let mut states = fd.states.lock().unwrap_or_else(|p| p.into_inner());
-        states.remove(&state).filter(|p| p.at.elapsed() < STATE_TTL)
-    };
-    let Some(pending) = pending else {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "unknown, used or expired state",
-            "This install is not valid (expired or already used). Ask a Landfall operator for a new install link.".into(),
-        );
-    };
-    let same_browser =
-        cookie(&headers, INSTALL_COOKIE).is_some_and(|c| sha256(c) == pending.browser);
-    if !same_browser {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "state presented by another browser",
-            "This install was started in another browser. Ask a Landfall operator for a new install link and open it here.".into(),
-        );
-    }
-    if let Some(err) = q.get("error") {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "declined at Slack",
-            format!("Slack said: {}", crate::slack::thread::truncate(err, 60)),
-        );
-    }
-    let code = q.get("code").cloned().unwrap_or_default();
-    let now = chrono::Utc::now().timestamp();
-    let grant = match super::tokens::exchange_code(
-        &o.api_url,
-        &o.client_id,
-        &o.client_secret,
-        &code,
-        o.redirect_url.as_deref(),
-        now,
-    )
-    .await
-    {
-        Ok(g) => g,
-        Err(e) => {
-            tracing::warn!(error = %e, "a Slack install failed");
-            return refuse(
-                StatusCode::BAD_GATEWAY,
-                "token exchange failed",
-                format!("The install did not complete: {e}. Nothing was stored."),
-            );
-        }
-    };
-    let team = grant.team_id.clone().unwrap_or_default();
-    let enterprise = grant.enterprise_id.clone().unwrap_or_default();
-    let pinned = fd.opts.team_id.as_deref();
-    if let Some(p) = pinned.filter(|p| *p != team && *p != enterprise) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "install for another workspace than slack.team_id",
-            format!(
-                "This Landfall serves workspace {p}; the install was for {}. Nothing was stored.",
-                crate::slack::thread::truncate(&team, 20)
-            ),
-        );
-    }
-    let existing = super::tokens::load_grant(fd.store.as_ref(), &o.key)
-        .ok()
-        .flatten();
-    if let Some(old) = existing.filter(|g| !g.revoked) {
-        let old_team = old.team_id.unwrap_or_default();
-        // Another workspace's install replaces the grant only when configuration pins the new one.
-        if old_team != team && pinned.is_none() {
-            return refuse(
-                StatusCode::CONFLICT,
-                "would replace another workspace's grant",
-                format!(
-                    "Landfall is installed for workspace {old_team}; an install for {} does not replace it. To move Landfall, set slack.team_id = \"{}\" and install again. Nothing was stored.",
-                    crate::slack::thread::truncate(&team, 20),
-                    crate::slack::thread::truncate(&team, 20)
-                ),
-            );
-        }
-    }
-    match super::tokens::save_grant(fd.store.as_ref(), &o.key, &grant) {
-        Ok(()) => {
-            fd.audit(
-                "slack:oauth",
-                "slack_installed",
-                json!({ "team": team, "enterprise": enterprise, "link_by": pending.link_by }),
-            );
-            (
-                StatusCode::OK,
-                "Landfall is installed in your Slack workspace.",
-            )
-                .into_response()
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "a Slack install could not be stored");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "The install could not be stored; see the server's log.",
-            )
-                .into_response()
-        }
-    }
 }
