@@ -28,7 +28,10 @@ mod decisions;
 mod http;
 mod oauth;
 mod plans;
+
 use crate::route::{self, Route};
+/// How every reply that echoes data is made safe (escaped, bounded); public for the fuzzer.
+pub use actions::reply;
 
 /// How the server is set up.
 #[derive(Debug, Clone)]

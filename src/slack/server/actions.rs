@@ -409,7 +409,7 @@ impl Observer for Console {
 /// What the bot answers a person is data (run ids, node names, the words they typed): escaped,
 /// so it can neither ping `@channel` nor hide a link, and bounded. The one markup kept is the
 /// mention of the person answered, whose id Slack verified.
-pub(super) fn reply(user: &str, text: &str) -> String {
+pub fn reply(user: &str, text: &str) -> String {
     let text = crate::slack::thread::escape(&crate::slack::thread::truncate(text, 3000));
     match landfall_steps::slack_target(user) {
         Ok(landfall_steps::SlackTarget::User(id)) => {
