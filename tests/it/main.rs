@@ -13,6 +13,7 @@ mod provisioning;
 mod serve;
 mod serve_acks;
 mod serve_limits;
+mod serve_payloads;
 mod slack_api;
 mod strict_aws;
 mod support;
