@@ -506,6 +506,65 @@ pub trait Plugin: Send + Sync + 'static {
 struct Typed<S>(S);
 
 /// Deserializes `with` into `T`, naming the path of the first problem.
+/// Every problem serde finds in `with`, not only the first: each offending value is taken out
+/// and the block decoded again, until it decodes or a problem only our removal caused (a
+/// required field now missing) or no progress is left. Bounded to 32 rounds.
+fn every_problem<T: DeserializeOwned>(mut with: Value, first: ConfigProblem) -> Vec<ConfigProblem> {
+    let mut out = vec![first];
+    let mut removed: Vec<Path> = Vec::new();
+    while out.len() < 32 {
+        let Some(last) = out.last() else { break };
+        let at = last.path.clone();
+        if at.is_root() || !remove_at(&mut with, &at) {
+            break;
+        }
+        removed.push(at);
+        let Err(p) = decode::<T>(&with) else { break };
+        let ours = removed.iter().any(|r| {
+            r.parent().as_ref() == Some(&p.path)
+                && matches!(r.0.last(), Some(crate::path::Seg::Key(k)) if p.message.contains(&format!("`{k}`")))
+        });
+        if ours
+            || out
+                .iter()
+                .any(|o| o.path == p.path && o.message == p.message)
+        {
+            break;
+        }
+        out.push(p);
+    }
+    out
+}
+
+/// Takes the value at `path` out of `v` (a key from its mapping, an item from its list).
+fn remove_at(v: &mut Value, path: &Path) -> bool {
+    let Some((last, parent)) = path.0.split_last() else {
+        return false;
+    };
+    let mut cur = v;
+    for seg in parent {
+        cur = match (seg, cur) {
+            (crate::path::Seg::Key(k), Value::Object(m)) => match m.get_mut(k) {
+                Some(x) => x,
+                None => return false,
+            },
+            (crate::path::Seg::Index(i), Value::Array(a)) => match a.get_mut(*i) {
+                Some(x) => x,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, cur) {
+        (crate::path::Seg::Key(k), Value::Object(m)) => m.remove(k).is_some(),
+        (crate::path::Seg::Index(i), Value::Array(a)) if *i < a.len() => {
+            a.remove(*i);
+            true
+        }
+        _ => false,
+    }
+}
+
 pub(crate) fn decode<T: DeserializeOwned>(with: &Value) -> Result<T, ConfigProblem> {
     serde_path_to_error::deserialize(with).map_err(|e| ConfigProblem {
         path: Path::from_serde(e.path()),
@@ -527,7 +586,7 @@ impl<S: Plugin> DynPlugin for Typed<S> {
         let schema = serde_json::to_value(schemars::schema_for!(S::Config)).unwrap_or_default();
         let (stand_in, had_templates) = placeholders(&schema, &schema, with);
         match decode::<S::Config>(&stand_in) {
-            Err(p) => vec![p],
+            Err(first) => every_problem::<S::Config>(stand_in, first),
             // Semantic checks need the real values; templates are checked when rendered.
             Ok(cfg) if !had_templates => S::validate(&cfg),
             Ok(_) => Vec::new(),
@@ -884,6 +943,21 @@ mod tests {
         let mut r = Registry::new();
         r.register(Demo);
         r.get("demo").unwrap().check(&with)
+    }
+
+    #[test]
+    fn every_problem_of_a_with_block_is_reported_not_only_the_first() {
+        let problems = check(json!({"argv": "echo", "count": -1, "mode": "quick", "colour": 1}));
+        let paths: Vec<String> = problems.iter().map(|p| p.path.to_string()).collect();
+        assert_eq!(problems.len(), 4, "{paths:?}");
+        assert!(paths.contains(&"argv".to_string()), "{paths:?}");
+        assert!(paths.contains(&"mode".to_string()), "{paths:?}");
+        // Taking the wrong `argv` out does not add a "missing field `argv`" of our own making.
+        assert!(!problems.iter().any(|p| p.message.contains("missing field")));
+        // A block with only a missing field says that once.
+        let missing = check(json!({"count": 1}));
+        assert_eq!(missing.len(), 1);
+        assert!(missing[0].message.contains("missing field `argv`"));
     }
 
     #[test]
