@@ -1583,3 +1583,66 @@ fn another_slash_command_is_refused() {
     let (_, reply) = signed(&s, "/slack/commands", &command("U1", "hello world", "t2"));
     assert!(reply.contains("Started hello"), "{reply}");
 }
+
+/// With `slack.team_id` pinned, an install for another workspace is refused and nothing is
+/// stored; one for the pinned workspace is kept.
+#[test]
+fn an_install_for_another_workspace_than_the_pinned_one_is_refused() {
+    let api = crate::slack_api::SlackApi::start(0);
+    let sb = Sandbox::new();
+    workflows(&sb);
+    let env = |cmd: &mut std::process::Command| {
+        cmd.env("SLACK_API_URL", &api.url)
+            .env("SLACK_CLIENT_ID", "cid-1")
+            .env("SLACK_CLIENT_SECRET", "csecret-1")
+            .env("LANDFALL_DATA_KEY", "11".repeat(32))
+            .env("LANDFALL_SLACK__TEAM_ID", "T0PINNED");
+    };
+    let s = serve_with(&sb, &["U1"], env);
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let install = |code: &str| -> (u16, String) {
+        let mut cmd = sb.cmd(&["slack", "install-link", "--json", "--base-url", &s.base]);
+        env(&mut cmd);
+        let v: Value = serde_json::from_slice(&cmd.output().unwrap().stdout).unwrap();
+        let r = agent.get(v["url"].as_str().unwrap()).call().unwrap();
+        let cookie = r
+            .header("set-cookie")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let location = r.header("location").unwrap().to_string();
+        let state = location
+            .split("state=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap()
+            .to_string();
+        match agent
+            .get(&format!(
+                "{}/slack/oauth/callback?code={code}&state={state}",
+                s.base
+            ))
+            .set("Cookie", &cookie)
+            .call()
+        {
+            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+            Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap_or_default()),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let (code, text) = install("code-for-T0OUTSIDER");
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("serves workspace T0PINNED"), "{text}");
+    let audit = sb.json(&["audit", "-", "--json"]);
+    assert!(!audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "slack_installed"));
+    let (code, text) = install("code-for-T0PINNED");
+    assert_eq!(code, 200, "{text}");
+}
