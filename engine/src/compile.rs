@@ -242,6 +242,22 @@ fn build(
                 has_item: false,
             };
             match fe {
+                // A list written out in the file is known now: over the fan-out limit, the
+                // file is refused before anything runs (an expression's list is checked when
+                // it is rendered).
+                Value::Array(items) if items.len() > crate::limits::get().max_fan_out => diags
+                    .push(
+                        Diagnostic::error(
+                            codes::INVALID_VALUE,
+                            format!(
+                                "`for_each` lists {} items; at most {} instances per step",
+                                items.len(),
+                                crate::limits::get().max_fan_out
+                            ),
+                        )
+                        .with_path(p.key("for_each"))
+                        .with_help("split the step, or raise limits.max_fan_out in landfall.toml"),
+                    ),
                 Value::String(_) | Value::Array(_) => {
                     check_templates(fe, &p.key("for_each"), &fe_scope, diags)
                 }

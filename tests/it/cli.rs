@@ -1162,6 +1162,14 @@ steps:
     assert!(!in_clear(value), "resuming wrote the secret in clear");
 }
 
+fn runs_of(sb: &Sandbox, workflow: &str) -> usize {
+    let out = sb.run(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.as_array().map_or(0, |a| {
+        a.iter().filter(|r| r["workflow"] == workflow).count()
+    })
+}
+
 /// The limits on what files and templates may hold are enforced with errors that name the
 /// setting, and `[limits]` (here through `LANDFALL_LIMITS__*`) changes them.
 #[test]
@@ -1185,6 +1193,23 @@ fn fan_out_template_and_yaml_limits_stop_with_clear_errors() {
     assert!(said.contains("limits.max_fan_out"), "{said}");
     // Within the default limit the same file runs.
     assert_eq!(sb.run(&["run", "fan.yaml"]).status.code(), Some(0));
+    // A list written out in the file is refused before anything runs.
+    sb.write(
+        "listed.yaml",
+        "name: listed\nsteps:\n  - id: each\n    uses: log\n    for_each: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]\n    with: { message: \"{{ item }}\" }\n",
+    );
+    let out = sb
+        .cmd(&["run", "listed.yaml"])
+        .env("LANDFALL_LIMITS__MAX_FAN_OUT", "10")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("lists 11 items; at most 10"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!sb.path(".landfall/state.redb").exists() || runs_of(&sb, "listed") == 0);
 
     // 10¹⁰ iterations: out of fuel at once, not hours of a worker.
     sb.write(
