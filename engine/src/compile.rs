@@ -334,6 +334,15 @@ fn build(
                 );
             }
         }
+        if s.max_parallel == Some(0) {
+            diags.push(
+                Diagnostic::error(codes::INVALID_VALUE, "`max_parallel` must be at least 1")
+                    .with_path(p.key("max_parallel"))
+                    .with_help(
+                        "remove it to let the run's `max_parallel` decide, or give a number ≥ 1",
+                    ),
+            );
+        }
         steps.push(Step {
             id: s.id.clone(),
             uses: s.uses.clone(),
@@ -343,6 +352,7 @@ fn build(
             with,
             when,
             for_each: s.for_each.clone(),
+            max_parallel: s.max_parallel,
             retry,
             timeout: s.timeout.or(spec.defaults.timeout),
             attempt_timeout: s.attempt_timeout.or(spec.defaults.attempt_timeout),

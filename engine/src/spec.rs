@@ -226,6 +226,10 @@ pub(crate) struct StepSpec {
     /// name the current one.
     #[serde(default)]
     pub for_each: Option<Value>,
+    /// At most this many of the step's nodes (its `for_each` instances) run at once, whatever
+    /// the run's `max_parallel` allows (e.g. one account at a time).
+    #[serde(default)]
+    pub max_parallel: Option<usize>,
     /// Retry policy; fields not given come from `defaults.retry`.
     #[serde(default)]
     pub retry: Option<RetrySpec>,

@@ -40,6 +40,8 @@ pub struct Step {
     pub with_has_templates: bool,
     pub when: Condition,
     pub for_each: Option<Value>,
+    /// At most this many of its nodes run at once.
+    pub max_parallel: Option<usize>,
     pub retry: RetryPolicy,
     pub timeout: Option<Duration>,
     pub attempt_timeout: Option<Duration>,

@@ -209,13 +209,19 @@ impl Execution<'_> {
         }
     }
 
-    /// Moves ready nodes to running, up to `max_parallel`.
+    /// Moves ready nodes to running, up to the run's `max_parallel` and each step's own;
+    /// a node whose step is at its limit keeps its place in line.
     pub(super) fn start_nodes(&mut self) {
         let max = self.run.max_parallel.max(1);
+        let mut held = Vec::new();
         while self.busy() + self.to_spawn.len() < max {
             let Some(i) = self.ready.pop_front() else {
                 break;
             };
+            if !self.step_has_room(self.nodes[i].step) {
+                held.push(i);
+                continue;
+            }
             if matches!(
                 self.rec(i).status,
                 NodeStatus::Pending | NodeStatus::Running
@@ -223,6 +229,36 @@ impl Execution<'_> {
                 self.begin_attempt(i);
             }
         }
+        for i in held.into_iter().rev() {
+            self.ready.push_front(i);
+        }
+    }
+
+    /// Whether step `k` may start another node now (its `max_parallel`, if any, not reached).
+    pub(super) fn step_has_room(&self, k: usize) -> bool {
+        let Some(cap) = self.wf.steps[k].max_parallel else {
+            return true;
+        };
+        let running = self
+            .live
+            .keys()
+            .filter(|&&n| self.nodes[n].step == k && !self.waiting.contains(&n))
+            .count();
+        let starting = self
+            .to_spawn
+            .iter()
+            .filter(|&&n| self.nodes[n].step == k)
+            .count();
+        running + starting < cap
+    }
+
+    /// Whether a ready node could start now.
+    pub(super) fn can_start(&self) -> bool {
+        self.live.len() < self.run.max_parallel.max(1)
+            && self
+                .ready
+                .iter()
+                .any(|&i| self.step_has_room(self.nodes[i].step))
     }
 
     /// Attempts that hold a parallelism slot.

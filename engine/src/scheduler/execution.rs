@@ -256,10 +256,8 @@ impl<'a> Execution<'a> {
                 continue;
             }
 
-            let max = self.run.max_parallel.max(1);
-            let work_now = self.stop.is_none()
-                && (!self.activatable.is_empty()
-                    || (!self.ready.is_empty() && self.live.len() < max));
+            let work_now =
+                self.stop.is_none() && (!self.activatable.is_empty() || self.can_start());
             if work_now {
                 continue;
             }

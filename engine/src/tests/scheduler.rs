@@ -822,3 +822,47 @@ steps:
         .collect();
     assert_eq!(cut, [json!(1), json!(2), json!(3)]);
 }
+
+/// A step's own `max_parallel` bounds its instances even when the run allows more, while
+/// another step's nodes still use the run's room; a wrong value is refused at load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steps_max_parallel_bounds_its_instances_not_the_others() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = workflow(
+        r#"
+name: t
+steps:
+  - id: one_at_a_time
+    uses: test
+    for_each: [1, 2, 3, 4, 5, 6]
+    max_parallel: 2
+    with: { sleep_ms: 40 }
+"#,
+        &reg,
+    );
+    let (out, _) = run_to_end(&eng, wf, 10).await;
+    assert_eq!(out.status, RunStatus::Succeeded);
+    assert_eq!(probe.max_running.load(Ordering::SeqCst), 2);
+    assert_eq!(statuses(store.as_ref(), &out.run_id).len(), 6);
+
+    // Without the step's limit the same fan-out uses the run's room.
+    let probe = Arc::new(Probe::default());
+    let (eng, _, reg) = engine(&probe);
+    let wf = workflow(
+        "name: t\nsteps:\n  - { id: all, uses: test, for_each: [1, 2, 3, 4, 5, 6], with: { sleep_ms: 200 } }\n",
+        &reg,
+    );
+    let (out, _) = run_to_end(&eng, wf, 10).await;
+    assert_eq!(out.status, RunStatus::Succeeded);
+    assert!(probe.max_running.load(Ordering::SeqCst) > 2);
+
+    let c = compile(
+        &Source::new(
+            "t.yaml",
+            "name: t\nsteps:\n  - { id: a, uses: test, max_parallel: 0 }\n",
+        ),
+        &reg,
+    );
+    assert!(c.workflow.is_none(), "{:?}", c.report.diagnostics);
+}

@@ -93,8 +93,10 @@ defaults: { circuit_breaker: { failure_threshold: 100 } }
 steps:
   # Plenty of time: the retry happens and the node succeeds.
   - { id: roomy, uses: test, timeout: 60s, retry: { max_attempts: 3, initial_delay: 5ms, max_delay: 5ms }, with: { fail_times: 1 } }
-  # The retry's wait would end past the step's time-out: no retry, the node fails now.
-  - { id: tight, uses: test, timeout: 300ms, retry: { max_attempts: 3, initial_delay: 5s, max_delay: 5s }, with: { fail_times: 5 } }
+  # The retry's wait would end past the step's time-out: no retry, the node fails now. No
+  # jitter: with the default full jitter the wait is anywhere from 0 to 5 s, and one below
+  # 300 ms (6 % of runs) fits, which made this test fail now and then.
+  - { id: tight, uses: test, timeout: 300ms, retry: { max_attempts: 3, initial_delay: 5s, max_delay: 5s, jitter: none }, with: { fail_times: 5 } }
 "#,
         &reg,
     );
