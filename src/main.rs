@@ -72,6 +72,11 @@ fn main() {
         let in_redb = info
             .location()
             .is_some_and(|l| l.file().contains("/redb-") || l.file().contains("\\redb-"));
+        // A panic inside the template engine is caught and reported as an error about the
+        // user's expression (`landfall_engine::expr`): no backtrace on the terminal for it.
+        if landfall_engine::panic_is_caught_as_template_error() {
+            return;
+        }
         if in_redb {
             let payload = info.payload();
             let why = payload

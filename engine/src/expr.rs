@@ -165,8 +165,48 @@ fn context_vars(vars: std::collections::HashSet<String>) -> BTreeSet<String> {
         .collect()
 }
 
+/// Runs `f`, turning a panic inside the template engine into an error about the template:
+/// fuzzing found minijinja 3.1 panicking on printf-style `format` keys that hold a multi-byte
+/// character (`{{ "%(é" | format(1) }}`), and a user's expression must never stop a run or
+/// `landfall validate`.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, ExprError>) -> Result<T, ExprError> {
+    let outer = GUARDED.with(|g| g.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(outer));
+    match r {
+        Ok(r) => r,
+        Err(p) => {
+            let why = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(ExprError {
+                message: format!(
+                    "the template engine failed on `{}` ({why}); rewrite the expression",
+                    what.chars().take(80).collect::<String>()
+                ),
+            })
+        }
+    }
+}
+
+thread_local! {
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a panic now would be caught and reported as an error about a template (for a
+/// process's panic hook: such a panic needs no backtrace on the terminal).
+pub fn panic_is_caught_as_template_error() -> bool {
+    GUARDED.with(|g| g.get())
+}
+
 /// Variables a template or expression reads, as dotted paths (`steps.a.outputs`).
 pub(crate) fn referenced(s: &str) -> Result<BTreeSet<String>, ExprError> {
+    guarded(s, || referenced_unguarded(s))
+}
+
+fn referenced_unguarded(s: &str) -> Result<BTreeSet<String>, ExprError> {
     let env = env();
     let vars = match Template::classify(s) {
         Template::Literal(_) => return Ok(BTreeSet::new()),
@@ -178,13 +218,19 @@ pub(crate) fn referenced(s: &str) -> Result<BTreeSet<String>, ExprError> {
 
 /// Variables a bare expression (a `when` condition) reads.
 pub(crate) fn referenced_in_expr(expr: &str) -> Result<BTreeSet<String>, ExprError> {
-    Ok(context_vars(
-        env().compile_expression(expr)?.undeclared_variables(true),
-    ))
+    guarded(expr, || {
+        Ok(context_vars(
+            env().compile_expression(expr)?.undeclared_variables(true),
+        ))
+    })
 }
 
 /// Evaluates one string of a `with:` block.
 pub fn render_str(s: &str, ctx: &minijinja::Value) -> Result<Value, ExprError> {
+    guarded(s, || render_str_unguarded(s, ctx))
+}
+
+fn render_str_unguarded(s: &str, ctx: &minijinja::Value) -> Result<Value, ExprError> {
     let env = env();
     match Template::classify(s) {
         Template::Literal(l) => Ok(Value::String(l.to_string())),
@@ -251,13 +297,35 @@ pub(crate) fn eval_condition(
         );
     }
     let expr = condition_expr(when);
-    let v = env().compile_expression(expr)?.eval(ctx_value(&full))?;
+    let v = guarded(expr, || {
+        Ok(env().compile_expression(expr)?.eval(ctx_value(&full))?)
+    })?;
     if v.is_undefined() {
         return Err(ExprError {
             message: format!("undefined value: `{expr}` names nothing that exists"),
         });
     }
     Ok(v.is_true())
+}
+
+#[cfg(test)]
+mod guarded_tests {
+    /// Inputs the fuzzer found panicking inside minijinja: an error, never a panic.
+    #[test]
+    fn a_panic_in_the_template_engine_is_an_error_about_the_template() {
+        let ctx = super::ctx_value(serde_json::json!({}));
+        for t in [
+            "{{ \"%(é\" | format(1) }}",
+            "{{ \"%s-%(d&\u{e0}\" | format(\"a\", 1) }}",
+        ] {
+            let e = super::render_str(t, &ctx).unwrap_err();
+            assert!(
+                e.message.contains("template engine failed"),
+                "{t}: {}",
+                e.message
+            );
+        }
+    }
 }
 
 #[cfg(test)]
