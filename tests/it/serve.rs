@@ -671,17 +671,20 @@ fn each_run_talks_in_its_own_thread_through_the_web_api() {
     }
 }
 
+/// The app's OAuth credentials and the data key, as `serve` and `slack install-link` need them.
+fn oauth_app(cmd: &mut std::process::Command, api_url: &str) {
+    cmd.env("SLACK_API_URL", api_url)
+        .env("SLACK_CLIENT_ID", "cid-1")
+        .env("SLACK_CLIENT_SECRET", "csecret-1")
+        .env("LANDFALL_DATA_KEY", "11".repeat(32));
+}
+
 #[test]
 fn an_oauth_install_checks_its_state_and_seals_the_grant() {
     let api = crate::slack_api::SlackApi::start(0);
     let sb = Sandbox::new();
     workflows(&sb);
-    let oauth_env = |cmd: &mut std::process::Command| {
-        cmd.env("SLACK_API_URL", &api.url)
-            .env("SLACK_CLIENT_ID", "cid-1")
-            .env("SLACK_CLIENT_SECRET", "csecret-1")
-            .env("LANDFALL_DATA_KEY", "11".repeat(32));
-    };
+    let oauth_env = |cmd: &mut std::process::Command| oauth_app(cmd, &api.url);
     let s = serve_with(&sb, &["U1"], |cmd| {
         oauth_env(cmd);
         cmd.env("LANDFALL_LOG", "trace");
@@ -1592,11 +1595,8 @@ fn an_install_for_another_workspace_than_the_pinned_one_is_refused() {
     let sb = Sandbox::new();
     workflows(&sb);
     let env = |cmd: &mut std::process::Command| {
-        cmd.env("SLACK_API_URL", &api.url)
-            .env("SLACK_CLIENT_ID", "cid-1")
-            .env("SLACK_CLIENT_SECRET", "csecret-1")
-            .env("LANDFALL_DATA_KEY", "11".repeat(32))
-            .env("LANDFALL_SLACK__TEAM_ID", "T0PINNED");
+        oauth_app(cmd, &api.url);
+        cmd.env("LANDFALL_SLACK__TEAM_ID", "T0PINNED");
     };
     let s = serve_with(&sb, &["U1"], env);
     let agent = ureq::AgentBuilder::new().redirects(0).build();
