@@ -87,9 +87,12 @@ start() {
   port=$(free_port)
   # The emulator outlives this script; `stop` (or the test harness) ends it.
   # AWS-managed IAM policies (ReadOnlyAccess, …) exist in every real account; moto loads them
-  # only when asked (and it costs about a second per new account; tests that create many
-  # accounts and need no IAM set MOTO_IAM_LOAD_MANAGED_POLICIES=false).
-  MOTO_IAM_LOAD_MANAGED_POLICIES="${MOTO_IAM_LOAD_MANAGED_POLICIES:-true}" nohup "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" > "$dir/log" 2>&1 &
+  # only when asked (scripts/moto_server.py makes that cheap per new account; tests that
+  # create many accounts and need no IAM may still set MOTO_IAM_LOAD_MANAGED_POLICIES=false).
+  # Landfall's templates launch no instances, so moto's catalogue of public AMIs (loaded for
+  # every account and region, ~0.1 s of CPU each) is left out.
+  MOTO_EC2_LOAD_DEFAULT_AMIS="${MOTO_EC2_LOAD_DEFAULT_AMIS:-false}" \
+  MOTO_IAM_LOAD_MANAGED_POLICIES="${MOTO_IAM_LOAD_MANAGED_POLICIES:-true}" nohup "$venv/bin/python" "$root/scripts/moto_server.py" -H 127.0.0.1 -p "$port" > "$dir/log" 2>&1 &
   echo $! > "$dir/pid"
   echo "$port" > "$dir/port"
   for _ in $(seq 1 150); do

@@ -343,6 +343,7 @@ fn build(
                     ),
             );
         }
+        let rollout = rollout_of(s, p, diags);
         steps.push(Step {
             id: s.id.clone(),
             uses: s.uses.clone(),
@@ -353,6 +354,7 @@ fn build(
             when,
             for_each: s.for_each.clone(),
             max_parallel: s.max_parallel,
+            rollout,
             retry,
             timeout: s.timeout.or(spec.defaults.timeout),
             attempt_timeout: s.attempt_timeout.or(spec.defaults.attempt_timeout),
@@ -914,14 +916,14 @@ impl Scope<'_> {
                         }
                         Some(_) => {
                             if let Some(field) = parts.next() {
-                                if !["outputs", "status", "error"].contains(&field) {
+                                if !["outputs", "status", "error", "failures"].contains(&field) {
                                     diags.push(
                                         Diagnostic::error(
                                             codes::UNKNOWN_VARIABLE,
                                             format!("`steps.{id}.{field}` does not exist"),
                                         )
                                         .with_path(path.clone())
-                                        .with_help("a step has `outputs`, `status` and `error`"),
+                                        .with_help("a step has `outputs`, `status`, `error` and `failures`"),
                                     );
                                 }
                             }
@@ -1066,6 +1068,63 @@ fn check_inputs(inputs: &indexmap::IndexMap<String, InputSpec>, diags: &mut Vec<
             );
         }
     }
+}
+
+/// A step's `tolerate` and `waves`. Without expressions they are checked here, each problem
+/// where it is written; with one, when the step fans out (a problem then fails the step).
+fn rollout_of(
+    s: &crate::spec::StepSpec,
+    p: &Path,
+    diags: &mut Vec<Diagnostic>,
+) -> crate::rollout::RolloutSpec {
+    let spec = crate::rollout::RolloutSpec {
+        tolerate: s.tolerate.clone(),
+        waves: s.waves.clone(),
+    };
+    if spec.is_empty() {
+        return spec;
+    }
+    for (field, set) in [
+        ("tolerate", s.tolerate.is_some()),
+        ("waves", s.waves.is_some()),
+    ] {
+        if set && s.for_each.is_none() {
+            diags.push(
+                Diagnostic::error(
+                    codes::INVALID_VALUE,
+                    format!("`{field}` applies to the instances of a `for_each` step; this step has none"),
+                )
+                .with_path(p.key(field))
+                .with_help("add `for_each:`, or remove it"),
+            );
+        }
+    }
+    // An expression is read when the step fans out; here it stands for a valid value.
+    let mut written = spec.clone();
+    if let Some(t) = &mut written.tolerate {
+        for v in [&mut t.count, &mut t.percent].into_iter().flatten() {
+            if expr::has_templates(v) {
+                *v = Value::from(0);
+            }
+        }
+    }
+    if written.waves.as_ref().is_some_and(expr::has_templates) {
+        written.waves = None;
+    }
+    if let Err(problems) = written.resolve(|v| Ok(v.clone())) {
+        for (field, message) in problems {
+            let mut at = p.clone();
+            for part in field.split('.') {
+                at = at.key(part);
+            }
+            diags.push(
+                Diagnostic::error(codes::INVALID_VALUE, message)
+                    .with_path(at)
+                    .with_help("e.g. `tolerate: { count: 1 }` or `{ percent: 10 }`; `waves: [1, \"25%\", \"100%\"]` (sizes count from the first instance)"),
+            );
+        }
+    }
+    spec
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ mod path;
 mod plan;
 mod plugin;
 mod retry;
+mod rollout;
 mod scheduler;
 mod source;
 mod spec;
@@ -55,6 +56,7 @@ pub use plan::{
 };
 pub use plugin::{ConfigProblem, DynPlugin, Plugin, PluginInfo, Registry, StepContext, StepReport};
 pub use retry::RetryPolicy;
+pub use rollout::{Tolerance, Wave};
 pub use scheduler::{valid_run_id, Engine, EngineError, NewRun, RunControl, RunOutcome};
 pub use source::{parse as parse_document, Document, Source};
 pub use spec::{json_schema as workflow_json_schema, InputSpec, SlackTrigger};

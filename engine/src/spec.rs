@@ -230,6 +230,18 @@ pub(crate) struct StepSpec {
     /// the run's `max_parallel` allows (e.g. one account at a time).
     #[serde(default)]
     pub max_parallel: Option<usize>,
+    /// For a `for_each` step: how many instances may fail with the step still succeeding
+    /// (`{ count: 2 }` or `{ percent: 10 }`, rounded down; either may be an expression). Failed (and cancelled) instances
+    /// are listed in `steps.<id>.failures` with their `item`; once more fail, instances not
+    /// yet started are skipped and the step fails.
+    #[serde(default)]
+    pub tolerate: Option<crate::rollout::ToleranceSpec>,
+    /// For a `for_each` step: start its instances in waves, each once every instance before it
+    /// ended with failures within `tolerate` (none without it): `[1, "25%", "100%"]` is one
+    /// canary, then up to a quarter, then the rest (sizes count from the first instance). May
+    /// be an expression giving such a list (`[]`: all at once).
+    #[serde(default)]
+    pub waves: Option<Value>,
     /// Retry policy; fields not given come from `defaults.retry`.
     #[serde(default)]
     pub retry: Option<RetrySpec>,

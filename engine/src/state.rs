@@ -119,6 +119,9 @@ pub enum SkipReason {
     NoFailure,
     /// The run was cancelled or failed critically before the node started.
     RunStopped,
+    /// Its step's instances failed beyond the step's `tolerate` before it started (a failing
+    /// canary stops the later waves).
+    RolloutStopped,
 }
 
 /// Who or what started a run.

@@ -42,6 +42,9 @@ pub struct Step {
     pub for_each: Option<Value>,
     /// At most this many of its nodes run at once.
     pub max_parallel: Option<usize>,
+    /// `tolerate` and `waves` as written (empty: failures are not tolerated, and the other
+    /// instances run on; all start at once).
+    pub rollout: crate::rollout::RolloutSpec,
     pub retry: RetryPolicy,
     pub timeout: Option<Duration>,
     pub attempt_timeout: Option<Duration>,

@@ -427,3 +427,125 @@ async fn kill_9_during_provisioning_then_resume_creates_no_stack_twice() {
     let verify = sb.run(&["audit", "prov-1", "--verify"]);
     assert_eq!(verify.status.code(), Some(0));
 }
+
+/// Squats the name of the log bucket the security-baseline stack makes in `account`/`region`
+/// (bucket names are global), so that stack's creation fails there.
+async fn squat_log_bucket(emu: &Emulator, name: &str, account: &str, region: &str) {
+    emu.cloudformation()
+        .create_stack()
+        .stack_name(name)
+        .template_body(format!(
+            "Resources:\n  B:\n    Type: AWS::S3::Bucket\n    Properties:\n      BucketName: landfall-logs-acme-{account}-{region}\n"
+        ))
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Canary and rollback scope (issue 16): the first target deploys alone; a failure after it
+/// rolls back that target only, the others keep their stacks; a failing canary keeps the other
+/// targets from starting at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_stops_the_rest_and_rollback_touches_only_failed_targets() {
+    let emu = Emulator::start();
+    let sb = Sandbox::new();
+    let accounts = onboard(&sb, &emu);
+    let (prod, dev) = (accounts["acme-prod"].clone(), accounts["acme-dev"].clone());
+
+    // us-east-1: the canary (acme-prod) deploys; acme-dev fails after it.
+    squat_log_bucket(&emu, "squatter-dev", &dev, "us-east-1").await;
+    let (out, doc) = provision(
+        &sb,
+        &emu,
+        &[
+            "--set",
+            "poll_initial=1s",
+            "--set",
+            r#"regions=["us-east-1"]"#,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(node(&doc, "deploy[0]")["status"], "succeeded");
+    assert_eq!(node(&doc, "deploy[1]")["status"], "failed");
+    assert_eq!(node(&doc, "rollback[0]")["outputs"]["account"], "acme-dev");
+    assert!(
+        doc["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["id"] != "rollback[1]"),
+        "one target failed, one is rolled back: {doc}"
+    );
+    let kept = stacks_in(&emu, &prod, "us-east-1").await;
+    for stack in ["acme-security-baseline", "acme-network", "acme-access"] {
+        assert!(
+            kept.iter()
+                .any(|(n, s, _)| n == stack && s == "CREATE_COMPLETE"),
+            "the canary's {stack} stays: {kept:?}"
+        );
+    }
+    let rolled = stacks_in(&emu, &dev, "us-east-1").await;
+    assert!(
+        rolled.iter().all(|(_, s, _)| s == "DELETE_COMPLETE"),
+        "the failed target is rolled back: {rolled:?}"
+    );
+
+    // The same failure within `tolerate`: the run succeeds, the failed target is rolled back
+    // again and named in the success message.
+    let (out, doc) = provision(
+        &sb,
+        &emu,
+        &[
+            "--set",
+            "poll_initial=1s",
+            "--set",
+            r#"regions=["us-east-1"]"#,
+            "--set",
+            "tolerate=1",
+            "--set",
+            r##"stakeholders=["#acme"]"##,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(doc["status"], "succeeded");
+    assert_eq!(node(&doc, "deploy[1]")["status"], "failed");
+    assert_eq!(node(&doc, "verify[0]")["status"], "succeeded");
+    assert!(
+        doc["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["id"] != "verify[1]"),
+        "a failed target is not verified: {doc}"
+    );
+    assert_eq!(node(&doc, "rollback[0]")["outputs"]["account"], "acme-dev");
+    assert_eq!(node(&doc, "notify")["status"], "succeeded");
+    assert_eq!(node(&doc, "notify_failure")["status"], "skipped");
+    let told = stderr(&out);
+    assert!(
+        told.contains("1 target(s) failed within the run's tolerance"),
+        "{told}"
+    );
+
+    // eu-west-1: the canary (acme-prod) fails; acme-dev never starts.
+    squat_log_bucket(&emu, "squatter-prod", &prod, "eu-west-1").await;
+    let (out, doc) = provision(
+        &sb,
+        &emu,
+        &[
+            "--set",
+            "poll_initial=1s",
+            "--set",
+            r#"regions=["eu-west-1"]"#,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(node(&doc, "deploy[0]")["status"], "failed");
+    assert_eq!(node(&doc, "deploy[1]")["status"], "skipped");
+    assert_eq!(node(&doc, "deploy[1]")["attempts"], 0);
+    assert_eq!(node(&doc, "rollback[0]")["outputs"]["account"], "acme-prod");
+    assert!(
+        stacks_in(&emu, &dev, "eu-west-1").await.is_empty(),
+        "nothing was deployed after the failing canary"
+    );
+}

@@ -104,11 +104,15 @@ impl Execution<'_> {
             return self.set_step_nodes(i, node..node + 1);
         }
         let n = items.len();
-        self.audit_as(
-            Some(step.id.clone()),
-            "step_expanded",
-            json!({ "items": n }),
-        );
+        self.rollouts[i] = match super::execution::rollout_of(step, n, &ctx) {
+            Ok(p) => p,
+            Err(e) => return fail(self, StepError::permanent(e)),
+        };
+        let mut details = json!({ "items": n });
+        if let Some(p) = &self.rollouts[i] {
+            details["waves"] = json!(p.ends());
+        }
+        self.audit_as(Some(step.id.clone()), "step_expanded", details);
         let start = self.nodes.len();
         self.nodes.reserve(n);
         let step_id: Arc<str> = step.id.as_str().into();
@@ -154,9 +158,27 @@ impl Execution<'_> {
                     })
                 })
                 .unwrap_or(Value::Null);
+            // Instances that failed or were cancelled (both may have left work half-done), with
+            // the item each worked on: what a rollback of only those targets iterates over.
+            let failures: Vec<Value> = recs
+                .clone()
+                .filter(|r| matches!(r.status, NodeStatus::Failed | NodeStatus::Cancelled))
+                .map(|r| {
+                    let e = r.error.as_ref();
+                    json!({
+                        "node": r.node_id, "index": r.index, "item": r.item, "status": r.status,
+                        "class": e.map(|e| e.class), "message": e.map(|e| e.message.clone()),
+                        "context": e.map(|e| e.context.clone()),
+                    })
+                })
+                .collect();
+            let mut status = aggregate_status(recs);
+            if status == NodeStatus::Failed && self.tolerated(i) {
+                status = NodeStatus::Succeeded;
+            }
             steps.insert(
                 s.id.clone(),
-                json!({ "status": aggregate_status(recs), "outputs": outputs, "error": error }),
+                json!({ "status": status, "outputs": outputs, "error": error, "failures": failures }),
             );
         }
         let mut failures: Vec<&NodeRecord> = self
@@ -177,6 +199,8 @@ impl Execution<'_> {
                 json!({
                     "node": n.node_id,
                     "step": n.step_id,
+                    // Within its step's `tolerate`: the run may still succeed.
+                    "tolerated": self.wf.step_index(&n.step_id).is_some_and(|k| self.tolerated(k)),
                     "class": e.map(|e| e.class),
                     "message": e.map(|e| e.message.clone()),
                     "context": e.map(|e| e.context.clone()),
@@ -218,7 +242,7 @@ impl Execution<'_> {
             let Some(i) = self.ready.pop_front() else {
                 break;
             };
-            if !self.step_has_room(self.nodes[i].step) {
+            if !self.step_has_room(self.nodes[i].step) || !self.wave_allows(i) {
                 held.push(i);
                 continue;
             }
@@ -252,13 +276,23 @@ impl Execution<'_> {
         running + starting < cap
     }
 
+    /// Whether node `i`'s wave is open (always, for a step without a rollout). A node of a
+    /// stopped rollout is skipped, not held, so this holds only nodes of later waves.
+    pub(super) fn wave_allows(&self, i: usize) -> bool {
+        let node = &self.nodes[i];
+        match &self.rollouts[node.step] {
+            Some(p) => p.may_start(node.rec.index.unwrap_or(0)) || p.stopped(),
+            None => true,
+        }
+    }
+
     /// Whether a ready node could start now.
     pub(super) fn can_start(&self) -> bool {
         self.live.len() < self.run.max_parallel.max(1)
             && self
                 .ready
                 .iter()
-                .any(|&i| self.step_has_room(self.nodes[i].step))
+                .any(|&i| self.step_has_room(self.nodes[i].step) && self.wave_allows(i))
     }
 
     /// Attempts that hold a parallelism slot.

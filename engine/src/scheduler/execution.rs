@@ -97,6 +97,7 @@ impl<'a> Execution<'a> {
             by_id,
             step_nodes,
             open,
+            rollouts: vec![None; n],
             waiting_on,
             activatable,
             ready: VecDeque::new(),
@@ -330,13 +331,7 @@ impl<'a> Execution<'a> {
             Some(Stop::Interrupt) => RunStatus::Interrupted,
             Some(Stop::Cancel) => RunStatus::Cancelled,
             Some(Stop::Critical) => RunStatus::Failed,
-            None if self
-                .nodes
-                .iter()
-                .any(|n| n.rec.status == NodeStatus::Failed) =>
-            {
-                RunStatus::Failed
-            }
+            None if (0..self.wf.steps.len()).any(|k| self.step_failed(k)) => RunStatus::Failed,
             None => RunStatus::Succeeded,
         };
         self.run.status = status;
@@ -429,14 +424,84 @@ impl<'a> Execution<'a> {
     /// How a finished step ended for its dependents: true = succeeded or skipped by its own
     /// condition; false = failed, cancelled, or skipped because of a failure.
     pub(super) fn step_ok(&self, i: usize) -> bool {
+        let tolerated = self.tolerated(i);
         self.step_nodes[i].is_some()
             && self.step_recs(i).all(|n| match n.status {
                 NodeStatus::Succeeded => true,
+                NodeStatus::Failed => tolerated,
                 NodeStatus::Skipped => !matches!(
                     n.skip_reason,
-                    Some(SkipReason::UpstreamFailed | SkipReason::RunStopped)
+                    Some(
+                        SkipReason::UpstreamFailed
+                            | SkipReason::RunStopped
+                            | SkipReason::RolloutStopped
+                    )
                 ),
                 _ => false,
             })
     }
+
+    /// Whether the failed instances of step `i` are within its `tolerate` (never without
+    /// one). Instances skipped after the tolerance was exceeded make the step fail anyway.
+    pub(super) fn tolerated(&self, i: usize) -> bool {
+        self.wf.steps[i].rollout.tolerate.is_some()
+            && self.rollouts[i]
+                .as_ref()
+                .is_some_and(|p| p.within_tolerance())
+    }
+
+    /// The rollouts of steps fanned out before this process took the run over: read again
+    /// in the context they were first read in (their needs' outputs do not change), and the
+    /// instances that ended replayed.
+    pub(super) fn rebuild_rollouts(&mut self) {
+        let steps: Vec<usize> = (0..self.wf.steps.len())
+            .filter(|&i| !self.wf.steps[i].rollout.is_empty() && self.step_nodes[i].is_some())
+            .collect();
+        if steps.is_empty() {
+            return;
+        }
+        let ctx = crate::expr::ctx_value(self.context());
+        for i in steps {
+            let Some(n) = self.step_recs(i).next().and_then(|r| r.fan_out) else {
+                continue;
+            };
+            let Ok(Some(mut p)) = rollout_of(&self.wf.steps[i], n, &ctx) else {
+                continue;
+            };
+            for r in self.step_recs(i) {
+                if r.status.is_terminal() {
+                    p.ended(r.index.unwrap_or(0), r.status == NodeStatus::Failed);
+                }
+            }
+            self.rollouts[i] = Some(p);
+        }
+    }
+
+    /// Whether step `i` failed the run: a failed instance it does not tolerate.
+    pub(super) fn step_failed(&self, i: usize) -> bool {
+        self.step_recs(i).any(|r| r.status == NodeStatus::Failed) && !self.tolerated(i)
+    }
+}
+
+/// The rollout of a step fanned out over `n` instances, when it has `tolerate` or `waves`,
+/// its expressions read in `ctx`.
+pub(super) fn rollout_of(
+    step: &crate::workflow::Step,
+    n: usize,
+    ctx: &minijinja::Value,
+) -> Result<Option<crate::rollout::Progress>, String> {
+    if step.rollout.is_empty() {
+        return Ok(None);
+    }
+    let (tolerance, waves) = step
+        .rollout
+        .resolve(|v| crate::expr::render_value(v, ctx).map_err(|e| e.to_string()))
+        .map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|(field, message)| format!("`{field}`: {message}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+    Ok(Some(crate::rollout::Progress::new(&waves, tolerance, n)))
 }

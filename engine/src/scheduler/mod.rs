@@ -353,6 +353,8 @@ impl Engine {
         let mut ex = Execution::new(self, wf, run, control, obs, existing);
         ex.inputs = inputs;
         ex.plan = plan;
+        // After the inputs: a rollout's expressions may read them.
+        ex.rebuild_rollouts();
         let res = ex.run().await;
         drop(lease);
         res
@@ -409,6 +411,8 @@ struct Execution<'a> {
     step_nodes: Vec<Option<Range<usize>>>,
     /// Non-terminal nodes per activated step; 0 = the step is done.
     open: Vec<usize>,
+    /// Per step with `tolerate` or `waves`, once fanned out: which instances may start.
+    rollouts: Vec<Option<crate::rollout::Progress>>,
     /// Needs of each step that are not done yet.
     waiting_on: Vec<usize>,
     activatable: VecDeque<usize>,

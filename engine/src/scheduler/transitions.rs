@@ -104,8 +104,14 @@ impl Execution<'_> {
         }
         if from.is_some_and(|f| !f.is_terminal()) && to.is_terminal() {
             let step = self.nodes[i].step;
+            let index = self.nodes[i].rec.index.unwrap_or(0);
+            let stopped = self.rollouts[step]
+                .as_mut()
+                .is_some_and(|p| p.ended(index, to == NodeStatus::Failed));
             self.open[step] = self.open[step].saturating_sub(1);
-            if self.open[step] == 0 {
+            if stopped {
+                self.stop_rollout(step);
+            } else if self.open[step] == 0 {
                 self.step_done(step);
             }
         }
@@ -276,6 +282,38 @@ impl Execution<'_> {
                 t.cancel();
             }
             self.cancel_unstarted_after_critical();
+        }
+    }
+
+    /// Step `k`'s failures went beyond its tolerance: its instances that never started are
+    /// skipped (those running finish), and the step is done when they are.
+    fn stop_rollout(&mut self, k: usize) {
+        let range = self.step_nodes[k].clone().unwrap_or(0..0);
+        let pending: Vec<usize> = range
+            .filter(|&i| self.rec(i).status == NodeStatus::Pending)
+            .collect();
+        let id = self.wf.steps[k].id.clone();
+        self.audit_as(
+            Some(id),
+            "rollout_stopped",
+            json!({ "skipped": pending.len() }),
+        );
+        // The last of them to end marks the step done (see `transition_from`).
+        let none = pending.is_empty();
+        for i in pending {
+            let now = self.now;
+            let rec = self.rec_mut(i);
+            rec.finished_at = Some(now);
+            rec.skip_reason = Some(SkipReason::RolloutStopped);
+            self.end_node(
+                i,
+                NodeStatus::Skipped,
+                None,
+                Some("earlier instances failed beyond the step's tolerance"),
+            );
+        }
+        if none && self.open[k] == 0 {
+            self.step_done(k);
         }
     }
 

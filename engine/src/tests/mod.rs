@@ -2,6 +2,7 @@
 
 mod plan;
 mod props;
+mod rollout;
 mod scheduler;
 mod transitions;
 

@@ -421,6 +421,7 @@ fn node_record() -> impl Strategy<Value = NodeRecord> {
             SkipReason::UpstreamFailed,
             SkipReason::NoFailure,
             SkipReason::RunStopped,
+            SkipReason::RolloutStopped,
         ])),
     )
         .prop_map(|(step, index, status, attempts, outputs, err, skip)| {

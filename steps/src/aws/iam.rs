@@ -309,6 +309,14 @@ pub(crate) struct IamConfig {
     /// roles would change: the changes must be the planned ones, approved for its digest.
     #[serde(default)]
     pub plan: Option<Value>,
+    /// How many accounts are worked on at once (at least 1). IAM is one service per account,
+    /// each with its own request quota and retry partition, so accounts do not slow each other.
+    #[serde(default = "default_parallel_accounts")]
+    pub parallel_accounts: usize,
+}
+
+fn default_parallel_accounts() -> usize {
+    20
 }
 
 fn default_member_role() -> String {
@@ -460,61 +468,16 @@ impl Plugin for IamRoles {
         let trust = trust_policy(&c.management_account_id);
         let mut changes = Vec::new();
         let mut roles = Vec::new();
-        for account in &c.accounts {
-            let iam = self
-                .aws
-                .iam_in(&account.id, &c.member_role_name, ctx.idempotency_key())
-                .await?;
-            let mut arns = BTreeMap::new();
-            for role in [DEPLOYER_ROLE, VERIFIER_ROLE] {
-                let change = |action: &str| json!({ "action": action, "account": account.name, "role": role });
-                match read_role(&iam, role).await? {
-                    None => {
-                        let mut c = change("create");
-                        c["trust"] = trust.clone();
-                        changes.push(c);
-                        arns.insert(role, format!("arn:aws:iam::{}:role/{role}", account.id));
-                    }
-                    Some((arn, current)) => {
-                        if current.as_ref() != Some(&trust) {
-                            let mut c = change("update");
-                            c["document"] = json!("trust policy");
-                            c["diff"] = json!(json_patch::diff(
-                                current.as_ref().unwrap_or(&Value::Null),
-                                &trust
-                            ));
-                            changes.push(c);
-                        }
-                        arns.insert(role, arn);
-                    }
-                }
-            }
-            match read_inline(&iam, DEPLOYER_ROLE, DEPLOYER_POLICY).await? {
-                None => changes.push(json!({
-                    "action": "create", "account": account.name, "role": DEPLOYER_ROLE,
-                    "policy": DEPLOYER_POLICY, "document": policy,
-                })),
-                Some(current) if current != policy => changes.push(json!({
-                    "action": "update", "account": account.name, "role": DEPLOYER_ROLE,
-                    "policy": DEPLOYER_POLICY, "diff": json_patch::diff(&current, &policy),
-                })),
-                Some(_) => {}
-            }
-            if !read_attached(&iam, VERIFIER_ROLE)
-                .await?
-                .contains(VERIFIER_POLICY_ARN)
-            {
-                changes.push(json!({
-                    "action": "attach", "account": account.name, "role": VERIFIER_ROLE,
-                    "policy": VERIFIER_POLICY_ARN,
-                }));
-            }
-            roles.push(json!({
-                "account": account.name,
-                "account_id": account.id,
-                "deployer_role_arn": arns.get(DEPLOYER_ROLE),
-                "verifier_role_arn": arns.get(VERIFIER_ROLE),
-            }));
+        let per_account = super::each_at_most(
+            c.accounts
+                .iter()
+                .map(|account| self.plan_account(account, &c, &policy, &trust, &ctx)),
+            c.parallel_accounts,
+        )
+        .await?;
+        for (mut c, role) in per_account {
+            changes.append(&mut c);
+            roles.push(role);
         }
         Ok(Some(PlanOutcome {
             summary: format!("IAM: {}", actions_counted(&changes)),
@@ -543,108 +506,193 @@ impl Plugin for IamRoles {
         }
         let policy = deployer_policy(&c.resource_types, &c.stack_prefix)?;
         let trust = trust_policy(&c.management_account_id);
-        let mut out = Vec::new();
-        for account in &c.accounts {
-            let iam = self
-                .aws
-                .iam_in(&account.id, &c.member_role_name, ctx.idempotency_key())
-                .await?;
-            let (deployer, new_deployer) = ensure_role(
-                &iam,
-                DEPLOYER_ROLE,
-                &trust,
-                "Landfall deploys the customer's stacks with this role",
-            )
-            .await?;
-            iam.put_role_policy()
-                .role_name(DEPLOYER_ROLE)
-                .policy_name(DEPLOYER_POLICY)
-                .policy_document(policy.to_string())
-                .send()
-                .await
-                .map_err(|e| step_error("PutRolePolicy", e))?;
-            let (verifier, new_verifier) = ensure_role(
-                &iam,
-                VERIFIER_ROLE,
-                &trust,
-                "Landfall verifies deployed resources with this read-only role",
-            )
-            .await?;
-            // IAM is eventually consistent: a role just created cannot be assumed for a few
-            // seconds. The roles are this step's promise to `deploy` and `verify`, so it keeps
-            // it: done means assumable.
-            for (role, new) in [(DEPLOYER_ROLE, new_deployer), (VERIFIER_ROLE, new_verifier)] {
-                if new {
-                    self.aws
-                        .wait_assumable(&account.id, role, ctx.idempotency_key(), &ctx)
-                        .await?;
-                }
-            }
-            iam.attach_role_policy()
-                .role_name(VERIFIER_ROLE)
-                .policy_arn(VERIFIER_POLICY_ARN)
-                .send()
-                .await
-                .map_err(|e| step_error("AttachRolePolicy", e))?;
-
-            // Read back what AWS holds.
-            let stored = iam
-                .get_role_policy()
-                .role_name(DEPLOYER_ROLE)
-                .policy_name(DEPLOYER_POLICY)
-                .send()
-                .await
-                .map_err(|e| step_error("GetRolePolicy", e))?;
-            if decode_policy(stored.policy_document())? != policy {
-                return Err(StepError::transient(format!(
-                    "the deployer policy in {} does not read back as written",
-                    account.name
-                )));
-            }
-            for role in [DEPLOYER_ROLE, VERIFIER_ROLE] {
-                let r = iam
-                    .get_role()
-                    .role_name(role)
-                    .send()
-                    .await
-                    .map_err(|e| step_error("GetRole", e))?;
-                let doc = r
-                    .role()
-                    .and_then(|r| r.assume_role_policy_document())
-                    .map(decode_policy)
-                    .transpose()?;
-                if doc.as_ref() != Some(&trust) {
-                    return Err(StepError::transient(format!(
-                        "{role} in {} does not trust exactly the management account",
-                        account.name
-                    )));
-                }
-            }
-            let attached = iam
-                .list_attached_role_policies()
-                .role_name(VERIFIER_ROLE)
-                .send()
-                .await
-                .map_err(|e| step_error("ListAttachedRolePolicies", e))?;
-            if !attached
-                .attached_policies()
+        let out = super::each_at_most(
+            c.accounts
                 .iter()
-                .any(|p| p.policy_arn() == Some(VERIFIER_POLICY_ARN))
-            {
-                return Err(StepError::transient(format!(
-                    "{VERIFIER_ROLE} in {} is not read-only as intended",
-                    account.name
-                )));
-            }
-            out.push(json!({
-                "account": account.name,
-                "account_id": account.id,
-                "deployer_role_arn": deployer,
-                "verifier_role_arn": verifier,
-            }));
-        }
+                .map(|account| self.ensure_roles(account, &c, &policy, &trust, &ctx)),
+            c.parallel_accounts,
+        )
+        .await?;
         let actions = action_count(&policy);
         Ok(json!({ "roles": out, "deployer_actions": actions, "deployer_policy": policy }))
+    }
+}
+
+impl IamRoles {
+    /// What [`Self::ensure_roles`] would change in one account, and the roles' ARNs.
+    async fn plan_account(
+        &self,
+        account: &IamAccount,
+        c: &IamConfig,
+        policy: &Value,
+        trust: &Value,
+        ctx: &StepContext,
+    ) -> Result<(Vec<Value>, Value), StepError> {
+        let mut changes = Vec::new();
+        let iam = self
+            .aws
+            .iam_in(&account.id, &c.member_role_name, ctx.idempotency_key())
+            .await?;
+        let mut arns = BTreeMap::new();
+        for role in [DEPLOYER_ROLE, VERIFIER_ROLE] {
+            let change =
+                |action: &str| json!({ "action": action, "account": account.name, "role": role });
+            match read_role(&iam, role).await? {
+                None => {
+                    let mut c = change("create");
+                    c["trust"] = trust.clone();
+                    changes.push(c);
+                    arns.insert(role, format!("arn:aws:iam::{}:role/{role}", account.id));
+                }
+                Some((arn, current)) => {
+                    if current.as_ref() != Some(trust) {
+                        let mut c = change("update");
+                        c["document"] = json!("trust policy");
+                        c["diff"] = json!(json_patch::diff(
+                            current.as_ref().unwrap_or(&Value::Null),
+                            trust
+                        ));
+                        changes.push(c);
+                    }
+                    arns.insert(role, arn);
+                }
+            }
+        }
+        match read_inline(&iam, DEPLOYER_ROLE, DEPLOYER_POLICY).await? {
+            None => changes.push(json!({
+                "action": "create", "account": account.name, "role": DEPLOYER_ROLE,
+                "policy": DEPLOYER_POLICY, "document": policy,
+            })),
+            Some(current) if current != *policy => changes.push(json!({
+                "action": "update", "account": account.name, "role": DEPLOYER_ROLE,
+                "policy": DEPLOYER_POLICY, "diff": json_patch::diff(&current, policy),
+            })),
+            Some(_) => {}
+        }
+        if !read_attached(&iam, VERIFIER_ROLE)
+            .await?
+            .contains(VERIFIER_POLICY_ARN)
+        {
+            changes.push(json!({
+                "action": "attach", "account": account.name, "role": VERIFIER_ROLE,
+                "policy": VERIFIER_POLICY_ARN,
+            }));
+        }
+        let role = json!({
+            "account": account.name,
+            "account_id": account.id,
+            "deployer_role_arn": arns.get(DEPLOYER_ROLE),
+            "verifier_role_arn": arns.get(VERIFIER_ROLE),
+        });
+        Ok((changes, role))
+    }
+
+    /// The two roles in one account, written, assumable and read back as intended.
+    async fn ensure_roles(
+        &self,
+        account: &IamAccount,
+        c: &IamConfig,
+        policy: &Value,
+        trust: &Value,
+        ctx: &StepContext,
+    ) -> Result<Value, StepError> {
+        let iam = self
+            .aws
+            .iam_in(&account.id, &c.member_role_name, ctx.idempotency_key())
+            .await?;
+        let (deployer, new_deployer) = ensure_role(
+            &iam,
+            DEPLOYER_ROLE,
+            trust,
+            "Landfall deploys the customer's stacks with this role",
+        )
+        .await?;
+        iam.put_role_policy()
+            .role_name(DEPLOYER_ROLE)
+            .policy_name(DEPLOYER_POLICY)
+            .policy_document(policy.to_string())
+            .send()
+            .await
+            .map_err(|e| step_error("PutRolePolicy", e))?;
+        let (verifier, new_verifier) = ensure_role(
+            &iam,
+            VERIFIER_ROLE,
+            trust,
+            "Landfall verifies deployed resources with this read-only role",
+        )
+        .await?;
+        // IAM is eventually consistent: a role just created cannot be assumed for a few
+        // seconds. The roles are this step's promise to `deploy` and `verify`, so it keeps
+        // it: done means assumable.
+        for (role, new) in [(DEPLOYER_ROLE, new_deployer), (VERIFIER_ROLE, new_verifier)] {
+            if new {
+                self.aws
+                    .wait_assumable(&account.id, role, ctx.idempotency_key(), ctx)
+                    .await?;
+            }
+        }
+        iam.attach_role_policy()
+            .role_name(VERIFIER_ROLE)
+            .policy_arn(VERIFIER_POLICY_ARN)
+            .send()
+            .await
+            .map_err(|e| step_error("AttachRolePolicy", e))?;
+
+        // Read back what AWS holds.
+        let stored = iam
+            .get_role_policy()
+            .role_name(DEPLOYER_ROLE)
+            .policy_name(DEPLOYER_POLICY)
+            .send()
+            .await
+            .map_err(|e| step_error("GetRolePolicy", e))?;
+        if decode_policy(stored.policy_document())? != *policy {
+            return Err(StepError::transient(format!(
+                "the deployer policy in {} does not read back as written",
+                account.name
+            )));
+        }
+        for role in [DEPLOYER_ROLE, VERIFIER_ROLE] {
+            let r = iam
+                .get_role()
+                .role_name(role)
+                .send()
+                .await
+                .map_err(|e| step_error("GetRole", e))?;
+            let doc = r
+                .role()
+                .and_then(|r| r.assume_role_policy_document())
+                .map(decode_policy)
+                .transpose()?;
+            if doc.as_ref() != Some(trust) {
+                return Err(StepError::transient(format!(
+                    "{role} in {} does not trust exactly the management account",
+                    account.name
+                )));
+            }
+        }
+        let attached = iam
+            .list_attached_role_policies()
+            .role_name(VERIFIER_ROLE)
+            .send()
+            .await
+            .map_err(|e| step_error("ListAttachedRolePolicies", e))?;
+        if !attached
+            .attached_policies()
+            .iter()
+            .any(|p| p.policy_arn() == Some(VERIFIER_POLICY_ARN))
+        {
+            return Err(StepError::transient(format!(
+                "{VERIFIER_ROLE} in {} is not read-only as intended",
+                account.name
+            )));
+        }
+        Ok(json!({
+            "account": account.name,
+            "account_id": account.id,
+            "deployer_role_arn": deployer,
+            "verifier_role_arn": verifier,
+        }))
     }
 }
 

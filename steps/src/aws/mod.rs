@@ -240,10 +240,21 @@ pub fn call_retries() -> RetryConfig {
 /// is contention, not a fault, so it is waited out past the SDK's [`CALL_ATTEMPTS`].
 pub(crate) const CONFLICT_PATIENCE: Duration = Duration::from_secs(180);
 
-/// Runs an Organizations write, waiting out `ConcurrentModificationException` (growing waits,
-/// for at most [`CONFLICT_PATIENCE`]); any other answer is returned as it is. Each try is a full
-/// SDK call with its own jittered retries, so competing writers fall out of step. The wait is
-/// not tied to the attempt's cancellation: the engine drops a cancelled attempt's future.
+/// One Organizations write at a time in this process. AWS serialises the changes to an
+/// organization and refuses an overlapping write (`ConcurrentModificationException`); the
+/// nodes and runs of one process (accounts created in parallel, customers onboarded at once)
+/// would otherwise collide with each other and back off. Global because every Organizations
+/// client of a process speaks for one organization (the management account's credentials).
+/// Writes of other processes still collide and are waited out.
+static ORGANIZATION_WRITES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// Runs an Organizations write, waiting out `ConcurrentModificationException` and
+/// `TooManyRequestsException` that outlived the SDK's own retries (growing, jittered waits, for
+/// at most [`CONFLICT_PATIENCE`]); any other answer is returned as it is. Both are contention
+/// (writers of one organization, ours in parallel or others'), not faults, so they never fail
+/// a node while there is time. The jitter keeps writers that collided from colliding again in
+/// step. The wait is not tied to the attempt's cancellation: the engine drops a cancelled
+/// attempt's future.
 pub(crate) async fn waiting_out_conflicts<T, E, F, Fut>(
     mut call: F,
 ) -> Result<T, SdkError<E, HttpResponse>>
@@ -255,17 +266,107 @@ where
     let deadline = tokio::time::Instant::now() + CONFLICT_PATIENCE;
     let mut delay = Duration::from_millis(500);
     loop {
-        match call().await {
+        let answer = {
+            // Closed never: the semaphore lives as long as the process.
+            let _turn = ORGANIZATION_WRITES.acquire().await;
+            call().await
+        };
+        match answer {
             Err(e)
-                if e.code() == Some("ConcurrentModificationException")
-                    && tokio::time::Instant::now() + delay <= deadline =>
+                if matches!(
+                    e.code(),
+                    Some("ConcurrentModificationException" | "TooManyRequestsException")
+                ) && tokio::time::Instant::now() + delay <= deadline =>
             {
-                tokio::time::sleep(delay).await;
+                // Equal jitter: at least half the delay, so the waits still grow.
+                let r: f64 = rand::random();
+                tokio::time::sleep(delay.mul_f64(0.5 + r / 2.0)).await;
                 delay = (delay * 2).min(Duration::from_secs(15));
             }
             answer => return answer,
         }
     }
+}
+
+/// Runs the futures (lazy: none has started), at most `limit` at once, and waits for all of them before it
+/// answers: one item's failure does not abandon another's side effect half-way (an account
+/// creation already asked for is followed to its end and its id kept). Results come in the
+/// items' order. Failures join into one error of the gravest class that names each; after a
+/// critical failure no further one is started.
+pub(crate) async fn each_at_most<R, Fut>(
+    items: impl IntoIterator<Item = Fut>,
+    limit: usize,
+) -> Result<Vec<R>, StepError>
+where
+    Fut: std::future::Future<Output = Result<R, StepError>>,
+{
+    use futures_util::stream::{self, StreamExt};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // A future that does not start when an earlier one failed critically.
+    async fn unless_stopped<R, Fut>(stop: &AtomicBool, item: Fut) -> Option<Result<R, StepError>>
+    where
+        Fut: std::future::Future<Output = Result<R, StepError>>,
+    {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let result = item.await;
+        if matches!(&result, Err(e) if e.class == landfall_engine::ErrorClass::Critical) {
+            stop.store(true, Ordering::Relaxed);
+        }
+        Some(result)
+    }
+    let stop = AtomicBool::new(false);
+    let guarded: Vec<_> = items
+        .into_iter()
+        .map(|item| unless_stopped(&stop, item))
+        .collect();
+    let results: Vec<Option<Result<R, StepError>>> =
+        stream::iter(guarded).buffered(limit.max(1)).collect().await;
+    let total = results.len();
+    let mut done = Vec::with_capacity(total);
+    let mut failed = Vec::new();
+    let mut untried = 0;
+    for r in results {
+        match r {
+            Some(Ok(v)) => done.push(v),
+            Some(Err(e)) => failed.push(e),
+            None => untried += 1,
+        }
+    }
+    if failed.is_empty() {
+        return Ok(done);
+    }
+    Err(joined(failed, total, untried))
+}
+
+/// One error for several: the gravest class, the first failure's message and context first.
+fn joined(mut failed: Vec<StepError>, total: usize, untried: usize) -> StepError {
+    use landfall_engine::ErrorClass;
+    let gravity = |c: ErrorClass| match c {
+        ErrorClass::Transient => 0,
+        ErrorClass::Permanent => 1,
+        ErrorClass::Critical => 2,
+    };
+    // The gravest first: its message leads, its context is kept.
+    failed.sort_by_key(|e| std::cmp::Reverse(gravity(e.class)));
+    if failed.len() == 1 && untried == 0 {
+        return failed.remove(0);
+    }
+    let n = failed.len();
+    let mut rest = failed.split_off(1);
+    let mut first = failed.remove(0);
+    let mut causes: Vec<String> = rest.iter().map(|e| e.message.clone()).collect();
+    causes.extend(rest.iter_mut().flat_map(|e| std::mem::take(&mut e.causes)));
+    causes.append(&mut first.causes);
+    let untried = if untried > 0 {
+        format!("; {untried} not tried after it")
+    } else {
+        String::new()
+    };
+    first.message = format!("{n} of {total} failed{untried}: {}", first.message);
+    first.causes = causes;
+    first
 }
 
 /// The retry partition of a client: retry budget and rate limiter are shared by every client
@@ -464,22 +565,25 @@ mod tests {
         use std::time::Duration;
         let start = tokio::time::Instant::now();
         let calls = std::cell::Cell::new(0);
-        // Ten refusals in a row (twice the SDK's attempts), then success.
+        // Ten refusals in a row (twice the SDK's attempts), conflicts and throttling, then
+        // success.
         let r = super::waiting_out_conflicts(|| {
             calls.set(calls.get() + 1);
             let n = calls.get();
             async move {
-                if n <= 10 {
-                    Err(answer("ConcurrentModificationException"))
-                } else {
-                    Ok(n)
+                match n {
+                    1..=5 => Err(answer("ConcurrentModificationException")),
+                    6..=10 => Err(answer("TooManyRequestsException")),
+                    _ => Ok(n),
                 }
             }
         })
         .await;
         assert_eq!(r.ok(), Some(11));
-        // 0.5 + 1 + 2 + 4 + 8 + 15 × 5 seconds: the waits grow to their cap.
-        assert_eq!(start.elapsed(), Duration::from_millis(90_500));
+        // 0.5 + 1 + 2 + 4 + 8 + 15 × 5 seconds: the waits grow to their cap, each jittered
+        // down to no less than half.
+        assert!(start.elapsed() <= Duration::from_millis(90_500));
+        assert!(start.elapsed() >= Duration::from_millis(45_250));
 
         calls.set(0);
         let r = super::waiting_out_conflicts(|| {
@@ -504,6 +608,66 @@ mod tests {
         assert!(r.is_err());
         assert!(start.elapsed() <= super::CONFLICT_PATIENCE);
         assert!(start.elapsed() >= super::CONFLICT_PATIENCE - Duration::from_secs(15));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_at_most_bounds_the_work_waits_for_all_and_names_every_failure() {
+        use landfall_engine::{ErrorClass, StepError};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::time::Duration;
+        let running = AtomicUsize::new(0);
+        let most = AtomicUsize::new(0);
+        let started = AtomicUsize::new(0);
+        let work = |k: usize| {
+            let (running, most, started) = (&running, &most, &started);
+            async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(10 * (10 - k as u64))).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                match k {
+                    3 => Err(StepError::transient("three is busy")),
+                    6 => Err(StepError::permanent("six is refused")),
+                    _ => Ok(k),
+                }
+            }
+        };
+        let all = super::each_at_most((0..10).map(work), 4).await;
+        assert_eq!(most.load(Ordering::SeqCst), 4);
+        assert_eq!(
+            started.load(Ordering::SeqCst),
+            10,
+            "a failure abandons nothing"
+        );
+        let e = all.unwrap_err();
+        assert_eq!(e.class, ErrorClass::Permanent, "the gravest class");
+        assert_eq!(e.message, "2 of 10 failed: six is refused");
+        assert_eq!(e.causes, vec!["three is busy".to_string()]);
+
+        let ok = super::each_at_most((0..5).filter(|k| *k != 3).map(work), 2).await;
+        assert_eq!(ok.unwrap(), vec![0, 1, 2, 4], "in the items' order");
+
+        // After a critical failure nothing more starts.
+        started.store(0, Ordering::SeqCst);
+        let critical = |k: usize| {
+            let started = &started;
+            async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                if k == 0 {
+                    Err(StepError::new(ErrorClass::Critical, "limit"))
+                } else {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    Ok(k)
+                }
+            }
+        };
+        let e = super::each_at_most((0..6).map(critical), 1)
+            .await
+            .unwrap_err();
+        assert_eq!(started.load(Ordering::SeqCst), 1);
+        assert_eq!(e.class, ErrorClass::Critical);
+        assert!(e.message.contains("5 not tried"), "{}", e.message);
     }
 
     #[tokio::test(start_paused = true)]

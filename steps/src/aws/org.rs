@@ -79,10 +79,24 @@ pub struct OrgConfig {
     /// added).
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// How many accounts are worked on at once (at least 1): created and waited for, moved,
+    /// tagged. Their writes still go to AWS one at a time (AWS serialises the changes to an
+    /// organization and refuses overlapping ones with `ConcurrentModificationException`), so
+    /// this bounds the creations in progress, which are what take minutes. AWS documents no
+    /// limit on creations in progress, only on creations per day
+    /// (`ACCOUNT_CREATION_RATE_LIMIT_EXCEEDED`, not retried) and on request rates
+    /// (`TooManyRequestsException`, waited out); 20 keeps the polling of all of them (one look
+    /// every ≤10 s each) to a few requests per second.
+    #[serde(default = "default_parallel_accounts")]
+    pub parallel_accounts: usize,
 }
 
 fn default_parent() -> String {
     "Customers".into()
+}
+
+fn default_parallel_accounts() -> usize {
+    20
 }
 
 /// What `org` outputs.
@@ -142,6 +156,12 @@ impl Plugin for Org {
 
     fn validate(c: &OrgConfig) -> Vec<ConfigProblem> {
         let mut out = Vec::new();
+        if c.parallel_accounts == 0 {
+            out.push(ConfigProblem {
+                path: landfall_engine::Path::root().key("parallel_accounts"),
+                message: "must be at least 1 (1 creates the accounts one after another)".into(),
+            });
+        }
         if c.accounts.is_empty() {
             out.push(ConfigProblem {
                 path: landfall_engine::Path::root().key("accounts"),
@@ -312,50 +332,19 @@ impl Plugin for Org {
         let ou_id = ensure_ou(&client, &parent, &c.customer, &ou_tags).await?;
 
         let existing = list_accounts(&client).await?;
-        let mut out = Vec::new();
-        for a in &c.accounts {
-            let account_tags = tags(
-                &c.tags,
-                &[
-                    ("managed-by", "landfall"),
-                    ("customer", &c.customer),
-                    ("environment", a.environment.as_str()),
-                ],
-            )?;
-            let found = existing
+        let placed = Placed {
+            client: &client,
+            root_id: &root_id,
+            ou_id: &ou_id,
+            existing: &existing,
+        };
+        let out = super::each_at_most(
+            c.accounts
                 .iter()
-                .find(|(_, email)| email.eq_ignore_ascii_case(&a.email))
-                .map(|(id, _)| id.clone());
-            let (id, created) = match found {
-                Some(id) => (id, false),
-                None => self.ensure_account(&client, a, &account_tags, &ctx).await?,
-            };
-            move_into(&client, &id, &ou_id, &root_id, a, &c.customer).await?;
-            waiting_out_conflicts(|| {
-                client
-                    .tag_resource()
-                    .resource_id(&id)
-                    .set_tags(Some(account_tags.clone()))
-                    .send()
-            })
-            .await
-            .map_err(|e| step_error("TagResource", e))?;
-            if created {
-                Milestone::AccountCreated {
-                    name: a.name.clone(),
-                    email: a.email.clone(),
-                    id: id.clone(),
-                }
-                .emit(&ctx);
-            }
-            out.push(AccountOut {
-                name: a.name.clone(),
-                email: a.email.clone(),
-                id,
-                environment: a.environment,
-                created,
-            });
-        }
+                .map(|a| self.ensure_member(&placed, &c, a, &ctx)),
+            c.parallel_accounts,
+        )
+        .await?;
         let outputs = OrgOutputs {
             organization_id: org.0,
             management_account_id: org.1,
@@ -368,6 +357,74 @@ impl Plugin for Org {
     }
 }
 
+/// Where the customer's accounts go, shared by the accounts ensured in parallel.
+struct Placed<'a> {
+    client: &'a Client,
+    root_id: &'a str,
+    ou_id: &'a str,
+    /// (id, email) of the accounts listed before any was created.
+    existing: &'a [(String, String)],
+}
+
+impl Org {
+    /// One account of the customer: found or created, moved into the OU, tagged.
+    async fn ensure_member(
+        &self,
+        at: &Placed<'_>,
+        c: &OrgConfig,
+        a: &OrgAccount,
+        ctx: &StepContext,
+    ) -> Result<AccountOut, StepError> {
+        let client = at.client;
+        let account_tags = tags(
+            &c.tags,
+            &[
+                ("managed-by", "landfall"),
+                ("customer", &c.customer),
+                ("environment", a.environment.as_str()),
+            ],
+        )?;
+        let found = at
+            .existing
+            .iter()
+            .find(|(_, email)| email.eq_ignore_ascii_case(&a.email))
+            .map(|(id, _)| id.clone());
+        let (id, created, tagged) = match found {
+            Some(id) => (id, false, false),
+            None => self.ensure_account(client, a, &account_tags, ctx).await?,
+        };
+        move_into(client, &id, at.ou_id, at.root_id, a, &c.customer).await?;
+        // A request of this node asked for these tags already (AWS tags the account as it
+        // creates it); an account found or adopted gets them now.
+        if !tagged {
+            waiting_out_conflicts(|| {
+                client
+                    .tag_resource()
+                    .resource_id(&id)
+                    .set_tags(Some(account_tags.clone()))
+                    .send()
+            })
+            .await
+            .map_err(|e| step_error("TagResource", e))?;
+        }
+        if created {
+            Milestone::AccountCreated {
+                name: a.name.clone(),
+                email: a.email.clone(),
+                id: id.clone(),
+            }
+            .emit(ctx);
+        }
+        Ok(AccountOut {
+            name: a.name.clone(),
+            email: a.email.clone(),
+            id,
+            environment: a.environment,
+            created,
+        })
+    }
+}
+
 /// How a creation request ended.
 enum Creation {
     Succeeded(String),
@@ -375,14 +432,15 @@ enum Creation {
 }
 
 impl Org {
-    /// (account id, whether a request of this node made it), for an account not listed yet.
+    /// (account id, whether a request of this node made it, whether the request that made it
+    /// was this node's and so tagged it), for an account not listed yet.
     async fn ensure_account(
         &self,
         client: &Client,
         a: &OrgAccount,
         tags: &[Tag],
         ctx: &StepContext,
-    ) -> Result<(String, bool), StepError> {
+    ) -> Result<(String, bool, bool), StepError> {
         let key = format!("create-account/{}", a.email.to_ascii_lowercase());
         let mut request = ctx
             .saved_progress(&key)
@@ -394,7 +452,7 @@ impl Org {
         for round in 0..3 {
             if round > 0 {
                 if let Some(id) = find_by_email(client, &a.email).await? {
-                    return Ok((id, ours));
+                    return Ok((id, ours, false));
                 }
             }
             let id = match request.take() {
@@ -420,7 +478,8 @@ impl Org {
                 },
             };
             match self.wait_for(client, &id, a, ctx).await? {
-                Creation::Succeeded(account) => return Ok((account, ours)),
+                // Our request carried the tags.
+                Creation::Succeeded(account) => return Ok((account, ours, ours)),
                 Creation::Failed(reason) if reason == "EMAIL_ALREADY_EXISTS" => continue,
                 Creation::Failed(reason) => {
                     return Err(StepError::new(
