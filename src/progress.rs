@@ -105,6 +105,20 @@ impl Observer for Progress {
                 };
                 self.line(text);
             }
+            RunEvent::RunQueued {
+                key,
+                ahead,
+                holders,
+                ..
+            } => self.line(format!(
+                "  ⏸ queued: {key} is taken by {}{}; starts when a slot frees",
+                holders.join(", "),
+                if *ahead > 0 {
+                    format!(" ({ahead} waiting before this run)")
+                } else {
+                    String::new()
+                }
+            )),
             RunEvent::RetryScheduled {
                 node,
                 attempt,

@@ -399,6 +399,7 @@ fn build(
     );
     wf.input_check = input_check;
     wf.slack = slack;
+    wf.concurrency = spec.concurrency.clone();
     Some(wf)
 }
 

@@ -73,6 +73,14 @@ pub enum RunEvent {
         run_id: String,
         status: RunStatus,
     },
+    /// The run waits for a slot of its concurrency key: `holders` run now, `ahead` wait
+    /// before it. Told again only when it starts (`RunStarted`) or ends.
+    RunQueued {
+        run_id: String,
+        key: String,
+        ahead: usize,
+        holders: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

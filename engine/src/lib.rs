@@ -16,6 +16,7 @@ pub mod store;
 
 mod breaker;
 mod compile;
+mod concurrency;
 mod crypto;
 mod digest;
 mod error;
@@ -40,6 +41,7 @@ mod tests;
 
 pub use breaker::{BreakerConfig, BreakerState};
 pub use compile::compile;
+pub use concurrency::{Claim, Concurrency, OnConflict, Scope, Slots};
 pub use crypto::{CryptoError, DataKey};
 pub use digest::{digest_of, sha256_hex};
 pub use error::{ErrorClass, StepError};

@@ -39,6 +39,11 @@ pub(crate) struct WorkflowSpec {
     /// How people start this workflow besides `landfall run` (Slack).
     #[serde(default)]
     pub trigger: Option<TriggerSpec>,
+    /// At most `limit` runs of one `key` at once, across every process sharing the state
+    /// file: `{ key: "{{ inputs.customer }}", limit: 1, on_conflict: queue }`. A run that
+    /// finds the key full waits `queued` (first come, first served) or is refused.
+    #[serde(default)]
+    pub concurrency: Option<crate::concurrency::Concurrency>,
 }
 
 /// Ways to start a workflow from outside the CLI.

@@ -80,6 +80,9 @@ pub enum RunStatus {
     Cancelled,
     /// Stopped before finishing (Ctrl-C, a crash, a reboot): `landfall resume` continues it.
     Interrupted,
+    /// Waiting for a slot of its workflow's `concurrency` key (another run of the same key
+    /// runs); starts by itself when one frees. Last: rows written before it keep their codes.
+    Queued,
 }
 
 impl RunStatus {
@@ -93,6 +96,7 @@ impl RunStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             RunStatus::Running => "running",
+            RunStatus::Queued => "queued",
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
             RunStatus::Cancelled => "cancelled",
@@ -272,6 +276,7 @@ mod tests {
             (RunStatus::Failed, "failed"),
             (RunStatus::Cancelled, "cancelled"),
             (RunStatus::Interrupted, "interrupted"),
+            (RunStatus::Queued, "queued"),
         ] {
             assert_eq!(s.to_string(), text);
             assert_eq!(s.as_str(), text);

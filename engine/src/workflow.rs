@@ -68,6 +68,8 @@ pub struct Workflow {
     /// The Slack command that starts it, if any.
     pub slack: Option<crate::spec::SlackTrigger>,
     pub max_parallel: Option<usize>,
+    /// Runs of one key at once, across processes.
+    pub concurrency: Option<crate::concurrency::Concurrency>,
     pub steps: Vec<Step>,
     /// Step indices in a topological order (stable: file order among independent steps).
     pub order: Vec<usize>,
@@ -113,6 +115,7 @@ impl Workflow {
             input_check: None,
             slack: None,
             max_parallel,
+            concurrency: None,
             steps,
             order,
             breaker,

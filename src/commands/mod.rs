@@ -41,6 +41,8 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_INVALID: i32 = 2;
 pub const EXIT_ENV: i32 = 3;
+/// The workflow's concurrency key is taken and it refuses to queue: nothing ran.
+pub const EXIT_REFUSED: i32 = 4;
 pub const EXIT_INTERRUPTED: i32 = 130;
 
 /// The exit code of a command that ran (or reported) a run: the one table.
@@ -52,7 +54,7 @@ pub fn exit_code(status: RunStatus) -> i32 {
         RunStatus::Succeeded => EXIT_OK,
         RunStatus::Failed | RunStatus::Cancelled => EXIT_FAILED,
         RunStatus::Interrupted => EXIT_INTERRUPTED,
-        RunStatus::Running => EXIT_ENV,
+        RunStatus::Running | RunStatus::Queued => EXIT_ENV,
     }
 }
 
@@ -90,6 +92,7 @@ impl From<EngineError> for Failure {
     fn from(e: EngineError) -> Self {
         let code = match &e {
             EngineError::Store(_) | EngineError::Busy(_) => EXIT_ENV,
+            EngineError::Refused { .. } => EXIT_REFUSED,
             EngineError::Conflict { .. }
             | EngineError::BadRunId(_)
             | EngineError::Finished(..)
@@ -100,6 +103,7 @@ impl From<EngineError> for Failure {
             | EngineError::NodeFinished(..)
             | EngineError::NoSuchPlan(_)
             | EngineError::PlanRefused { .. }
+            | EngineError::ConcurrencyKey { .. }
             | EngineError::SecretInputs(_) => EXIT_INVALID,
         };
         Failure {

@@ -79,7 +79,7 @@ impl App {
 
 /// A run whose record says running but that no live process holds was interrupted.
 fn effective_status(store: &dyn Store, r: &RunRecord) -> RunStatus {
-    if r.status == RunStatus::Running && !store.is_live(&r.run_id) {
+    if matches!(r.status, RunStatus::Running | RunStatus::Queued) && !store.is_live(&r.run_id) {
         RunStatus::Interrupted
     } else {
         r.status

@@ -138,6 +138,26 @@ fn escape_texts(v: &mut Value) {
 /// are the only markup).
 pub(crate) fn reply_for(e: &RunEvent, run_id: &str) -> Option<(String, Option<Value>)> {
     match e {
+        RunEvent::RunQueued {
+            key,
+            ahead,
+            holders,
+            ..
+        } => {
+            let holders: Vec<String> = holders.iter().map(|h| format!("`{}`", escape(h))).collect();
+            let ahead = match ahead {
+                0 => String::new(),
+                n => format!(" ({n} waiting before it)"),
+            };
+            Some((
+                format!(
+                    ":double_vertical_bar: Queued: {} is taken by {}{ahead}. `{run_id}` starts by itself when a slot frees.",
+                    escape(key),
+                    holders.join(", ")
+                ),
+                None,
+            ))
+        }
         RunEvent::Milestone {
             kind, data, node, ..
         } => match Milestone::parse(kind, data)? {
@@ -301,6 +321,11 @@ async fn run_thread(
         match &e {
             RunEvent::RunStarted { nodes_total, .. } => {
                 header.total = *nodes_total;
+                header.status = None;
+                dirty = true;
+            }
+            RunEvent::RunQueued { .. } => {
+                header.status = Some("queued".into());
                 dirty = true;
             }
             RunEvent::NodeFinished { .. } => {

@@ -4,6 +4,7 @@ mod aws_org;
 mod change_control;
 mod cli;
 mod diagnostics;
+mod fleet;
 mod guard_rails;
 mod packages;
 mod props_aws;

@@ -11,6 +11,7 @@
 mod activate;
 mod attempts;
 mod execution;
+mod queue;
 mod transitions;
 
 use std::collections::VecDeque;
@@ -61,9 +62,27 @@ pub enum EngineError {
     /// The plan cannot be applied as it stands; `why` says what to do.
     #[error("plan `{plan_id}` cannot be applied: {why}")]
     PlanRefused { plan_id: String, why: String },
+    /// The workflow's concurrency key is full and it refuses rather than queues: nothing ran.
+    #[error("{key} is taken: {} (`on_conflict: refuse`); try again when it is done, or queue", holders_text(.holders))]
+    Refused {
+        run_id: String,
+        key: String,
+        holders: Vec<String>,
+    },
+    /// The workflow's concurrency key cannot be read from the inputs.
+    #[error("cannot read the concurrency key `{key}`: {message}")]
+    ConcurrencyKey { key: String, message: String },
     /// Secret inputs cannot be sealed or opened (no data key, another key).
     #[error(transparent)]
     SecretInputs(#[from] crate::inputs::SecretInputError),
+}
+
+fn holders_text(holders: &[String]) -> String {
+    match holders {
+        [] => "every slot is held".to_string(),
+        [one] => format!("run {one} holds it"),
+        many => format!("runs {} hold it", many.join(", ")),
+    }
 }
 
 impl From<crate::inputs::OpenError> for EngineError {
@@ -350,12 +369,28 @@ impl Engine {
         let existing = self.store.nodes(&run.run_id)?;
         // Opened here, kept in memory only: the record the execution writes keeps references.
         let inputs = crate::inputs::open(&run.inputs, self.store.as_ref(), self.data_key())?;
+        let slot = match &wf.concurrency {
+            Some(c) => {
+                let key = self.concurrency_key(&wf, c, &run, &inputs)?;
+                match self.wait_for_slot(c, &key, &run, &control, &obs).await? {
+                    Some(stopped) => return Ok(stopped),
+                    None => Some(key),
+                }
+            }
+            None => None,
+        };
         let mut ex = Execution::new(self, wf, run, control, obs, existing);
         ex.inputs = inputs;
         ex.plan = plan;
         // After the inputs: a rollout's expressions may read them.
         ex.rebuild_rollouts();
         let res = ex.run().await;
+        if let (Some(key), Ok(out)) = (&slot, &res) {
+            // An interrupted run keeps its slot: it is resumed, not replaced.
+            if out.status.is_terminal() {
+                self.store.release_slot(key, &out.run_id)?;
+            }
+        }
         drop(lease);
         res
     }

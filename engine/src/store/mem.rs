@@ -29,6 +29,7 @@ struct Inner {
     packages: BTreeMap<(String, u64), Package>,
     /// Plans in the order they were made.
     plans: Vec<Plan>,
+    slots: BTreeMap<String, crate::concurrency::Slots>,
 }
 
 /// A run's chain: each commit's drafts stay in the vector the batch brought (appending never
@@ -285,5 +286,36 @@ impl Store for MemStore {
                 }
             })
             .collect())
+    }
+
+    fn claim_slot(
+        &self,
+        key: &str,
+        limit: usize,
+        run: &str,
+        queue: bool,
+    ) -> Result<crate::concurrency::Claim, StoreError> {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let runs = &inner.runs;
+        // One process: a waiting run is always waited for.
+        let gone = |r: &str, _waiting: bool| runs.get(r).is_none_or(|r| r.status.is_terminal());
+        let slots = inner.slots.entry(key.to_string()).or_default();
+        Ok(slots.claim(run, limit, queue, gone))
+    }
+
+    fn release_slot(&self, key: &str, run: &str) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        if let Some(s) = g.slots.get_mut(key) {
+            s.release(run);
+            if s.is_empty() {
+                g.slots.remove(key);
+            }
+        }
+        Ok(())
+    }
+
+    fn slots(&self, key: &str) -> Result<crate::concurrency::Slots, StoreError> {
+        Ok(self.lock().slots.get(key).cloned().unwrap_or_default())
     }
 }

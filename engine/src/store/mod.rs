@@ -701,6 +701,21 @@ pub trait Store: Send + Sync {
     fn plans(&self) -> Result<Vec<Plan>, StoreError>;
     /// Whether a live process is executing the run.
     fn is_live(&self, run_id: &str) -> bool;
+    /// Claims one of concurrency key `key`'s `limit` slots for `run`, or its place in line
+    /// (`queue`), in one write transaction: runs that finished or are unknown are dropped from
+    /// the key first (a process that died before it gave its slot back). See
+    /// [`crate::concurrency`].
+    fn claim_slot(
+        &self,
+        key: &str,
+        limit: usize,
+        run: &str,
+        queue: bool,
+    ) -> Result<crate::concurrency::Claim, StoreError>;
+    /// `run` gives its slot or its place in line of `key` back.
+    fn release_slot(&self, key: &str, run: &str) -> Result<(), StoreError>;
+    /// Who holds and who waits for `key` (for `status`).
+    fn slots(&self, key: &str) -> Result<crate::concurrency::Slots, StoreError>;
 }
 
 #[cfg(test)]

@@ -40,6 +40,9 @@ const PACKAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("pack
 const PACKAGE_DIGESTS: TableDefinition<(&str, &str), u64> = TableDefinition::new("package_digests");
 /// Plan id → the plan (JSON).
 const PLANS: TableDefinition<&str, &[u8]> = TableDefinition::new("plans");
+/// Concurrency keys → who holds and who waits for their slots (JSON `Slots`). Made by the
+/// first claim; a file without it has no slots.
+const SLOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("slots");
 
 /// One migration: from `version - 1` to `version`.
 type Migration = fn(&redb::WriteTransaction) -> Result<(), StoreError>;
@@ -724,6 +727,93 @@ impl Store for RedbStore {
 
     fn is_live(&self, run_id: &str) -> bool {
         self.locks.is_held(run_id)
+    }
+
+    fn claim_slot(
+        &self,
+        key: &str,
+        limit: usize,
+        run: &str,
+        queue: bool,
+    ) -> Result<crate::concurrency::Claim, StoreError> {
+        let tx = self.db.begin_write()?;
+        let claim = {
+            let mut t = tx.open_table(SLOTS)?;
+            let mut slots: crate::concurrency::Slots = match t.get(key)? {
+                Some(v) => serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                    what: format!("slots of {key}"),
+                    message: e.to_string(),
+                })?,
+                None => Default::default(),
+            };
+            let runs = tx.open_table(RUNS)?;
+            let mut finished = std::collections::HashSet::new();
+            for r in slots.holders.iter().chain(&slots.queue) {
+                let gone = match runs.get(r.as_str())? {
+                    Some(v) => rows::decode_run(&|| format!("run {r}"), v.value())?
+                        .status
+                        .is_terminal(),
+                    None => true,
+                };
+                if gone {
+                    finished.insert(r.clone());
+                }
+            }
+            let claim = slots.claim(run, limit, queue, |r, waiting| {
+                finished.contains(r) || (waiting && !self.is_live(r))
+            });
+            let bytes = serde_json::to_vec(&slots)
+                .map_err(|e| StoreError::Backend(format!("slots of {key}: {e}")))?;
+            t.insert(key, bytes.as_slice())?;
+            claim
+        };
+        tx.commit()?;
+        Ok(claim)
+    }
+
+    fn release_slot(&self, key: &str, run: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(SLOTS)?;
+            let slots: Option<crate::concurrency::Slots> =
+                match t.get(key)? {
+                    Some(v) => Some(serde_json::from_slice(v.value()).map_err(|e| {
+                        StoreError::Corrupt {
+                            what: format!("slots of {key}"),
+                            message: e.to_string(),
+                        }
+                    })?),
+                    None => None,
+                };
+            if let Some(mut slots) = slots {
+                slots.release(run);
+                if slots.is_empty() {
+                    t.remove(key)?;
+                } else {
+                    let bytes = serde_json::to_vec(&slots)
+                        .map_err(|e| StoreError::Backend(format!("slots of {key}: {e}")))?;
+                    t.insert(key, bytes.as_slice())?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn slots(&self, key: &str) -> Result<crate::concurrency::Slots, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = match tx.open_table(SLOTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Default::default()),
+            Err(e) => return Err(e.into()),
+        };
+        match t.get(key)? {
+            Some(v) => serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                what: format!("slots of {key}"),
+                message: e.to_string(),
+            }),
+            None => Ok(Default::default()),
+        }
     }
 
     fn audit(&self, run_id: &str) -> Result<Vec<AuditEntry>, StoreError> {

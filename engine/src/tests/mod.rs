@@ -1,5 +1,6 @@
 //! Scheduler and store tests that need the whole engine: test plugins, random DAGs, crashes.
 
+mod concurrency;
 mod plan;
 mod props;
 mod rollout;
@@ -368,6 +369,21 @@ impl Store for CrashingStore {
     }
     fn is_live(&self, id: &str) -> bool {
         self.inner.is_live(id)
+    }
+    fn claim_slot(
+        &self,
+        key: &str,
+        limit: usize,
+        run: &str,
+        queue: bool,
+    ) -> Result<crate::concurrency::Claim, StoreError> {
+        self.inner.claim_slot(key, limit, run, queue)
+    }
+    fn release_slot(&self, key: &str, run: &str) -> Result<(), StoreError> {
+        self.inner.release_slot(key, run)
+    }
+    fn slots(&self, key: &str) -> Result<crate::concurrency::Slots, StoreError> {
+        self.inner.slots(key)
     }
     fn save_plan(&self, plan: &crate::plan::Plan) -> Result<(), StoreError> {
         self.inner.save_plan(plan)
