@@ -218,7 +218,18 @@ fn reads_unknown(vars: &std::collections::BTreeSet<String>, steps: &Map<String, 
     vars.iter().any(|v| {
         let mut parts = v.split('.');
         match (parts.next(), parts.next()) {
-            (Some("steps"), Some(id)) => steps.get(id).is_some_and(contains_unknown),
+            (Some("steps"), Some(id)) => {
+                // As deep as the path goes: `steps.deploy.failures` is known (none, in a plan)
+                // even while `steps.deploy.outputs` is not.
+                let mut at = steps.get(id);
+                for part in parts {
+                    match at {
+                        Some(Value::Object(m)) if m.contains_key(part) => at = m.get(part),
+                        _ => break,
+                    }
+                }
+                at.is_some_and(contains_unknown)
+            }
             _ => false,
         }
     })
@@ -298,7 +309,7 @@ impl Engine {
                             // so failure branches stay off.
                             steps.insert(
                                 step.id.clone(),
-                                json!({ "status": "skipped", "outputs": null, "error": null }),
+                                json!({ "status": "skipped", "outputs": null, "error": null, "failures": [] }),
                             );
                             let why = if expr::status_functions_used(cond).contains("failure") {
                                 "runs only when an earlier step fails".to_string()
@@ -332,7 +343,7 @@ impl Engine {
                         n.outputs = Value::String(UNKNOWN.into());
                         steps.insert(
                             step.id.clone(),
-                            json!({ "status": "succeeded", "outputs": UNKNOWN, "error": null }),
+                            json!({ "status": "succeeded", "outputs": UNKNOWN, "error": null, "failures": [] }),
                         );
                         nodes.push(n);
                         continue;
@@ -472,7 +483,7 @@ impl Engine {
             };
             steps.insert(
                 step.id.clone(),
-                json!({ "status": "succeeded", "outputs": out, "error": null }),
+                json!({ "status": "succeeded", "outputs": out, "error": null, "failures": [] }),
             );
         }
         let ttl = chrono::Duration::from_std(new.ttl).unwrap_or(chrono::Duration::days(1));

@@ -452,8 +452,16 @@ async fn apply_executes_exactly_the_approved_plan_and_refuses_a_changed_stack() 
     .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
+    // Without the canary: one target's refusal does not keep the others from applying.
     let start = |run: &str| {
-        let args = provision_args(&["--run-id", run, "--set", "poll_initial=1s"]);
+        let args = provision_args(&[
+            "--run-id",
+            run,
+            "--set",
+            "poll_initial=1s",
+            "--set",
+            "canary=false",
+        ]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         started_by_bob(&sb, &emu, &args, run)
     };
