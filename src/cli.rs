@@ -11,6 +11,7 @@ Exit codes:
   1    the run failed or was cancelled (or an audit chain is broken)
   2    invalid workflow, input or usage: nothing ran
   3    environment error (state file unusable, …)
+  4    refused: the workflow's concurrency key is taken (`on_conflict: refuse`): nothing ran
   130  interrupted (Ctrl-C): `landfall resume RUN_ID` continues";
 
 #[derive(Debug, Parser)]
@@ -99,6 +100,21 @@ pub enum Command {
     #[command(after_help = EXIT_CODES)]
     Resume {
         run_id: String,
+        /// Print the run as JSON on stdout when it ends
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a finished run that failed (or was cancelled) again where it failed: its failed,
+    /// cancelled and skipped nodes, the plans upstream of them made again, what follows them
+    /// activated anew; succeeded nodes keep their outputs. Same run id and idempotency keys;
+    /// the audit records it as a new attempt of the run
+    #[command(after_help = EXIT_CODES)]
+    Redrive {
+        run_id: String,
+        /// Run this step (or node, `deploy[3]`) and what follows it again instead, also in a
+        /// run that succeeded
+        #[arg(long, value_name = "STEP|NODE")]
+        from: Option<String>,
         /// Print the run as JSON on stdout when it ends
         #[arg(long)]
         json: bool,

@@ -45,6 +45,11 @@ pub enum Intent {
     Resume {
         run: String,
     },
+    /// Run a finished, failed run again where it failed (or from a step).
+    Redrive {
+        run: String,
+        from: Option<String>,
+    },
     Decide {
         run: String,
         node: String,
@@ -162,7 +167,7 @@ pub fn help(routes: &[Route]) -> String {
         ));
     }
     out.push_str(
-        "• `/landfall status [RUN]` · `/landfall runs` · `/landfall cancel RUN` · `/landfall resume RUN`\n\
+        "• `/landfall status [RUN]` · `/landfall runs` · `/landfall cancel RUN` · `/landfall resume RUN` · `/landfall redrive RUN [from STEP]`\n\
          • `/landfall approve RUN NODE` · `/landfall reject RUN NODE` · `/landfall help`\n\
          • `/landfall plan COMMAND …`: what it would change, with an Apply button · `/landfall apply PLAN`",
     );
@@ -208,6 +213,21 @@ pub fn classify(text: &str, routes: &[Route]) -> Intent {
         },
         "cancel" => one("/landfall cancel RUN").map_or_else(|e| e, |run| Intent::Cancel { run }),
         "resume" => one("/landfall resume RUN").map_or_else(|e| e, |run| Intent::Resume { run }),
+        "redrive" => match rest {
+            [run] => Intent::Redrive {
+                run: run.clone(),
+                from: None,
+            },
+            [run, from, step] if from == "from" || from == "--from" => Intent::Redrive {
+                run: run.clone(),
+                from: Some(step.clone()),
+            },
+            [] => usage("/landfall redrive RUN [from STEP]", "the run id is missing"),
+            _ => usage(
+                "/landfall redrive RUN [from STEP]",
+                "give the run id, and `from STEP` to start elsewhere",
+            ),
+        },
         "approve" | "reject" => match rest {
             [run, node] => Intent::Decide {
                 run: run.clone(),
@@ -410,6 +430,32 @@ mod tests {
         assert_eq!(usage_of("plan").0, "/landfall plan COMMAND ARG…");
         assert_eq!(usage_of("apply").1, "the plan id is missing");
         assert_eq!(usage_of("apply p-1 p-2").1, "too many words");
+    }
+
+    #[test]
+    fn redrive_takes_a_run_and_optionally_where_to_start() {
+        let r = routes();
+        assert_eq!(
+            classify("/landfall redrive r-1", &r),
+            Intent::Redrive {
+                run: "r-1".into(),
+                from: None
+            }
+        );
+        assert_eq!(
+            classify("redrive r-1 from deploy[2]", &r),
+            Intent::Redrive {
+                run: "r-1".into(),
+                from: Some("deploy[2]".into())
+            }
+        );
+        for bad in ["redrive", "redrive r-1 deploy", "redrive r-1 from"] {
+            assert!(
+                matches!(classify(bad, &r), Intent::Usage { .. }),
+                "{bad}: {:?}",
+                classify(bad, &r)
+            );
+        }
     }
 
     #[test]

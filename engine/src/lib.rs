@@ -59,7 +59,7 @@ pub use plan::{
 pub use plugin::{ConfigProblem, DynPlugin, Plugin, PluginInfo, Registry, StepContext, StepReport};
 pub use retry::RetryPolicy;
 pub use rollout::{Tolerance, Wave};
-pub use scheduler::{valid_run_id, Engine, EngineError, NewRun, RunControl, RunOutcome};
+pub use scheduler::{valid_run_id, Engine, EngineError, NewRun, Redrive, RunControl, RunOutcome};
 pub use source::{parse as parse_document, Document, Source};
 pub use spec::{json_schema as workflow_json_schema, InputSpec, SlackTrigger};
 pub use workflow::{Condition, RunsOn, Step as WorkflowStep, Workflow};

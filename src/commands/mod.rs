@@ -93,6 +93,7 @@ impl From<EngineError> for Failure {
         let code = match &e {
             EngineError::Store(_) | EngineError::Busy(_) => EXIT_ENV,
             EngineError::Refused { .. } => EXIT_REFUSED,
+            EngineError::NotRedrivable { .. } => EXIT_INVALID,
             EngineError::Conflict { .. }
             | EngineError::BadRunId(_)
             | EngineError::Finished(..)
@@ -169,6 +170,9 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Plan(args) => app.plan(args).await,
         Command::Plans { command } => app.plans(command),
         Command::Resume { run_id, json } => app.resume(&run_id, json).await,
+        Command::Redrive { run_id, from, json } => {
+            app.redrive(&run_id, from.as_deref(), json).await
+        }
         Command::Status {
             run_id,
             json,

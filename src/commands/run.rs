@@ -143,6 +143,35 @@ impl App {
             .await
     }
 
+    pub(super) async fn redrive(&self, run_id: &str, from: Option<&str>, json: bool) -> Res<i32> {
+        let store = self
+            .existing_store()?
+            .ok_or_else(|| self.no_state(&format!("run `{run_id}`")))?;
+        let record = store.run(run_id)?.ok_or_else(|| {
+            Failure::invalid(format!("no run `{run_id}` in {}", store.path().display()))
+        })?;
+        let source = Source::new(record.workflow_file.clone(), record.workflow_text.clone());
+        let wf = self.compile_source(source).map_err(|_| {
+            Failure::from(EngineError::Stale(
+                run_id.to_string(),
+                "this build's plugins reject it (see above)".into(),
+            ))
+        })?;
+        let engine = self.engine(Arc::clone(&store))?;
+        let redrive = engine.redrive(&wf, run_id, from, &super::cli_trigger().actor)?;
+        if !self.quiet() {
+            let mut what: Vec<String> = redrive.reset.clone();
+            what.extend(redrive.steps.iter().map(|s| format!("{s} (anew)")));
+            eprintln!(
+                "redrive {} of run {run_id}: {}",
+                redrive.number,
+                what.join(", ")
+            );
+        }
+        self.execute(engine, store, Arc::new(wf), redrive.run, json)
+            .await
+    }
+
     pub(super) async fn execute(
         &self,
         engine: Engine,

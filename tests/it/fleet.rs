@@ -135,3 +135,95 @@ fn a_second_process_queues_behind_the_first_for_the_same_key() {
     let mut holder = holder;
     assert!(holder.wait().unwrap().success());
 }
+
+/// `landfall redrive` (issue 16): a failed run runs again where it failed, through the
+/// binary; a redrive killed with `kill -9` half-way is continued by `resume`.
+#[test]
+fn redrive_after_a_failure_and_after_a_crash() {
+    let sb = Sandbox::new();
+    sb.write(
+        "flaky.yaml",
+        r#"
+name: flaky
+defaults: { retry: { max_attempts: 1 } }
+steps:
+  - id: a
+    uses: exec
+    with: { argv: [sh, -c, 'echo "$LANDFALL_IDEMPOTENCY_KEY" >> a.log'] }
+  - id: b
+    uses: exec
+    needs: [a]
+    for_each: [one, two]
+    with: { argv: [sh, -c, 'echo "{{ item }} $LANDFALL_IDEMPOTENCY_KEY" >> b.log; [ ! -e broken-{{ item }} ]'] }
+  - id: c
+    uses: exec
+    needs: [b]
+    with: { argv: [sh, -c, 'touch c.started; [ -e c.go ] || sleep 30; echo x >> c.log'] }
+"#,
+    );
+    sb.write("broken-two", "");
+    sb.write("c.go", "");
+    let out = sb.run(&["run", "flaky.yaml", "--run-id", "r1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+
+    // A finished run is not resumed; it is redriven.
+    let out = sb.run(&["resume", "r1"]);
+    assert!(
+        stderr(&out).contains("nothing to resume"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_file(sb.path("broken-two")).unwrap();
+    std::fs::remove_file(sb.path("c.go")).unwrap();
+    let mut child = sb.spawn(&["redrive", "r1", "--json"]);
+    let started = sb.path("c.started");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "step c never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL mid-redrive
+    child.wait().unwrap();
+    assert_eq!(status(&sb, "r1")["status"], "interrupted");
+
+    sb.write("c.go", "");
+    let out = sb.run(&["resume", "r1", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["status"], "succeeded");
+    let lines = |f: &str| -> Vec<String> {
+        std::fs::read_to_string(sb.path(f))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(lines("a.log").len(), 1, "a succeeded: never run again");
+    let b = lines("b.log");
+    let ones: Vec<&String> = b.iter().filter(|l| l.starts_with("one ")).collect();
+    let twos: Vec<&String> = b.iter().filter(|l| l.starts_with("two ")).collect();
+    assert_eq!(ones.len(), 1, "b[0] keeps its result: {b:?}");
+    assert_eq!(twos.len(), 2, "b[1] failed, so it ran again: {b:?}");
+    assert_eq!(twos[0], twos[1], "with the same idempotency key");
+    assert_eq!(lines("c.log").len(), 1);
+
+    let audit = sb.run(&["audit", "r1", "--verify"]);
+    assert_eq!(audit.status.code(), Some(0), "{}", stderr(&audit));
+    let entries = sb.json(&["audit", "r1", "--json"]);
+    let redriven: Vec<&Value> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "run_redriven")
+        .collect();
+    assert_eq!(redriven.len(), 1);
+    assert_eq!(redriven[0]["details"]["reset"][0]["node"], "b[1]");
+
+    // A succeeded run is redriven only from a named step.
+    let out = sb.run(&["redrive", "r1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = sb.run(&["redrive", "r1", "--from", "c"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(lines("c.log").len(), 2);
+    assert_eq!(lines("a.log").len(), 1);
+}

@@ -207,10 +207,36 @@ async fn the_layer_refuses_what_aws_refuses_with_its_reasons() {
 
 /// Three customers onboarded at once on a fresh organization: every run succeeds, with one
 /// organization and one `Customers` OU (the races answer "already exists" and are adopted).
+/// Their writes go out one at a time (one process); another writer of the organization (a
+/// console user, another Landfall process) tags the organization all along, so writes do
+/// collide and are waited out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_onboardings_on_a_fresh_organization_share_one_customers_ou() {
     let emu = Emulator::start_with(false);
     let org = std::sync::Arc::new(quick_org(&emu));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let other_writer =
+        {
+            let orgs = emu.organizations().await;
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    let root =
+                        orgs.list_roots().send().await.ok().and_then(|r| {
+                            r.roots().first().and_then(|r| r.id()).map(str::to_string)
+                        });
+                    if let Some(root) = root {
+                        let tag = aws_sdk_organizations::types::Tag::builder()
+                            .key("touched-by")
+                            .value("console")
+                            .build()
+                            .unwrap();
+                        let _ = orgs.tag_resource().resource_id(root).tags(tag).send().await;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+            })
+        };
     let runs = ["acme", "globex", "initech"].map(|c| {
         let org = org.clone();
         tokio::spawn(async move {
@@ -226,6 +252,8 @@ async fn concurrent_onboardings_on_a_fresh_organization_share_one_customers_ou()
             .unwrap_or_else(|e| panic!("an onboarding failed: {e:?}"));
         ous.insert(out["ou_path"].as_str().unwrap().to_string());
     }
+    stop.cancel();
+    other_writer.await.unwrap();
     assert_eq!(ous.len(), 3);
     let orgs = emu.organizations().await;
     let root = orgs.list_roots().send().await.unwrap().roots()[0]
@@ -244,8 +272,8 @@ async fn concurrent_onboardings_on_a_fresh_organization_share_one_customers_ou()
         .filter_map(|o| o.name())
         .collect();
     assert_eq!(names, ["Customers"], "one Customers OU");
-    // The writes did collide (every overlapping write is refused by default) and were waited
-    // out, so the test covers the contention it is about.
+    // The writes did collide with the other writer's (every overlapping write is refused by
+    // default) and were waited out, so the test covers the contention it is about.
     assert!(
         emu.stats()["refusals"]["ConcurrentModification"]
             .as_u64()

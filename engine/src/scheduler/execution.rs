@@ -140,6 +140,18 @@ impl<'a> Execution<'a> {
         let entries = self.engine.store.audit(&self.run_id)?;
         for e in entries {
             let d = &e.draft;
+            if d.kind == "run_redriven" {
+                // A redrive starts every node's tries afresh: what came before counts for
+                // nothing, and a node reset in place does not count the attempts it had.
+                self.cut_offs.clear();
+                for r in d.details["reset"].as_array().into_iter().flatten() {
+                    let node = r["node"].as_str().and_then(|n| self.by_id.get(n));
+                    if let (Some(&i), Some(n)) = (node, r["attempts"].as_u64()) {
+                        *self.cut_offs.entry(i).or_default() += n as u32;
+                    }
+                }
+                continue;
+            }
             if d.kind != "attempt_cut_off" && d.kind != "attempt_interrupted" {
                 continue;
             }

@@ -12,6 +12,9 @@ mod activate;
 mod attempts;
 mod execution;
 mod queue;
+mod redrive;
+
+pub use redrive::Redrive;
 mod transitions;
 
 use std::collections::VecDeque;
@@ -69,6 +72,9 @@ pub enum EngineError {
         key: String,
         holders: Vec<String>,
     },
+    /// The run cannot be redriven as it stands; `why` says what to do.
+    #[error("run `{run_id}` cannot be redriven: {why}")]
+    NotRedrivable { run_id: String, why: String },
     /// The workflow's concurrency key cannot be read from the inputs.
     #[error("cannot read the concurrency key `{key}`: {message}")]
     ConcurrencyKey { key: String, message: String },

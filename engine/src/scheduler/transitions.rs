@@ -18,6 +18,17 @@ use crate::events::RunEvent;
 use crate::state::{NodeRecord, NodeStatus, SkipReason};
 use crate::store::TransitionDraft;
 
+/// A node that runs again in a redrive: pending, its last attempt's result gone; its attempt
+/// count goes on (the next attempt is a new one of the same node, same idempotency key).
+/// Here because node statuses change only in this file.
+pub(super) fn reset_for_redrive(rec: &mut NodeRecord) {
+    rec.status = NodeStatus::Pending;
+    rec.error = None;
+    rec.outputs = None;
+    rec.skip_reason = None;
+    rec.finished_at = None;
+}
+
 impl Execution<'_> {
     /// Adds a node of step `step` in state `to`. A pending node is not a transition: its
     /// first entry is `pending → …` (a fan-out is audited once per step, as

@@ -75,6 +75,12 @@ impl Store for MemStore {
                 }
             }
         }
+        for (run, node) in batch.dropped_nodes {
+            if let Some(map) = g.nodes.get_mut(run.as_str()) {
+                map.remove(node.as_str());
+            }
+            g.signals.remove(&(run, node));
+        }
         for (run, recs) in batch.nodes {
             let map = match g.nodes.get_mut(&*run) {
                 Some(m) => m,

@@ -650,6 +650,9 @@ pub struct Batch {
     /// (name, sealed bytes): secrets, sealed by the caller (see [`crate::crypto`]); the store
     /// never sees them in clear.
     pub secrets: Vec<(String, Vec<u8>)>,
+    /// (run, node): node records removed with their signals (a redrive activates their steps
+    /// anew). Applied before `nodes`.
+    pub dropped_nodes: Vec<(String, String)>,
 }
 
 impl Batch {
@@ -660,6 +663,7 @@ impl Batch {
             && self.signals.is_empty()
             && self.annotations.is_empty()
             && self.secrets.is_empty()
+            && self.dropped_nodes.is_empty()
     }
 }
 

@@ -455,6 +455,13 @@ impl Store for RedbStore {
                 runs.insert(r.run_id.as_str(), buf.as_slice())?;
             }
             let mut nodes = tx.open_table(NODES)?;
+            {
+                let mut signals = tx.open_table(SIGNALS)?;
+                for (run, node) in &batch.dropped_nodes {
+                    nodes.remove((run.as_str(), node.as_str()))?;
+                    signals.remove((run.as_str(), node.as_str()))?;
+                }
+            }
             for (run, recs) in &batch.nodes {
                 for n in recs {
                     rows::encode_node(&mut buf, n)?;

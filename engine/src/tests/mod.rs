@@ -3,6 +3,7 @@
 mod concurrency;
 mod plan;
 mod props;
+mod redrive;
 mod rollout;
 mod scheduler;
 mod transitions;

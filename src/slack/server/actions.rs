@@ -31,8 +31,10 @@ impl FrontDoor {
             return self.refuse(user, channel, "use /landfall");
         }
         // A run is acted on only by those its workflow lets start it.
-        if let Intent::Cancel { run } | Intent::Resume { run } | Intent::Decide { run, .. } =
-            &intent
+        if let Intent::Cancel { run }
+        | Intent::Resume { run }
+        | Intent::Redrive { run, .. }
+        | Intent::Decide { run, .. } = &intent
         {
             if let Err(refusal) = self.run_allows(run, user, channel, "act on this run").await {
                 return refusal;
@@ -59,6 +61,7 @@ impl FrontDoor {
                 }
             }
             Intent::Resume { run } => self.resume(&run, user),
+            Intent::Redrive { run, from } => self.redrive(&run, from.as_deref(), user),
             Intent::Decide { run, node, verdict } => {
                 self.decide(&run, &node, verdict, user, None).await
             }
@@ -277,6 +280,7 @@ impl FrontDoor {
                 record.trigger.actor.clone(),
             ))
         });
+        let told = channel.clone();
         let observer: Arc<dyn Observer> = match &thread {
             Some(t) => Arc::clone(t) as Arc<dyn Observer>,
             None => Arc::new(Console {
@@ -286,8 +290,18 @@ impl FrontDoor {
         };
         tokio::spawn(async move {
             let out = me.engine.execute(wf, record, control, &[observer]).await;
-            if let Err(e) = out {
-                tracing::error!(run = %run_id, error = %e, "run could not execute");
+            match out {
+                // The workflow refuses to wait for its concurrency key: the people who asked
+                // hear why nothing happened.
+                Err(e @ landfall_engine::EngineError::Refused { .. }) => {
+                    me.say(
+                        &told,
+                        None,
+                        format!(":no_entry: `{run_id}` did not start: {e}"),
+                    );
+                }
+                Err(e) => tracing::error!(run = %run_id, error = %e, "run could not execute"),
+                Ok(_) => {}
             }
             // The run stays live until its thread's last messages are out, so that a server
             // stopping (`drain`) does not drop them.
@@ -333,6 +347,40 @@ impl FrontDoor {
         self.audit(user, "slack_resume", json!({ "run": run }));
         self.spawn(Arc::new(wf), record, channel);
         format!("Resuming `{run}`.")
+    }
+
+    /// `/landfall redrive RUN [from STEP]`: a finished run that failed runs again where it
+    /// failed (see `Engine::redrive`), in this server, told in the run's channel.
+    pub(super) fn redrive(self: &Arc<Self>, run: &str, from: Option<&str>, user: &str) -> String {
+        if self.is_live(run) {
+            return format!("`{run}` is already running here.");
+        }
+        let record = match self.store.run(run) {
+            Ok(Some(r)) => r,
+            Ok(None) => return format!("No run `{run}`."),
+            Err(e) => return format!("Cannot read {run}: {e}"),
+        };
+        let source = Source::new(record.workflow_file.clone(), record.workflow_text.clone());
+        let Some(wf) = landfall_engine::compile(&source, &self.registry).workflow else {
+            return format!("`{run}`'s workflow no longer compiles with this build.");
+        };
+        let redrive = match self.engine.redrive(&wf, run, from, user) {
+            Ok(r) => r,
+            Err(e) => return format!("Cannot redrive: {e}"),
+        };
+        let channel = record.trigger.details["channel"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        self.audit(user, "slack_redrive", json!({ "run": run, "from": from }));
+        let mut what: Vec<String> = redrive.reset.iter().map(|n| format!("`{n}`")).collect();
+        what.extend(redrive.steps.iter().map(|s| format!("`{s}` (anew)")));
+        self.spawn(Arc::new(wf), redrive.run, channel);
+        format!(
+            "Redriving `{run}` (redrive {}): {}.",
+            redrive.number,
+            what.join(", ")
+        )
     }
 }
 
