@@ -2,6 +2,7 @@
 //! output. Kept as a library so integration tests can render reports exactly as users see
 //! them.
 
+mod child;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -199,6 +199,12 @@ impl StepContext {
         }
     }
 
+    /// The run's store (`None` outside a run): for plugins that start runs of their own (a
+    /// child run, `uses: workflow`).
+    pub fn store(&self) -> Option<Arc<dyn crate::store::Store>> {
+        self.link.store.clone()
+    }
+
     /// Who started the run (its trigger's actor: `cli:<user>`, a Slack user id).
     pub fn requester(&self) -> Result<String, StepError> {
         let store = self

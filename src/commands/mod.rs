@@ -157,7 +157,7 @@ pub async fn run(cli: Cli) -> i32 {
     landfall_engine::set_limits(loaded.config.limits);
     let app = App {
         cli_global: cli.global,
-        registry: Arc::new(landfall_steps::registry(&landfall_steps::Settings {
+        registry: registry_with_children(landfall_steps::registry(&landfall_steps::Settings {
             templates_dir: loaded.config.templates_dir.clone(),
             approval_policies: loaded.config.approval.policies.clone(),
         })),
@@ -230,6 +230,25 @@ fn print_json(v: &Value) {
 
 fn read_source(path: &Path) -> Res<Source> {
     Source::read(path).map_err(Failure::invalid)
+}
+
+/// The step plugins with `workflow` (child runs) added: it runs children with this very
+/// registry, so it is given a weak reference once the registry is shared.
+pub fn registry_with_children(
+    mut registry: landfall_engine::Registry,
+) -> Arc<landfall_engine::Registry> {
+    let link = Arc::new(std::sync::OnceLock::new());
+    registry.register(crate::child::ChildWorkflow {
+        registry: Arc::clone(&link),
+    });
+    let registry = Arc::new(registry);
+    let _ = link.set(Arc::downgrade(&registry));
+    registry
+}
+
+/// The data key from `LANDFALL_DATA_KEY` (a child run opens its secret inputs with it).
+pub fn data_key_from_env() -> Result<Option<landfall_engine::DataKey>, String> {
+    rotate_key::data_key(None, "LANDFALL_DATA_KEY").map_err(|f| f.message)
 }
 
 /// Who a command run from a terminal acts as.

@@ -112,7 +112,24 @@ pub fn run_json(store: &dyn Store, run_id: &str, registry: &Registry) -> Res<Val
             out.push(json!({ "id": step, "status": NodeStatus::Pending, "attempts": 0, "started_at": null, "finished_at": null, "outputs": null, "error": null }));
         }
     }
-    Ok(json!({
+    // Runs that call runs, linked both ways: the parent a child's trigger names, and the
+    // children the parent's `workflow` nodes saved before starting them.
+    let parent = match (
+        run.trigger.details["parent_run"].as_str(),
+        run.trigger.details["parent_node"].as_str(),
+    ) {
+        (Some(r), Some(n)) => json!({ "run_id": r, "node": n }),
+        _ => Value::Null,
+    };
+    let children: Vec<Value> = store
+        .annotations(run_id)?
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let node = k.strip_prefix("progress/")?.strip_suffix("/child-run")?;
+            Some(json!({ "node": node, "run_id": v["run_id"] }))
+        })
+        .collect();
+    let mut doc = json!({
         "run_id": run.run_id,
         "workflow": run.workflow,
         "status": effective_status(store, &run),
@@ -121,7 +138,14 @@ pub fn run_json(store: &dyn Store, run_id: &str, registry: &Registry) -> Res<Val
         "actor": run.trigger.actor,
         "inputs": inputs,
         "nodes": out,
-    }))
+    });
+    if !parent.is_null() {
+        doc["parent"] = parent;
+    }
+    if !children.is_empty() {
+        doc["children"] = Value::Array(children);
+    }
+    Ok(doc)
 }
 
 fn node_json(n: &NodeRecord) -> Value {
@@ -148,6 +172,19 @@ fn print_run(doc: &Value) {
         doc["status"].as_str().unwrap_or_default(),
         doc["actor"].as_str().unwrap_or_default(),
     );
+    if let Some(p) = doc["parent"]["run_id"].as_str() {
+        out.push_str(&format!(
+            "  child of run {p} (node {})\n",
+            doc["parent"]["node"].as_str().unwrap_or_default()
+        ));
+    }
+    for c in doc["children"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  node {} runs child run {}\n",
+            c["node"].as_str().unwrap_or_default(),
+            c["run_id"].as_str().unwrap_or_default()
+        ));
+    }
     for n in doc["nodes"].as_array().into_iter().flatten() {
         let err = n["error"]["message"]
             .as_str()

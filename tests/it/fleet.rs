@@ -227,3 +227,88 @@ steps:
     assert_eq!(lines("c.log").len(), 2);
     assert_eq!(lines("a.log").len(), 1);
 }
+
+/// Runs that call runs (issue 16): `uses: workflow` starts a child run with its own
+/// checkpoints and audit chain, linked both ways; the parent killed with `kill -9` while the
+/// child runs is resumed, finds its child and continues it — no second child, no step of the
+/// child done twice.
+#[test]
+fn a_parent_resumed_after_kill_9_continues_its_child_instead_of_starting_another() {
+    let sb = Sandbox::new();
+    sb.write(
+        "child.yaml",
+        r#"
+name: child
+inputs: { tag: { type: string } }
+steps:
+  - id: one
+    uses: exec
+    with: { argv: [sh, -c, 'echo "{{ inputs.tag }} $LANDFALL_RUN_ID" >> child-one.log'] }
+  - id: two
+    uses: exec
+    needs: [one]
+    with: { argv: [sh, -c, 'touch two.started; [ -e two.go ] || sleep 30; echo x >> child-two.log'] }
+"#,
+    );
+    sb.write(
+        "parent.yaml",
+        r#"
+name: parent
+steps:
+  - { id: before, uses: exec, with: { argv: [sh, -c, 'echo x >> before.log'] } }
+  - id: child
+    uses: workflow
+    needs: [before]
+    with: { file: child.yaml, inputs: { tag: hello } }
+  - id: after
+    uses: exec
+    needs: [child]
+    with: { argv: [sh, -c, 'echo "{{ steps.child.outputs.run_id }} {{ steps.child.outputs.status }}" >> after.log'] }
+"#,
+    );
+    let mut parent = sb.spawn(&["run", "parent.yaml", "--run-id", "p1"]);
+    let started = sb.path("two.started");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !started.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the child's second step never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    parent.kill().unwrap(); // SIGKILL: parent and child die together (one process)
+    parent.wait().unwrap();
+    assert_eq!(status(&sb, "p1")["status"], "interrupted");
+    let child = status(&sb, "p1--child");
+    assert_eq!(child["status"], "interrupted", "{child}");
+    assert_eq!(child["parent"]["run_id"], "p1");
+    assert_eq!(status(&sb, "p1")["children"][0]["run_id"], "p1--child");
+
+    sb.write("two.go", "");
+    let out = sb.run(&["resume", "p1", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let runs = sb.json(&["status", "--json"]);
+    let ids: Vec<&str> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["run_id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 2, "one parent, one child: {ids:?}");
+    assert_eq!(status(&sb, "p1--child")["status"], "succeeded");
+    let lines = |f: &str| -> Vec<String> {
+        std::fs::read_to_string(sb.path(f))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(lines("before.log").len(), 1);
+    assert_eq!(lines("child-one.log"), vec!["hello p1--child".to_string()]);
+    assert_eq!(lines("child-two.log").len(), 1);
+    assert_eq!(lines("after.log"), vec!["p1--child succeeded".to_string()]);
+    for run in ["p1", "p1--child"] {
+        let v = sb.run(&["audit", run, "--verify"]);
+        assert_eq!(v.status.code(), Some(0), "{run}: {}", stderr(&v));
+    }
+}
