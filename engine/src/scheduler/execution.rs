@@ -398,6 +398,8 @@ impl<'a> Execution<'a> {
             // tasks away meanwhile, and the scheduler saves a thread hand-off per turn.
             let multi = tokio::runtime::Handle::current().runtime_flavor()
                 == tokio::runtime::RuntimeFlavor::MultiThread;
+            // Closed never: the engine owns the gate.
+            let _turn = self.engine.commit_gate.acquire().await;
             let res = if multi {
                 tokio::task::block_in_place(|| store.commit(batch))
             } else {
