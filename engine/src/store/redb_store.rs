@@ -441,6 +441,43 @@ fn chain_head(
     }
 }
 
+impl RedbStore {
+    /// The slots of concurrency key `key` in an open `slots` table.
+    fn slots_in(
+        &self,
+        t: &impl ReadableTable<&'static str, &'static [u8]>,
+        key: &str,
+    ) -> Result<crate::concurrency::Slots, StoreError> {
+        match t.get(key)? {
+            Some(v) => serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                what: format!("slots of {key}"),
+                message: e.to_string(),
+            }),
+            None => Ok(Default::default()),
+        }
+    }
+}
+
+/// The runs among a key's holders and waiters that finished (or are unknown).
+fn finished_in(
+    runs: &impl ReadableTable<&'static str, &'static [u8]>,
+    slots: &crate::concurrency::Slots,
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let mut finished = std::collections::HashSet::new();
+    for r in slots.holders.iter().chain(&slots.queue) {
+        let gone = match runs.get(r.as_str())? {
+            Some(v) => rows::decode_run(&|| format!("run {r}"), v.value())?
+                .status
+                .is_terminal(),
+            None => true,
+        };
+        if gone {
+            finished.insert(r.clone());
+        }
+    }
+    Ok(finished)
+}
+
 impl Store for RedbStore {
     fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         if batch.is_empty() {
@@ -743,29 +780,34 @@ impl Store for RedbStore {
         run: &str,
         queue: bool,
     ) -> Result<crate::concurrency::Claim, StoreError> {
+        // A run waiting in line asks again and again: when nothing would change (it still
+        // waits, the line is as it was) the answer comes from a read, not a durable commit.
+        {
+            let tx = self.db.begin_read()?;
+            match tx.open_table(SLOTS) {
+                Ok(t) => {
+                    let runs = tx.open_table(RUNS)?;
+                    let before = self.slots_in(&t, key)?;
+                    let mut after = before.clone();
+                    let finished = finished_in(&runs, &before)?;
+                    let claim = after.claim(run, limit, queue, |r, waiting| {
+                        finished.contains(r) || (waiting && !self.is_live(r))
+                    });
+                    if after == before && matches!(claim, crate::concurrency::Claim::Queued { .. })
+                    {
+                        return Ok(claim);
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let tx = self.db.begin_write()?;
         let claim = {
             let mut t = tx.open_table(SLOTS)?;
-            let mut slots: crate::concurrency::Slots = match t.get(key)? {
-                Some(v) => serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
-                    what: format!("slots of {key}"),
-                    message: e.to_string(),
-                })?,
-                None => Default::default(),
-            };
+            let mut slots = self.slots_in(&t, key)?;
             let runs = tx.open_table(RUNS)?;
-            let mut finished = std::collections::HashSet::new();
-            for r in slots.holders.iter().chain(&slots.queue) {
-                let gone = match runs.get(r.as_str())? {
-                    Some(v) => rows::decode_run(&|| format!("run {r}"), v.value())?
-                        .status
-                        .is_terminal(),
-                    None => true,
-                };
-                if gone {
-                    finished.insert(r.clone());
-                }
-            }
+            let finished = finished_in(&runs, &slots)?;
             let claim = slots.claim(run, limit, queue, |r, waiting| {
                 finished.contains(r) || (waiting && !self.is_live(r))
             });
