@@ -103,6 +103,36 @@ pub struct AwsConfig {
     pub member_role_name: String,
     /// Regions used when a customer names none.
     pub default_regions: Vec<String>,
+    /// Requests per second Landfall sends to a service in one account × region, shared by
+    /// every run of a process (token buckets; unset: only the SDK's adaptive throttling).
+    #[serde(default)]
+    pub rate_limits: RateLimits,
+}
+
+/// `[aws.rate_limits]`: requests per second per service, in one account × region.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organizations: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iam: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloudformation: Option<u32>,
+}
+
+impl RateLimits {
+    /// By service name, as `landfall_steps::Settings` takes them.
+    pub fn by_service(&self) -> std::collections::BTreeMap<String, u32> {
+        [
+            ("organizations", self.organizations),
+            ("iam", self.iam),
+            ("cloudformation", self.cloudformation),
+        ]
+        .into_iter()
+        .filter_map(|(s, n)| n.map(|n| (s.to_string(), n)))
+        .collect()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -173,6 +203,7 @@ impl Default for Config {
             aws: AwsConfig {
                 member_role_name: "OrganizationAccountAccessRole".into(),
                 default_regions: vec!["us-east-1".into()],
+                rate_limits: RateLimits::default(),
             },
             slack: SlackConfig::default(),
             approval: ApprovalSettings::default(),
@@ -261,6 +292,7 @@ struct ServeLayer {
 struct AwsLayer {
     member_role_name: Option<String>,
     default_regions: Option<Vec<String>>,
+    rate_limits: Option<RateLimits>,
 }
 
 #[derive(Debug, Deserialize)]

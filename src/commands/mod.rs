@@ -160,6 +160,7 @@ pub async fn run(cli: Cli) -> i32 {
         registry: registry_with_children(landfall_steps::registry(&landfall_steps::Settings {
             templates_dir: loaded.config.templates_dir.clone(),
             approval_policies: loaded.config.approval.policies.clone(),
+            rate_limits: loaded.config.aws.rate_limits.by_service(),
         })),
         loaded,
     };

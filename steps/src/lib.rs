@@ -40,6 +40,8 @@ pub struct Settings {
     pub templates_dir: PathBuf,
     /// The operators' approval policies (`[[approval.policies]]` in `landfall.toml`).
     pub approval_policies: Vec<approval::policy::ApprovalPolicy>,
+    /// Requests per second per AWS service and account × region (`[aws.rate_limits]`).
+    pub rate_limits: std::collections::BTreeMap<String, u32>,
 }
 
 impl Default for Settings {
@@ -47,13 +49,14 @@ impl Default for Settings {
         Settings {
             templates_dir: PathBuf::from("templates"),
             approval_policies: Vec::new(),
+            rate_limits: Default::default(),
         }
     }
 }
 
 /// Every plugin and input check of this build.
 pub fn registry(settings: &Settings) -> Registry {
-    let aws = aws::Aws::default();
+    let aws = aws::Aws::with_rate_limits(&settings.rate_limits);
     let policies = Arc::new(settings.approval_policies.clone());
     let mut r = Registry::new();
     r.register(builtin::Log)

@@ -22,6 +22,7 @@ pub(crate) mod errors;
 pub(crate) mod iam;
 pub(crate) mod org;
 pub(crate) mod policy;
+pub(crate) mod rate;
 pub(crate) mod stack;
 pub(crate) mod targets;
 
@@ -47,6 +48,8 @@ use tokio::sync::OnceCell;
 #[derive(Debug, Default, Clone)]
 pub struct Aws {
     config: Arc<OnceCell<SdkConfig>>,
+    /// Request rates per service × account × region (`[aws.rate_limits]`), for every client.
+    buckets: Arc<rate::Buckets>,
 }
 
 impl Aws {
@@ -57,6 +60,15 @@ impl Aws {
         let _ = cell.set(config);
         Aws {
             config: Arc::new(cell),
+            buckets: Arc::default(),
+        }
+    }
+
+    /// The standard chain, with requests per second per service (`[aws.rate_limits]`).
+    pub fn with_rate_limits(limits: &std::collections::BTreeMap<String, u32>) -> Self {
+        Aws {
+            config: Arc::default(),
+            buckets: Arc::new(rate::Buckets::new(limits)),
         }
     }
 
@@ -78,14 +90,17 @@ impl Aws {
 
     pub async fn organizations(&self) -> aws_sdk_organizations::Client {
         let conf = self.config().await;
-        let c = aws_sdk_organizations::config::Builder::from(conf)
-            .retry_partition(partition(
-                "organizations",
-                "management",
-                &Self::region(conf),
-            ))
-            .retry_classifier(SharedRetryClassifier::new(TransientCodes))
-            .build();
+        let region = Self::region(conf);
+        let mut b = aws_sdk_organizations::config::Builder::from(conf)
+            .retry_partition(partition("organizations", "management", &region))
+            .retry_classifier(SharedRetryClassifier::new(TransientCodes));
+        if let Some(h) =
+            self.buckets
+                .limited(conf.http_client(), "organizations", "management", &region)
+        {
+            b = b.http_client(h);
+        }
+        let c = b.build();
         aws_sdk_organizations::Client::from_conf(c)
     }
 
@@ -98,11 +113,17 @@ impl Aws {
         session: &str,
     ) -> Result<aws_sdk_iam::Client, StepError> {
         let (conf, creds) = self.assume(account_id, role_name, session).await?;
-        let c = aws_sdk_iam::config::Builder::from(conf)
+        let mut b = aws_sdk_iam::config::Builder::from(conf)
             .credentials_provider(creds)
             .retry_partition(partition("iam", account_id, "global"))
-            .retry_classifier(SharedRetryClassifier::new(TransientCodes))
-            .build();
+            .retry_classifier(SharedRetryClassifier::new(TransientCodes));
+        if let Some(h) = self
+            .buckets
+            .limited(conf.http_client(), "iam", account_id, "global")
+        {
+            b = b.http_client(h);
+        }
+        let c = b.build();
         Ok(aws_sdk_iam::Client::from_conf(c))
     }
 
@@ -115,12 +136,18 @@ impl Aws {
         session: &str,
     ) -> Result<aws_sdk_cloudformation::Client, StepError> {
         let (conf, creds) = self.assume(account_id, role_name, session).await?;
-        let c = aws_sdk_cloudformation::config::Builder::from(conf)
+        let mut b = aws_sdk_cloudformation::config::Builder::from(conf)
             .credentials_provider(creds)
             .region(aws_config::Region::new(region.to_string()))
             .retry_partition(partition("cloudformation", account_id, region))
-            .retry_classifier(SharedRetryClassifier::new(TransientCodes))
-            .build();
+            .retry_classifier(SharedRetryClassifier::new(TransientCodes));
+        if let Some(h) =
+            self.buckets
+                .limited(conf.http_client(), "cloudformation", account_id, region)
+        {
+            b = b.http_client(h);
+        }
+        let c = b.build();
         Ok(aws_sdk_cloudformation::Client::from_conf(c))
     }
 
