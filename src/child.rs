@@ -82,7 +82,14 @@ impl Plugin for ChildWorkflow {
         let store = ctx
             .store()
             .ok_or_else(|| StepError::permanent("a child run needs the parent's state file"))?;
-        let key = crate::commands::data_key_from_env().map_err(StepError::permanent)?;
+        // The parent's key (the CLI and `serve` read it from `LANDFALL_DATA_KEY` too).
+        let key = match std::env::var("LANDFALL_DATA_KEY") {
+            Ok(hex) if !hex.is_empty() => Some(
+                landfall_engine::DataKey::from_hex(&hex)
+                    .map_err(|e| StepError::permanent(format!("LANDFALL_DATA_KEY: {e}")))?,
+            ),
+            _ => None,
+        };
         let engine = Engine::new(Arc::clone(&registry), Arc::clone(&store)).with_data_key(key);
         let id = ctx
             .saved_progress(SAVED)

@@ -247,11 +247,6 @@ pub fn registry_with_children(
     registry
 }
 
-/// The data key from `LANDFALL_DATA_KEY` (a child run opens its secret inputs with it).
-pub fn data_key_from_env() -> Result<Option<landfall_engine::DataKey>, String> {
-    rotate_key::data_key(None, "LANDFALL_DATA_KEY").map_err(|f| f.message)
-}
-
 /// Who a command run from a terminal acts as.
 fn cli_trigger() -> Trigger {
     let user = std::env::var("USER")

@@ -136,7 +136,9 @@ fn every_diagnostic_code_has_a_case() {
 
 #[test]
 fn the_shipped_workflows_and_examples_are_valid() {
-    let registry = landfall_steps::registry(&Default::default());
+    // The binary's plugins: the steps' and `workflow` (child runs).
+    let registry =
+        landfall::commands::registry_with_children(landfall_steps::registry(&Default::default()));
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut checked = 0;
     for dir in ["examples", "workflows"] {

@@ -110,7 +110,9 @@ fn long_files_say_why() {
 /// of each variant) has a description.
 #[test]
 fn every_plugin_field_has_a_description() {
-    let registry = landfall_steps::registry(&landfall_steps::Settings::default());
+    let registry = landfall::commands::registry_with_children(landfall_steps::registry(
+        &landfall_steps::Settings::default(),
+    ));
     let mut missing = Vec::new();
     let mut fields = 0;
     for info in registry.infos() {
