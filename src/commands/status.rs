@@ -52,9 +52,22 @@ impl App {
             eprintln!("no runs yet in {}", store.path().display());
             return Ok(EXIT_OK);
         }
+        // Columns as wide as their longest value (child runs' ids are long), like `ps`.
+        let w_run = runs
+            .iter()
+            .map(|r| r.run_id.len())
+            .max()
+            .unwrap_or(0)
+            .max(3);
+        let w_wf = runs
+            .iter()
+            .map(|r| r.workflow.len())
+            .max()
+            .unwrap_or(0)
+            .max(8);
         let mut out = String::new();
         out.push_str(&format!(
-            "{:<30} {:<20} {:<12} {:<20} {:>9}  {}\n",
+            "{:<w_run$} {:<w_wf$} {:<12} {:<20} {:>9}  {}\n",
             "RUN", "WORKFLOW", "STATUS", "STARTED", "DURATION", "ACTOR"
         ));
         for (r, row) in runs.iter().zip(&rows) {
@@ -63,7 +76,7 @@ impl App {
                 .map(|f| render::duration((f - r.started_at).num_milliseconds()))
                 .unwrap_or_else(|| "-".into());
             out.push_str(&format!(
-                "{:<30} {:<20} {:<12} {:<20} {:>9}  {}\n",
+                "{:<w_run$} {:<w_wf$} {:<12} {:<20} {:>9}  {}\n",
                 r.run_id,
                 r.workflow,
                 row["status"].as_str().unwrap_or_default(),
