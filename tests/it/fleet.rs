@@ -191,13 +191,7 @@ steps:
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["status"], "succeeded");
-    let lines = |f: &str| -> Vec<String> {
-        std::fs::read_to_string(sb.path(f))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
-    };
+    let lines = |f: &str| crate::support::lines(&sb.path(f));
     assert_eq!(lines("a.log").len(), 1, "a succeeded: never run again");
     let b = lines("b.log");
     let ones: Vec<&String> = b.iter().filter(|l| l.starts_with("one ")).collect();
@@ -296,13 +290,7 @@ steps:
         .collect();
     assert_eq!(ids.len(), 2, "one parent, one child: {ids:?}");
     assert_eq!(status(&sb, "p1--child")["status"], "succeeded");
-    let lines = |f: &str| -> Vec<String> {
-        std::fs::read_to_string(sb.path(f))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
-    };
+    let lines = |f: &str| crate::support::lines(&sb.path(f));
     assert_eq!(lines("before.log").len(), 1);
     assert_eq!(lines("child-one.log"), vec!["hello p1--child".to_string()]);
     assert_eq!(lines("child-two.log").len(), 1);

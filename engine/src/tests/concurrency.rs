@@ -6,13 +6,8 @@ use crate::state::{RunRecord, RunStatus};
 use crate::EngineError;
 
 fn engine(probe: &Arc<Probe>) -> (Arc<Engine>, Arc<MemStore>, Registry) {
-    let store = Arc::new(MemStore::new());
-    let reg = registry(probe);
-    (
-        Arc::new(Engine::new(Arc::new(reg.clone()), store.clone())),
-        store,
-        reg,
-    )
+    let (engine, store, reg) = super::engine(probe);
+    (Arc::new(engine), store, reg)
 }
 
 const KEYED: &str = r#"

@@ -259,6 +259,17 @@ pub(crate) fn registry(probe: &Arc<Probe>) -> Registry {
     r
 }
 
+/// An engine on a fresh in-memory store with the test plugins (probing into `probe`).
+pub(crate) fn engine(probe: &Arc<Probe>) -> (Engine, Arc<MemStore>, Registry) {
+    let store = Arc::new(MemStore::new());
+    let reg = registry(probe);
+    (
+        Engine::new(Arc::new(reg.clone()), store.clone()),
+        store,
+        reg,
+    )
+}
+
 pub(crate) fn workflow(yaml: &str, registry: &Registry) -> Workflow {
     let c = compile(&Source::new("test.yaml", yaml.to_string()), registry);
     match c.workflow {

@@ -8,16 +8,6 @@ use crate::scheduler::EngineError;
 use crate::state::RunStatus;
 use chrono::Utc;
 
-fn engine(probe: &Arc<Probe>) -> (Engine, Arc<MemStore>, Registry) {
-    let store = Arc::new(MemStore::new());
-    let reg = registry(probe);
-    (
-        Engine::new(Arc::new(reg.clone()), store.clone()),
-        store,
-        reg,
-    )
-}
-
 fn new_plan() -> NewPlan {
     NewPlan {
         inputs: Map::new(),

@@ -5,16 +5,6 @@ use crate::state::{RunStatus, SkipReason};
 use crate::store::verify_chain;
 use crate::EngineError;
 
-fn engine(probe: &Arc<Probe>) -> (Engine, Arc<MemStore>, Registry) {
-    let store = Arc::new(MemStore::new());
-    let reg = registry(probe);
-    (
-        Engine::new(Arc::new(reg.clone()), store.clone()),
-        store,
-        reg,
-    )
-}
-
 /// `b[1]` fails once (permanently: no retry helps), then would succeed.
 const FLAKY: &str = r#"
 name: t

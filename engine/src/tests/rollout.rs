@@ -4,16 +4,6 @@
 use super::*;
 use crate::state::{NodeRecord, RunStatus, SkipReason};
 
-fn engine(probe: &Arc<Probe>) -> (Engine, Arc<MemStore>, Registry) {
-    let store = Arc::new(MemStore::new());
-    let reg = registry(probe);
-    (
-        Engine::new(Arc::new(reg.clone()), store.clone()),
-        store,
-        reg,
-    )
-}
-
 fn node(store: &dyn Store, run: &str, id: &str) -> NodeRecord {
     store
         .nodes(run)

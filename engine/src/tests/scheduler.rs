@@ -5,16 +5,6 @@ use super::*;
 use crate::state::{RunStatus, SkipReason};
 use crate::store::{verify_chain, AuditDraft};
 
-fn engine(probe: &Arc<Probe>) -> (Engine, Arc<MemStore>, Registry) {
-    let store = Arc::new(MemStore::new());
-    let reg = registry(probe);
-    (
-        Engine::new(Arc::new(reg.clone()), store.clone()),
-        store,
-        reg,
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_branch_runs_and_dependents_of_the_failure_are_skipped() {
     let probe = Arc::new(Probe::default());
