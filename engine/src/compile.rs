@@ -198,6 +198,9 @@ fn build(
                 .with_help("remove it to use the configured default, or give a number ≥ 1"),
         );
     }
+    if let Some(c) = &spec.concurrency {
+        check_concurrency(c, &Path::root().key("concurrency"), diags);
+    }
     let default_retry = RetryPolicy::default().merged(spec.defaults.retry.as_ref());
     for (field, problem) in default_retry.problems() {
         diags.push(
@@ -343,6 +346,10 @@ fn build(
                     ),
             );
         }
+        if let Some(c) = &s.concurrency {
+            check_concurrency(c, &p.key("concurrency"), diags);
+        }
+        check_approve_waves(s, p, registry, diags);
         let rollout = rollout_of(s, p, diags);
         steps.push(Step {
             id: s.id.clone(),
@@ -355,6 +362,8 @@ fn build(
             for_each: s.for_each.clone(),
             max_parallel: s.max_parallel,
             rollout,
+            approve_waves: s.approve_waves.clone(),
+            concurrency: s.concurrency.clone(),
             retry,
             timeout: s.timeout.or(spec.defaults.timeout),
             attempt_timeout: s.attempt_timeout.or(spec.defaults.attempt_timeout),
@@ -1070,6 +1079,87 @@ fn check_inputs(inputs: &indexmap::IndexMap<String, InputSpec>, diags: &mut Vec<
         }
     }
 }
+
+/// A `concurrency:` (workflow or step): a key that can say something, and room for one.
+fn check_concurrency(c: &crate::concurrency::Concurrency, p: &Path, diags: &mut Vec<Diagnostic>) {
+    if c.limit == 0 {
+        diags.push(
+            Diagnostic::error(codes::INVALID_VALUE, "`limit` must be at least 1")
+                .with_path(p.key("limit"))
+                .with_help("`limit: 1` lets one at a time run per key"),
+        );
+    }
+    if c.key.trim().is_empty() {
+        diags.push(
+            Diagnostic::error(codes::INVALID_VALUE, "the concurrency `key` is empty")
+                .with_path(p.key("key"))
+                .with_help("name what competes, e.g. `key: \"{{ inputs.customer }}\"`"),
+        );
+    }
+}
+
+/// `approve_waves`: settings of the `approval` plugin, on a step that has waves to approve.
+fn check_approve_waves(
+    s: &crate::spec::StepSpec,
+    p: &Path,
+    registry: &Registry,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let Some(with) = &s.approve_waves else {
+        return;
+    };
+    let at = p.key("approve_waves");
+    if s.waves.is_none() {
+        diags.push(
+            Diagnostic::error(
+                codes::INVALID_VALUE,
+                "`approve_waves` asks before each wave, and this step has no `waves`",
+            )
+            .with_path(at.clone())
+            .with_help("add `waves: [1, \"100%\"]` (a canary, then the rest), or remove it"),
+        );
+    }
+    if !with.is_object() && !expr::has_templates(with) {
+        diags.push(
+            Diagnostic::error(
+                codes::INVALID_VALUE,
+                "`approve_waves` takes the approval's settings as a mapping",
+            )
+            .with_path(at.clone())
+            .with_help("e.g. `approve_waves: { approvers: [U0123ABCD], timeout: 4h }` (`{}`: anyone may approve)"),
+        );
+    }
+    let Some(plugin) = registry.get(WAVE_APPROVAL) else {
+        diags.push(
+            Diagnostic::error(
+                codes::UNKNOWN_PLUGIN,
+                format!("`approve_waves` needs the `{WAVE_APPROVAL}` plugin, which this build does not have"),
+            )
+            .with_path(at)
+            .with_help("remove `approve_waves`, or put an approval step between two steps"),
+        );
+        return;
+    };
+    if with.is_object() {
+        let filled = crate::rollout::wave_approval(with, &s.id, 1, 2, &[]);
+        for problem in plugin.check(&filled) {
+            diags.push(
+                Diagnostic::error(
+                    codes::INVALID_WITH,
+                    format!("invalid `approve_waves`: {}", problem.message),
+                )
+                .with_path(at.join(&problem.path))
+                .with_label("here")
+                .with_help(format!(
+                    "it takes the fields of `{WAVE_APPROVAL}` (`landfall steps` shows them); `title` and `digest` default to the wave"
+                )),
+            );
+        }
+    }
+}
+
+/// The plugin that approves a wave.
+pub(crate) const WAVE_APPROVAL: &str = "approval";
 
 /// A step's `tolerate` and `waves`. Without expressions they are checked here, each problem
 /// where it is written; with one, when the step fans out (a problem then fails the step).

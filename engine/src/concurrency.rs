@@ -1,6 +1,7 @@
 //! Concurrency across runs: a workflow's `concurrency: { key, limit, on_conflict }`. A run
 //! holds one of the key's `limit` slots from its start to its end (succeeded, failed,
-//! cancelled; an interrupted run keeps its slot until it is resumed and ends). The slots live
+//! cancelled; an interrupted run keeps its slot until it is resumed and ends). A step's
+//! `concurrency` is held by its nodes (`run#node`), one attempt at a time. The slots live
 //! in the store ([`crate::store::Store::claim_slot`]), so every process sharing a state file
 //! (CLI runs, `serve`) sees them. A run that finds the key full waits `queued`, first come
 //! first served, or is refused.
@@ -56,6 +57,30 @@ impl Concurrency {
             Scope::Workflow => format!("{workflow}/{rendered}"),
             Scope::Global => rendered.to_string(),
         }
+    }
+}
+
+impl Concurrency {
+    /// The store's key for a rendered step-level `key` of step `step` of workflow `workflow`:
+    /// apart from the workflow's own keys, so a run's step never waits for its own run.
+    pub fn step_slot_key(&self, workflow: &str, step: &str, rendered: &str) -> String {
+        match self.scope {
+            Scope::Workflow => format!("{workflow}.{step}/{rendered}"),
+            Scope::Global => rendered.to_string(),
+        }
+    }
+}
+
+/// A node's name among a key's holders: its run and node ids (run ids never hold `#`).
+pub(crate) fn node_holder(run: &str, node: &str) -> String {
+    format!("{run}#{node}")
+}
+
+/// A holder's run, and its node when a step's node holds the slot rather than a whole run.
+pub(crate) fn holder_parts(holder: &str) -> (&str, Option<&str>) {
+    match holder.split_once('#') {
+        Some((run, node)) => (run, Some(node)),
+        None => (holder, None),
     }
 }
 

@@ -263,7 +263,7 @@ impl StepContext {
     /// Polls `look` every `poll` until it finds something (`Ok(Some)`), the time-out passes
     /// (`Ok(None)`) or the run is cancelled. The node shows as `waiting` meanwhile and holds no
     /// parallelism slot.
-    async fn waiting_for<T>(
+    pub(crate) async fn waiting_for<T>(
         &self,
         timeout: Option<std::time::Duration>,
         poll: std::time::Duration,
@@ -417,7 +417,7 @@ impl StepContext {
 }
 
 /// Where a node's saved progress lives among its run's annotations.
-fn progress_key(node_id: &str, key: &str) -> String {
+pub(crate) fn progress_key(node_id: &str, key: &str) -> String {
     format!("progress/{node_id}/{key}")
 }
 

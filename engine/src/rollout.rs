@@ -213,6 +213,11 @@ pub(crate) struct Progress {
     open: usize,
     /// Failures went beyond the tolerance: nothing more starts.
     stopped: bool,
+    /// `approve_waves`: a wave after the first starts with its first instance alone, which
+    /// asks for the approval; the others wait for it.
+    gated: bool,
+    /// The highest wave approved (0: none after the first).
+    approved: usize,
 }
 
 impl Progress {
@@ -227,7 +232,36 @@ impl Progress {
             tolerance,
             open: 0,
             stopped: false,
+            gated: false,
+            approved: 0,
         }
+    }
+
+    /// Every wave after the first waits for an approval asked by its first instance.
+    pub(crate) fn gated(mut self) -> Self {
+        self.gated = true;
+        self
+    }
+
+    /// When instance `index` opens a wave that waits for an approval: the wave (1 is the
+    /// second one) and its instances' range.
+    pub(crate) fn gate_of(&self, index: usize) -> Option<(usize, std::ops::Range<usize>)> {
+        if !self.gated {
+            return None;
+        }
+        let w = self.wave_of(index);
+        let start = *self.ends.get(w.checked_sub(1)?)?;
+        (start == index && w > self.approved).then(|| (w, start..self.ends[w]))
+    }
+
+    /// Wave `wave` was approved: the rest of its instances may start.
+    pub(crate) fn approve(&mut self, wave: usize) {
+        self.approved = self.approved.max(wave);
+    }
+
+    /// How many waves there are.
+    pub(crate) fn waves(&self) -> usize {
+        self.ends.len()
     }
 
     fn wave_of(&self, index: usize) -> usize {
@@ -236,7 +270,10 @@ impl Progress {
 
     /// Whether instance `index` may start now.
     pub(crate) fn may_start(&self, index: usize) -> bool {
-        !self.stopped && self.wave_of(index) <= self.open
+        let w = self.wave_of(index);
+        !self.stopped
+            && w <= self.open
+            && (!self.gated || w <= self.approved || self.ends[w - 1] == index)
     }
 
     /// Instance `index` ended (`failed` or not). Returns true when this made the step stop:
@@ -249,7 +286,10 @@ impl Progress {
         if failed {
             self.failed += 1;
         }
-        if !self.stopped && !self.tolerance.allows(self.failed, self.total) {
+        // A wave's first instance that ended without its wave approved was refused (or
+        // could not ask): the rest of the rollout waits for nothing more.
+        let refused = self.gate_of(index).is_some();
+        if !self.stopped && (refused || !self.tolerance.allows(self.failed, self.total)) {
             self.stopped = true;
             return true;
         }
@@ -277,6 +317,38 @@ impl Progress {
     pub(crate) fn ends(&self) -> &[usize] {
         &self.ends
     }
+}
+
+/// The `with:` of the approval asked before wave `wave` (1 is the second) of `waves`, on
+/// step `step`, whose instances are `items`: the author's settings, with a `title` and a
+/// `digest` of the wave (the step, the wave and its items: a decision counts for exactly
+/// these) unless given, and the wave in `details`.
+pub(crate) fn wave_approval(
+    with: &Value,
+    step: &str,
+    wave: usize,
+    waves: usize,
+    items: &[Value],
+) -> Value {
+    let mut out = with.as_object().cloned().unwrap_or_default();
+    let n = items.len();
+    out.entry("title").or_insert_with(|| {
+        Value::from(format!(
+            "Start wave {} of {waves} of `{step}` ({n} instance{})",
+            wave + 1,
+            if n == 1 { "" } else { "s" }
+        ))
+    });
+    out.entry("digest").or_insert_with(|| {
+        let what = serde_json::json!({ "step": step, "wave": wave + 1, "items": items });
+        Value::from(crate::digest::sha256_hex(
+            crate::digest::canonical_json(&what).as_bytes(),
+        ))
+    });
+    out.entry("details").or_insert_with(|| {
+        serde_json::json!({ "step": step, "wave": wave + 1, "waves": waves, "instances": items })
+    });
+    Value::Object(out)
 }
 
 #[cfg(test)]
@@ -345,6 +417,54 @@ mod tests {
         assert!(!p.ended(2, false));
         assert!(p.may_start(5));
         assert!(p.ended(4, true), "the second failure is one too many");
+    }
+
+    #[test]
+    fn a_gated_wave_starts_with_its_first_instance_alone() {
+        let mut p =
+            Progress::new(&[Wave::Count(1), Wave::Count(3)], Tolerance::Count(1), 5).gated();
+        assert!(
+            p.may_start(0) && p.gate_of(0).is_none(),
+            "the first wave asks nothing"
+        );
+        assert!(!p.ended(0, false));
+        assert_eq!(p.gate_of(1), Some((1, 1..3)));
+        assert!(
+            p.may_start(1) && !p.may_start(2),
+            "only the wave's first asks"
+        );
+        p.approve(1);
+        assert!(p.may_start(2) && p.gate_of(1).is_none());
+        assert!(!p.ended(1, false));
+        assert!(!p.ended(2, false));
+        assert_eq!(p.gate_of(3), Some((2, 3..5)));
+        // Refused: the rollout stops, though one failure would be tolerated.
+        assert!(p.ended(3, true));
+        assert!(p.stopped() && !p.may_start(4));
+    }
+
+    #[test]
+    fn a_wave_approval_names_exactly_its_wave() {
+        use serde_json::json;
+        let a = wave_approval(
+            &json!({ "approvers": ["U1"] }),
+            "deploy",
+            1,
+            2,
+            &[json!("b")],
+        );
+        assert_eq!(a["approvers"], json!(["U1"]));
+        assert_eq!(
+            a["title"],
+            json!("Start wave 2 of 2 of `deploy` (1 instance)")
+        );
+        let b = wave_approval(&json!({}), "deploy", 1, 2, &[json!("c")]);
+        assert_ne!(a["digest"], b["digest"], "other items, another digest");
+        let given = wave_approval(&json!({ "digest": "d", "title": "t" }), "deploy", 1, 2, &[]);
+        assert_eq!(
+            (given["digest"].clone(), given["title"].clone()),
+            (json!("d"), json!("t"))
+        );
     }
 
     proptest! {

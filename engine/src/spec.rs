@@ -247,6 +247,18 @@ pub(crate) struct StepSpec {
     /// be an expression giving such a list (`[]`: all at once).
     #[serde(default)]
     pub waves: Option<Value>,
+    /// For a step with `waves`: ask for an approval before each wave after the first, with
+    /// these `approval` settings (`approvers`, `to`, `timeout`, `title`, `digest`; the last
+    /// two default to the wave and the step). The wave's first instance asks and waits; the
+    /// rest of the wave starts once it is approved; a refusal stops the rollout.
+    #[serde(default)]
+    pub approve_waves: Option<Value>,
+    /// Nodes of this step across runs (and processes sharing the store): at most `limit` at
+    /// once per `key`, read per node (`item` included). A node waits `waiting` for a slot
+    /// (`queue`) or fails (`refuse`). Held for one attempt: a node waiting to retry holds
+    /// none. `scope: workflow` (default) keeps the key to this step of this workflow.
+    #[serde(default)]
+    pub concurrency: Option<crate::concurrency::Concurrency>,
     /// Retry policy; fields not given come from `defaults.retry`.
     #[serde(default)]
     pub retry: Option<RetrySpec>,

@@ -45,6 +45,10 @@ pub struct Step {
     /// `tolerate` and `waves` as written (empty: failures are not tolerated, and the other
     /// instances run on; all start at once).
     pub rollout: crate::rollout::RolloutSpec,
+    /// `approve_waves`: the `with:` of the approval asked before each wave after the first.
+    pub approve_waves: Option<Value>,
+    /// Nodes of this step at once across runs, per key.
+    pub concurrency: Option<crate::concurrency::Concurrency>,
     pub retry: RetryPolicy,
     pub timeout: Option<Duration>,
     pub attempt_timeout: Option<Duration>,

@@ -722,6 +722,56 @@ fn a_rejection_fails_the_run_and_says_who() {
     assert_eq!(node(&doc, "ship")["status"], "skipped");
 }
 
+/// `approve_waves` with the real `approval` plugin: the canary runs, the second wave's first
+/// instance asks (shown by `landfall approve`'s own look-up of the request) and waits; an
+/// approval from another process starts the rest of the wave.
+#[test]
+fn a_second_wave_starts_once_approved_from_another_process() {
+    let sb = Sandbox::new();
+    sb.write(
+        "waves.yaml",
+        r#"
+name: waves
+steps:
+  - id: deploy
+    uses: log
+    for_each: [canary, b, c]
+    waves: [1]
+    approve_waves: { timeout: 10m }
+    with: { message: "deployed {{ item }}" }
+"#,
+    );
+    let mut child = sb.spawn(&["run", "waves.yaml", "--run-id", "waves-1"]);
+    // The fan-out's nodes appear after the run does.
+    wait_until("the second wave to ask", Duration::from_secs(60), || {
+        sb.path(".landfall/state.redb").exists()
+            && sb.run(&["status", "waves-1", "--json"]).status.success()
+            && serde_json::from_slice::<serde_json::Value>(
+                &sb.run(&["status", "waves-1", "--json"]).stdout,
+            )
+            .ok()
+            .and_then(|d| d["nodes"].as_array().cloned())
+            .is_some_and(|ns| {
+                ns.iter()
+                    .any(|n| n["id"] == "deploy[1]" && n["status"] == "waiting")
+            })
+    });
+    assert_eq!(node_status(&sb, "waves-1", "deploy[0]"), "succeeded");
+    assert_eq!(node_status(&sb, "waves-1", "deploy[2]"), "pending");
+    let ok = sb.run(&["approve", "waves-1", "deploy[1]"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    assert!(
+        stdout(&ok).contains("Start wave 2 of 2 of `deploy` (2 instances)"),
+        "{}",
+        stdout(&ok)
+    );
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let doc = sb.json(&["status", "waves-1", "--json"]);
+    for k in 0..3 {
+        assert_eq!(node(&doc, &format!("deploy[{k}]"))["status"], "succeeded");
+    }
+}
+
 #[test]
 fn rotate_key_reseals_every_secret_or_changes_nothing() {
     use landfall::slack::tokens::{load_grant, save_grant, Grant};

@@ -120,10 +120,16 @@ impl Execution<'_> {
                 .map(|p| (plan.plan_id.clone(), p.changes.clone())),
             _ => None,
         };
+        let gates = match self.gates(node) {
+            Ok(g) => g,
+            Err(e) => return self.fail_attempt(node, e),
+        };
         let breaker = self.breaker(step_i, &*plugin, &with);
         let cancel = CancellationToken::new();
-        let mut limit = self.wf.steps[step_i].attempt_timeout;
-        if let Some(d) = self.deadlines.get(&node) {
+        let attempt_limit = self.wf.steps[step_i].attempt_timeout;
+        let node_deadline = self.deadlines.get(&node).copied();
+        let mut limit = attempt_limit;
+        if let Some(d) = node_deadline {
             let left = d.saturating_duration_since(Instant::now());
             limit = Some(limit.map_or(left, |l| l.min(left)));
         }
@@ -141,6 +147,23 @@ impl Execution<'_> {
         let tx = self.tx.clone();
         let token = cancel.clone();
         let attempt = async move {
+            // A wave's approval and a step's slot are waited for outside the attempt's time
+            // limit (the step's `timeout` still counts: it covers the whole step).
+            let (held, ctx, deadline, limit) = if gates.is_empty() {
+                (None, ctx, deadline, limit)
+            } else {
+                let held = gates.pass(&ctx).await?;
+                let now = tokio::time::Instant::now();
+                let limit = match (attempt_limit, node_deadline) {
+                    (l, Some(d)) => {
+                        let left = d.saturating_duration_since(now);
+                        Some(l.map_or(left, |l| l.min(left)))
+                    }
+                    (l, None) => l,
+                };
+                let deadline = limit.map(|l| now + l);
+                (Some(held), ctx.with_deadline(deadline), deadline, limit)
+            };
             // A closed circuit gives a permit at once: nothing can have cancelled the attempt
             // yet (its token is new), so neither is asked.
             let permit = match breaker.try_acquire() {
@@ -238,6 +261,9 @@ impl Execution<'_> {
                     key: key(),
                     change: t,
                 });
+            }
+            if let Some(held) = held {
+                held.release().await;
             }
             result
         };
@@ -338,6 +364,19 @@ impl Execution<'_> {
         }
     }
 
+    /// A wave's first instance got its wave approved: the rest of the wave may start.
+    fn wave_approved(&mut self, node: &str) {
+        let Some(&i) = self.by_id.get(node) else {
+            return;
+        };
+        let (step, index) = (self.nodes[i].step, self.rec(i).index);
+        if let (Some(p), Some(index)) = (self.rollouts[step].as_mut(), index) {
+            if let Some((wave, _)) = p.gate_of(index) {
+                p.approve(wave);
+            }
+        }
+    }
+
     pub(super) fn on_report(&mut self, node: Arc<str>, sig: StepReport) {
         let run_id = self.run.run_id.clone();
         let e = match sig {
@@ -372,6 +411,9 @@ impl Execution<'_> {
                 message,
             },
             StepReport::Milestone { kind, data } => {
+                if kind == "wave_approved" {
+                    self.wave_approved(&node);
+                }
                 self.audit_as(
                     Some(node.to_string()),
                     "milestone",

@@ -475,6 +475,17 @@ impl<'a> Execution<'a> {
             return;
         }
         let ctx = crate::expr::ctx_value(self.context());
+        let approved = if steps
+            .iter()
+            .any(|&i| self.wf.steps[i].approve_waves.is_some())
+        {
+            self.engine
+                .store
+                .annotations(&self.run.run_id)
+                .unwrap_or_default()
+        } else {
+            Default::default()
+        };
         for i in steps {
             let Some(n) = self.step_recs(i).next().and_then(|r| r.fan_out) else {
                 continue;
@@ -482,6 +493,16 @@ impl<'a> Execution<'a> {
             let Ok(Some(mut p)) = rollout_of(&self.wf.steps[i], n, &ctx) else {
                 continue;
             };
+            // Approvals first: a wave's first instance that ended after its approval did
+            // not end the rollout.
+            for r in self.step_recs(i) {
+                let key = crate::plugin::progress_key(&r.node_id, super::gates::WAVE_APPROVED);
+                if let (Some(index), true) = (r.index, approved.contains_key(&key)) {
+                    if let Some((wave, _)) = p.gate_of(index) {
+                        p.approve(wave);
+                    }
+                }
+            }
             for r in self.step_recs(i) {
                 if r.status.is_terminal() {
                     p.ended(r.index.unwrap_or(0), r.status == NodeStatus::Failed);
@@ -517,5 +538,22 @@ pub(super) fn rollout_of(
                 .collect::<Vec<_>>()
                 .join("; ")
         })?;
-    Ok(Some(crate::rollout::Progress::new(&waves, tolerance, n)))
+    let p = crate::rollout::Progress::new(&waves, tolerance, n);
+    // An expression may turn the approvals off (`none`, `false`), e.g. from an input.
+    let gated = match &step.approve_waves {
+        None => false,
+        Some(v) if crate::expr::has_templates(v) => {
+            match crate::expr::render_value(v, ctx).map_err(|e| format!("`approve_waves`: {e}"))? {
+                Value::Null | Value::Bool(false) => false,
+                Value::Object(_) => true,
+                other => {
+                    return Err(format!(
+                        "`approve_waves` gives {other}: approval settings (a mapping), or none"
+                    ))
+                }
+            }
+        }
+        Some(_) => true,
+    };
+    Ok(Some(if gated { p.gated() } else { p }))
 }

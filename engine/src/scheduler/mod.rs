@@ -11,6 +11,7 @@
 mod activate;
 mod attempts;
 mod execution;
+mod gates;
 mod queue;
 mod redrive;
 

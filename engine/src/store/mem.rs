@@ -304,8 +304,18 @@ impl Store for MemStore {
         let mut g = self.lock();
         let inner = &mut *g;
         let runs = &inner.runs;
+        let nodes = &inner.nodes;
         // One process: a waiting run is always waited for.
-        let gone = |r: &str, _waiting: bool| runs.get(r).is_none_or(|r| r.status.is_terminal());
+        let gone = |holder: &str, _waiting: bool| {
+            let (r, node) = crate::concurrency::holder_parts(holder);
+            runs.get(r).is_none_or(|r| r.status.is_terminal())
+                || node.is_some_and(|n| {
+                    nodes
+                        .get(r)
+                        .and_then(|ns| ns.get(n))
+                        .is_none_or(|n| n.status.is_terminal())
+                })
+        };
         let slots = inner.slots.entry(key.to_string()).or_default();
         Ok(slots.claim(run, limit, queue, gone))
     }

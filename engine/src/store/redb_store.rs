@@ -443,6 +443,11 @@ fn chain_head(
 
 impl RedbStore {
     /// The slots of concurrency key `key` in an open `slots` table.
+    /// Whether a process runs the holder's run (a waiting node waits in its run's process).
+    fn holder_is_live(&self, holder: &str) -> bool {
+        self.is_live(crate::concurrency::holder_parts(holder).0)
+    }
+
     fn slots_in(
         &self,
         t: &impl ReadableTable<&'static str, &'static [u8]>,
@@ -458,21 +463,32 @@ impl RedbStore {
     }
 }
 
-/// The runs among a key's holders and waiters that finished (or are unknown).
+/// The holders and waiters of a key that finished (or are unknown): runs, and nodes (`run#node`)
+/// whose run or which itself ended.
 fn finished_in(
     runs: &impl ReadableTable<&'static str, &'static [u8]>,
+    nodes: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
     slots: &crate::concurrency::Slots,
 ) -> Result<std::collections::HashSet<String>, StoreError> {
     let mut finished = std::collections::HashSet::new();
-    for r in slots.holders.iter().chain(&slots.queue) {
-        let gone = match runs.get(r.as_str())? {
+    for holder in slots.holders.iter().chain(&slots.queue) {
+        let (r, node) = crate::concurrency::holder_parts(holder);
+        let mut gone = match runs.get(r)? {
             Some(v) => rows::decode_run(&|| format!("run {r}"), v.value())?
                 .status
                 .is_terminal(),
             None => true,
         };
+        if let (false, Some(n)) = (gone, node) {
+            gone = match nodes.get((r, n))? {
+                Some(v) => rows::decode_node(&|| format!("node {n} of run {r}"), v.value())?
+                    .status
+                    .is_terminal(),
+                None => true,
+            };
+        }
         if gone {
-            finished.insert(r.clone());
+            finished.insert(holder.clone());
         }
     }
     Ok(finished)
@@ -787,11 +803,12 @@ impl Store for RedbStore {
             match tx.open_table(SLOTS) {
                 Ok(t) => {
                     let runs = tx.open_table(RUNS)?;
+                    let nodes = tx.open_table(NODES)?;
                     let before = self.slots_in(&t, key)?;
                     let mut after = before.clone();
-                    let finished = finished_in(&runs, &before)?;
+                    let finished = finished_in(&runs, &nodes, &before)?;
                     let claim = after.claim(run, limit, queue, |r, waiting| {
-                        finished.contains(r) || (waiting && !self.is_live(r))
+                        finished.contains(r) || (waiting && !self.holder_is_live(r))
                     });
                     if after == before && matches!(claim, crate::concurrency::Claim::Queued { .. })
                     {
@@ -807,9 +824,10 @@ impl Store for RedbStore {
             let mut t = tx.open_table(SLOTS)?;
             let mut slots = self.slots_in(&t, key)?;
             let runs = tx.open_table(RUNS)?;
-            let finished = finished_in(&runs, &slots)?;
+            let nodes = tx.open_table(NODES)?;
+            let finished = finished_in(&runs, &nodes, &slots)?;
             let claim = slots.claim(run, limit, queue, |r, waiting| {
-                finished.contains(r) || (waiting && !self.is_live(r))
+                finished.contains(r) || (waiting && !self.holder_is_live(r))
             });
             let bytes = serde_json::to_vec(&slots)
                 .map_err(|e| StoreError::Backend(format!("slots of {key}: {e}")))?;

@@ -226,6 +226,43 @@ impl Plugin for Waiter {
     }
 }
 
+/// `approval`: what `approve_waves` asks: waits for a signal, approved by `"approve"`.
+pub(crate) struct Approves;
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApprovesConfig {
+    pub title: String,
+    pub digest: String,
+    #[serde(default)]
+    pub details: Value,
+    #[serde(default)]
+    pub approvers: Vec<String>,
+}
+
+#[async_trait]
+impl Plugin for Approves {
+    const NAME: &'static str = "approval";
+    const SUMMARY: &'static str = "waits for an approval";
+    type Config = ApprovesConfig;
+
+    async fn run(&self, c: ApprovesConfig, ctx: StepContext) -> Result<Value, StepError> {
+        let sig = ctx
+            .wait_signal(None, Duration::from_millis(10))
+            .await?
+            .ok_or_else(|| StepError::permanent("no decision"))?;
+        if c.details["wave"].as_u64().is_none() {
+            return Err(StepError::permanent("no wave in the details"));
+        }
+        match sig.value.as_str() {
+            Some("approve") if c.approvers.is_empty() || c.approvers.contains(&sig.actor) => {
+                Ok(json!({ "by": [sig.actor], "title": c.title, "digest": c.digest }))
+            }
+            _ => Err(StepError::permanent(format!("refused by {}", sig.actor))),
+        }
+    }
+}
+
 /// `panics`: a plugin bug, at once or after waiting.
 pub(crate) struct Panics;
 
@@ -254,6 +291,7 @@ pub(crate) fn registry(probe: &Arc<Probe>) -> Registry {
     let mut r = Registry::new();
     r.register(TestStep(Arc::clone(probe)))
         .register(Waiter)
+        .register(Approves)
         .register(Panics)
         .register(Planned);
     r

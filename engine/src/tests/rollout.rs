@@ -352,3 +352,214 @@ steps:
     assert_eq!(st["d[4]"], NodeStatus::Skipped, "{st:?}");
     assert_eq!(probe.count("d[4]"), 0);
 }
+
+fn decision(value: &str) -> crate::state::Signal {
+    crate::state::Signal {
+        actor: "cli:alice".into(),
+        at: chrono::Utc::now(),
+        value: json!(value),
+    }
+}
+
+async fn until(store: &MemStore, run: &str, node: &str, want: NodeStatus) {
+    for _ in 0..500 {
+        if statuses(store, run).get(node) == Some(&want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{node} never became {want}: {:?}", statuses(store, run));
+}
+
+const GATED: &str = r#"
+name: t
+defaults: { retry: { max_attempts: 1 } }
+steps:
+  - id: d
+    uses: test
+    for_each: [a, b, c, d]
+    waves: [1]
+    approve_waves: { approvers: [cli:alice] }
+    with: { sleep_ms: 50 }
+"#;
+
+/// `approve_waves`: the canary runs, then the next wave's first instance asks and waits
+/// (`waiting`, its plugin not started, the rest of its wave held); an approval lets the wave
+/// run, a refusal stops the rollout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wave_waits_for_its_approval_and_a_refusal_stops_the_rollout() {
+    for (answer, want) in [("approve", RunStatus::Succeeded), ("no", RunStatus::Failed)] {
+        let probe = Arc::new(Probe::default());
+        let (eng, store, reg) = engine(&probe);
+        let eng = Arc::new(eng);
+        let wf = Arc::new(workflow(GATED, &reg));
+        let rec = eng.create_run(&wf, new_run(10)).unwrap();
+        let run = rec.run_id.clone();
+        let h = {
+            let (eng, wf) = (Arc::clone(&eng), Arc::clone(&wf));
+            tokio::spawn(async move { eng.execute(wf, rec, RunControl::default(), &[]).await })
+        };
+        until(&store, &run, "d[1]", NodeStatus::Waiting).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let st = statuses(store.as_ref(), &run);
+        assert_eq!(st["d[0]"], NodeStatus::Succeeded, "the canary ran first");
+        assert_eq!(st["d[2]"], NodeStatus::Pending, "{st:?}");
+        assert_eq!(probe.count("d[1]"), 0, "asking comes before the work");
+        eng.signal(&run, "d[1]", decision(answer)).unwrap();
+        let out = h.await.unwrap().unwrap();
+        assert_eq!(out.status, want, "{answer}");
+        let st = statuses(store.as_ref(), &run);
+        let kinds: Vec<String> = store
+            .audit(&run)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.draft.kind)
+            .collect();
+        if answer == "approve" {
+            assert!((0..4).all(|k| probe.count(&format!("d[{k}]")) == 1));
+            assert!(kinds.contains(&"progress_saved".to_string()), "{kinds:?}");
+        } else {
+            assert_eq!(st["d[1]"], NodeStatus::Failed);
+            for k in [2, 3] {
+                let n = node(store.as_ref(), &run, &format!("d[{k}]"));
+                assert_eq!(n.skip_reason, Some(SkipReason::RolloutStopped), "d[{k}]");
+            }
+            assert_eq!(probe.count("d[1]"), 0);
+        }
+    }
+}
+
+/// A run resumed after its wave was approved does not ask again (nor stop the rollout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_wave_stays_approved_across_a_resume() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let eng = Arc::new(eng);
+    let wf = Arc::new(workflow(
+        &GATED.replace(
+            "with: { sleep_ms: 50 }",
+            "max_parallel: 1\n    with: { sleep_ms: 300 }",
+        ),
+        &reg,
+    ));
+    let rec = eng.create_run(&wf, new_run(10)).unwrap();
+    let run = rec.run_id.clone();
+    let control = RunControl {
+        grace: Duration::from_millis(10),
+        ..Default::default()
+    };
+    let stop = control.clone();
+    let h = {
+        let (eng, wf, rec) = (Arc::clone(&eng), Arc::clone(&wf), rec.clone());
+        tokio::spawn(async move { eng.execute(wf, rec, control, &[]).await })
+    };
+    until(&store, &run, "d[1]", NodeStatus::Waiting).await;
+    eng.signal(&run, "d[1]", decision("approve")).unwrap();
+    // Cut off while the approved wave's first instance does its own work.
+    until(&store, &run, "d[1]", NodeStatus::Running).await;
+    while probe.count("d[1]") == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.interrupt.cancel();
+    assert_eq!(h.await.unwrap().unwrap().status, RunStatus::Interrupted);
+    assert_eq!(
+        node(store.as_ref(), &run, "d[1]").status,
+        NodeStatus::Pending
+    );
+
+    let rec = store.run(&run).unwrap().unwrap();
+    let out = eng
+        .execute(Arc::clone(&wf), rec, RunControl::default(), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status,
+        RunStatus::Succeeded,
+        "{:?}",
+        statuses(store.as_ref(), &run)
+    );
+    assert_eq!(probe.count("d[1]"), 2, "cut off once, then done");
+    let asked: Vec<Value> = store
+        .audit(&run)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.draft.kind == "milestone" && e.draft.details["kind"] == "wave_approved")
+        .map(|e| e.draft.details["data"].clone())
+        .collect();
+    assert_eq!(asked, vec![json!({ "wave": 2, "by": ["cli:alice"] })]);
+}
+
+#[test]
+fn approve_waves_is_checked_where_it_is_written() {
+    let reg = registry(&Arc::new(Probe::default()));
+    let c = compile(
+        &Source::new(
+            "t.yaml",
+            r#"
+name: t
+steps:
+  - { id: a, uses: test, for_each: [1, 2], approve_waves: {} }
+  - { id: b, uses: test, for_each: [1, 2], waves: [1], approve_waves: { approverz: [x] } }
+  - { id: c, uses: test, concurrency: { key: "", limit: 0 } }
+"#
+            .to_string(),
+        ),
+        &reg,
+    );
+    let text: Vec<String> = c
+        .report
+        .diagnostics
+        .iter()
+        .map(|d| format!("{:?} {}", d.path, d.message))
+        .collect();
+    assert!(c.workflow.is_none());
+    assert_eq!(text.len(), 4, "{text:#?}");
+    assert!(text[0].contains("no `waves`"), "{text:#?}");
+    assert!(text[1].contains("approverz"), "{text:#?}");
+    assert!(
+        text.iter()
+            .any(|t| t.contains("`limit` must be at least 1")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter().any(|t| t.contains("key` is empty")),
+        "{text:#?}"
+    );
+}
+
+/// `approve_waves` may come from the inputs: `none` asks nothing, a mapping asks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_between_waves_may_be_turned_off_by_an_input() {
+    let probe = Arc::new(Probe::default());
+    let (eng, store, reg) = engine(&probe);
+    let wf = Arc::new(workflow(
+        &GATED
+            .replace("name: t", "name: t\ninputs: { ask: { type: boolean } }")
+            .replace(
+                "approve_waves: { approvers: [cli:alice] }",
+                "approve_waves: \"{{ {'approvers': ['cli:alice']} if inputs.ask else none }}\"",
+            ),
+        &reg,
+    ));
+    let mut off = new_run(10);
+    off.inputs.insert("ask".into(), json!(false));
+    let rec = eng.create_run(&wf, off).unwrap();
+    let out = eng
+        .execute(Arc::clone(&wf), rec, RunControl::default(), &[])
+        .await
+        .unwrap();
+    assert_eq!(out.status, RunStatus::Succeeded);
+
+    let mut on = new_run(10);
+    on.inputs.insert("ask".into(), json!(true));
+    let rec = eng.create_run(&wf, on).unwrap();
+    let run = rec.run_id.clone();
+    let eng = Arc::new(eng);
+    let h = {
+        let (eng, wf) = (Arc::clone(&eng), Arc::clone(&wf));
+        tokio::spawn(async move { eng.execute(wf, rec, RunControl::default(), &[]).await })
+    };
+    until(&store, &run, "d[1]", NodeStatus::Waiting).await;
+    eng.signal(&run, "d[1]", decision("approve")).unwrap();
+    assert_eq!(h.await.unwrap().unwrap().status, RunStatus::Succeeded);
+}
