@@ -10,13 +10,19 @@ export PROPTEST_CASES="${PROPTEST_CASES:-100}"
 
 echo "==> AWS emulator (moto) and cfn-lint into .venv/"
 scripts/aws-emulator.sh setup
+# The PostgreSQL store's tests (and the multi-worker ones) run on a server of the project's
+# own: installed here when missing, started by the first test that needs it, stopped at the
+# end.
+echo "==> PostgreSQL (Debian's postgresql, when missing)"
+scripts/postgres.sh setup
+pg_dir="${CARGO_TARGET_DIR:-target}/postgres-test"
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "==> cargo test"
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log"; scripts/postgres.sh stop "$pg_dir" || true' EXIT
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 # A run that executed no test is a broken harness, not a green build.
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')

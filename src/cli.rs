@@ -14,6 +14,16 @@ Exit codes:
   4    refused: the workflow's concurrency key is taken (`on_conflict: refuse`): nothing ran
   130  interrupted (Ctrl-C): `landfall resume RUN_ID` continues";
 
+const MIGRATE_HELP: &str = "\
+Then point Landfall at the database: `db = \"postgres://…\"` in landfall.toml, or
+LANDFALL_DB. The source is left as it was.
+
+Exit codes:
+  0    copied, every audit chain verified in the target
+  1    a chain did not verify after the copy
+  2    usage: the target is not a PostgreSQL URL or is not empty, or a run is live on the source
+  3    a store cannot be opened or written";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "landfall",
@@ -182,6 +192,22 @@ pub enum Command {
         /// File holding the new key (64 hex digits, e.g. `openssl rand -hex 32 > new.key`)
         #[arg(long, value_name = "FILE")]
         new_key_file: PathBuf,
+    },
+    /// Copy a store into an empty PostgreSQL database: runs, nodes, audit chains (verified
+    /// after the copy), packages, plans, signals, annotations and sealed secrets. Nothing
+    /// may run on the source meanwhile
+    #[command(after_help = MIGRATE_HELP)]
+    Migrate {
+        /// The store to copy: a state file (or a `postgres://` URL)
+        #[arg(long, value_name = "DB")]
+        from: String,
+        /// The PostgreSQL database to fill (`postgres://user:password@host:port/db`); it must
+        /// hold nothing yet
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// Print what was copied as JSON on stdout
+        #[arg(long)]
+        json: bool,
     },
     /// Inspect published packages (versioned, content-addressed CloudFormation sets)
     Packages {

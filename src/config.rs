@@ -25,8 +25,13 @@ use serde_json::Value;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// The state file (runs, checkpoints, audit, packages).
+    /// The store (runs, checkpoints, audit, packages): a redb state file, or a PostgreSQL
+    /// database shared by several workers (`postgres://user:password@host:port/db`).
     pub db: PathBuf,
+    /// On a PostgreSQL store: how long a worker's hold on a run lasts unless renewed. A run
+    /// whose worker died is resumed by another within this.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
     /// Default `max_parallel` for runs whose workflow sets none.
     pub max_parallel: usize,
     /// Where workflow files live.
@@ -196,6 +201,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             db: PathBuf::from(".landfall/state.redb"),
+            lease: landfall_engine::store::DEFAULT_LEASE,
             max_parallel: 8,
             workflows_dir: PathBuf::from("workflows"),
             templates_dir: PathBuf::from("templates"),
@@ -240,6 +246,8 @@ const SLACK_VARIABLES: &[&str] = &[
 #[allow(dead_code)]
 struct FileLayer {
     db: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    lease: Option<Duration>,
     max_parallel: Option<usize>,
     workflows_dir: Option<PathBuf>,
     templates_dir: Option<PathBuf>,
@@ -259,6 +267,8 @@ struct FileLayer {
 #[allow(dead_code)]
 struct EnvLayer {
     db: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    lease: Option<Duration>,
     max_parallel: Option<usize>,
     workflows_dir: Option<PathBuf>,
     templates_dir: Option<PathBuf>,
@@ -578,6 +588,12 @@ impl Loaded {
                     .unwrap_or_else(|| "default".into());
                 let value = if SECRET_KEYS.contains(&key.as_str()) && !value.is_null() {
                     Value::String("***".into())
+                } else if key == "db" {
+                    // A database URL may hold a password.
+                    match value.as_str() {
+                        Some(url) => Value::String(landfall_engine::store::redacted(url)),
+                        None => value,
+                    }
                 } else {
                     value
                 };

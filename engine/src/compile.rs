@@ -199,7 +199,7 @@ fn build(
         );
     }
     if let Some(c) = &spec.concurrency {
-        check_concurrency(c, &Path::root().key("concurrency"), diags);
+        check_concurrency(c, &spec.inputs, &Path::root().key("concurrency"), diags);
     }
     let default_retry = RetryPolicy::default().merged(spec.defaults.retry.as_ref());
     for (field, problem) in default_retry.problems() {
@@ -347,7 +347,7 @@ fn build(
             );
         }
         if let Some(c) = &s.concurrency {
-            check_concurrency(c, &p.key("concurrency"), diags);
+            check_concurrency(c, &spec.inputs, &p.key("concurrency"), diags);
         }
         check_approve_waves(s, p, registry, diags);
         let rollout = rollout_of(s, p, diags);
@@ -1080,8 +1080,34 @@ fn check_inputs(inputs: &indexmap::IndexMap<String, InputSpec>, diags: &mut Vec<
     }
 }
 
-/// A `concurrency:` (workflow or step): a key that can say something, and room for one.
-fn check_concurrency(c: &crate::concurrency::Concurrency, p: &Path, diags: &mut Vec<Diagnostic>) {
+/// A `concurrency:` (workflow or step): a key that can say something, reads no secret (keys
+/// are shown by `status`, in the audit and in Slack), and room for one.
+fn check_concurrency(
+    c: &crate::concurrency::Concurrency,
+    inputs: &indexmap::IndexMap<String, crate::spec::InputSpec>,
+    p: &Path,
+    diags: &mut Vec<Diagnostic>,
+) {
+    if let Ok(read) = expr::referenced(&c.key) {
+        let secret = inputs.iter().find(|(name, spec)| {
+            spec.secret
+                && read.iter().any(|v| {
+                    v == "inputs"
+                        || *v == format!("inputs.{name}")
+                        || v.starts_with(&format!("inputs.{name}."))
+                })
+        });
+        if let Some((name, _)) = secret {
+            diags.push(
+                Diagnostic::error(
+                    codes::INVALID_VALUE,
+                    format!("the concurrency key reads the secret input `{name}`"),
+                )
+                .with_path(p.key("key"))
+                .with_help("keys are shown by `status`, in the audit and in Slack: key on something public (a customer, an account id)"),
+            );
+        }
+    }
     if c.limit == 0 {
         diags.push(
             Diagnostic::error(codes::INVALID_VALUE, "`limit` must be at least 1")

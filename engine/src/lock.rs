@@ -7,15 +7,33 @@
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug)]
 pub struct RunLease {
     _file: Option<File>,
+    /// A shared store's lease (PostgreSQL): given back when dropped.
+    _held: Option<Box<dyn Send + Sync>>,
+}
+
+impl std::fmt::Debug for RunLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunLease").finish_non_exhaustive()
+    }
 }
 
 impl RunLease {
     /// A lease that guards nothing (in-memory stores live in one process).
     pub fn none() -> Self {
-        RunLease { _file: None }
+        RunLease {
+            _file: None,
+            _held: None,
+        }
+    }
+
+    /// A lease kept by `guard`, which gives it back when dropped.
+    pub(crate) fn held(guard: Box<dyn Send + Sync>) -> Self {
+        RunLease {
+            _file: None,
+            _held: Some(guard),
+        }
     }
 }
 
@@ -60,7 +78,10 @@ impl RunLocks {
             .write(true)
             .open(self.dir.join(lock_file_name(run_id)))?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(RunLease { _file: Some(file) })),
+            Ok(()) => Ok(Some(RunLease {
+                _held: None,
+                _file: Some(file),
+            })),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
             Err(std::fs::TryLockError::Error(e)) => Err(e),
         }

@@ -1,6 +1,6 @@
 //! `audit`: a run's audit trail, or the verification of its hash chain.
 
-use landfall_engine::store::{verify_chain, Store};
+use landfall_engine::store::verify_chain;
 use serde_json::json;
 
 use super::{print_json, App, Failure, Res, EXIT_FAILED, EXIT_OK};

@@ -8,6 +8,7 @@
 mod approve;
 mod audit;
 mod config;
+mod migrate;
 mod packages;
 mod plan;
 mod render;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 
 use landfall_engine::compile;
 use landfall_engine::state::{RunStatus, Trigger};
-use landfall_engine::store::{RedbStore, StoreError};
+use landfall_engine::store::{PgStore, RedbStore, Store, StoreError};
 use landfall_engine::Source;
 use landfall_engine::{Engine, EngineError, Registry, Workflow};
 use serde_json::Value;
@@ -196,6 +197,7 @@ pub async fn run(cli: Cli) -> i32 {
             command: ConfigCommand::Show { json },
         } => app.config_show(json),
         Command::Packages { command } => app.packages(command),
+        Command::Migrate { from, to, json } => app.migrate(&from, &to, json),
         Command::RotateKey {
             data_key_file,
             new_key_file,
@@ -287,10 +289,24 @@ impl App {
         self.cli_global.quiet
     }
 
+    /// The PostgreSQL database `db` names, if it names one rather than a state file.
+    fn postgres_url(&self) -> Option<&str> {
+        self.loaded
+            .config
+            .db
+            .to_str()
+            .filter(|db| landfall_engine::store::is_postgres_url(db))
+    }
+
+    /// The store, as messages name it (a database URL without its password).
+    fn db_shown(&self) -> String {
+        landfall_engine::store::redacted(&self.loaded.config.db.display().to_string())
+    }
+
     /// For commands that only read: a missing state file means "nothing yet", and is not
     /// created.
-    fn existing_store(&self) -> Res<Option<Arc<RedbStore>>> {
-        if self.loaded.config.db.exists() {
+    fn existing_store(&self) -> Res<Option<Arc<dyn Store>>> {
+        if self.postgres_url().is_some() || self.loaded.config.db.exists() {
             self.open_store().map(Some)
         } else {
             Ok(None)
@@ -299,7 +315,10 @@ impl App {
 
     /// For commands that never write (`status`, `audit`, `packages`): the file is opened
     /// read-only, so they work on a read-only copy and cannot change a damaged file.
-    fn readable_store(&self) -> Res<Option<Arc<RedbStore>>> {
+    fn readable_store(&self) -> Res<Option<Arc<dyn Store>>> {
+        if self.postgres_url().is_some() {
+            return self.open_store().map(Some);
+        }
         if !self.loaded.config.db.exists() {
             return Ok(None);
         }
@@ -328,12 +347,18 @@ impl App {
         ))
     }
 
-    fn open_store(&self) -> Res<Arc<RedbStore>> {
+    /// The store `db` names: a redb state file (created when missing), or a PostgreSQL
+    /// database (`postgres://…`, its schema brought up to date).
+    fn open_store(&self) -> Res<Arc<dyn Store>> {
+        if let Some(url) = self.postgres_url() {
+            let lease = self.loaded.config.lease;
+            return Ok(Arc::new(PgStore::open(url, lease)?));
+        }
         Ok(Arc::new(RedbStore::open(&self.loaded.config.db)?))
     }
 
     /// An engine on `store`, with the data key from `LANDFALL_DATA_KEY` (secret inputs).
-    fn engine(&self, store: Arc<RedbStore>) -> Res<Engine> {
+    fn engine(&self, store: Arc<dyn Store>) -> Res<Engine> {
         let key = rotate_key::data_key(None, "LANDFALL_DATA_KEY")?;
         Ok(Engine::new(Arc::clone(&self.registry), store).with_data_key(key))
     }

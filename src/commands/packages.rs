@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use landfall_engine::store::{RedbStore, Store};
+use landfall_engine::store::Store;
 use landfall_engine::{Package, PackageRef};
 use serde_json::{json, Value};
 
@@ -10,7 +10,7 @@ use super::{print_json, App, Failure, Res, EXIT_FAILED, EXIT_OK};
 use crate::cli::PackagesCommand;
 
 impl App {
-    pub(super) fn package(&self, store: &RedbStore, reference: &str) -> Res<Package> {
+    pub(super) fn package(&self, store: &dyn Store, reference: &str) -> Res<Package> {
         let r: PackageRef = reference.parse().map_err(Failure::invalid)?;
         match store.package(&r.id, r.version) {
             Ok(Some(p)) => Ok(p),
@@ -50,7 +50,7 @@ impl App {
                 if json {
                     print_json(&Value::Array(rows));
                 } else if all.is_empty() {
-                    eprintln!("no packages yet in {}", store.path().display());
+                    eprintln!("no packages yet in {}", self.db_shown());
                 } else {
                     let mut out = format!(
                         "{:<32} {:>7}  {:<14} {:<20} {}\n",
@@ -71,7 +71,7 @@ impl App {
                 Ok(EXIT_OK)
             }
             PackagesCommand::Show { reference, json } => {
-                let p = self.package(&store, &reference)?;
+                let p = self.package(store.as_ref(), &reference)?;
                 if json {
                     print_json(&serde_json::to_value(&p).unwrap_or_default());
                 } else {
@@ -91,7 +91,7 @@ impl App {
                 Ok(EXIT_OK)
             }
             PackagesCommand::Export { reference, dir } => {
-                let p = self.package(&store, &reference)?;
+                let p = self.package(store.as_ref(), &reference)?;
                 export_package(&p, &dir)?;
                 if !self.quiet() {
                     eprintln!(
@@ -103,8 +103,8 @@ impl App {
                 Ok(EXIT_OK)
             }
             PackagesCommand::Diff { a, b } => {
-                let pa = self.package(&store, &a)?;
-                let pb = self.package(&store, &b)?;
+                let pa = self.package(store.as_ref(), &a)?;
+                let pb = self.package(store.as_ref(), &b)?;
                 let text = diff_packages(&pa, &pb);
                 print!("{text}");
                 Ok(if text.is_empty() {

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use landfall_engine::store::Store;
 use landfall_engine::{NewPlan, Plan, PlanStatus, PlannedNode};
 use serde_json::Value;
 

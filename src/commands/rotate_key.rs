@@ -1,7 +1,7 @@
 //! `rotate-key`: re-seal every sealed secret under a new data key; and where a data key comes
 //! from (a file given as a flag, else `LANDFALL_DATA_KEY`).
 
-use landfall_engine::store::{AuditDraft, Batch, Store};
+use landfall_engine::store::{AuditDraft, Batch};
 use landfall_engine::DataKey;
 use serde_json::json;
 

@@ -8,7 +8,7 @@ use landfall_engine::diag::Report;
 use landfall_engine::Observer;
 
 use landfall_engine::state::{RunRecord, RunStatus};
-use landfall_engine::store::{RedbStore, Store};
+use landfall_engine::store::Store;
 use landfall_engine::{parse_document, Source};
 use landfall_engine::{Engine, EngineError, NewRun, RunControl, Workflow};
 use serde_json::{Map, Value};
@@ -121,9 +121,9 @@ impl App {
         let store = self
             .existing_store()?
             .ok_or_else(|| self.no_state(&format!("run `{run_id}`")))?;
-        let record = store.run(run_id)?.ok_or_else(|| {
-            Failure::invalid(format!("no run `{run_id}` in {}", store.path().display()))
-        })?;
+        let record = store
+            .run(run_id)?
+            .ok_or_else(|| Failure::invalid(format!("no run `{run_id}` in {}", self.db_shown())))?;
         if record.status.is_terminal() {
             eprintln!(
                 "run {run_id} already finished ({}); nothing to resume",
@@ -147,9 +147,9 @@ impl App {
         let store = self
             .existing_store()?
             .ok_or_else(|| self.no_state(&format!("run `{run_id}`")))?;
-        let record = store.run(run_id)?.ok_or_else(|| {
-            Failure::invalid(format!("no run `{run_id}` in {}", store.path().display()))
-        })?;
+        let record = store
+            .run(run_id)?
+            .ok_or_else(|| Failure::invalid(format!("no run `{run_id}` in {}", self.db_shown())))?;
         let source = Source::new(record.workflow_file.clone(), record.workflow_text.clone());
         let wf = self.compile_source(source).map_err(|_| {
             Failure::from(EngineError::Stale(
@@ -175,7 +175,7 @@ impl App {
     pub(super) async fn execute(
         &self,
         engine: Engine,
-        store: Arc<RedbStore>,
+        store: Arc<dyn Store>,
         wf: Arc<Workflow>,
         record: RunRecord,
         json: bool,
@@ -248,7 +248,7 @@ impl App {
     /// What a run that ended (here or elsewhere) prints with `--json`, and its exit code.
     pub(super) fn finish_output(
         &self,
-        store: &Arc<RedbStore>,
+        store: &Arc<dyn Store>,
         run_id: &str,
         json: bool,
     ) -> Res<i32> {

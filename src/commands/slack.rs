@@ -1,6 +1,6 @@
 //! `slack install-link`: the one-time link an OAuth install must start from.
 
-use landfall_engine::store::{AuditDraft, Batch, Store};
+use landfall_engine::store::{AuditDraft, Batch};
 use serde_json::json;
 
 use super::rotate_key::data_key;

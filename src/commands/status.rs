@@ -49,7 +49,7 @@ impl App {
             return Ok(EXIT_OK);
         }
         if rows.is_empty() {
-            eprintln!("no runs yet in {}", store.path().display());
+            eprintln!("no runs yet in {}", self.db_shown());
             return Ok(EXIT_OK);
         }
         // Columns as wide as their longest value (child runs' ids are long), like `ps`.

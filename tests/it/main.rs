@@ -7,6 +7,7 @@ mod diagnostics;
 mod fleet;
 mod guard_rails;
 mod packages;
+mod postgres;
 mod props_aws;
 mod props_provisioning;
 mod props_slack;

@@ -5,7 +5,10 @@
 //! per run; the store, not the caller, assigns sequence numbers and hashes inside the same
 //! transaction, so a chain can never fork.
 
+#[cfg(test)]
+mod contract;
 mod mem;
+mod pg;
 mod redb_store;
 mod rows;
 
@@ -14,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use mem::MemStore;
+pub use pg::{is_postgres_url, redacted, testing as pg_testing, PgStore, DEFAULT_LEASE};
 pub use redb_store::RedbStore;
 
 use crate::lock::RunLease;
@@ -47,6 +51,8 @@ pub enum StoreError {
     Corrupt { what: String, message: String },
     #[error("run `{0}` does not exist")]
     NoSuchRun(String),
+    #[error("this worker no longer holds the lease of run `{0}` (it was paused or cut off past the lease, and another worker may have taken the run over): nothing was written")]
+    LeaseLost(String),
 }
 
 macro_rules! backend_errors {

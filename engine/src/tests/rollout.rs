@@ -501,6 +501,8 @@ steps:
   - { id: a, uses: test, for_each: [1, 2], approve_waves: {} }
   - { id: b, uses: test, for_each: [1, 2], waves: [1], approve_waves: { approverz: [x] } }
   - { id: c, uses: test, concurrency: { key: "", limit: 0 } }
+  - { id: e, uses: test, concurrency: { key: "{{ inputs.token }}" } }
+inputs: { token: { type: string, secret: true } }
 "#
             .to_string(),
         ),
@@ -513,7 +515,7 @@ steps:
         .map(|d| format!("{:?} {}", d.path, d.message))
         .collect();
     assert!(c.workflow.is_none());
-    assert_eq!(text.len(), 4, "{text:#?}");
+    assert_eq!(text.len(), 5, "{text:#?}");
     assert!(text[0].contains("no `waves`"), "{text:#?}");
     assert!(text[1].contains("approverz"), "{text:#?}");
     assert!(
