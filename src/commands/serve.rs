@@ -89,6 +89,13 @@ impl App {
         }
         let stop = tokio_util::sync::CancellationToken::new();
         let http = tokio::spawn(Arc::clone(&fd).serve(listener, stop.clone()));
+        // Workers sharing a PostgreSQL store take runs no worker executes: a run whose worker
+        // died is resumed within its lease and a quarter of it.
+        let every = (self.loaded.config.lease / 4).clamp(
+            std::time::Duration::from_millis(200),
+            std::time::Duration::from_secs(2),
+        );
+        let picking = tokio::spawn(Arc::clone(&fd).pick_up(every, stop.clone()));
         if let Some(token) = &serving.app_token {
             let socket = socket::serve(
                 &serving.api_url,
@@ -106,6 +113,7 @@ impl App {
             wait_for_stop_signal().await;
             stop.cancel();
         }
+        let _ = picking.await;
         fd.drain().await;
         http.await
             .map_err(|e| Failure::env(format!("the server stopped: {e}")))?

@@ -89,6 +89,8 @@ pub struct FrontDoor {
     seen: Mutex<(HashSet<String>, VecDeque<String>)>,
     /// Runs executing in this process, for `/landfall cancel`.
     live: Mutex<HashMap<String, RunControl>>,
+    /// Wakes [`FrontDoor::pick_up`] when this process created a run on a shared store.
+    created: tokio::sync::Notify,
     chat: Outbound,
     oauth: Option<OAuth>,
     /// Install `state` values handed out and not yet used (CSRF protection), with their age
@@ -126,6 +128,9 @@ const ACK_WITHIN: std::time::Duration = std::time::Duration::from_millis(2000);
 
 const SEEN_MAX: usize = 10_000;
 
+/// How many runs a worker takes in one look (the others are left for other workers).
+const PICK_UP_AT_ONCE: usize = 8;
+
 impl FrontDoor {
     pub fn new(
         engine: Engine,
@@ -149,12 +154,54 @@ impl FrontDoor {
             opts,
             seen: Mutex::new((HashSet::new(), VecDeque::new())),
             live: Mutex::new(HashMap::new()),
+            created: tokio::sync::Notify::new(),
             chat,
             oauth,
             states: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             refusals: Arc::default(),
         }))
+    }
+
+    /// On a store whose work is shared (`serve` workers on PostgreSQL): takes the runs no
+    /// worker executes — new ones, ones a stopping worker interrupted, ones whose worker
+    /// died (its lease expired) — and executes them here, until `stop`. Looks every `every`,
+    /// and at once when this worker created a run.
+    pub async fn pick_up(
+        self: Arc<Self>,
+        every: std::time::Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        if !self.store.shares_work() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+                _ = self.created.notified() => {}
+            }
+            let store = Arc::clone(&self.store);
+            let taken =
+                tokio::task::spawn_blocking(move || store.take_runs("slack", PICK_UP_AT_ONCE))
+                    .await;
+            let runs = match taken {
+                Ok(Ok(runs)) => runs,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot look for runs to take");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            for run in runs {
+                if stop.is_cancelled() {
+                    // Given back: another worker takes it.
+                    let _ = self.store.lease(&run);
+                    continue;
+                }
+                self.take_over(&run);
+            }
+        }
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -288,6 +335,14 @@ impl FrontDoor {
             return true;
         }
         let key = format!("{kind}:{id}");
+        // Workers sharing a store see each other's deliveries (Slack may retry on another).
+        match self.store.first_delivery(&key) {
+            Ok(Some(first)) => return first,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check a delivery in the store; checking this worker's memory only")
+            }
+        }
         let mut guard = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let (set, order) = &mut *guard;
         if !set.insert(key.clone()) {

@@ -104,3 +104,116 @@ fn a_state_file_moves_to_postgres_and_its_runs_go_on_there() {
     let st = sb.json(&["status", "gate-1", "--json"]);
     assert_ne!(st["status"], "succeeded");
 }
+
+const WORK: &str = r#"
+name: work
+trigger:
+  slack: { command: work, args: [n] }
+inputs:
+  n: { type: string }
+steps:
+  - id: a
+    uses: exec
+    with: { argv: [sh, -c, "sleep 0.3; mkdir \"$LEDGER/$LANDFALL_IDEMPOTENCY_KEY\" 2>/dev/null && echo \"applied $LANDFALL_IDEMPOTENCY_KEY\" >> \"$LEDGER.log\"; echo '{}'"] }
+  - id: b
+    uses: exec
+    needs: [a]
+    with: { argv: [sh, -c, "sleep 0.3; mkdir \"$LEDGER/$LANDFALL_IDEMPOTENCY_KEY\" 2>/dev/null && echo \"applied $LANDFALL_IDEMPOTENCY_KEY\" >> \"$LEDGER.log\"; echo '{}'"] }
+  - { id: c, uses: log, needs: [b], with: { message: "done {{ inputs.n }}" } }
+"#;
+
+fn runs_on(sb: &Sandbox, url: &str) -> Vec<serde_json::Value> {
+    let out = sb.run(&["--db", url, "status", "--json", "--limit", "1000"]);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// Three `serve` workers on one PostgreSQL, 30 runs asked for through Slack requests spread
+/// over them, one worker killed with `kill -9` mid-way: every run finishes (the dead worker's
+/// runs resumed by the others once its leases expired), each side effect applied once under
+/// one idempotency key, every chain verifies; a delivery Slack retries on another worker
+/// starts nothing twice.
+#[test]
+fn three_workers_share_thirty_runs_and_survive_losing_one() {
+    use crate::serve::{command, serve_with, signed};
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.path("wf")).unwrap();
+    sb.write("wf/work.yaml", WORK);
+    let ledger = sb.path("ledger");
+    std::fs::create_dir_all(&ledger).unwrap();
+    let url = pg_testing::database();
+    let start = || {
+        let (url, ledger) = (url.clone(), ledger.clone());
+        serve_with(&sb, &["U1"], move |c| {
+            c.env("LANDFALL_DB", &url)
+                .env("LANDFALL_LEASE", "2s")
+                .env("LEDGER", &ledger);
+        })
+    };
+    let mut workers = vec![start(), start(), start()];
+    for i in 0..30 {
+        let w = &workers[i % 3];
+        let (code, text) = signed(
+            w,
+            "/slack/commands",
+            &command("U1", &format!("work {i}"), &format!("t{i}")),
+        );
+        assert_eq!(code, 200, "{text}");
+        assert!(text.contains("Started work"), "{text}");
+    }
+    // Slack retries a delivery on another worker: it is recognised.
+    let (_, again) = signed(
+        &workers[1],
+        "/slack/commands",
+        &command("U1", "work 0", "t0"),
+    );
+    assert!(again.contains("Already on it"), "{again}");
+
+    wait_until(
+        "a third of the runs to finish",
+        Duration::from_secs(120),
+        || {
+            runs_on(&sb, &url)
+                .iter()
+                .filter(|r| r["status"] == "succeeded")
+                .count()
+                >= 10
+        },
+    );
+    workers[0].kill_9();
+    wait_until("every run to finish", Duration::from_secs(180), || {
+        let runs = runs_on(&sb, &url);
+        runs.len() == 30 && runs.iter().all(|r| r["status"] == "succeeded")
+    });
+    let runs = runs_on(&sb, &url);
+    assert_eq!(runs.len(), 30, "one run per request");
+    let mut resumed = 0;
+    for r in &runs {
+        let id = r["run_id"].as_str().unwrap();
+        let v = sb.run(&["--db", &url, "audit", id, "--verify"]);
+        assert_eq!(v.status.code(), Some(0), "{id}: {}", stderr(&v));
+        let audit = sb.run(&["--db", &url, "audit", id, "--json"]);
+        let entries: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+        if entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "run_resumed")
+        {
+            resumed += 1;
+        }
+    }
+    assert!(
+        resumed > 0,
+        "the killed worker's runs were resumed by the others"
+    );
+    let log = std::fs::read_to_string(sb.path("ledger.log")).unwrap();
+    let mut applied: Vec<&str> = log.lines().collect();
+    let n = applied.len();
+    applied.sort_unstable();
+    applied.dedup();
+    assert_eq!(applied.len(), n, "a side effect applied twice");
+    assert_eq!(n, 60, "two side effects per run, each under one key");
+}

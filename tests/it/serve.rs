@@ -18,6 +18,14 @@ pub(crate) struct Server {
     pub(crate) log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
+impl Server {
+    /// `kill -9`: no drain, no lease given back.
+    pub(crate) fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();

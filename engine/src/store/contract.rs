@@ -329,3 +329,48 @@ fn a_chain_moved_from_redb_verifies_and_grows() {
     assert_eq!(moved.len(), 6);
     assert_eq!(verify_chain(&moved), None);
 }
+
+/// Workers share runs: each unfinished run of a source that nobody executes goes to one of
+/// them (new, or left when its lease was given back), each Slack delivery counts once.
+#[test]
+fn workers_take_different_runs_and_deliveries_count_once() {
+    let url = pg::testing::database();
+    let a = PgStore::open(&url, Duration::from_secs(30)).unwrap();
+    let b = PgStore::open(&url, Duration::from_secs(30)).unwrap();
+    let mut runs: Vec<RunRecord> = (0..4)
+        .map(|i| {
+            let mut r = run(&format!("q{i}"), i);
+            r.trigger.source = "slack".into();
+            r
+        })
+        .collect();
+    runs[3].status = RunStatus::Succeeded;
+    runs.push(run("cli-run", 9));
+    a.commit(Batch {
+        runs,
+        ..Batch::default()
+    })
+    .unwrap();
+    assert!(a.shares_work());
+    let mine = a.take_runs("slack", 2).unwrap();
+    assert_eq!(mine, ["q0", "q1"]);
+    assert_eq!(
+        b.take_runs("slack", 10).unwrap(),
+        ["q2"],
+        "finished and CLI runs are not taken"
+    );
+    assert!(b.take_runs("slack", 10).unwrap().is_empty());
+    let lease = a.lease("q0").unwrap().expect("taken for a");
+    assert!(b.lease("q0").unwrap().is_none());
+    assert!(b.is_live("q0"));
+    drop(lease);
+    assert_eq!(
+        b.take_runs("slack", 10).unwrap(),
+        ["q0"],
+        "given back unfinished: taken again"
+    );
+
+    assert_eq!(a.first_delivery("trigger:1").unwrap(), Some(true));
+    assert_eq!(b.first_delivery("trigger:1").unwrap(), Some(false));
+    assert_eq!(MemStore::new().first_delivery("trigger:1").unwrap(), None);
+}

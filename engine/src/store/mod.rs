@@ -726,6 +726,28 @@ pub trait Store: Send + Sync {
     fn release_slot(&self, key: &str, run: &str) -> Result<(), StoreError>;
     /// Who holds and who waits for `key` (for `status`).
     fn slots(&self, key: &str) -> Result<crate::concurrency::Slots, StoreError>;
+
+    /// Whether several processes share this store's work (`serve` workers on PostgreSQL):
+    /// a new run is then left for [`Store::take_runs`] rather than executed where it was
+    /// asked for.
+    fn shares_work(&self) -> bool {
+        false
+    }
+
+    /// Up to `limit` unfinished runs started from `source` (`slack`) that no live process
+    /// executes (new, interrupted, or left by a worker that died), each now leased to this
+    /// store: [`Store::lease`] of one of them returns that lease. Taken with `SKIP LOCKED`:
+    /// workers polling at once take different runs. Stores of one process take none.
+    fn take_runs(&self, _source: &str, _limit: usize) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Whether delivery `key` (a Slack event or trigger id) is seen for the first time by any
+    /// process sharing the store; `None` when the store does not keep deliveries (one process
+    /// remembers its own).
+    fn first_delivery(&self, _key: &str) -> Result<Option<bool>, StoreError> {
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

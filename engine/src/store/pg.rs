@@ -37,7 +37,11 @@ use crate::state::{NodeRecord, RunRecord, Signal};
 /// Schema versions, applied in order, each once, under an advisory lock (workers starting
 /// together migrate once).
 const MIGRATIONS: &[&str] = &[r#"
-CREATE TABLE runs (run_id text PRIMARY KEY, body bytea NOT NULL);
+CREATE TABLE runs (run_id text PRIMARY KEY, status text NOT NULL, source text NOT NULL,
+    body bytea NOT NULL);
+CREATE INDEX runs_unfinished ON runs (source, run_id)
+    WHERE status NOT IN ('succeeded', 'failed', 'cancelled');
+CREATE TABLE deliveries (key text PRIMARY KEY, at timestamptz NOT NULL DEFAULT now());
 CREATE TABLE nodes (run_id text NOT NULL, node_id text NOT NULL, body bytea NOT NULL,
     PRIMARY KEY (run_id, node_id));
 CREATE TABLE audit (run_id text NOT NULL, seq bigint NOT NULL, body bytea NOT NULL,
@@ -76,6 +80,8 @@ struct Inner {
     ttl: Duration,
     /// Runs this store leased, with their tokens.
     held: Mutex<HashMap<String, i64>>,
+    /// Runs [`Store::take_runs`] leased and nobody has executed yet.
+    taken: Mutex<HashSet<String>>,
 }
 
 /// What went wrong in one try of a call.
@@ -213,6 +219,7 @@ impl PgStore {
             ),
             ttl: lease.max(Duration::from_secs(1)),
             held: Mutex::new(HashMap::new()),
+            taken: Mutex::new(HashSet::new()),
         });
         inner
             .call(|pool, _| async move { migrate(&pool).await })
@@ -284,6 +291,7 @@ impl PgStore {
                 owner: String::new(),
                 ttl: DEFAULT_LEASE,
                 held: Mutex::new(HashMap::new()),
+                taken: Mutex::new(HashSet::new()),
             }),
             rt: Some(rt),
         })
@@ -410,10 +418,11 @@ async fn migrate(pool: &Pool) -> Result<(), Fault> {
         tx.execute("UPDATE landfall_schema SET version = $1", &[&known])
             .await?;
     }
-    // Ids of commits are kept only to recognise a retried one.
-    tx.execute(
-        "DELETE FROM commits WHERE at < now() - interval '1 day'",
-        &[],
+    // Ids of commits are kept only to recognise a retried one, of deliveries only while
+    // Slack may still retry them.
+    tx.batch_execute(
+        "DELETE FROM commits WHERE at < now() - interval '1 day';
+         DELETE FROM deliveries WHERE at < now() - interval '1 day';",
     )
     .await?;
     tx.commit().await?;
@@ -571,9 +580,10 @@ async fn apply(
     for r in &batch.runs {
         rows::encode_run(&mut buf, r)?;
         tx.execute(
-            "INSERT INTO runs (run_id, body) VALUES ($1, $2)
-             ON CONFLICT (run_id) DO UPDATE SET body = excluded.body",
-            &[&r.run_id, &buf],
+            "INSERT INTO runs (run_id, status, source, body) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (run_id) DO UPDATE
+                SET status = excluded.status, source = excluded.source, body = excluded.body",
+            &[&r.run_id, &r.status.as_str(), &r.trigger.source, &buf],
         )
         .await?;
     }
@@ -984,6 +994,27 @@ impl Store for PgStore {
     }
 
     fn lease(&self, run_id: &str) -> Result<Option<RunLease>, StoreError> {
+        let taken = self
+            .inner
+            .taken
+            .lock()
+            .map(|mut t| t.remove(run_id))
+            .unwrap_or(false);
+        if taken {
+            let token = self
+                .inner
+                .held
+                .lock()
+                .ok()
+                .and_then(|h| h.get(run_id).copied());
+            if let Some(token) = token {
+                return Ok(Some(RunLease::held(Box::new(Held {
+                    inner: Arc::clone(&self.inner),
+                    run_id: run_id.to_string(),
+                    token,
+                }))));
+            }
+        }
         let (run, owner, ttl) = (
             run_id.to_string(),
             self.inner.owner.clone(),
@@ -1154,6 +1185,85 @@ impl Store for PgStore {
                 }
                 tx.commit().await?;
                 Ok(())
+            }
+        })
+    }
+
+    fn shares_work(&self) -> bool {
+        true
+    }
+
+    fn take_runs(&self, source: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let (source, owner, ttl) = (
+            source.to_string(),
+            self.inner.owner.clone(),
+            self.inner.ttl.as_secs_f64(),
+        );
+        let limit = limit as i64;
+        let taken: Vec<(String, i64)> = self.inner.call(move |pool, _| {
+            let (source, owner) = (source.clone(), owner.clone());
+            async move {
+                let mut c = pool.get().await?;
+                let tx = c.transaction().await?;
+                // Oldest first; a run another worker is taking right now is skipped, not
+                // waited for.
+                let rows = tx
+                    .query(
+                        "SELECT r.run_id FROM runs r
+                          WHERE r.source = $1 AND r.status NOT IN ('succeeded', 'failed', 'cancelled')
+                            AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.run_id = r.run_id
+                                             AND l.owner <> '' AND l.expires_at > now())
+                          ORDER BY r.run_id LIMIT $2
+                          FOR UPDATE OF r SKIP LOCKED",
+                        &[&source, &limit],
+                    )
+                    .await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in rows {
+                    let run: String = r.get(0);
+                    if let Some(t) = tx
+                        .query_opt(
+                            "INSERT INTO leases (run_id, owner, token, expires_at)
+                             VALUES ($1, $2, 1, now() + make_interval(secs => $3))
+                             ON CONFLICT (run_id) DO UPDATE
+                                SET owner = excluded.owner, token = leases.token + 1,
+                                    expires_at = excluded.expires_at
+                              WHERE leases.owner = '' OR leases.expires_at <= now()
+                             RETURNING token",
+                            &[&run, &owner, &ttl],
+                        )
+                        .await?
+                    {
+                        out.push((run, t.get::<_, i64>(0)));
+                    }
+                }
+                tx.commit().await?;
+                Ok(out)
+            }
+        })?;
+        if let (Ok(mut held), Ok(mut mine)) = (self.inner.held.lock(), self.inner.taken.lock()) {
+            for (run, token) in &taken {
+                held.insert(run.clone(), *token);
+                mine.insert(run.clone());
+            }
+        }
+        Ok(taken.into_iter().map(|(r, _)| r).collect())
+    }
+
+    fn first_delivery(&self, key: &str) -> Result<Option<bool>, StoreError> {
+        let key = key.to_string();
+        self.inner.call(move |pool, _| {
+            let key = key.clone();
+            async move {
+                let n = pool
+                    .get()
+                    .await?
+                    .execute(
+                        "INSERT INTO deliveries (key) VALUES ($1) ON CONFLICT (key) DO NOTHING",
+                        &[&key],
+                    )
+                    .await?;
+                Ok(Some(n == 1))
             }
         })
     }

@@ -242,8 +242,43 @@ impl FrontDoor {
         {
             tracing::warn!(run = %run_id, error = %e, "cannot record the run's thread");
         }
-        self.spawn(wf, record, channel.to_string());
+        if self.store.shares_work() {
+            // Whichever worker takes it first runs it (usually this one, woken now).
+            self.created.notify_one();
+        } else {
+            self.spawn(wf, record, channel.to_string());
+        }
         Ok(run_id)
+    }
+
+    /// A run [`FrontDoor::pick_up`] took (its lease held for it): executed here, its
+    /// thread continued in its channel.
+    pub(in crate::slack) fn take_over(self: &Arc<Self>, run: &str) {
+        let record = match self.store.run(run) {
+            Ok(Some(r)) if !r.status.is_terminal() => r,
+            other => {
+                if let Err(e) = other {
+                    tracing::warn!(run, error = %e, "cannot read a run taken over");
+                }
+                let _ = self.store.lease(run);
+                return;
+            }
+        };
+        let source = Source::new(record.workflow_file.clone(), record.workflow_text.clone());
+        let Some(wf) = landfall_engine::compile(&source, &self.registry).workflow else {
+            tracing::error!(
+                run,
+                "a run's workflow no longer compiles with this build; left for another worker"
+            );
+            let _ = self.store.lease(run);
+            return;
+        };
+        let channel = record.trigger.details["channel"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        tracing::info!(run, status = %record.status, "taking a run over");
+        self.spawn(Arc::new(wf), record, channel);
     }
 
     /// Whether this server executes `run` now.
