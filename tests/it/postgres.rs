@@ -152,7 +152,7 @@ fn three_workers_share_thirty_runs_and_survive_losing_one() {
                 .env("LEDGER", &ledger);
         })
     };
-    let mut workers = vec![start(), start(), start()];
+    let mut workers = [start(), start(), start()];
     for i in 0..30 {
         let w = &workers[i % 3];
         let (code, text) = signed(
