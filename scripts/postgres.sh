@@ -10,7 +10,8 @@
 #                                        create the `landfall` database, print
 #                                        LANDFALL_DB=postgres://… (already running: print it)
 #   scripts/postgres.sh env [DIR]        print LANDFALL_DB again
-#   scripts/postgres.sh stop [DIR]       stop the server (the data stays)
+#   scripts/postgres.sh stop [DIR]       stop the server (the data stays; a later start keeps
+#                                        the port when it is free)
 #   scripts/postgres.sh destroy [DIR]    stop it and delete DIR
 #
 # DIR defaults to .landfall/postgres. PostgreSQL refuses to run as root: as root the cluster
@@ -67,6 +68,11 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+port_free() {
+  # As the server binds it (SO_REUSEADDR): a port left in TIME_WAIT by its last life is free.
+  python3 -c 'import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
+}
+
 url() {
   echo "postgres://landfall:$(cat "$dir/password")@127.0.0.1:$(cat "$dir/port")/landfall"
 }
@@ -106,8 +112,14 @@ start() {
     echo "LANDFALL_DB=$(url)"
     return 0
   fi
-  local port
-  port="$(free_port)"
+  # The port of the last start when it is still free: URLs handed out stay good across a
+  # restart.
+  local port=""
+  if [ -f "$dir/port" ] && port_free "$(cat "$dir/port")"; then
+    port="$(cat "$dir/port")"
+  else
+    port="$(free_port)"
+  fi
   echo "$port" > "$dir/port"
   # The server must not inherit the lock (it would hold it for its whole life).
   as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
@@ -144,7 +156,7 @@ case "$cmd" in
     rm -rf "$dir"
     ;;
   *)
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
     [ -z "$cmd" ] || [ "$cmd" = help ] || [ "$cmd" = --help ] || exit 2
     ;;
 esac

@@ -215,5 +215,158 @@ fn three_workers_share_thirty_runs_and_survive_losing_one() {
     applied.sort_unstable();
     applied.dedup();
     assert_eq!(applied.len(), n, "a side effect applied twice");
-    assert_eq!(n, 60, "two side effects per run, each under one key");
+    // One entry per key (a node run again under another key would add one); the log may
+    // miss the line of an attempt killed between its effect and its line.
+    let keys = std::fs::read_dir(&ledger).unwrap().count();
+    assert_eq!(keys, 60, "two side effects per run, each under one key");
+    assert!(n >= 58, "{n} effects logged");
+}
+
+const SLOW: &str = r#"
+name: slow
+trigger:
+  slack: { command: slow }
+steps:
+  - id: a
+    uses: exec
+    with: { argv: [sh, -c, "sleep 3; echo '{}'"] }
+  - { id: b, uses: log, needs: [a], with: { message: done } }
+"#;
+
+fn audit_of(sb: &Sandbox, url: &str, run: &str) -> Vec<serde_json::Value> {
+    let out = sb.run(&["--db", url, "audit", run, "--json"]);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// A worker stopped (SIGSTOP) past its lease while its run waits on a step: another worker
+/// takes the run over and finishes it; the first, continued, writes nothing more (its
+/// commit is refused: its lease is gone) and says so.
+#[test]
+fn a_worker_paused_past_its_lease_writes_nothing_when_it_wakes() {
+    use crate::serve::{command, serve_with, signed};
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.path("wf")).unwrap();
+    sb.write("wf/slow.yaml", SLOW);
+    let url = pg_testing::database();
+    let start = || {
+        let url = url.clone();
+        serve_with(&sb, &["U1"], move |c| {
+            c.env("LANDFALL_DB", &url).env("LANDFALL_LEASE", "2s");
+        })
+    };
+    let a = start();
+    let (_, text) = signed(&a, "/slack/commands", &command("U1", "slow", "s1"));
+    assert!(text.contains("Started slow"), "{text}");
+    let run = runs_on(&sb, &url)[0]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_until("a to take the run", Duration::from_secs(30), || {
+        audit_of(&sb, &url, &run)
+            .iter()
+            .any(|e| e["kind"] == "node_transition" && e["node"] == "a")
+    });
+    a.signal("STOP");
+    let b = start();
+    wait_until("b to finish the run", Duration::from_secs(60), || {
+        runs_on(&sb, &url)[0]["status"] == "succeeded"
+    });
+    let before = audit_of(&sb, &url, &run);
+    a.signal("CONT");
+    wait_until("a to find its lease gone", Duration::from_secs(30), || {
+        a.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("no longer holds the lease"))
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        audit_of(&sb, &url, &run),
+        before,
+        "nothing written after the take-over"
+    );
+    let v = sb.run(&["--db", &url, "audit", &run, "--verify"]);
+    assert_eq!(v.status.code(), Some(0), "{}", stderr(&v));
+    assert!(before.iter().any(|e| e["kind"] == "run_resumed"));
+    drop(b);
+}
+
+/// PostgreSQL restarted while runs wait on their steps: workers reconnect, and every run
+/// finishes.
+#[test]
+fn runs_finish_when_postgres_restarts_under_them() {
+    use crate::serve::{command, serve_with, signed};
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.path("wf")).unwrap();
+    sb.write("wf/slow.yaml", SLOW);
+    // A server of this test's own: the shared one serves the other tests meanwhile.
+    let dir = sb.path("pg");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres.sh");
+    let pg = |what: &str| {
+        let out = std::process::Command::new("bash")
+            .args([script, what, dir.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let url = pg("start")
+        .lines()
+        .find_map(|l| l.strip_prefix("LANDFALL_DB="))
+        .unwrap()
+        .to_string();
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            serve_with(&sb, &["U1"], move |c| {
+                c.env("LANDFALL_DB", &url).env("LANDFALL_LEASE", "2s");
+            })
+        })
+        .collect();
+    for i in 0..6 {
+        let (_, text) = signed(
+            &workers[i % 2],
+            "/slack/commands",
+            &command("U1", "slow", &format!("r{i}")),
+        );
+        assert!(text.contains("Started slow"), "{text}");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    pg("stop");
+    std::thread::sleep(Duration::from_secs(2));
+    pg("start");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let runs = runs_on(&sb, &url);
+        if runs.len() == 6 && runs.iter().all(|r| r["status"] == "succeeded") {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let logs: Vec<String> = workers
+                .iter()
+                .flat_map(|w| w.log.lock().unwrap().clone())
+                .collect();
+            let states: Vec<String> = runs
+                .iter()
+                .map(|r| format!("{} {}", r["run_id"], r["status"]))
+                .collect();
+            panic!("not every run finished: {states:#?}\n{}", logs.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for r in runs_on(&sb, &url) {
+        let id = r["run_id"].as_str().unwrap();
+        let v = sb.run(&["--db", &url, "audit", id, "--verify"]);
+        assert_eq!(v.status.code(), Some(0), "{id}: {}", stderr(&v));
+    }
+    drop(workers);
+    pg("stop");
 }

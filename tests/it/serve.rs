@@ -19,6 +19,16 @@ pub(crate) struct Server {
 }
 
 impl Server {
+    /// Sends `signal` (`STOP`, `CONT`, …) to the server.
+    pub(crate) fn signal(&self, signal: &str) {
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal}");
+    }
+
     /// `kill -9`: no drain, no lease given back.
     pub(crate) fn kill_9(&mut self) {
         let _ = self.child.kill();
