@@ -2,7 +2,9 @@
 //!
 //! `cargo bench -p landfall-engine --bench scheduler` (release build). Prints µs per node with
 //! (a) the in-memory store and (b) the durable redb store, and the machine's raw fsync
-//! latency for comparison. Results go to BENCHMARKS.md by hand, with this command.
+//! latency for comparison; with `BENCH_STORE=pg` (or `all`: the three) (c) the PostgreSQL
+//! store, on the server `scripts/postgres.sh` starts. Results go to BENCHMARKS.md by hand,
+//! with this command.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -295,7 +297,7 @@ fn main() {
         "raw fsync latency (4 KiB write + fdatasync): {:.0} µs",
         fsync_latency(dir.path()).as_secs_f64() * 1e6
     );
-    if which != "mem" {
+    if which != "mem" && which != "pg" {
         println!(
             "durable redb commit of one small row (MultiWriter): {:.0} µs",
             empty_commit_latency(dir.path()).as_secs_f64() * 1e6
@@ -342,7 +344,7 @@ fn main() {
         );
         let mut mem = Vec::new();
         for round in 0..rounds {
-            if which == "redb" {
+            if which == "redb" || which == "pg" {
                 break;
             }
             let (d, n, commits) = run(Arc::new(MemStore::new()), &reg, &wf, max_parallel);
@@ -361,7 +363,7 @@ fn main() {
         }
         let mut durable = Vec::new();
         for round in 0..rounds {
-            if which == "mem" {
+            if which == "mem" || which == "pg" {
                 break;
             }
             let db = dir.path().join(format!("bench-{name}-{round}.redb"));
@@ -380,6 +382,32 @@ fn main() {
             println!(
                 "(b) {name}, redb store, durable: median {:.2} µs/node over {rounds} rounds",
                 median(durable)
+            );
+        }
+        let mut shared = Vec::new();
+        for round in 0..rounds {
+            if which != "pg" && which != "all" {
+                break;
+            }
+            // A database of its own per round, on the server `scripts/postgres.sh` starts
+            // (or `LANDFALL_TEST_DB`'s).
+            let url = landfall_engine::store::pg_testing::database();
+            let store = Arc::new(
+                landfall_engine::store::PgStore::open(&url, landfall_engine::store::DEFAULT_LEASE)
+                    .expect("open PostgreSQL"),
+            );
+            let (d, n, commits) = run(store, &reg, &wf, max_parallel);
+            shared.push(d.as_secs_f64() * 1e6 / n as f64);
+            println!(
+                "(c) {name}, PostgreSQL store, durable, round {round}: {n} nodes in {:.1} ms = {:.2} µs/node ({commits} commits)",
+                d.as_secs_f64() * 1e3,
+                d.as_secs_f64() * 1e6 / n as f64
+            );
+        }
+        if !shared.is_empty() {
+            println!(
+                "(c) {name}, PostgreSQL store, durable: median {:.2} µs/node over {rounds} rounds",
+                median(shared)
             );
         }
     }

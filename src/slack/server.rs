@@ -181,6 +181,7 @@ impl FrontDoor {
                 _ = tokio::time::sleep(every) => {}
                 _ = self.created.notified() => {}
             }
+            self.cancel_requested().await;
             let store = Arc::clone(&self.store);
             let taken =
                 tokio::task::spawn_blocking(move || store.take_runs("slack", PICK_UP_AT_ONCE))
@@ -200,6 +201,28 @@ impl FrontDoor {
                     continue;
                 }
                 self.take_over(&run);
+            }
+        }
+    }
+
+    /// Cancels the runs this worker executes that another worker was asked to cancel.
+    async fn cancel_requested(self: &Arc<Self>) {
+        let live: Vec<(String, RunControl)> = {
+            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            live.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        for (run, control) in live {
+            if control.cancel.is_cancelled() {
+                continue;
+            }
+            let store = Arc::clone(&self.store);
+            let r = run.clone();
+            let asked = tokio::task::spawn_blocking(move || store.annotations(&r)).await;
+            if let Ok(Ok(a)) = asked {
+                if a.contains_key(actions::CANCEL_REQUESTED) {
+                    tracing::info!(run, "cancelled at another worker's request");
+                    control.cancel.cancel();
+                }
             }
         }
     }

@@ -370,3 +370,43 @@ fn runs_finish_when_postgres_restarts_under_them() {
     drop(workers);
     pg("stop");
 }
+
+/// `/landfall cancel` reaching a worker that does not execute the run: the worker that does
+/// cancels it within a poll.
+#[test]
+fn a_cancel_reaching_another_worker_cancels_the_run() {
+    use crate::serve::{command, serve_with, signed};
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.path("wf")).unwrap();
+    sb.write("wf/slow.yaml", &SLOW.replace("sleep 3", "sleep 30"));
+    let url = pg_testing::database();
+    let start = || {
+        let url = url.clone();
+        serve_with(&sb, &["U1"], move |c| {
+            c.env("LANDFALL_DB", &url).env("LANDFALL_LEASE", "2s");
+        })
+    };
+    let a = start();
+    let (_, text) = signed(&a, "/slack/commands", &command("U1", "slow", "c1"));
+    assert!(text.contains("Started slow"), "{text}");
+    let run = runs_on(&sb, &url)[0]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_until("a to run the step", Duration::from_secs(30), || {
+        audit_of(&sb, &url, &run)
+            .iter()
+            .any(|e| e["kind"] == "node_transition" && e["node"] == "a")
+    });
+    let b = start();
+    let (_, text) = signed(
+        &b,
+        "/slack/commands",
+        &command("U1", &format!("cancel {run}"), "c2"),
+    );
+    assert!(text.contains("on the worker that runs it"), "{text}");
+    wait_until("the run to be cancelled", Duration::from_secs(20), || {
+        runs_on(&sb, &url)[0]["status"] == "cancelled"
+    });
+    drop((a, b));
+}

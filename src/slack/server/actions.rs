@@ -50,14 +50,30 @@ impl FrontDoor {
             Intent::Runs | Intent::Status { run: None } => self.runs(),
             Intent::Status { run: Some(r) } => self.status(&r),
             Intent::Cancel { run } => {
-                let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-                match live.get(&run) {
-                    Some(c) => {
-                        c.cancel.cancel();
+                let here = {
+                    let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+                    live.get(&run).map(|c| c.cancel.cancel()).is_some()
+                };
+                if here {
+                    self.audit(user, "slack_cancel", json!({ "run": run }));
+                    return format!("Cancelling {run}.");
+                }
+                if !self.store.shares_work() {
+                    return format!("{run} is not running in this server.");
+                }
+                // Another worker runs it (or will): it reads the request within a poll.
+                match self.store.run(&run) {
+                    Ok(Some(r)) if !r.status.is_terminal() => {
+                        let asked = json!({ "by": user, "at": chrono::Utc::now() });
+                        if let Err(e) = self.engine.annotate(&run, CANCEL_REQUESTED, asked) {
+                            return format!("Cannot cancel {run}: {e}");
+                        }
                         self.audit(user, "slack_cancel", json!({ "run": run }));
-                        format!("Cancelling {run}.")
+                        format!("Cancelling {run} (on the worker that runs it).")
                     }
-                    None => format!("{run} is not running in this server."),
+                    Ok(Some(r)) => format!("{run} already finished ({}).", r.status),
+                    Ok(None) => format!("No run `{run}`."),
+                    Err(e) => format!("Cannot read {run}: {e}"),
                 }
             }
             Intent::Resume { run } => self.resume(&run, user),
@@ -418,6 +434,9 @@ impl FrontDoor {
         )
     }
 }
+
+/// The annotation by which a worker asks the worker executing a run to cancel it.
+pub(in crate::slack) const CANCEL_REQUESTED: &str = "cancel.requested";
 
 /// Reads the inputs file a trigger names, the path rendered from the args.
 fn input_file(
