@@ -28,6 +28,7 @@ mod decisions;
 mod http;
 mod oauth;
 mod plans;
+mod workers;
 
 use crate::route::{self, Route};
 /// How every reply that echoes data is made safe (escaped, bounded); public for the fuzzer.
@@ -128,9 +129,6 @@ const ACK_WITHIN: std::time::Duration = std::time::Duration::from_millis(2000);
 
 const SEEN_MAX: usize = 10_000;
 
-/// How many runs a worker takes in one look (the others are left for other workers).
-const PICK_UP_AT_ONCE: usize = 8;
-
 impl FrontDoor {
     pub fn new(
         engine: Engine,
@@ -161,70 +159,6 @@ impl FrontDoor {
             groups: Mutex::new(HashMap::new()),
             refusals: Arc::default(),
         }))
-    }
-
-    /// On a store whose work is shared (`serve` workers on PostgreSQL): takes the runs no
-    /// worker executes — new ones, ones a stopping worker interrupted, ones whose worker
-    /// died (its lease expired) — and executes them here, until `stop`. Looks every `every`,
-    /// and at once when this worker created a run.
-    pub async fn pick_up(
-        self: Arc<Self>,
-        every: std::time::Duration,
-        stop: tokio_util::sync::CancellationToken,
-    ) {
-        if !self.store.shares_work() {
-            return;
-        }
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
-                _ = self.created.notified() => {}
-            }
-            self.cancel_requested().await;
-            let store = Arc::clone(&self.store);
-            let taken =
-                tokio::task::spawn_blocking(move || store.take_runs("slack", PICK_UP_AT_ONCE))
-                    .await;
-            let runs = match taken {
-                Ok(Ok(runs)) => runs,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "cannot look for runs to take");
-                    continue;
-                }
-                Err(_) => continue,
-            };
-            for run in runs {
-                if stop.is_cancelled() {
-                    // Given back: another worker takes it.
-                    let _ = self.store.lease(&run);
-                    continue;
-                }
-                self.take_over(&run);
-            }
-        }
-    }
-
-    /// Cancels the runs this worker executes that another worker was asked to cancel.
-    async fn cancel_requested(self: &Arc<Self>) {
-        let live: Vec<(String, RunControl)> = {
-            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-            live.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-        };
-        for (run, control) in live {
-            if control.cancel.is_cancelled() {
-                continue;
-            }
-            let store = Arc::clone(&self.store);
-            let r = run.clone();
-            let asked = tokio::task::spawn_blocking(move || store.annotations(&r)).await;
-            if let Ok(Ok(a)) = asked {
-                if a.contains_key(actions::CANCEL_REQUESTED) {
-                    tracing::info!(run, "cancelled at another worker's request");
-                    control.cancel.cancel();
-                }
-            }
-        }
     }
 
     pub fn routes(&self) -> &[Route] {

@@ -65,7 +65,10 @@ impl FrontDoor {
                 match self.store.run(&run) {
                     Ok(Some(r)) if !r.status.is_terminal() => {
                         let asked = json!({ "by": user, "at": chrono::Utc::now() });
-                        if let Err(e) = self.engine.annotate(&run, CANCEL_REQUESTED, asked) {
+                        if let Err(e) =
+                            self.engine
+                                .annotate(&run, super::workers::CANCEL_REQUESTED, asked)
+                        {
                             return format!("Cannot cancel {run}: {e}");
                         }
                         self.audit(user, "slack_cancel", json!({ "run": run }));
@@ -267,36 +270,6 @@ impl FrontDoor {
         Ok(run_id)
     }
 
-    /// A run [`FrontDoor::pick_up`] took (its lease held for it): executed here, its
-    /// thread continued in its channel.
-    pub(in crate::slack) fn take_over(self: &Arc<Self>, run: &str) {
-        let record = match self.store.run(run) {
-            Ok(Some(r)) if !r.status.is_terminal() => r,
-            other => {
-                if let Err(e) = other {
-                    tracing::warn!(run, error = %e, "cannot read a run taken over");
-                }
-                let _ = self.store.lease(run);
-                return;
-            }
-        };
-        let source = Source::new(record.workflow_file.clone(), record.workflow_text.clone());
-        let Some(wf) = landfall_engine::compile(&source, &self.registry).workflow else {
-            tracing::error!(
-                run,
-                "a run's workflow no longer compiles with this build; left for another worker"
-            );
-            let _ = self.store.lease(run);
-            return;
-        };
-        let channel = record.trigger.details["channel"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        tracing::info!(run, status = %record.status, "taking a run over");
-        self.spawn(Arc::new(wf), record, channel);
-    }
-
     /// Whether this server executes `run` now.
     pub(super) fn is_live(&self, run: &str) -> bool {
         self.live
@@ -434,9 +407,6 @@ impl FrontDoor {
         )
     }
 }
-
-/// The annotation by which a worker asks the worker executing a run to cancel it.
-pub(in crate::slack) const CANCEL_REQUESTED: &str = "cancel.requested";
 
 /// Reads the inputs file a trigger names, the path rendered from the args.
 fn input_file(
