@@ -410,3 +410,70 @@ fn a_cancel_reaching_another_worker_cancels_the_run() {
     });
     drop((a, b));
 }
+
+/// An OAuth install started at one worker completes at another (Slack's redirect may reach
+/// any worker behind the balancer): the pending `state` lives in the store, used once.
+#[test]
+fn an_install_started_at_one_worker_completes_at_another() {
+    use crate::serve::{oauth_app, serve_with};
+    let api = crate::slack_api::SlackApi::start(0);
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.path("wf")).unwrap();
+    sb.write("wf/slow.yaml", SLOW);
+    let url = pg_testing::database();
+    let start = || {
+        let (url, api) = (url.clone(), api.url.clone());
+        serve_with(&sb, &["U1"], move |c| {
+            oauth_app(c, &api);
+            c.env("LANDFALL_DB", &url);
+        })
+    };
+    let (a, b) = (start(), start());
+    let mut link = sb.cmd(&[
+        "--db",
+        &url,
+        "slack",
+        "install-link",
+        "--json",
+        "--base-url",
+        &a.base,
+    ]);
+    oauth_app(&mut link, &api.url);
+    let out = link.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let link: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let r = agent.get(link["url"].as_str().unwrap()).call().unwrap();
+    assert_eq!(r.status(), 302);
+    let location = r.header("location").unwrap().to_string();
+    let cookie = r
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let state = location
+        .split("state=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string();
+    let callback = |base: &str| match agent
+        .get(&format!("{base}/slack/oauth/callback?code=c&state={state}"))
+        .set("Cookie", &cookie)
+        .call()
+    {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(code, _)) => code,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(callback(&b.base), 200, "completed at the other worker");
+    assert_eq!(
+        callback(&a.base),
+        403,
+        "a state is used once, at any worker"
+    );
+}

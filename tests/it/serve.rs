@@ -690,7 +690,7 @@ fn each_run_talks_in_its_own_thread_through_the_web_api() {
 }
 
 /// The app's OAuth credentials and the data key, as `serve` and `slack install-link` need them.
-fn oauth_app(cmd: &mut std::process::Command, api_url: &str) {
+pub(crate) fn oauth_app(cmd: &mut std::process::Command, api_url: &str) {
     cmd.env("SLACK_API_URL", api_url)
         .env("SLACK_CLIENT_ID", "cid-1")
         .env("SLACK_CLIENT_SECRET", "csecret-1")

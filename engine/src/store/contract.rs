@@ -373,4 +373,27 @@ fn workers_take_different_runs_and_deliveries_count_once() {
     assert_eq!(a.first_delivery("trigger:1").unwrap(), Some(true));
     assert_eq!(b.first_delivery("trigger:1").unwrap(), Some(false));
     assert_eq!(MemStore::new().first_delivery("trigger:1").unwrap(), None);
+
+    assert!(a
+        .put_shared("install:s1", &json!({ "by": "cli:me" }))
+        .unwrap());
+    let long = Duration::from_secs(600);
+    assert_eq!(
+        b.take_shared("install:s1", long).unwrap(),
+        Some(json!({ "by": "cli:me" }))
+    );
+    assert_eq!(
+        a.take_shared("install:s1", long).unwrap(),
+        None,
+        "taken once"
+    );
+    assert!(a.put_shared("install:s2", &json!(1)).unwrap());
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(
+        b.take_shared("install:s2", Duration::from_millis(1))
+            .unwrap(),
+        None,
+        "too old"
+    );
+    assert!(!MemStore::new().put_shared("k", &json!(1)).unwrap());
 }

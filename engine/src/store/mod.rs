@@ -748,6 +748,23 @@ pub trait Store: Send + Sync {
     fn first_delivery(&self, _key: &str) -> Result<Option<bool>, StoreError> {
         Ok(None)
     }
+
+    /// Keeps `value` under `key` for every process sharing the store (an OAuth install under
+    /// way, whose callback may reach another worker); `false` when the store does not share
+    /// work (one process keeps its own).
+    fn put_shared(&self, _key: &str, _value: &Value) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
+    /// Takes what [`Store::put_shared`] kept under `key`, once, if it is younger than
+    /// `max_age`.
+    fn take_shared(
+        &self,
+        _key: &str,
+        _max_age: std::time::Duration,
+    ) -> Result<Option<Value>, StoreError> {
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

@@ -42,6 +42,8 @@ CREATE TABLE runs (run_id text PRIMARY KEY, status text NOT NULL, source text NO
 CREATE INDEX runs_unfinished ON runs (source, run_id)
     WHERE status NOT IN ('succeeded', 'failed', 'cancelled');
 CREATE TABLE deliveries (key text PRIMARY KEY, at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE shared (key text PRIMARY KEY, body bytea NOT NULL,
+    at timestamptz NOT NULL DEFAULT now());
 CREATE TABLE nodes (run_id text NOT NULL, node_id text NOT NULL, body bytea NOT NULL,
     PRIMARY KEY (run_id, node_id));
 CREATE TABLE audit (run_id text NOT NULL, seq bigint NOT NULL, body bytea NOT NULL,
@@ -422,7 +424,8 @@ async fn migrate(pool: &Pool) -> Result<(), Fault> {
     // Slack may still retry them.
     tx.batch_execute(
         "DELETE FROM commits WHERE at < now() - interval '1 day';
-         DELETE FROM deliveries WHERE at < now() - interval '1 day';",
+         DELETE FROM deliveries WHERE at < now() - interval '1 day';
+         DELETE FROM shared WHERE at < now() - interval '1 day';",
     )
     .await?;
     tx.commit().await?;
@@ -1248,6 +1251,48 @@ impl Store for PgStore {
             }
         }
         Ok(taken.into_iter().map(|(r, _)| r).collect())
+    }
+
+    fn put_shared(&self, key: &str, value: &Value) -> Result<bool, StoreError> {
+        let (key, body) = (key.to_string(), json(value).map_err(Fault::into_store)?);
+        self.inner.call(move |pool, _| {
+            let (key, body) = (key.clone(), body.clone());
+            async move {
+                pool.get()
+                    .await?
+                    .execute(
+                        "INSERT INTO shared (key, body) VALUES ($1, $2)
+                         ON CONFLICT (key) DO UPDATE SET body = excluded.body, at = now()",
+                        &[&key, &body],
+                    )
+                    .await?;
+                Ok(true)
+            }
+        })
+    }
+
+    fn take_shared(&self, key: &str, max_age: Duration) -> Result<Option<Value>, StoreError> {
+        let (key, secs) = (key.to_string(), max_age.as_secs_f64());
+        self.inner.call(move |pool, _| {
+            let key = key.clone();
+            async move {
+                let row = pool
+                    .get()
+                    .await?
+                    .query_opt(
+                        "DELETE FROM shared WHERE key = $1 RETURNING body,
+                                at > now() - make_interval(secs => $2)",
+                        &[&key, &secs],
+                    )
+                    .await?;
+                match row {
+                    Some(r) if r.get::<_, bool>(1) => {
+                        Ok(Some(from_json(|| format!("shared {key}"), r.get(0))?))
+                    }
+                    _ => Ok(None),
+                }
+            }
+        })
     }
 
     fn first_delivery(&self, key: &str) -> Result<Option<bool>, StoreError> {

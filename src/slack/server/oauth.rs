@@ -73,17 +73,20 @@ pub(super) async fn install(
     };
     let state = random_hex();
     let browser = random_hex();
-    {
+    let pending = PendingInstall {
+        at: std::time::Instant::now(),
+        browser: sha256(&browser),
+        link_by,
+    };
+    // Workers sharing a store: Slack's redirect may reach another worker.
+    let shared = fd.store.put_shared(
+        &format!("install:{state}"),
+        &json!({ "browser": hex::encode(pending.browser), "link_by": pending.link_by }),
+    );
+    if !matches!(shared, Ok(true)) {
         let mut states = fd.states.lock().unwrap_or_else(|p| p.into_inner());
         states.retain(|_, p| p.at.elapsed() < STATE_TTL);
-        states.insert(
-            state.clone(),
-            PendingInstall {
-                at: std::time::Instant::now(),
-                browser: sha256(&browser),
-                link_by,
-            },
-        );
+        states.insert(state.clone(), pending);
     }
     let mut params = vec![
         ("client_id", o.client_id.as_str()),
@@ -147,6 +150,24 @@ pub(super) async fn oauth_callback(
     let pending = {
         let mut states = fd.states.lock().unwrap_or_else(|p| p.into_inner());
         states.remove(&state).filter(|p| p.at.elapsed() < STATE_TTL)
+    };
+    let pending = match pending {
+        Some(p) => Some(p),
+        None if !state.is_empty() => fd
+            .store
+            .take_shared(&format!("install:{state}"), STATE_TTL)
+            .ok()
+            .flatten()
+            .and_then(|v| {
+                let browser: [u8; 32] =
+                    hex::decode(v["browser"].as_str()?).ok()?.try_into().ok()?;
+                Some(PendingInstall {
+                    at: std::time::Instant::now(),
+                    browser,
+                    link_by: v["link_by"].as_str()?.to_string(),
+                })
+            }),
+        None => None,
     };
     let Some(pending) = pending else {
         return refuse(
