@@ -481,3 +481,47 @@ fn an_install_started_at_one_worker_completes_at_another() {
         "a state is used once, at any worker"
     );
 }
+
+/// An approval button clicked in Slack may reach any worker: the worker that runs the run
+/// picks the decision up from the store.
+#[test]
+fn an_approval_reaching_another_worker_resumes_the_run() {
+    use crate::serve::{command, serve_with, signed, workflows};
+    let sb = Sandbox::new();
+    workflows(&sb);
+    let url = pg_testing::database();
+    let start = || {
+        let url = url.clone();
+        serve_with(&sb, &["U1"], move |c| {
+            c.env("LANDFALL_DB", &url).env("LANDFALL_LEASE", "2s");
+        })
+    };
+    let a = start();
+    let (_, reply) = signed(&a, "/slack/commands", &command("U1", "ship", "p1"));
+    assert!(reply.contains("Started gated"), "{reply}");
+    let run = runs_on(&sb, &url)[0]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_until("the approval to wait", Duration::from_secs(60), || {
+        let out = sb.run(&["--db", &url, "status", &run, "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .is_ok_and(|d| node(&d, "approve")["status"] == "waiting")
+    });
+    let b = start();
+    let payload = serde_json::json!({
+        "type": "block_actions",
+        "user": { "id": "U1" },
+        "channel": { "id": "C1" },
+        "actions": [{ "action_id": "approve", "value": serde_json::json!({ "run": run, "node": "approve", "digest": "d-42" }).to_string() }],
+    });
+    let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
+    assert_eq!(signed(&b, "/slack/interactions", &body).0, 200);
+    wait_until("the run to finish", Duration::from_secs(60), || {
+        runs_on(&sb, &url)[0]["status"] == "succeeded"
+    });
+    let out = sb.run(&["--db", &url, "status", &run, "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(node(&doc, "approve")["outputs"]["by"], "U1");
+    drop((a, b));
+}
