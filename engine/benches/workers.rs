@@ -11,51 +11,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use landfall_engine::state::{RunStatus, Trigger};
 use landfall_engine::store::{PgStore, Store, DEFAULT_LEASE};
-use landfall_engine::{
-    compile, Engine, NewRun, Plugin, Registry, RunControl, Source, StepContext, StepError,
-};
-use schemars::JsonSchema;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use landfall_engine::{compile, Engine, NewRun, Registry, RunControl, Source};
+use serde_json::Value;
+
+mod common;
+use common::{chain, Pause};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-struct Pause;
-
-#[derive(Deserialize, JsonSchema)]
-struct PauseConfig {
-    ms: u64,
-}
-
-#[async_trait]
-impl Plugin for Pause {
-    const NAME: &'static str = "pause";
-    const SUMMARY: &'static str = "waits";
-    type Config = PauseConfig;
-    async fn run(&self, c: PauseConfig, _ctx: StepContext) -> Result<Value, StepError> {
-        if c.ms > 0 {
-            tokio::time::sleep(Duration::from_millis(c.ms)).await;
-        }
-        Ok(json!({}))
-    }
-}
-
-fn chain(ms: u64) -> String {
-    let mut y = String::from("name: chain\nsteps:\n");
-    for i in 0..5 {
-        y.push_str(&format!(
-            "  - id: s{i}\n    uses: pause\n    with: {{ ms: {ms} }}\n"
-        ));
-        if i > 0 {
-            y.push_str(&format!("    needs: [s{}]\n", i - 1));
-        }
-    }
-    y
-}
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)

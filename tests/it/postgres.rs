@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use landfall_engine::store::pg_testing;
 
+use crate::serve::{approval_click, command, oauth_app, signed, workflows};
 use crate::support::{node, stderr, stdout, wait_until, Sandbox};
 
 const GATED: &str = r#"
@@ -122,6 +123,27 @@ steps:
   - { id: c, uses: log, needs: [b], with: { message: "done {{ inputs.n }}" } }
 "#;
 
+/// A `serve` worker on the database `url` with a 2 s lease, allowing U1; `more` adds to its
+/// command.
+fn worker(
+    sb: &Sandbox,
+    url: &str,
+    more: impl FnOnce(&mut std::process::Command),
+) -> crate::serve::Server {
+    let url = url.to_string();
+    crate::serve::serve_with(sb, &["U1"], move |c| {
+        c.env("LANDFALL_DB", &url).env("LANDFALL_LEASE", "2s");
+        more(c);
+    })
+}
+
+/// Whether `node` of `run` has started (its first transition is in the audit).
+fn started(sb: &Sandbox, url: &str, run: &str, node: &str) -> bool {
+    audit_of(sb, url, run)
+        .iter()
+        .any(|e| e["kind"] == "node_transition" && e["node"] == node)
+}
+
 fn runs_on(sb: &Sandbox, url: &str) -> Vec<serde_json::Value> {
     let out = sb.run(&["--db", url, "status", "--json", "--limit", "1000"]);
     serde_json::from_slice::<serde_json::Value>(&out.stdout)
@@ -137,7 +159,6 @@ fn runs_on(sb: &Sandbox, url: &str) -> Vec<serde_json::Value> {
 /// starts nothing twice.
 #[test]
 fn three_workers_share_thirty_runs_and_survive_losing_one() {
-    use crate::serve::{command, serve_with, signed};
     let sb = Sandbox::new();
     std::fs::create_dir_all(sb.path("wf")).unwrap();
     sb.write("wf/work.yaml", WORK);
@@ -145,11 +166,9 @@ fn three_workers_share_thirty_runs_and_survive_losing_one() {
     std::fs::create_dir_all(&ledger).unwrap();
     let url = pg_testing::database();
     let start = || {
-        let (url, ledger) = (url.clone(), ledger.clone());
-        serve_with(&sb, &["U1"], move |c| {
-            c.env("LANDFALL_DB", &url)
-                .env("LANDFALL_LEASE", "2s")
-                .env("LEDGER", &ledger);
+        let ledger = ledger.clone();
+        worker(&sb, &url, move |c| {
+            c.env("LEDGER", &ledger);
         })
     };
     let mut workers = [start(), start(), start()];
@@ -250,17 +269,11 @@ fn audit_of(sb: &Sandbox, url: &str, run: &str) -> Vec<serde_json::Value> {
 /// commit is refused: its lease is gone) and says so.
 #[test]
 fn a_worker_paused_past_its_lease_writes_nothing_when_it_wakes() {
-    use crate::serve::{command, serve_with, signed};
     let sb = Sandbox::new();
     std::fs::create_dir_all(sb.path("wf")).unwrap();
     sb.write("wf/slow.yaml", SLOW);
     let url = pg_testing::database();
-    let start = || {
-        let url = url.clone();
-        serve_with(&sb, &["U1"], move |c| {
-            c.env("LANDFALL_DB", &url).env("LANDFALL_LEASE", "2s");
-        })
-    };
+    let start = || worker(&sb, &url, |_| {});
     let a = start();
     let (_, text) = signed(&a, "/slack/commands", &command("U1", "slow", "s1"));
     assert!(text.contains("Started slow"), "{text}");
@@ -269,9 +282,7 @@ fn a_worker_paused_past_its_lease_writes_nothing_when_it_wakes() {
         .unwrap()
         .to_string();
     wait_until("a to take the run", Duration::from_secs(30), || {
-        audit_of(&sb, &url, &run)
-            .iter()
-            .any(|e| e["kind"] == "node_transition" && e["node"] == "a")
+        started(&sb, &url, &run, "a")
     });
     a.signal("STOP");
     let b = start();
@@ -303,7 +314,6 @@ fn a_worker_paused_past_its_lease_writes_nothing_when_it_wakes() {
 /// finishes.
 #[test]
 fn runs_finish_when_postgres_restarts_under_them() {
-    use crate::serve::{command, serve_with, signed};
     let sb = Sandbox::new();
     std::fs::create_dir_all(sb.path("wf")).unwrap();
     sb.write("wf/slow.yaml", SLOW);
@@ -327,14 +337,7 @@ fn runs_finish_when_postgres_restarts_under_them() {
         .find_map(|l| l.strip_prefix("LANDFALL_DB="))
         .unwrap()
         .to_string();
-    let workers: Vec<_> = (0..2)
-        .map(|_| {
-            let url = url.clone();
-            serve_with(&sb, &["U1"], move |c| {
-                c.env("LANDFALL_DB", &url).env("LANDFALL_LEASE", "2s");
-            })
-        })
-        .collect();
+    let workers: Vec<_> = (0..2).map(|_| worker(&sb, &url, |_| {})).collect();
     for i in 0..6 {
         let (_, text) = signed(
             &workers[i % 2],
@@ -379,17 +382,11 @@ fn runs_finish_when_postgres_restarts_under_them() {
 /// cancels it within a poll.
 #[test]
 fn a_cancel_reaching_another_worker_cancels_the_run() {
-    use crate::serve::{command, serve_with, signed};
     let sb = Sandbox::new();
     std::fs::create_dir_all(sb.path("wf")).unwrap();
     sb.write("wf/slow.yaml", &SLOW.replace("sleep 3", "sleep 30"));
     let url = pg_testing::database();
-    let start = || {
-        let url = url.clone();
-        serve_with(&sb, &["U1"], move |c| {
-            c.env("LANDFALL_DB", &url).env("LANDFALL_LEASE", "2s");
-        })
-    };
+    let start = || worker(&sb, &url, |_| {});
     let a = start();
     let (_, text) = signed(&a, "/slack/commands", &command("U1", "slow", "c1"));
     assert!(text.contains("Started slow"), "{text}");
@@ -398,9 +395,7 @@ fn a_cancel_reaching_another_worker_cancels_the_run() {
         .unwrap()
         .to_string();
     wait_until("a to run the step", Duration::from_secs(30), || {
-        audit_of(&sb, &url, &run)
-            .iter()
-            .any(|e| e["kind"] == "node_transition" && e["node"] == "a")
+        started(&sb, &url, &run, "a")
     });
     let b = start();
     let (_, text) = signed(
@@ -419,19 +414,12 @@ fn a_cancel_reaching_another_worker_cancels_the_run() {
 /// any worker behind the balancer): the pending `state` lives in the store, used once.
 #[test]
 fn an_install_started_at_one_worker_completes_at_another() {
-    use crate::serve::{oauth_app, serve_with};
     let api = crate::slack_api::SlackApi::start(0);
     let sb = Sandbox::new();
     std::fs::create_dir_all(sb.path("wf")).unwrap();
     sb.write("wf/slow.yaml", SLOW);
     let url = pg_testing::database();
-    let start = || {
-        let (url, api) = (url.clone(), api.url.clone());
-        serve_with(&sb, &["U1"], move |c| {
-            oauth_app(c, &api);
-            c.env("LANDFALL_DB", &url);
-        })
-    };
+    let start = || worker(&sb, &url, |c| oauth_app(c, &api.url));
     let (a, b) = (start(), start());
     let mut link = sb.cmd(&[
         "--db",
@@ -486,16 +474,10 @@ fn an_install_started_at_one_worker_completes_at_another() {
 /// picks the decision up from the store.
 #[test]
 fn an_approval_reaching_another_worker_resumes_the_run() {
-    use crate::serve::{command, serve_with, signed, workflows};
     let sb = Sandbox::new();
     workflows(&sb);
     let url = pg_testing::database();
-    let start = || {
-        let url = url.clone();
-        serve_with(&sb, &["U1"], move |c| {
-            c.env("LANDFALL_DB", &url).env("LANDFALL_LEASE", "2s");
-        })
-    };
+    let start = || worker(&sb, &url, |_| {});
     let a = start();
     let (_, reply) = signed(&a, "/slack/commands", &command("U1", "ship", "p1"));
     assert!(reply.contains("Started gated"), "{reply}");
@@ -509,14 +491,8 @@ fn an_approval_reaching_another_worker_resumes_the_run() {
             .is_ok_and(|d| node(&d, "approve")["status"] == "waiting")
     });
     let b = start();
-    let payload = serde_json::json!({
-        "type": "block_actions",
-        "user": { "id": "U1" },
-        "channel": { "id": "C1" },
-        "actions": [{ "action_id": "approve", "value": serde_json::json!({ "run": run, "node": "approve", "digest": "d-42" }).to_string() }],
-    });
-    let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
-    assert_eq!(signed(&b, "/slack/interactions", &body).0, 200);
+    let click = approval_click("U1", &run, "approve", "d-42");
+    assert_eq!(signed(&b, "/slack/interactions", &click).0, 200);
     wait_until("the run to finish", Duration::from_secs(60), || {
         runs_on(&sb, &url)[0]["status"] == "succeeded"
     });

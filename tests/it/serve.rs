@@ -198,6 +198,18 @@ pub(crate) fn command(user: &str, text: &str, trigger: &str) -> String {
     .unwrap()
 }
 
+/// The form Slack posts when `user` clicks Approve on the request of `run`'s `node` for
+/// `digest`.
+pub(crate) fn approval_click(user: &str, run: &str, node: &str, digest: &str) -> String {
+    let payload = serde_json::json!({
+        "type": "block_actions",
+        "user": { "id": user },
+        "channel": { "id": "C1" },
+        "actions": [{ "action_id": "approve", "value": serde_json::json!({ "run": run, "node": node, "digest": digest }).to_string() }],
+    });
+    serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap_or_default()
+}
+
 pub(crate) fn runs(sb: &Sandbox) -> Vec<Value> {
     if !sb.path(".landfall/state.redb").exists() {
         return Vec::new();
@@ -403,14 +415,8 @@ fn an_approval_button_resumes_a_waiting_run() {
     wait_until("the approval to wait", Duration::from_secs(60), || {
         node(&sb.json(&["status", &run, "--json"]), "approve")["status"] == "waiting"
     });
-    let payload = serde_json::json!({
-        "type": "block_actions",
-        "user": { "id": "U1" },
-        "channel": { "id": "C1" },
-        "actions": [{ "action_id": "approve", "value": serde_json::json!({ "run": run, "node": "approve", "digest": "d-42" }).to_string() }],
-    });
-    let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
-    assert_eq!(signed(&s, "/slack/interactions", &body).0, 200);
+    let click = approval_click("U1", &run, "approve", "d-42");
+    assert_eq!(signed(&s, "/slack/interactions", &click).0, 200);
     wait_until("the run to finish", Duration::from_secs(60), || {
         runs(&sb)[0]["status"] == "succeeded"
     });

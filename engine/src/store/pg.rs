@@ -63,6 +63,15 @@ CREATE TABLE leases (run_id text PRIMARY KEY, owner text NOT NULL, token bigint 
 CREATE TABLE commits (id text PRIMARY KEY, at timestamptz NOT NULL DEFAULT now());
 "#];
 
+/// Takes run `$1`'s lease for owner `$2` for `$3` seconds when nobody holds it (never held,
+/// given back, or expired), with the next fencing token; no row when another holds it.
+const TAKE_LEASE: &str = "INSERT INTO leases (run_id, owner, token, expires_at)
+     VALUES ($1, $2, 1, now() + make_interval(secs => $3))
+     ON CONFLICT (run_id) DO UPDATE
+        SET owner = excluded.owner, token = leases.token + 1, expires_at = excluded.expires_at
+      WHERE leases.owner = '' OR leases.expires_at <= now()
+     RETURNING token";
+
 /// How long a call keeps trying to reach a server that went away.
 const RECONNECT_FOR: Duration = Duration::from_secs(60);
 
@@ -187,29 +196,7 @@ impl PgStore {
             path: shown.clone(),
             message,
         };
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| failed(format!("not a PostgreSQL URL: {e}")))?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("landfall-postgres")
-            .enable_all()
-            .build()
-            .map_err(|e| failed(e.to_string()))?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(8)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .create_timeout(Some(Duration::from_secs(10)))
-            .wait_timeout(Some(Duration::from_secs(30)))
-            .build()
-            .map_err(|e| failed(e.to_string()))?;
+        let (rt, pool) = connect(url, 2, 8)?;
         let inner = Arc::new(Inner {
             handle: rt.handle().clone(),
             pool,
@@ -263,29 +250,9 @@ impl PgStore {
         Ok(format!("{base}/{name}"))
     }
 
+    /// A store that runs statements only (no schema, no leases): for administration.
     fn open_without_schema(url: &str) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Open {
-            path: redacted(url),
-            message: format!("not a PostgreSQL URL: {e}"),
-        })?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::Backend(e.to_string()))?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(1)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .create_timeout(Some(Duration::from_secs(10)))
-            .build()
-            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        let (rt, pool) = connect(url, 1, 1)?;
         Ok(PgStore {
             inner: Arc::new(Inner {
                 handle: rt.handle().clone(),
@@ -372,6 +339,28 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// The first row of `sql`, which selects one `bytea` by text parameters, read by `read`.
+    fn one<T: Send + 'static>(
+        &self,
+        sql: &'static str,
+        params: &[&str],
+        read: impl Fn(&[u8]) -> Result<T, Fault> + Clone + Send + Sync + 'static,
+    ) -> Result<Option<T>, StoreError> {
+        let params: Vec<String> = params.iter().map(|p| p.to_string()).collect();
+        self.inner.call(move |pool, _| {
+            let (params, read) = (params.clone(), read.clone());
+            async move {
+                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                    .iter()
+                    .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+                    .collect();
+                Ok(all(&pool, sql, &refs, read).await?.into_iter().next())
+            }
+        })
+    }
+}
+
 impl Drop for PgStore {
     fn drop(&mut self) {
         // Dropping a runtime blocks; a store may be dropped inside another runtime's task.
@@ -379,6 +368,43 @@ impl Drop for PgStore {
             rt.shutdown_background();
         }
     }
+}
+
+/// The store's own runtime (`threads` workers) and a pool of up to `size` connections to
+/// `url` (made when first needed).
+fn connect(
+    url: &str,
+    threads: usize,
+    size: usize,
+) -> Result<(tokio::runtime::Runtime, Pool), StoreError> {
+    let failed = |message: String| StoreError::Open {
+        path: redacted(url),
+        message,
+    };
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| failed(format!("not a PostgreSQL URL: {e}")))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("landfall-postgres")
+        .enable_all()
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .create_timeout(Some(Duration::from_secs(10)))
+        .wait_timeout(Some(Duration::from_secs(30)))
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
+    Ok((rt, pool))
 }
 
 fn hostname() -> String {
@@ -757,20 +783,12 @@ impl Store for PgStore {
     }
 
     fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
-        let run = run_id.to_string();
-        self.inner.call(move |pool, _| {
-            let run = run.clone();
-            async move {
-                let found = all(
-                    &pool,
-                    "SELECT body FROM runs WHERE run_id = $1",
-                    &[&run],
-                    |b| Ok(rows::decode_run(&|| format!("run {run}"), b)?),
-                )
-                .await?;
-                Ok(found.into_iter().next())
-            }
-        })
+        let what = format!("run {run_id}");
+        self.one(
+            "SELECT body FROM runs WHERE run_id = $1",
+            &[run_id],
+            move |b| Ok(rows::decode_run(&|| what.clone(), b)?),
+        )
     }
 
     fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
@@ -821,20 +839,12 @@ impl Store for PgStore {
     }
 
     fn signal(&self, run_id: &str, node_id: &str) -> Result<Option<Signal>, StoreError> {
-        let (run, node) = (run_id.to_string(), node_id.to_string());
-        self.inner.call(move |pool, _| {
-            let (run, node) = (run.clone(), node.clone());
-            async move {
-                let found = all(
-                    &pool,
-                    "SELECT body FROM signals WHERE run_id = $1 AND node_id = $2",
-                    &[&run, &node],
-                    |b| from_json(|| format!("signal {run}/{node}"), b),
-                )
-                .await?;
-                Ok(found.into_iter().next())
-            }
-        })
+        let what = format!("signal {run_id}/{node_id}");
+        self.one(
+            "SELECT body FROM signals WHERE run_id = $1 AND node_id = $2",
+            &[run_id, node_id],
+            move |b| from_json(|| what.clone(), b),
+        )
     }
 
     fn annotations(&self, run_id: &str) -> Result<BTreeMap<String, Value>, StoreError> {
@@ -861,19 +871,8 @@ impl Store for PgStore {
     }
 
     fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let name = name.to_string();
-        self.inner.call(move |pool, _| {
-            let name = name.clone();
-            async move {
-                let found = all(
-                    &pool,
-                    "SELECT sealed FROM secrets WHERE name = $1",
-                    &[&name],
-                    |b| Ok(b.to_vec()),
-                )
-                .await?;
-                Ok(found.into_iter().next())
-            }
+        self.one("SELECT sealed FROM secrets WHERE name = $1", &[name], |b| {
+            Ok(b.to_vec())
         })
     }
 
@@ -1027,18 +1026,9 @@ impl Store for PgStore {
             let (run, owner) = (run.clone(), owner.clone());
             async move {
                 let c = pool.get().await?;
-                Ok(c.query_opt(
-                    "INSERT INTO leases (run_id, owner, token, expires_at)
-                     VALUES ($1, $2, 1, now() + make_interval(secs => $3))
-                     ON CONFLICT (run_id) DO UPDATE
-                        SET owner = excluded.owner, token = leases.token + 1,
-                            expires_at = excluded.expires_at
-                      WHERE leases.owner = '' OR leases.expires_at <= now()
-                     RETURNING token",
-                    &[&run, &owner, &ttl],
-                )
-                .await?
-                .map(|r| r.get::<_, i64>(0)))
+                Ok(c.query_opt(TAKE_LEASE, &[&run, &owner, &ttl])
+                    .await?
+                    .map(|r| r.get::<_, i64>(0)))
             }
         })?;
         let Some(token) = token else {
@@ -1073,20 +1063,12 @@ impl Store for PgStore {
     }
 
     fn plan(&self, plan_id: &str) -> Result<Option<Plan>, StoreError> {
-        let id = plan_id.to_string();
-        self.inner.call(move |pool, _| {
-            let id = id.clone();
-            async move {
-                let found = all(
-                    &pool,
-                    "SELECT body FROM plans WHERE plan_id = $1",
-                    &[&id],
-                    |b| from_json(|| format!("plan {id}"), b),
-                )
-                .await?;
-                Ok(found.into_iter().next())
-            }
-        })
+        let what = format!("plan {plan_id}");
+        self.one(
+            "SELECT body FROM plans WHERE plan_id = $1",
+            &[plan_id],
+            move |b| from_json(|| what.clone(), b),
+        )
     }
 
     fn plans(&self) -> Result<Vec<Plan>, StoreError> {
@@ -1226,13 +1208,7 @@ impl Store for PgStore {
                     let run: String = r.get(0);
                     if let Some(t) = tx
                         .query_opt(
-                            "INSERT INTO leases (run_id, owner, token, expires_at)
-                             VALUES ($1, $2, 1, now() + make_interval(secs => $3))
-                             ON CONFLICT (run_id) DO UPDATE
-                                SET owner = excluded.owner, token = leases.token + 1,
-                                    expires_at = excluded.expires_at
-                              WHERE leases.owner = '' OR leases.expires_at <= now()
-                             RETURNING token",
+                            TAKE_LEASE,
                             &[&run, &owner, &ttl],
                         )
                         .await?
@@ -1314,20 +1290,11 @@ impl Store for PgStore {
     }
 
     fn slots(&self, key: &str) -> Result<Slots, StoreError> {
-        let key = key.to_string();
-        self.inner.call(move |pool, _| {
-            let key = key.clone();
-            async move {
-                let found = all(
-                    &pool,
-                    "SELECT body FROM slots WHERE key = $1",
-                    &[&key],
-                    |b| from_json(|| format!("slots of {key}"), b),
-                )
-                .await?;
-                Ok(found.into_iter().next().unwrap_or_default())
-            }
-        })
+        let what = format!("slots of {key}");
+        let found = self.one("SELECT body FROM slots WHERE key = $1", &[key], move |b| {
+            from_json(|| what.clone(), b)
+        })?;
+        Ok(found.unwrap_or_default())
     }
 }
 
