@@ -49,8 +49,9 @@ pub struct Global {
     /// Configuration environment: the `[env.NAME]` section of the config file
     #[arg(long = "env", global = true, env = "LANDFALL_ENV", value_name = "NAME")]
     pub env_name: Option<String>,
-    /// State file [default: .landfall/state.redb]
-    #[arg(long, global = true, value_name = "PATH")]
+    /// State file, or a PostgreSQL database shared by several workers (postgres://…)
+    /// [default: .landfall/state.redb]
+    #[arg(long, global = true, value_name = "PATH|URL")]
     pub db: Option<PathBuf>,
     /// Log format on stderr
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
