@@ -77,8 +77,25 @@ url() {
   echo "postgres://landfall:$(cat "$dir/password")@127.0.0.1:$(cat "$dir/port")/landfall"
 }
 
+# Where the cluster's own files live: DIR, or, when the cluster's user cannot reach DIR (root
+# working in a private home directory), a directory of its own under /var/tmp named after DIR.
+cluster_dir() {
+  if [ "$(id -u)" != 0 ] || { [ -d "$dir" ] && runuser -u postgres -- test -w "$dir" 2>/dev/null; }; then
+    echo "$dir"
+    return 0
+  fi
+  local d
+  d="/var/tmp/landfall-postgres-$(printf %s "$dir" | sha256sum | cut -c1-12)"
+  mkdir -p "$d"
+  chown postgres "$d"
+  chmod 700 "$d"
+  echo "$d"
+}
+
 running() {
-  [ -f "$dir/data/PG_VERSION" ] && as_owner "$(bindir)/pg_ctl" -D "$dir/data" status >/dev/null 2>&1
+  local c
+  c="$(cluster_dir)"
+  [ -f "$c/data/PG_VERSION" ] && as_owner "$(bindir)/pg_ctl" -D "$c/data" status >/dev/null 2>&1
 }
 
 start() {
@@ -92,15 +109,17 @@ start() {
   if [ "$(id -u)" = 0 ]; then
     chown postgres "$dir"
   fi
-  if [ ! -f "$dir/data/PG_VERSION" ]; then
+  local c
+  c="$(cluster_dir)"
+  if [ ! -f "$c/data/PG_VERSION" ]; then
     umask 077
     python3 -c 'import secrets; print(secrets.token_hex(16))' > "$dir/password"
-    local pwfile="$dir/.pwfile"
+    local pwfile="$c/.pwfile"
     cp "$dir/password" "$pwfile"
     if [ "$(id -u)" = 0 ]; then
       chown postgres "$pwfile"
     fi
-    as_owner "$bin/initdb" -D "$dir/data" -U landfall --pwfile="$pwfile" \
+    as_owner "$bin/initdb" -D "$c/data" -U landfall --pwfile="$pwfile" \
       --auth=scram-sha-256 -E UTF8 --locale=C >"$dir/initdb.log" 2>&1 || {
       cat "$dir/initdb.log" >&2
       rm -f "$pwfile"
@@ -122,9 +141,9 @@ start() {
   fi
   echo "$port" > "$dir/port"
   # The server must not inherit the lock (it would hold it for its whole life).
-  as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+  as_owner "$bin/pg_ctl" -D "$c/data" -l "$c/server.log" -w -t 60 \
     -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=''" start >/dev/null 9>&- || {
-    tail -20 "$dir/server.log" >&2 || true
+    tail -20 "$c/server.log" >&2 || true
     exit 1
   }
   local psql="$bin/psql"
@@ -139,7 +158,7 @@ start() {
 
 stop() {
   if running; then
-    as_owner "$(bindir)/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+    as_owner "$(bindir)/pg_ctl" -D "$(cluster_dir)/data" -m fast -w stop >/dev/null
   fi
 }
 
@@ -153,6 +172,7 @@ case "$cmd" in
   stop) stop ;;
   destroy)
     stop
+    [ ! -d "$dir" ] || rm -rf "$(cluster_dir)"
     rm -rf "$dir"
     ;;
   *)
