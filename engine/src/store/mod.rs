@@ -33,19 +33,19 @@ pub const SCHEMA_VERSION: u64 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the state file {path}: {message}")]
+    #[error("cannot open the store {path}: {message}")]
     Open { path: String, message: String },
     #[error("{path} is not a Landfall state file: {why}. Nothing was changed; point --db (or LANDFALL_DB) at the state file, restore it from a backup, or move this file away to start an empty store")]
     NotAStateFile { path: String, why: String },
     #[error("the state file was opened read-only; this command cannot write to it")]
     ReadOnly,
-    #[error("the state file {path} was written by a newer Landfall (schema {found}, this build knows up to {known}); upgrade landfall")]
+    #[error("the store {path} was written by a newer Landfall (schema {found}, this build knows up to {known}); upgrade landfall")]
     TooNew {
         path: String,
         found: u64,
         known: u64,
     },
-    #[error("state file error: {0}")]
+    #[error("store error: {0}")]
     Backend(String),
     #[error("a stored record is corrupt ({what}): {message}")]
     Corrupt { what: String, message: String },

@@ -428,7 +428,7 @@ async fn migrate(pool: &Pool) -> Result<(), Fault> {
     let known = MIGRATIONS.len() as i32;
     if found > known {
         return Err(Fault::Store(StoreError::TooNew {
-            path: "the database".into(),
+            path: "(this PostgreSQL database)".into(),
             found: found as u64,
             known: known as u64,
         }));
