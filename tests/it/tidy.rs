@@ -195,3 +195,47 @@ fn library_roots_publish_only_their_vocabularies() {
         );
     }
 }
+
+/// The project speaks only of itself: no file (fixtures, binary state files and snapshots
+/// included) carries a home or work directory of the machine it was made on. A fixture written
+/// by a real build records the paths it was given; make it from a neutral directory.
+#[test]
+fn no_file_names_a_directory_of_the_machine_it_was_made_on() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Spelled in pieces so this file does not find itself.
+    let needles: Vec<Vec<u8>> = ["home", "work", "Users", "root"]
+        .iter()
+        .map(|d| format!("{}{d}/", '/').into_bytes())
+        .collect();
+    let skipped = ["target", ".git", ".venv", ".landfall", "node_modules"];
+    let mut dirs = vec![root.to_path_buf()];
+    let (mut found, mut read) = (Vec::new(), 0usize);
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if p.is_dir() {
+                if !skipped.contains(&name.as_str()) {
+                    dirs.push(p);
+                }
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(&p) else {
+                continue;
+            };
+            read += 1;
+            for n in &needles {
+                if let Some(at) = bytes.windows(n.len()).position(|w| w == n.as_slice()) {
+                    let end = (at + 60).min(bytes.len());
+                    found.push(format!(
+                        "{}: {}",
+                        p.strip_prefix(root).unwrap_or(&p).display(),
+                        String::from_utf8_lossy(&bytes[at..end])
+                    ));
+                }
+            }
+        }
+    }
+    assert!(read > 100, "read only {read} files");
+    assert!(found.is_empty(), "{found:#?}");
+}
