@@ -169,18 +169,37 @@ fn from_json<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(b).map_err(|e| corrupt(what(), e))
 }
 
-/// The URL without its password, for messages.
-pub fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
+/// The URL without its password, for messages: the user part's (`user:pw@`) and a
+/// `password` query parameter's are shown as `***`. Anything else (a state file's path) is
+/// returned as it is; a PostgreSQL URL that does not parse is not shown at all, since where its
+/// password sits cannot be told.
+pub fn redacted(db: &str) -> String {
+    if !is_postgres_url(db) {
+        return db.to_string();
     }
+    let Ok(mut url) = url::Url::parse(db) else {
+        return "a PostgreSQL URL (not shown: it does not parse)".to_string();
+    };
+    if url.password().is_some() {
+        // Only a URL that cannot be a base refuses a password; one that parsed as
+        // `postgres://…` with a password can.
+        let _ = url.set_password(Some("***"));
+    }
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k.eq_ignore_ascii_case("password") {
+                    "***".to_string()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 /// Whether `db` names a PostgreSQL database rather than a state file.
@@ -1421,5 +1440,34 @@ pub mod testing {
         if let Err(e) = done {
             panic!("{e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn a_password_is_never_shown_wherever_the_url_keeps_it() {
+        for (url, shown) in [
+            (
+                "postgres://landfall:s3cret@db:5432/landfall",
+                "postgres://landfall:***@db:5432/landfall",
+            ),
+            (
+                "postgresql://landfall@db/landfall?password=s3cret&sslmode=require",
+                "postgresql://landfall@db/landfall?password=***&sslmode=require",
+            ),
+            (
+                "postgres://u:p%40ss@db/x?PASSWORD=s3cret",
+                "postgres://u:***@db/x?PASSWORD=***",
+            ),
+            ("postgres://db/landfall", "postgres://db/landfall"),
+            (".landfall/state.redb", ".landfall/state.redb"),
+        ] {
+            assert_eq!(redacted(url), shown, "{url}");
+        }
+        let odd = redacted("postgres://u:s3cret@[::1/landfall");
+        assert!(!odd.contains("s3cret"), "{odd}");
     }
 }
