@@ -73,7 +73,11 @@ fn save(store: &dyn Store, key: &DataKey, name: &str, t: &Ticket) -> Result<(), 
         .map_err(|e| TokenError::Store(e.to_string()))
 }
 
-/// Uses a link: valid once, before it expires. Returns who made it.
+/// Redemptions in this process take turns: reading a ticket and marking it used is one step.
+static REDEEMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Uses a link: valid once, before it expires, even when several browsers present it at the
+/// same instant to one process or to several sharing a store. Returns who made it.
 pub fn redeem(
     store: &dyn Store,
     key: &DataKey,
@@ -84,6 +88,9 @@ pub fn redeem(
         return Err(LinkRefusal::Unknown);
     }
     let name = name_of(link);
+    let _turn = REDEEMING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let sealed = store
         .secret(&name)
         .map_err(|e| LinkRefusal::Store(e.to_string()))?
@@ -97,6 +104,17 @@ pub fn redeem(
     }
     if now >= t.expires_at {
         return Err(LinkRefusal::Expired);
+    }
+    // Across processes (workers on one PostgreSQL), the store's record of first deliveries
+    // decides who used it: exactly one insert of this key succeeds. Claimed before the ticket
+    // is marked, so a crash in between leaves a used link, never a reusable one.
+    let claim = format!("{name}.used");
+    if store
+        .first_delivery(&claim)
+        .map_err(|e| LinkRefusal::Store(e.to_string()))?
+        == Some(false)
+    {
+        return Err(LinkRefusal::Used);
     }
     t.used_at = Some(now);
     save(store, key, &name, &t).map_err(|e| LinkRefusal::Store(e.to_string()))?;
@@ -132,6 +150,31 @@ mod tests {
             redeem(&store, &key(), "../x", 1001),
             Err(LinkRefusal::Unknown)
         );
+    }
+
+    /// Many browsers presenting one link at once: one install starts.
+    #[test]
+    fn a_link_presented_at_once_by_many_starts_one_install() {
+        let store = std::sync::Arc::new(MemStore::default());
+        for round in 0..20 {
+            let link = create(store.as_ref(), &key(), "cli:alice", 3600, 1000).unwrap();
+            let gate = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let tries: Vec<_> = (0..8)
+                .map(|_| {
+                    let (store, gate, link) = (store.clone(), gate.clone(), link.clone());
+                    std::thread::spawn(move || {
+                        gate.wait();
+                        redeem(store.as_ref(), &key(), &link, 1001)
+                    })
+                })
+                .collect();
+            let results: Vec<_> = tries.into_iter().map(|t| t.join().unwrap()).collect();
+            let started = results.iter().filter(|r| r.is_ok()).count();
+            assert_eq!(started, 1, "round {round}: {results:?}");
+            assert!(results
+                .iter()
+                .all(|r| r.is_ok() || *r == Err(LinkRefusal::Used)));
+        }
     }
 
     #[test]

@@ -468,6 +468,43 @@ fn an_install_started_at_one_worker_completes_at_another() {
         403,
         "a state is used once, at any worker"
     );
+
+    // One link presented to both workers at the same instant starts one install.
+    for round in 0..12 {
+        let mut make = sb.cmd(&["--db", &url, "slack", "install-link", "--json"]);
+        oauth_app(&mut make, &api.url);
+        let out = make.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let query = made["url"]
+            .as_str()
+            .unwrap()
+            .split_once("/slack/install")
+            .unwrap()
+            .1
+            .to_string();
+        let gate = std::sync::Barrier::new(2);
+        let statuses: Vec<u16> = std::thread::scope(|s| {
+            let tries: Vec<_> = [&a.base, &b.base]
+                .into_iter()
+                .map(|base| {
+                    let (agent, gate, query) = (&agent, &gate, &query);
+                    s.spawn(move || {
+                        gate.wait();
+                        match agent.get(&format!("{base}/slack/install{query}")).call() {
+                            Ok(r) => r.status(),
+                            Err(ureq::Error::Status(code, _)) => code,
+                            Err(e) => panic!("{e}"),
+                        }
+                    })
+                })
+                .collect();
+            tries.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let mut sorted = statuses.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, [302, 403], "round {round}: {statuses:?}");
+    }
 }
 
 /// An approval button clicked in Slack may reach any worker: the worker that runs the run
