@@ -170,25 +170,30 @@ fn context_vars(vars: std::collections::HashSet<String>) -> BTreeSet<String> {
 /// character (`{{ "%(é" | format(1) }}`), and a user's expression must never stop a run or
 /// `landfall validate`.
 fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, ExprError>) -> Result<T, ExprError> {
+    catching_template_panics(f).unwrap_or_else(|why| {
+        Err(ExprError {
+            message: format!(
+                "the template engine failed on `{}` ({why}); rewrite the expression",
+                what.chars().take(80).collect::<String>()
+            ),
+        })
+    })
+}
+
+/// Runs `f`, which uses the template engine, and returns what a panic inside it said instead
+/// of unwinding further (the process's panic hook prints no backtrace for it). For every
+/// minijinja call on text a person wrote: workflow expressions here, operator templates in
+/// the plugins.
+pub fn catching_template_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     let outer = GUARDED.with(|g| g.replace(true));
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     GUARDED.with(|g| g.set(outer));
-    match r {
-        Ok(r) => r,
-        Err(p) => {
-            let why = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Err(ExprError {
-                message: format!(
-                    "the template engine failed on `{}` ({why}); rewrite the expression",
-                    what.chars().take(80).collect::<String>()
-                ),
-            })
-        }
-    }
+    r.map_err(|p| {
+        p.downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default()
+    })
 }
 
 thread_local! {

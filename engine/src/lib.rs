@@ -46,7 +46,9 @@ pub use crypto::{CryptoError, DataKey};
 pub use digest::{digest_of, sha256_hex};
 pub use error::{ErrorClass, StepError};
 pub use events::{LogLevel, Observer, RunEvent};
-pub use expr::{ctx_value, panic_is_caught_as_template_error, render_str};
+pub use expr::{
+    catching_template_panics, ctx_value, panic_is_caught_as_template_error, render_str,
+};
 pub use inputs::{redacted as redacted_inputs, resolve_and_check, InputError, SecretInputError};
 pub use limits::{get as limits, set as set_limits, Limits};
 pub use lock::RunLease;
