@@ -584,6 +584,30 @@ fn runs_of(batch: &Batch) -> HashSet<&str> {
     out
 }
 
+/// Parameters of a statement.
+type Params<'a> = [&'a (dyn tokio_postgres::types::ToSql + Sync)];
+
+/// Runs `sql` as a statement prepared once per connection: a statement sent as text costs two
+/// round trips (parse, then bind and execute), a cached one only the second.
+async fn exec(
+    c: &impl deadpool_postgres::GenericClient,
+    sql: &str,
+    params: &Params<'_>,
+) -> Result<u64, Fault> {
+    let st = c.prepare_cached(sql).await?;
+    Ok(c.execute(&st, params).await?)
+}
+
+/// The rows of `sql`, prepared once per connection (see [`exec`]).
+async fn select(
+    c: &impl deadpool_postgres::GenericClient,
+    sql: &str,
+    params: &Params<'_>,
+) -> Result<Vec<tokio_postgres::Row>, Fault> {
+    let st = c.prepare_cached(sql).await?;
+    Ok(c.query(&st, params).await?)
+}
+
 async fn apply(
     pool: &Pool,
     batch: &Batch,
@@ -605,13 +629,13 @@ async fn apply(
     }
     if !fenced.is_empty() {
         let runs: Vec<&str> = fenced.iter().map(|(r, _)| r.as_str()).collect();
-        let rows = tx
-            .query(
-                "SELECT run_id, owner, token, expires_at > now() FROM leases
+        let rows = select(
+            &tx,
+            "SELECT run_id, owner, token, expires_at > now() FROM leases
                   WHERE run_id = ANY($1) ORDER BY run_id FOR SHARE",
-                &[&runs],
-            )
-            .await?;
+            &[&runs],
+        )
+        .await?;
         for (run, token) in fenced {
             let ok = rows.iter().any(|r| {
                 r.get::<_, &str>(0) == run
@@ -627,7 +651,8 @@ async fn apply(
     let mut buf = Vec::with_capacity(1024);
     for r in &batch.runs {
         rows::encode_run(&mut buf, r)?;
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO runs (run_id, status, source, body) VALUES ($1, $2, $3, $4)
              ON CONFLICT (run_id) DO UPDATE
                 SET status = excluded.status, source = excluded.source, body = excluded.body",
@@ -636,12 +661,14 @@ async fn apply(
         .await?;
     }
     for (run, node) in &batch.dropped_nodes {
-        tx.execute(
+        exec(
+            &tx,
             "DELETE FROM nodes WHERE run_id = $1 AND node_id = $2",
             &[run, node],
         )
         .await?;
-        tx.execute(
+        exec(
+            &tx,
             "DELETE FROM signals WHERE run_id = $1 AND node_id = $2",
             &[run, node],
         )
@@ -655,7 +682,8 @@ async fn apply(
             ids.push(&n.node_id);
             bodies.push(buf.clone());
         }
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO nodes (run_id, node_id, body) SELECT $1, * FROM unnest($2::text[], $3::bytea[])
              ON CONFLICT (run_id, node_id) DO UPDATE SET body = excluded.body",
             &[&&**run, &ids, &bodies],
@@ -663,7 +691,8 @@ async fn apply(
         .await?;
     }
     for (run, node, sig) in &batch.signals {
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO signals (run_id, node_id, body) VALUES ($1, $2, $3)
              ON CONFLICT (run_id, node_id) DO UPDATE SET body = excluded.body",
             &[run, node, &json(sig)?],
@@ -671,7 +700,8 @@ async fn apply(
         .await?;
     }
     for (run, key, value) in &batch.annotations {
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO annotations (run_id, key, body) VALUES ($1, $2, $3)
              ON CONFLICT (run_id, key) DO UPDATE SET body = excluded.body",
             &[run, key, &json(value)?],
@@ -679,7 +709,8 @@ async fn apply(
         .await?;
     }
     for (name, sealed) in &batch.secrets {
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO secrets (name, sealed) VALUES ($1, $2)
              ON CONFLICT (name) DO UPDATE SET sealed = excluded.sealed",
             &[name, sealed],
@@ -689,8 +720,7 @@ async fn apply(
     if !batch.audit.is_empty() {
         append_audit(&tx, batch).await?;
     }
-    tx.execute("INSERT INTO commits (id) VALUES ($1)", &[&id])
-        .await?;
+    exec(&tx, "INSERT INTO commits (id) VALUES ($1)", &[&id]).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -701,15 +731,16 @@ async fn append_audit(tx: &deadpool_postgres::Transaction<'_>, batch: &Batch) ->
     let mut runs: Vec<&str> = batch.audit.iter().map(|d| d.run_id()).collect();
     runs.sort_unstable();
     runs.dedup();
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO audit_heads (run_id, seq, hash) SELECT r, -1, '' FROM unnest($1::text[]) AS r
          ORDER BY r ON CONFLICT (run_id) DO NOTHING",
         &[&runs],
     )
     .await?;
     let mut heads: HashMap<String, Option<(u64, [u8; 32])>> = HashMap::new();
-    for row in tx
-        .query(
+    for row in select(
+            tx,
             "SELECT run_id, seq, hash FROM audit_heads WHERE run_id = ANY($1) ORDER BY run_id FOR UPDATE",
             &[&runs],
         )
@@ -752,13 +783,15 @@ async fn append_audit(tx: &deadpool_postgres::Transaction<'_>, batch: &Batch) ->
             bodies.push(json(&entry)?);
             head = Some((seq, hash));
         }
-        tx.execute(
+        exec(
+            tx,
             "INSERT INTO audit (run_id, seq, body) SELECT $1, * FROM unnest($2::int8[], $3::bytea[])",
             &[&run, &seqs, &bodies],
         )
         .await?;
         if let Some((seq, hash)) = head {
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE audit_heads SET seq = $2, hash = $3 WHERE run_id = $1",
                 &[&run, &(seq as i64), &hash.as_slice()],
             )
@@ -777,7 +810,7 @@ async fn all<T>(
     read: impl Fn(&[u8]) -> Result<T, Fault>,
 ) -> Result<Vec<T>, Fault> {
     let c = pool.get().await?;
-    let rows = c.query(sql, params).await?;
+    let rows = select(&c, sql, params).await?;
     rows.iter().map(|r| read(r.get::<_, &[u8]>(0))).collect()
 }
 
