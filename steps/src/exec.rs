@@ -10,9 +10,9 @@
 //!   kills it as well. Linux sends it when the *thread* that forked the child ends, not the
 //!   process, so children are forked by one thread that lives as long as the process
 //!   ([`spawner`]), never by a runtime thread that may be retired;
-//! - the group id is saved as the node's progress before the program can do anything worth
-//!   repeating, and the next attempt (in this process or after a resume) first kills what is
-//!   left of the earlier one: on Linux every process carrying the node's `LANDFALL_RUN_ID` and
+//! - before the program is started, the node's progress says so (durably: a `kill -9` of the
+//!   engine at any instant after the start finds it on resume), and the next attempt (in this
+//!   process or after a resume) first kills what is left of the earlier one: on Linux every process carrying the node's `LANDFALL_RUN_ID` and
 //!   `LANDFALL_NODE_ID` in its environment (a grandchild the death signal does not reach), and
 //!   the process groups they are in;
 //! - output is read as it comes and only its tail is kept (`max_output`), so a chatty program
@@ -184,6 +184,10 @@ impl Plugin for Exec {
             cmd.current_dir(dir);
         }
         group::prepare(&mut cmd);
+        // Saved before the start, not after: the program runs at once, and a kill of the
+        // engine before a later save would leave its leftovers unlooked-for on resume.
+        ctx.save_progress(GROUP_KEY, json!({ "attempt": ctx.attempt }))
+            .await?;
         let mut child = group::spawn(cmd).await.map_err(|e| {
             let class = if e.kind() == std::io::ErrorKind::NotFound {
                 format!("cannot run `{}`: program not found", c.argv[0])
@@ -194,10 +198,6 @@ impl Plugin for Exec {
         })?;
         // From here on, however this attempt ends, the group dies with it.
         let group = group::Group::of(&child);
-        if let Some(pgid) = group.id() {
-            ctx.save_progress(GROUP_KEY, json!({ "pgid": pgid }))
-                .await?;
-        }
         let out = child.stdout.take().map(|s| tokio::spawn(capture(s, cap)));
         let err = child.stderr.take().map(|s| tokio::spawn(capture(s, cap)));
         let limit = c.timeout.unwrap_or(Duration::MAX);
@@ -284,10 +284,6 @@ mod group {
         pub(super) fn of(child: &tokio::process::Child) -> Self {
             // The child leads its group (process_group(0)), so the group id is its pid.
             Group(child.id().and_then(|id| Pid::from_raw(id as i32)))
-        }
-
-        pub(super) fn id(&self) -> Option<i32> {
-            self.0.map(Pid::as_raw_nonzero).map(|n| n.get())
         }
 
         pub(super) fn kill(&self) {
@@ -449,9 +445,6 @@ mod group {
     impl Group {
         pub fn of(_child: &tokio::process::Child) -> Self {
             Group
-        }
-        pub fn id(&self) -> Option<i32> {
-            None
         }
         pub fn kill(&self) {}
     }

@@ -220,11 +220,20 @@ fn the_same_run_id_resumes_instead_of_duplicating() {
 }
 
 /// Whether a process lives (a zombie waiting to be reaped does not count).
+/// The start time (clock ticks since boot) of live process `pid`; `None` once it is gone or a
+/// zombie. With it, a pid the kernel gave to another process is not taken for the first.
+fn process_started(pid: &str) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); the start time is field 22.
+    (fields.first() != Some(&"Z"))
+        .then(|| fields.get(19).map(|s| s.to_string()))
+        .flatten()
+}
+
 fn process_alive(pid: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
-        .unwrap_or(false)
+    process_started(pid).is_some()
 }
 
 fn crashy(sb: &Sandbox) {
@@ -273,8 +282,9 @@ fn kill_9_mid_step_then_resume_finishes_like_an_uninterrupted_run() {
         Duration::from_secs(10),
         || !process_alive(&sh),
     );
+    let sleep_started = process_started(&sleep);
     assert!(
-        process_alive(&sleep),
+        sleep_started.is_some(),
         "the premise: a grandchild outlives kill -9"
     );
 
@@ -306,7 +316,7 @@ fn kill_9_mid_step_then_resume_finishes_like_an_uninterrupted_run() {
     wait_until(
         "the first attempt's grandchild to be gone",
         Duration::from_secs(10),
-        || !process_alive(&sleep),
+        || process_started(&sleep) != sleep_started,
     );
     let audit = sb.run(&["audit", "crash-1", "--verify"]);
     assert_eq!(audit.status.code(), Some(0), "{}", stdout(&audit));
