@@ -4,6 +4,13 @@
 //!
 //! A token that is malformed, expired, or that Slack reported revoked is never handed out:
 //! [`Tokens::current`] says why instead. Refresh happens [`REFRESH_BEFORE`] ahead of expiry.
+//!
+//! One refresh at a time: Slack revokes a refresh token once it has been used, so two
+//! refreshes with the same one (two messages sent at once near expiry, or two workers) leave
+//! the loser with `invalid_refresh_token` and possibly the store with a revoked token, which
+//! ends the installation. Refreshes take turns in a process, and across processes sharing the
+//! store they hold the store's lease [`REFRESH_LEASE`] (a run's kind of lease: a file lock on
+//! redb, a lease row on PostgreSQL); whoever waited reads the grant the other one saved.
 
 use std::sync::Arc;
 
@@ -16,6 +23,14 @@ use slack_morphism::prelude::*;
 pub const REFRESH_BEFORE: i64 = 5 * 60;
 /// The name of the bot grant in the state file (and the AEAD's associated data).
 const NAME: &str = "slack.bot-grant";
+/// The lease a process holds while it refreshes the grant.
+pub const REFRESH_LEASE: &str = "slack.bot-grant.refresh";
+/// How long a refresh waits for another process's before it gives up (the token is expired by
+/// then, or it would have been used meanwhile).
+const REFRESH_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Refreshes in this process take turns (one grant per process).
+static REFRESHING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// What an install (or a refresh) gave us.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +107,16 @@ pub enum TokenVerdict {
     Malformed,
     Expired,
     Revoked,
+}
+
+impl From<TokenVerdict> for TokenError {
+    fn from(v: TokenVerdict) -> Self {
+        match v {
+            TokenVerdict::Malformed => TokenError::Malformed,
+            TokenVerdict::Expired => TokenError::Expired,
+            TokenVerdict::Revoked => TokenError::Revoked,
+        }
+    }
 }
 
 /// The decision table of [`Tokens::current`]. Pure.
@@ -291,17 +316,51 @@ impl<C: SlackClientHttpConnector + Send + Sync> Tokens<C> {
         let g = self.load()?.ok_or(TokenError::NotInstalled)?;
         match verdict(&g, now) {
             Verdict::Use => Ok(g.access_token),
-            Verdict::Refuse(TokenVerdict::Revoked) => Err(TokenError::Revoked),
-            Verdict::Refuse(TokenVerdict::Expired) => Err(TokenError::Expired),
-            Verdict::Refuse(TokenVerdict::Malformed) => Err(TokenError::Malformed),
-            Verdict::Refresh => {
+            Verdict::Refuse(v) => Err(v.into()),
+            Verdict::Refresh => self.refreshed(now).await,
+        }
+    }
+
+    /// A token after a refresh: this one's, or (having waited its turn) another's.
+    async fn refreshed(&self, now: i64) -> Result<String, TokenError> {
+        let _turn = REFRESHING.lock().await;
+        let give_up = tokio::time::Instant::now() + REFRESH_WAIT;
+        loop {
+            // Read again each time: the one we waited for may have saved a fresh grant.
+            let g = self.load()?.ok_or(TokenError::NotInstalled)?;
+            match verdict(&g, now) {
+                Verdict::Use => return Ok(g.access_token),
+                Verdict::Refuse(v) => return Err(v.into()),
+                Verdict::Refresh => {}
+            }
+            let lease = self
+                .store
+                .lease(REFRESH_LEASE)
+                .map_err(|e| TokenError::Store(e.to_string()))?;
+            if lease.is_some() {
+                // Under the lease, the grant read above may already be old.
+                let g = self.load()?.ok_or(TokenError::NotInstalled)?;
+                match verdict(&g, now) {
+                    Verdict::Use => return Ok(g.access_token),
+                    Verdict::Refuse(v) => return Err(v.into()),
+                    Verdict::Refresh => {}
+                }
                 let fresh = self.refresh(&g, now).await?;
                 if !well_formed(&fresh.access_token) {
                     return Err(TokenError::Malformed);
                 }
                 self.save(&fresh)?;
-                Ok(fresh.access_token)
+                return Ok(fresh.access_token);
             }
+            // Another process is refreshing. Until it saves, the token in hand still works
+            // if it has not expired (a refresh starts minutes before expiry).
+            if well_formed(&g.access_token) && g.expires_at.is_some_and(|exp| now < exp) {
+                return Ok(g.access_token);
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(TokenError::Expired);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
 

@@ -111,7 +111,7 @@ proptest! {
 
 fn tokens(
     api: &SlackApi,
-    store: Arc<MemStore>,
+    store: Arc<dyn Store>,
 ) -> landfall::slack::tokens::Tokens<
     impl slack_morphism::prelude::SlackClientHttpConnector + Send + Sync,
 > {
@@ -167,7 +167,7 @@ proptest! {
         let refresh = refresh.map(|(t, _)| t);
         let api = SlackApi::start(0);
         let store = Arc::new(MemStore::default());
-        let t = tokens(&api, Arc::clone(&store));
+        let t = tokens(&api, store.clone());
         let now = 1_800_000_000i64;
         let g = Grant { access_token: access.clone(), refresh_token: refresh.clone(), expires_at: expires_in.map(|s| now + s), team_id: None, enterprise_id: None, revoked };
         t.save(&g).unwrap();
@@ -206,6 +206,140 @@ proptest! {
         store.commit(landfall_engine::store::Batch { secrets: vec![("slack.bot-grant".into(), sealed)], ..Default::default() }).unwrap();
         prop_assert!(matches!(rt.block_on(t.current(now)), Err(TokenError::Sealed(_))));
     }
+}
+
+fn due_grant(access: &str, refresh: &str, expires_at: i64) -> landfall::slack::tokens::Grant {
+    landfall::slack::tokens::Grant {
+        access_token: access.into(),
+        refresh_token: Some(refresh.into()),
+        expires_at: Some(expires_at),
+        team_id: None,
+        enterprise_id: None,
+        revoked: false,
+    }
+}
+
+fn refreshes(api: &SlackApi) -> usize {
+    api.calls()
+        .iter()
+        .filter(|c| c.method == "oauth.v2.access")
+        .count()
+}
+
+/// Slack revokes a refresh token once it is used (the recording server does too). Eight
+/// messages sent at once near expiry: one refresh, every sender gets the new token, and the
+/// stored grant holds the new refresh token. Without turns, seven refreshes reuse a revoked
+/// token and fail as `Revoked`.
+#[test]
+fn a_token_asked_for_at_once_near_expiry_is_refreshed_once() {
+    let api = SlackApi::start(0);
+    let t = Arc::new(tokens(&api, Arc::new(MemStore::default())));
+    let now = 1_800_000_000i64;
+    t.save(&due_grant(
+        "xoxe.xoxb-1-old-token-000000",
+        "xoxe-1-refresh-token-old",
+        now + 60,
+    ))
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let got: Vec<_> = rt.block_on(async {
+        let asks: Vec<_> = (0..8)
+            .map(|_| {
+                let t = Arc::clone(&t);
+                tokio::spawn(async move { t.current(now).await })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for a in asks {
+            out.push(a.await.unwrap());
+        }
+        out
+    });
+    assert_eq!(refreshes(&api), 1, "{got:?}");
+    let saved = t.load().unwrap().unwrap();
+    assert!(saved.access_token.starts_with("xoxe.xoxb-1-fresh-token-"));
+    assert_ne!(
+        saved.refresh_token.as_deref(),
+        Some("xoxe-1-refresh-token-old")
+    );
+    for g in got {
+        assert_eq!(g.as_deref(), Ok(saved.access_token.as_str()));
+    }
+}
+
+/// Another process holding the refresh lease (a file lock on the redb store, as a second
+/// `landfall` process would): this one does not refresh. A token not yet expired is used as
+/// it is; an expired one is waited on until the other process saves the fresh grant; once the
+/// lease is free, this process refreshes.
+#[test]
+fn while_another_process_refreshes_the_token_is_not_refreshed_twice() {
+    use landfall::slack::tokens::REFRESH_LEASE;
+    let api = SlackApi::start(0);
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(landfall_engine::store::RedbStore::open(&dir.path().join("state.redb")).unwrap());
+    let t = Arc::new(tokens(&api, Arc::clone(&store)));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let now = 1_800_000_000i64;
+    let other = store.lease(REFRESH_LEASE).unwrap();
+    assert!(other.is_some(), "the other process's lease");
+
+    // Due, not expired: used as it is.
+    t.save(&due_grant(
+        "xoxe.xoxb-1-old-token-000000",
+        "xoxe-1-refresh-token-aaaa",
+        now + 60,
+    ))
+    .unwrap();
+    assert_eq!(
+        rt.block_on(t.current(now)).as_deref(),
+        Ok("xoxe.xoxb-1-old-token-000000")
+    );
+
+    // Expired: waits for the other process's grant.
+    t.save(&due_grant(
+        "xoxe.xoxb-1-old-token-000000",
+        "xoxe-1-refresh-token-aaaa",
+        now - 1,
+    ))
+    .unwrap();
+    let waiting = {
+        let t = Arc::clone(&t);
+        rt.spawn(async move { t.current(now).await })
+    };
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(!waiting.is_finished(), "an expired token is not handed out");
+    t.save(&due_grant(
+        "xoxe.xoxb-1-their-token-0000",
+        "xoxe-1-refresh-token-bbbb",
+        now + 43_200,
+    ))
+    .unwrap();
+    assert_eq!(
+        rt.block_on(waiting).unwrap().as_deref(),
+        Ok("xoxe.xoxb-1-their-token-0000")
+    );
+    assert_eq!(refreshes(&api), 0);
+
+    // The lease given back: this process refreshes.
+    drop(other);
+    t.save(&due_grant(
+        "xoxe.xoxb-1-their-token-0000",
+        "xoxe-1-refresh-token-bbbb",
+        now + 60,
+    ))
+    .unwrap();
+    let fresh = rt.block_on(t.current(now)).unwrap();
+    assert!(fresh.starts_with("xoxe.xoxb-1-fresh-token-"), "{fresh}");
+    assert_eq!(refreshes(&api), 1);
 }
 
 /// A burst of progress events edits the header at most once per `EDIT_EVERY` (plus the final

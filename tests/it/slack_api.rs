@@ -44,6 +44,8 @@ struct Inner {
     /// Fail this many calls first: 500 for the first, then 429 (with Retry-After: 1), …
     failures: AtomicUsize,
     failed: AtomicUsize,
+    /// Refresh tokens already exchanged: Slack revokes one once it is used.
+    used_refresh: Mutex<std::collections::HashSet<String>>,
 }
 
 pub(crate) struct SlackApi {
@@ -210,8 +212,11 @@ async fn oauth(
         .strip_prefix("code-for-")
         .unwrap_or("T0TEAM")
         .to_string();
-    if q.get("refresh_token").map(String::as_str) == Some("xoxe-1-revoked-refresh-token") {
-        return Json(json!({ "ok": false, "error": "invalid_refresh_token" })).into_response();
+    if let Some(r) = q.get("refresh_token") {
+        let reused = !s.used_refresh.lock().unwrap().insert(r.clone());
+        if reused || r == "xoxe-1-revoked-refresh-token" {
+            return Json(json!({ "ok": false, "error": "invalid_refresh_token" })).into_response();
+        }
     }
     Json(json!({
         "ok": true,
