@@ -358,7 +358,12 @@ impl<C: SlackClientHttpConnector + Send + Sync> Tokens<C> {
                 return Ok(g.access_token);
             }
             if tokio::time::Instant::now() >= give_up {
-                return Err(TokenError::Expired);
+                return Err(TokenError::Refresh(format!(
+                    "the token expired and another Landfall process sharing the store has been \
+                     refreshing it for {} s without saving a new one; try again, and if this \
+                     repeats, look at that process's log",
+                    REFRESH_WAIT.as_secs()
+                )));
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }

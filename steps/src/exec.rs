@@ -12,9 +12,9 @@
 //!   ([`spawner`]), never by a runtime thread that may be retired;
 //! - before the program is started, the node's progress says so (durably: a `kill -9` of the
 //!   engine at any instant after the start finds it on resume), and the next attempt (in this
-//!   process or after a resume) first kills what is left of the earlier one: on Linux every process carrying the node's `LANDFALL_RUN_ID` and
-//!   `LANDFALL_NODE_ID` in its environment (a grandchild the death signal does not reach), and
-//!   the process groups they are in;
+//!   process or after a resume) first kills what is left of the earlier one: on Linux every
+//!   process carrying the node's `LANDFALL_RUN_ID` and `LANDFALL_NODE_ID` in its environment
+//!   (a grandchild the death signal does not reach), and the process groups they are in;
 //! - output is read as it comes and only its tail is kept (`max_output`), so a chatty program
 //!   cannot fill the engine's memory or the state file.
 

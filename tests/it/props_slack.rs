@@ -329,6 +329,21 @@ fn while_another_process_refreshes_the_token_is_not_refreshed_twice() {
     );
     assert_eq!(refreshes(&api), 0);
 
+    // Expired, and the other process never saves: after a while, an error that says so.
+    t.save(&due_grant(
+        "xoxe.xoxb-1-their-token-0000",
+        "xoxe-1-refresh-token-bbbb",
+        now - 1,
+    ))
+    .unwrap();
+    match rt.block_on(t.current(now)) {
+        Err(landfall::slack::tokens::TokenError::Refresh(why)) => {
+            assert!(why.contains("another Landfall process"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(refreshes(&api), 0);
+
     // The lease given back: this process refreshes.
     drop(other);
     t.save(&due_grant(
